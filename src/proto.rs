@@ -1,0 +1,23 @@
+//! Code generated from `proto/` by `build.rs`. Module nesting mirrors the protobuf
+//! packages, because generated code refers to other packages by relative paths.
+#![allow(clippy::all, clippy::pedantic, missing_docs)]
+
+pub mod mvccpb {
+    tonic::include_proto!("mvccpb");
+}
+
+pub mod etcdserverpb {
+    tonic::include_proto!("etcdserverpb");
+}
+
+pub mod shoal {
+    pub mod command {
+        tonic::include_proto!("shoal.command");
+    }
+    pub mod state {
+        tonic::include_proto!("shoal.state");
+    }
+    pub mod peer {
+        tonic::include_proto!("shoal.peer");
+    }
+}

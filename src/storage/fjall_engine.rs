@@ -1,0 +1,187 @@
+//! [`Engine`] on fjall, an LSM-tree engine in pure Rust.
+//!
+//! All spaces live in one fjall database, so a batch across spaces is atomic and they
+//! share one journal: a synced batch also makes every earlier buffered batch durable.
+//! Shoal relies on that ordering — apply batches are buffered, Raft log batches are
+//! synced — and the journal is persisted manually so buffered batches cost no syscall.
+
+use super::{Durability, Engine, KeyRange, ReadView, Result, ScanIter, Space, StorageError, WriteBatch, WriteOp};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
+use std::collections::HashMap;
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::Arc;
+
+pub struct FjallEngine {
+    db: Database,
+    spaces: Arc<HashMap<Space, Keyspace>>,
+}
+
+fn engine_error(error: fjall::Error) -> StorageError {
+    StorageError::Engine(error.to_string())
+}
+
+fn bounds(range: &KeyRange) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+    let end = match &range.end {
+        Some(end) => Bound::Excluded(end.clone()),
+        None => Bound::Unbounded,
+    };
+    (Bound::Included(range.start.clone()), end)
+}
+
+fn pairs(iter: fjall::Iter, reverse: bool) -> ScanIter {
+    fn convert(guard: fjall::Guard) -> Result<(Vec<u8>, Vec<u8>)> {
+        let (key, value) = guard.into_inner().map_err(engine_error)?;
+        Ok((key.to_vec(), value.to_vec()))
+    }
+    if reverse {
+        Box::new(iter.rev().map(convert))
+    } else {
+        Box::new(iter.map(convert))
+    }
+}
+
+impl FjallEngine {
+    pub fn open(path: &Path) -> Result<Self> {
+        std::fs::create_dir_all(path)?;
+        let db = Database::builder(path)
+            .manual_journal_persist(true)
+            .open()
+            .map_err(engine_error)?;
+        let mut spaces = HashMap::new();
+        for space in Space::ALL {
+            let keyspace = db
+                .keyspace(space.name(), KeyspaceCreateOptions::default)
+                .map_err(engine_error)?;
+            spaces.insert(space, keyspace);
+        }
+        Ok(Self {
+            db,
+            spaces: Arc::new(spaces),
+        })
+    }
+
+    fn keyspace(&self, space: Space) -> &Keyspace {
+        // Every variant is inserted by `open`; a miss is a programming error.
+        &self.spaces[&space]
+    }
+}
+
+impl ReadView for FjallEngine {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let value = self.keyspace(space).get(key).map_err(engine_error)?;
+        Ok(value.map(|value| value.to_vec()))
+    }
+
+    fn scan(&self, space: Space, range: &KeyRange, reverse: bool) -> ScanIter {
+        pairs(self.keyspace(space).range(bounds(range)), reverse)
+    }
+}
+
+impl Engine for FjallEngine {
+    fn write(&self, batch: WriteBatch, durability: Durability) -> Result<()> {
+        let mode = match durability {
+            Durability::Sync => Some(PersistMode::SyncData),
+            Durability::Buffered => None,
+        };
+        if batch.is_empty() {
+            if let Some(mode) = mode {
+                self.db.persist(mode).map_err(engine_error)?;
+            }
+            return Ok(());
+        }
+        let mut fjall_batch = self.db.batch().durability(mode);
+        for op in batch.ops {
+            match op {
+                WriteOp::Put(space, key, value) => fjall_batch.insert(self.keyspace(space), key, value),
+                WriteOp::Delete(space, key) => fjall_batch.remove(self.keyspace(space), key),
+            }
+        }
+        fjall_batch.commit().map_err(engine_error)
+    }
+
+    fn snapshot(&self) -> Arc<dyn ReadView> {
+        Arc::new(FjallSnapshot {
+            snapshot: self.db.snapshot(),
+            spaces: self.spaces.clone(),
+        })
+    }
+
+    fn disk_space_bytes(&self) -> u64 {
+        self.db.disk_space().unwrap_or(0)
+    }
+}
+
+impl Drop for FjallEngine {
+    fn drop(&mut self) {
+        // Buffered batches are redone from the Raft log after a crash, but a clean stop
+        // should not need that.
+        if let Err(error) = self.db.persist(PersistMode::SyncAll) {
+            tracing::warn!(%error, "could not persist the journal on shutdown");
+        }
+    }
+}
+
+struct FjallSnapshot {
+    snapshot: fjall::Snapshot,
+    spaces: Arc<HashMap<Space, Keyspace>>,
+}
+
+impl ReadView for FjallSnapshot {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let value = self.snapshot.get(&self.spaces[&space], key).map_err(engine_error)?;
+        Ok(value.map(|value| value.to_vec()))
+    }
+
+    fn scan(&self, space: Space, range: &KeyRange, reverse: bool) -> ScanIter {
+        pairs(self.snapshot.range(&self.spaces[&space], bounds(range)), reverse)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_is_atomic_across_spaces_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let engine = FjallEngine::open(dir.path()).unwrap();
+            let mut batch = WriteBatch::new();
+            batch.put(Space::KvLatest, b"a".to_vec(), b"1".to_vec());
+            batch.put(Space::RaftLog, b"b".to_vec(), b"2".to_vec());
+            engine.write(batch, Durability::Sync).unwrap();
+        }
+        let engine = FjallEngine::open(dir.path()).unwrap();
+        assert_eq!(engine.get(Space::KvLatest, b"a").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(engine.get(Space::RaftLog, b"b").unwrap(), Some(b"2".to_vec()));
+        assert_eq!(engine.get(Space::KvLatest, b"b").unwrap(), None);
+    }
+
+    #[test]
+    fn snapshot_does_not_see_later_writes_and_scans_both_ways() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = FjallEngine::open(dir.path()).unwrap();
+        let mut batch = WriteBatch::new();
+        for key in [b"a", b"b", b"c"] {
+            batch.put(Space::KvLatest, key.to_vec(), key.to_vec());
+        }
+        engine.write(batch, Durability::Buffered).unwrap();
+        let snapshot = engine.snapshot();
+        let mut batch = WriteBatch::new();
+        batch.delete(Space::KvLatest, b"b".to_vec());
+        engine.write(batch, Durability::Buffered).unwrap();
+
+        let range = KeyRange::new(b"a".to_vec(), Some(b"c".to_vec()));
+        let seen: Vec<_> = snapshot
+            .scan(Space::KvLatest, &range, false)
+            .map(|pair| pair.unwrap().0)
+            .collect();
+        assert_eq!(seen, vec![b"a".to_vec(), b"b".to_vec()]);
+        let now: Vec<_> = engine
+            .scan(Space::KvLatest, &KeyRange::new(Vec::new(), None), true)
+            .map(|pair| pair.unwrap().0)
+            .collect();
+        assert_eq!(now, vec![b"c".to_vec(), b"a".to_vec()]);
+    }
+}
