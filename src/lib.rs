@@ -4,3 +4,4 @@
 
 pub mod proto;
 pub mod storage;
+pub mod range;

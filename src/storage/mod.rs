@@ -179,3 +179,15 @@ pub trait Engine: ReadView {
     /// Bytes the engine occupies on disk.
     fn disk_space_bytes(&self) -> u64;
 }
+
+/// A shared view is a view: lets a pinned snapshot be handed to code that takes
+/// `&dyn` reader traits.
+impl ReadView for Arc<dyn ReadView> {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.as_ref().get(space, key)
+    }
+
+    fn scan(&self, space: Space, range: &KeyRange, reverse: bool) -> ScanIter {
+        self.as_ref().scan(space, range, reverse)
+    }
+}

@@ -1,0 +1,33 @@
+//! The range layer: one Raft group per key range. A [`replica::Replica`] drives raft-rs
+//! for its range, applies committed commands through the [`state_machine`], and answers
+//! proposals and linearizable reads. The layer does no I/O of its own besides the
+//! engine: the node's store loop feeds it messages and ticks and sends what it emits.
+
+pub mod kv;
+pub mod log_store;
+mod raft_logger;
+pub mod replica;
+pub mod snapshot;
+pub mod state_machine;
+
+/// The first range, covering the whole key space until ranges split.
+pub const FIRST_RANGE_ID: u64 = 1;
+
+/// Why a proposal or a read could not be served by this replica.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RangeError {
+    /// Not the leader; `leader` is the one this replica knows of (0 if none).
+    #[error("not leader (leader is {leader:x})")]
+    NotLeader { leader: u64 },
+    /// The proposal was replaced in the log by a new leader's entries: it never applied.
+    #[error("leader changed")]
+    LeaderChanged,
+    /// No outcome within the request timeout; the command may or may not apply.
+    #[error("request timed out")]
+    Timeout,
+    /// The node is shutting down.
+    #[error("server stopped")]
+    Stopped,
+    #[error("range {0} is not on this node")]
+    UnknownRange(u64),
+}

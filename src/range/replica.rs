@@ -1,0 +1,586 @@
+//! One replica of one range: raft-rs's `RawNode`, the state machine it feeds, and the
+//! clients waiting on it (proposals until their entry applies, linearizable reads until
+//! the applied index reaches their read index).
+//!
+//! The store loop owns every replica and calls, in order: `step`/`propose`/`read`/`tick`
+//! for inputs, then `collect_ready` (phase 1: emit leader messages, apply committed
+//! entries, stage log writes), commits the staged writes of all replicas at once, then
+//! `finish_ready` (phase 2: emit messages that needed the log on disk, apply what that
+//! committed).
+
+use super::log_store::LogStore;
+use super::raft_logger;
+use super::snapshot::{self, SnapshotRegistry};
+use super::state_machine::{Applied, StateMachine};
+use super::RangeError;
+use crate::proto::shoal::command::CommandResult;
+use crate::proto::shoal::state::RangeDescriptor;
+use crate::storage::{Durability, Engine, StorageError, WriteBatch};
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeV2, EntryType, Message, MessageType};
+use raft::{RawNode, Ready, StateRole};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{oneshot, watch};
+
+pub type ProposalResponder = oneshot::Sender<Result<CommandResult, RangeError>>;
+pub type ReadResponder = oneshot::Sender<Result<(), RangeError>>;
+
+/// Limits and timings of a replica, in ticks of the store loop.
+#[derive(Clone, Debug)]
+pub struct ReplicaConfig {
+    pub node_id: u64,
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    /// A proposal or read without an outcome after this long fails with `Timeout`.
+    pub request_timeout_ticks: u64,
+    /// A read index request without an answer after this long is sent again (raft-rs
+    /// drops them silently while there is no leader or the leader is new).
+    pub read_retry_ticks: u64,
+    /// Truncate the log once this many applied entries sit in it...
+    pub log_compaction_entries: u64,
+    /// ...keeping this many behind the applied index for slow followers.
+    pub log_catchup_entries: u64,
+}
+
+/// What the rest of the node may read about a range without asking the store loop.
+#[derive(Debug, Default)]
+pub struct RangeStatus {
+    pub leader: AtomicU64,
+    pub is_leader: AtomicBool,
+    pub term: AtomicU64,
+    pub commit_index: AtomicU64,
+    pub applied_index: AtomicU64,
+    pub revision: AtomicI64,
+}
+
+impl RangeStatus {
+    pub fn leader(&self) -> u64 {
+        self.leader.load(Ordering::Acquire)
+    }
+    pub fn term(&self) -> u64 {
+        self.term.load(Ordering::Acquire)
+    }
+}
+
+struct PendingProposal {
+    responder: ProposalResponder,
+    deadline_tick: u64,
+}
+
+struct PendingRead {
+    responder: ReadResponder,
+    deadline_tick: u64,
+}
+
+struct ReadBatch {
+    reads: Vec<PendingRead>,
+    issued_tick: u64,
+}
+
+/// Messages a replica wants sent, tagged with its range.
+pub type Outbox = Vec<(u64, Message)>;
+
+pub struct Replica {
+    range_id: u64,
+    config: ReplicaConfig,
+    raw: RawNode<LogStore>,
+    machine: StateMachine,
+    engine: Arc<dyn Engine>,
+    ticks: u64,
+    next_request_id: u64,
+    proposals: HashMap<u64, PendingProposal>,
+    /// Index each of this leader's proposals got, to tell when another entry took it.
+    proposal_at_index: BTreeMap<u64, u64>,
+    read_queue: Vec<PendingRead>,
+    reads_in_flight: HashMap<u64, ReadBatch>,
+    reads_waiting_apply: BTreeMap<u64, Vec<PendingRead>>,
+    next_read_context: u64,
+    /// Snapshot data received and staged on disk, by (index, term).
+    staged_snapshots: HashMap<(u64, u64), PathBuf>,
+    status: Arc<RangeStatus>,
+    leader_watch: watch::Sender<u64>,
+}
+
+impl Replica {
+    /// Opens the range's replica from the engine. `bootstrap_voters` creates the range
+    /// with that configuration if it has never existed on this node.
+    pub fn open(
+        range_id: u64,
+        config: ReplicaConfig,
+        engine: Arc<dyn Engine>,
+        snapshots: Arc<SnapshotRegistry>,
+        descriptor: RangeDescriptor,
+        bootstrap_voters: Option<Vec<u64>>,
+    ) -> Result<Self, StorageError> {
+        let mut log_store = LogStore::load(range_id, engine.clone(), snapshots)?;
+        let machine = StateMachine::load(range_id, engine.clone(), descriptor)?;
+        if let Some(voters) = bootstrap_voters {
+            if log_store.conf_state().voters.is_empty() && log_store.last_index() == 0 {
+                let mut batch = WriteBatch::new();
+                log_store.bootstrap(voters, &mut batch);
+                machine.bootstrap(&mut batch);
+                engine.write(batch, Durability::Sync)?;
+            }
+        }
+        assert!(
+            machine.applied_index() >= log_store.truncated_index(),
+            "range {range_id}: applied index {} is behind the truncated log {}",
+            machine.applied_index(),
+            log_store.truncated_index()
+        );
+        log_store.set_applied(machine.applied_index(), machine.applied_term());
+        // Only committed entries are applied, and the commit index is written lazily: a
+        // crash may leave it behind the applied index, which raft-rs refuses.
+        if log_store.hard_state().commit < machine.applied_index() {
+            let mut hard_state = log_store.hard_state().clone();
+            hard_state.commit = machine.applied_index();
+            let mut batch = WriteBatch::new();
+            log_store.set_hard_state(hard_state, &mut batch);
+            engine.write(batch, Durability::Sync)?;
+        }
+
+        let raft_config = raft::Config {
+            id: config.node_id,
+            election_tick: config.election_ticks,
+            heartbeat_tick: config.heartbeat_ticks,
+            applied: machine.applied_index(),
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            max_uncommitted_size: 256 << 20,
+            ..Default::default()
+        };
+        let logger = raft_logger::logger(config.node_id, range_id);
+        let raw = RawNode::new(&raft_config, log_store, &logger)
+            .map_err(|error| StorageError::Engine(format!("starting raft for range {range_id}: {error}")))?;
+        let status = Arc::new(RangeStatus::default());
+        status.revision.store(machine.revisions().current, Ordering::Release);
+        status.applied_index.store(machine.applied_index(), Ordering::Release);
+        let (leader_watch, _) = watch::channel(0);
+        Ok(Self {
+            range_id,
+            config,
+            raw,
+            machine,
+            engine,
+            ticks: 0,
+            next_request_id: 1,
+            proposals: HashMap::new(),
+            proposal_at_index: BTreeMap::new(),
+            read_queue: Vec::new(),
+            reads_in_flight: HashMap::new(),
+            reads_waiting_apply: BTreeMap::new(),
+            next_read_context: 1,
+            staged_snapshots: HashMap::new(),
+            status,
+            leader_watch,
+        })
+    }
+
+    pub fn status(&self) -> Arc<RangeStatus> {
+        self.status.clone()
+    }
+
+    pub fn leader_changes(&self) -> watch::Receiver<u64> {
+        self.leader_watch.subscribe()
+    }
+
+    pub fn range_id(&self) -> u64 {
+        self.range_id
+    }
+
+    pub fn tick(&mut self) {
+        self.ticks += 1;
+        self.raw.tick();
+        let now = self.ticks;
+
+        let expired: Vec<u64> = self
+            .proposals
+            .iter()
+            .filter(|(_, proposal)| proposal.deadline_tick <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(proposal) = self.proposals.remove(&id) {
+                metrics::counter!("etcd_server_proposals_failed_total").increment(1);
+                let _ = proposal.responder.send(Err(RangeError::Timeout));
+            }
+        }
+        self.proposal_at_index.retain(|_, id| self.proposals.contains_key(id));
+
+        // Reads whose read index never came back are asked again.
+        let retry = self.config.read_retry_ticks;
+        let stale: Vec<u64> = self
+            .reads_in_flight
+            .iter()
+            .filter(|(_, batch)| now - batch.issued_tick >= retry)
+            .map(|(context, _)| *context)
+            .collect();
+        for context in stale {
+            if let Some(batch) = self.reads_in_flight.remove(&context) {
+                self.read_queue.extend(batch.reads);
+            }
+        }
+        let (expired, live): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.read_queue).into_iter().partition(|read| read.deadline_tick <= now);
+        self.read_queue = live;
+        for read in expired {
+            let _ = read.responder.send(Err(RangeError::Timeout));
+        }
+        for reads in self.reads_waiting_apply.values_mut() {
+            let (expired, live): (Vec<_>, Vec<_>) =
+                std::mem::take(reads).into_iter().partition(|read| read.deadline_tick <= now);
+            *reads = live;
+            for read in expired {
+                let _ = read.responder.send(Err(RangeError::Timeout));
+            }
+        }
+        self.reads_waiting_apply.retain(|_, reads| !reads.is_empty());
+    }
+
+    pub fn step(&mut self, message: Message) {
+        if let Err(error) = self.raw.step(message) {
+            tracing::debug!(range = self.range_id, %error, "raft refused a message");
+        }
+    }
+
+    /// Stages snapshot data received from the leader, then steps the message that
+    /// announces it. raft-rs decides whether to install it.
+    pub fn step_snapshot(&mut self, message: Message, staged: PathBuf) {
+        let metadata = message.get_snapshot().get_metadata();
+        self.staged_snapshots.insert((metadata.index, metadata.term), staged);
+        self.step(message);
+    }
+
+    /// Proposes `command` (an encoded `RaftCommand` without origin and request id). Only
+    /// the leader proposes; followers forward to it through the router instead of
+    /// letting raft-rs forward, so that a lost proposal is noticed instead of waited out.
+    pub fn propose(&mut self, mut command: Vec<u8>, responder: ProposalResponder) {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader || raft.lead_transferee.is_some() {
+            let _ = responder.send(Err(RangeError::NotLeader { leader: raft.leader_id }));
+            return;
+        }
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        // Protobuf merges concatenated messages: appending the header fields fills in
+        // origin and request id without decoding the command.
+        let header = crate::proto::shoal::command::RaftCommand {
+            origin_node: self.config.node_id,
+            request_id,
+            op: None,
+        };
+        prost::Message::encode(&header, &mut command).unwrap_or_else(|_| unreachable!("a Vec grows as needed"));
+        if let Err(error) = self.raw.propose(Vec::new(), command) {
+            tracing::debug!(range = self.range_id, %error, "proposal dropped");
+            let _ = responder.send(Err(RangeError::NotLeader {
+                leader: self.raw.raft.leader_id,
+            }));
+            return;
+        }
+        let index = self.raw.raft.raft_log.last_index();
+        self.proposal_at_index.insert(index, request_id);
+        self.proposals.insert(
+            request_id,
+            PendingProposal {
+                responder,
+                deadline_tick: self.ticks + self.config.request_timeout_ticks,
+            },
+        );
+        metrics::gauge!("etcd_server_proposals_pending").set(self.proposals.len() as f64);
+    }
+
+    /// Queues a linearizable read: it is answered once this replica has applied
+    /// everything the leader had committed when the read arrived.
+    pub fn read(&mut self, responder: ReadResponder) {
+        self.read_queue.push(PendingRead {
+            responder,
+            deadline_tick: self.ticks + self.config.request_timeout_ticks,
+        });
+    }
+
+    /// Sends one read index request for all queued reads.
+    pub fn flush_reads(&mut self) {
+        if self.read_queue.is_empty() {
+            return;
+        }
+        let context = self.next_read_context;
+        self.next_read_context += 1;
+        self.raw.read_index(context.to_be_bytes().to_vec());
+        self.reads_in_flight.insert(
+            context,
+            ReadBatch {
+                reads: std::mem::take(&mut self.read_queue),
+                issued_tick: self.ticks,
+            },
+        );
+    }
+
+    pub fn report_unreachable(&mut self, node_id: u64) {
+        self.raw.report_unreachable(node_id);
+    }
+
+    pub fn report_snapshot(&mut self, to: u64, finished: bool) {
+        let status = if finished {
+            raft::SnapshotStatus::Finish
+        } else {
+            raft::SnapshotStatus::Failure
+        };
+        self.raw.report_snapshot(to, status);
+    }
+
+    pub fn has_ready(&self) -> bool {
+        self.raw.has_ready()
+    }
+
+    /// Phase 1 of handling raft-rs's output: sends what may go before the log is on
+    /// disk, installs a snapshot, applies committed entries, and stages new log entries
+    /// and hard state into `log_batch`. Returns the ready to finish after the batch is
+    /// committed, and whether that commit must be synced.
+    pub fn collect_ready(&mut self, outbox: &mut Outbox, log_batch: &mut WriteBatch) -> Result<(Ready, bool), StorageError> {
+        let mut ready = self.raw.ready();
+        if let Some(soft_state) = ready.ss() {
+            self.on_soft_state(soft_state.leader_id, soft_state.raft_state);
+        }
+        for message in ready.take_messages() {
+            outbox.push((self.range_id, message));
+        }
+        if !ready.snapshot().is_empty() {
+            self.install_snapshot(ready.snapshot().clone())?;
+        }
+        if !ready.read_states().is_empty() {
+            for state in ready.take_read_states() {
+                self.on_read_state(&state.request_ctx, state.index);
+            }
+        }
+        let committed = ready.take_committed_entries();
+        self.apply_entries(&committed)?;
+        self.raw.mut_store().append(ready.entries(), log_batch);
+        if let Some(hard_state) = ready.hs() {
+            self.status.term.store(hard_state.term, Ordering::Release);
+            self.status.commit_index.store(hard_state.commit, Ordering::Release);
+            metrics::gauge!("shoal_raft_term").set(hard_state.term as f64);
+            self.raw.mut_store().set_hard_state(hard_state.clone(), log_batch);
+        }
+        let must_sync = ready.must_sync();
+        Ok((ready, must_sync))
+    }
+
+    /// Phase 2: the staged log writes are on disk.
+    pub fn finish_ready(&mut self, mut ready: Ready, outbox: &mut Outbox) -> Result<(), StorageError> {
+        for message in ready.take_persisted_messages() {
+            outbox.push((self.range_id, message));
+        }
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.status.commit_index.store(commit, Ordering::Release);
+        }
+        for message in light.take_messages() {
+            outbox.push((self.range_id, message));
+        }
+        let committed = light.take_committed_entries();
+        self.apply_entries(&committed)?;
+        self.raw.advance_apply();
+        self.maybe_truncate_log()
+    }
+
+    fn on_soft_state(&mut self, leader: u64, role: StateRole) {
+        let previous = self.status.leader.swap(leader, Ordering::AcqRel);
+        let is_leader = role == StateRole::Leader;
+        self.status.is_leader.store(is_leader, Ordering::Release);
+        metrics::gauge!("etcd_server_is_leader").set(if is_leader { 1.0 } else { 0.0 });
+        metrics::gauge!("etcd_server_has_leader").set(if leader != 0 { 1.0 } else { 0.0 });
+        if previous != leader {
+            if leader != 0 {
+                metrics::counter!("etcd_server_leader_changes_seen_total").increment(1);
+            }
+            tracing::info!(range = self.range_id, leader = format!("{leader:x}"), ?role, "leader changed");
+            self.leader_watch.send_replace(leader);
+        }
+        if !is_leader && !self.proposal_at_index.is_empty() {
+            // Entries this node proposed as leader may still commit under the new leader;
+            // whether they did is learned when their index applies (or they time out).
+            tracing::debug!(range = self.range_id, pending = self.proposals.len(), "lost leadership with proposals in flight");
+        }
+    }
+
+    fn on_read_state(&mut self, context: &[u8], index: u64) {
+        let Some(context) = context.try_into().ok().map(u64::from_be_bytes) else { return };
+        let Some(batch) = self.reads_in_flight.remove(&context) else { return };
+        if self.machine.applied_index() >= index {
+            for read in batch.reads {
+                let _ = read.responder.send(Ok(()));
+            }
+        } else {
+            self.reads_waiting_apply.entry(index).or_default().extend(batch.reads);
+        }
+    }
+
+    fn apply_entries(&mut self, entries: &[raft::eraftpb::Entry]) -> Result<(), StorageError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        for entry in entries {
+            if entry.index <= self.machine.applied_index() {
+                continue; // already applied before a restart; raft-rs may hand it again
+            }
+            let started = Instant::now();
+            match entry.get_entry_type() {
+                EntryType::EntryNormal if entry.data.is_empty() => self.machine.apply_noop(entry.index, entry.term)?,
+                EntryType::EntryNormal => {
+                    let applied = self.machine.apply_command(entry.index, entry.term, &entry.data)?;
+                    metrics::counter!("etcd_server_proposals_applied_total").increment(1);
+                    self.answer_proposal(entry.index, applied);
+                }
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => self.apply_conf_change(entry)?,
+            }
+            self.raw.mut_store().set_applied(entry.index, entry.term);
+            metrics::histogram!("shoal_apply_duration_seconds").record(started.elapsed().as_secs_f64());
+        }
+        let applied = self.machine.applied_index();
+        self.status.applied_index.store(applied, Ordering::Release);
+        self.status.revision.store(self.machine.revisions().current, Ordering::Release);
+        metrics::counter!("etcd_server_proposals_committed_total").absolute(self.status.commit_index.load(Ordering::Acquire));
+        while let Some(entry) = self.reads_waiting_apply.first_entry() {
+            if *entry.key() > applied {
+                break;
+            }
+            for read in entry.remove() {
+                let _ = read.responder.send(Ok(()));
+            }
+        }
+        Ok(())
+    }
+
+    fn answer_proposal(&mut self, index: u64, applied: Option<Applied>) {
+        let expected = self.proposal_at_index.remove(&index);
+        let own = applied.filter(|applied| applied.origin_node == self.config.node_id);
+        if let Some(expected) = expected {
+            if own.as_ref().map(|own| own.request_id) != Some(expected) {
+                // Another leader's entry took this index: the proposal is gone for good.
+                if let Some(proposal) = self.proposals.remove(&expected) {
+                    metrics::counter!("etcd_server_proposals_failed_total").increment(1);
+                    let _ = proposal.responder.send(Err(RangeError::LeaderChanged));
+                }
+            }
+        }
+        if let Some(own) = own {
+            if let Some(proposal) = self.proposals.remove(&own.request_id) {
+                let _ = proposal.responder.send(Ok(own.result));
+            }
+        }
+        metrics::gauge!("etcd_server_proposals_pending").set(self.proposals.len() as f64);
+    }
+
+    fn apply_conf_change(&mut self, entry: &raft::eraftpb::Entry) -> Result<(), StorageError> {
+        let conf_state = if entry.get_entry_type() == EntryType::EntryConfChange {
+            ConfChange::parse_from_bytes(&entry.data)
+                .map_err(|e| e.to_string())
+                .and_then(|change| self.raw.apply_conf_change(&change).map_err(|e| e.to_string()))
+        } else {
+            ConfChangeV2::parse_from_bytes(&entry.data)
+                .map_err(|e| e.to_string())
+                .and_then(|change| self.raw.apply_conf_change(&change).map_err(|e| e.to_string()))
+        };
+        match conf_state {
+            Ok(conf_state) => {
+                let mut batch = WriteBatch::new();
+                self.raw.mut_store().set_conf_state(conf_state, &mut batch);
+                self.engine.write(batch, Durability::Buffered)?;
+            }
+            Err(error) => tracing::error!(range = self.range_id, index = entry.index, %error, "skipping bad conf change"),
+        }
+        self.machine.apply_noop(entry.index, entry.term)
+    }
+
+    fn install_snapshot(&mut self, snapshot: raft::eraftpb::Snapshot) -> Result<(), StorageError> {
+        let metadata = snapshot.get_metadata().clone();
+        let Some(path) = self.staged_snapshots.remove(&(metadata.index, metadata.term)) else {
+            // raft-rs only accepts snapshots this replica stepped with staged data.
+            panic!("range {}: snapshot at {} accepted without staged data", self.range_id, metadata.index);
+        };
+        let started = Instant::now();
+        let mut batch = WriteBatch::new();
+        snapshot::clear_range(self.engine.as_ref(), self.machine.descriptor(), &mut batch)?;
+        let mut file = std::io::BufReader::new(std::fs::File::open(&path)?);
+        let records = snapshot::load_records(&mut file, self.machine.descriptor(), &mut batch)?;
+        self.raw.mut_store().install_snapshot(&metadata, &mut batch);
+        self.engine.write(batch, Durability::Sync)?;
+        self.machine.reload()?;
+        assert_eq!(
+            self.machine.applied_index(),
+            metadata.index,
+            "range {}: snapshot data does not match its metadata",
+            self.range_id
+        );
+        let _ = std::fs::remove_file(&path);
+        for (_, stale) in self.staged_snapshots.drain() {
+            let _ = std::fs::remove_file(stale);
+        }
+        // Our own proposals up to the snapshot may or may not be in it.
+        let covered: Vec<u64> = self.proposal_at_index.range(..=metadata.index).map(|(_, id)| *id).collect();
+        for id in covered {
+            if let Some(proposal) = self.proposals.remove(&id) {
+                let _ = proposal.responder.send(Err(RangeError::Timeout));
+            }
+        }
+        self.proposal_at_index = self.proposal_at_index.split_off(&(metadata.index + 1));
+        self.status.applied_index.store(metadata.index, Ordering::Release);
+        self.status.revision.store(self.machine.revisions().current, Ordering::Release);
+        tracing::info!(
+            range = self.range_id,
+            index = metadata.index,
+            records,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "installed snapshot"
+        );
+        Ok(())
+    }
+
+    fn maybe_truncate_log(&mut self) -> Result<(), StorageError> {
+        let store = self.raw.store();
+        let applied = self.machine.applied_index();
+        if applied.saturating_sub(store.truncated_index()) < self.config.log_compaction_entries {
+            return Ok(());
+        }
+        let keep_from = applied.saturating_sub(self.config.log_catchup_entries);
+        if keep_from <= store.truncated_index() {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::new();
+        self.raw.mut_store().truncate_to(keep_from, &mut batch)?;
+        // Synced: the truncation must not outlive, on disk, the applied state it relies on.
+        self.engine.write(batch, Durability::Sync)?;
+        tracing::debug!(range = self.range_id, truncated_to = keep_from, applied, "compacted raft log");
+        Ok(())
+    }
+
+    /// Fails every waiting client; the node is stopping.
+    pub fn shutdown(&mut self) {
+        for (_, proposal) in self.proposals.drain() {
+            let _ = proposal.responder.send(Err(RangeError::Stopped));
+        }
+        let reads = self
+            .read_queue
+            .drain(..)
+            .chain(self.reads_in_flight.drain().flat_map(|(_, batch)| batch.reads))
+            .chain(std::mem::take(&mut self.reads_waiting_apply).into_values().flatten());
+        for read in reads {
+            let _ = read.responder.send(Err(RangeError::Stopped));
+        }
+    }
+
+    /// Whether a message of this type carries snapshot data that must be streamed.
+    pub fn is_snapshot_message(message: &Message) -> bool {
+        message.get_msg_type() == MessageType::MsgSnapshot
+    }
+
+    pub fn machine(&self) -> &StateMachine {
+        &self.machine
+    }
+}

@@ -1,0 +1,689 @@
+//! A range's replicated state machine: applies committed commands to the MVCC data.
+//!
+//! Every command is applied in one engine batch together with the range's apply state
+//! (applied index, revision), so the data and the index that produced it never
+//! disagree, and a restart resumes right after the last applied command. Apply batches
+//! are not synced: the Raft log is the write-ahead log, and a lost batch is applied
+//! again from it.
+//!
+//! Applying is deterministic: the same command on the same state gives the same result
+//! on every replica, including refusals (a compacted revision, a missing key for
+//! `ignore_value`), which are results, not failures.
+
+use super::kv::{self, KvError, Revisions};
+use crate::proto::etcdserverpb::{
+    request_op, response_op, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+};
+use crate::proto::shoal::command::{self as cmd, command_result, raft_command, CommandResult, RaftCommand};
+use crate::proto::shoal::state::{MemberInfo, PublishedMembers, RangeApplyState, RangeDescriptor};
+use crate::storage::mvcc::{self, MvccRead, Overlaid, Overlay, Record};
+use crate::storage::{keys, Durability, Engine, Space, StorageError, WriteBatch};
+use prost::Message;
+use std::sync::Arc;
+
+const APPLY_STATE: u8 = b's';
+const MEMBERS: u8 = b'm';
+const DESCRIPTOR: u8 = b'd';
+/// Deletes per batch when compaction removes history.
+const COMPACTION_BATCH_OPS: usize = 10_000;
+
+/// The outcome of one applied command, for the node that proposed it.
+#[derive(Debug)]
+pub struct Applied {
+    pub origin_node: u64,
+    pub request_id: u64,
+    pub result: CommandResult,
+}
+
+pub struct StateMachine {
+    range_id: u64,
+    engine: Arc<dyn Engine>,
+    descriptor: RangeDescriptor,
+    state: RangeApplyState,
+    members: PublishedMembers,
+}
+
+fn decode<M: Message + Default>(space: Space, bytes: Option<Vec<u8>>, what: &str) -> Result<Option<M>, StorageError> {
+    bytes
+        .map(|bytes| {
+            M::decode(bytes.as_slice()).map_err(|error| StorageError::Corrupt {
+                space,
+                detail: format!("{what}: {error}"),
+            })
+        })
+        .transpose()
+}
+
+impl StateMachine {
+    /// Loads the range's state; a range never applied to starts at revision 1 (etcd's
+    /// first revision, before any write).
+    pub fn load(range_id: u64, engine: Arc<dyn Engine>, default_descriptor: RangeDescriptor) -> Result<Self, StorageError> {
+        let record = |kind| engine.get(Space::RangeMeta, &keys::range_record_key(range_id, kind));
+        let state = decode(Space::RangeMeta, record(APPLY_STATE)?, "apply state")?.unwrap_or(RangeApplyState {
+            revision: 1,
+            ..Default::default()
+        });
+        let members = decode(Space::RangeMeta, record(MEMBERS)?, "members")?.unwrap_or_default();
+        let descriptor = decode(Space::RangeMeta, record(DESCRIPTOR)?, "descriptor")?.unwrap_or(default_descriptor);
+        Ok(Self {
+            range_id,
+            engine,
+            descriptor,
+            state,
+            members,
+        })
+    }
+
+    /// Reloads everything from the engine, after a snapshot replaced the range's data.
+    pub fn reload(&mut self) -> Result<(), StorageError> {
+        *self = Self::load(self.range_id, self.engine.clone(), self.descriptor.clone())?;
+        Ok(())
+    }
+
+    pub fn descriptor(&self) -> &RangeDescriptor {
+        &self.descriptor
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        self.state.applied_index
+    }
+
+    pub fn applied_term(&self) -> u64 {
+        self.state.applied_term
+    }
+
+    pub fn revisions(&self) -> Revisions {
+        Revisions {
+            current: self.state.revision,
+            compact: self.state.compact_revision,
+        }
+    }
+
+    pub fn members(&self) -> &[MemberInfo] {
+        &self.members.members
+    }
+
+    /// Revision and compaction point as stored in `view` (which may be older than the
+    /// state machine, or a snapshot pinned by a reader).
+    pub fn revisions_in(range_id: u64, view: &dyn crate::storage::ReadView) -> Result<Revisions, StorageError> {
+        let state: Option<RangeApplyState> = decode(
+            Space::RangeMeta,
+            view.get(Space::RangeMeta, &keys::range_record_key(range_id, APPLY_STATE))?,
+            "apply state",
+        )?;
+        Ok(state.map_or(Revisions { current: 1, compact: 0 }, |state| Revisions {
+            current: state.revision,
+            compact: state.compact_revision,
+        }))
+    }
+
+    fn put_state(&self, batch: &mut WriteBatch) {
+        batch.put(
+            Space::RangeMeta,
+            keys::range_record_key(self.range_id, APPLY_STATE),
+            self.state.encode_to_vec(),
+        );
+    }
+
+    /// Writes the range's descriptor; part of creating the range.
+    pub fn bootstrap(&self, batch: &mut WriteBatch) {
+        batch.put(
+            Space::RangeMeta,
+            keys::range_record_key(self.range_id, DESCRIPTOR),
+            self.descriptor.encode_to_vec(),
+        );
+        self.put_state(batch);
+    }
+
+    /// Records that the entry at `index` was applied without changing data (an empty
+    /// entry of a new leader, a configuration change).
+    pub fn apply_noop(&mut self, index: u64, term: u64) -> Result<(), StorageError> {
+        self.advance(index, term);
+        let mut batch = WriteBatch::new();
+        self.put_state(&mut batch);
+        self.engine.write(batch, Durability::Buffered)
+    }
+
+    fn advance(&mut self, index: u64, term: u64) {
+        assert!(
+            index > self.state.applied_index,
+            "range {}: applying index {index} after {}",
+            self.range_id,
+            self.state.applied_index
+        );
+        self.state.applied_index = index;
+        self.state.applied_term = term;
+    }
+
+    /// Applies one committed command. A command that cannot be decoded is a bug or
+    /// corruption upstream; it is skipped (identically on every replica) and logged.
+    pub fn apply_command(&mut self, index: u64, term: u64, data: &[u8]) -> Result<Option<Applied>, StorageError> {
+        let command = match RaftCommand::decode(data) {
+            Ok(command) => command,
+            Err(error) => {
+                tracing::error!(range = self.range_id, index, %error, "skipping undecodable log entry");
+                self.apply_noop(index, term)?;
+                return Ok(None);
+            }
+        };
+        self.advance(index, term);
+        let mut batch = WriteBatch::new();
+        let outcome = match command.op {
+            Some(raft_command::Op::Put(put)) => self.apply_txn_like(TxnRequest {
+                success: vec![RequestOp {
+                    request: Some(request_op::Request::RequestPut(put)),
+                }],
+                ..Default::default()
+            }, &mut batch)
+            .map(|mut response| match response.responses.pop().and_then(|op| op.response) {
+                Some(response_op::Response::ResponsePut(put)) => command_result::Result::Put(put),
+                _ => unreachable!("a put yields a put response"),
+            }),
+            Some(raft_command::Op::DeleteRange(delete)) => self.apply_txn_like(TxnRequest {
+                success: vec![RequestOp {
+                    request: Some(request_op::Request::RequestDeleteRange(delete)),
+                }],
+                ..Default::default()
+            }, &mut batch)
+            .map(|mut response| match response.responses.pop().and_then(|op| op.response) {
+                Some(response_op::Response::ResponseDeleteRange(delete)) => command_result::Result::DeleteRange(delete),
+                _ => unreachable!("a delete yields a delete response"),
+            }),
+            Some(raft_command::Op::Txn(txn)) => self.apply_txn_like(txn, &mut batch).map(command_result::Result::Txn),
+            Some(raft_command::Op::Compact(compact)) => self.apply_compact(&compact, &mut batch),
+            Some(raft_command::Op::PublishMember(member)) => {
+                self.apply_publish(member, &mut batch);
+                Ok(command_result::Result::Empty(cmd::Empty {}))
+            }
+            None => Ok(command_result::Result::Empty(cmd::Empty {})),
+        };
+        let result = match outcome {
+            Ok(result) => result,
+            Err(KvError::Storage(error)) => return Err(error),
+            Err(refusal) => {
+                // Nothing of the refused command may reach the engine.
+                batch = WriteBatch::new();
+                command_result::Result::Error(refusal_to_proto(&refusal))
+            }
+        };
+        self.put_state(&mut batch);
+        self.engine.write(batch, Durability::Buffered)?;
+        Ok(Some(Applied {
+            origin_node: command.origin_node,
+            request_id: command.request_id,
+            result: CommandResult { result: Some(result) },
+        }))
+    }
+
+    fn apply_txn_like(&mut self, request: TxnRequest, batch: &mut WriteBatch) -> Result<TxnResponse, KvError> {
+        let revisions = self.revisions();
+        let base: &dyn Engine = self.engine.as_ref();
+        let path = {
+            let overlay = Overlay::new();
+            let view = Overlaid { base, overlay: &overlay };
+            let path = compare_path(&view, &request)?;
+            check_chosen(&view, &request, &path, &mut 0, revisions)?;
+            path
+        };
+        let mut exec = TxnExec {
+            base,
+            overlay: Overlay::new(),
+            batch,
+            revisions,
+            revision: revisions.current + 1,
+            sub: 0,
+        };
+        let mut response = exec.txn(&request, &path, &mut 0)?;
+        let changed = exec.sub > 0;
+        if changed {
+            self.state.revision += 1;
+        }
+        let header_revision = self.state.revision;
+        response.header = Some(header(header_revision));
+        Ok(response)
+    }
+
+    fn apply_compact(
+        &mut self,
+        request: &CompactionRequest,
+        batch: &mut WriteBatch,
+    ) -> Result<command_result::Result, KvError> {
+        if request.revision <= self.state.compact_revision {
+            return Err(KvError::Compacted);
+        }
+        if request.revision > self.state.revision {
+            return Err(KvError::FutureRevision);
+        }
+        // The new compaction point is stored first: from then on no read can ask for
+        // what the deletes below remove, so they need not be atomic with it.
+        self.state.compact_revision = request.revision;
+        let mut first = std::mem::take(batch);
+        self.put_state(&mut first);
+        self.engine.write(first, Durability::Buffered)?;
+        let engine = self.engine.clone();
+        let removed = mvcc::compact(
+            engine.as_ref(),
+            &kv::etcd_span(),
+            request.revision,
+            COMPACTION_BATCH_OPS,
+            &mut |chunk| engine.write(chunk, Durability::Buffered),
+        )?;
+        tracing::info!(range = self.range_id, revision = request.revision, removed, "compacted history");
+        Ok(command_result::Result::Compact(CompactionResponse {
+            header: Some(header(self.state.revision)),
+        }))
+    }
+
+    fn apply_publish(&mut self, member: cmd::PublishMember, batch: &mut WriteBatch) {
+        let members = &mut self.members.members;
+        match members.iter_mut().find(|known| known.id == member.member_id) {
+            Some(known) => {
+                known.name = member.name;
+                known.client_urls = member.client_urls;
+            }
+            None => members.push(MemberInfo {
+                id: member.member_id,
+                name: member.name,
+                peer_urls: Vec::new(),
+                client_urls: member.client_urls,
+            }),
+        }
+        members.sort_by_key(|member| member.id);
+        batch.put(
+            Space::RangeMeta,
+            keys::range_record_key(self.range_id, MEMBERS),
+            self.members.encode_to_vec(),
+        );
+    }
+}
+
+fn header(revision: i64) -> ResponseHeader {
+    ResponseHeader {
+        revision,
+        ..Default::default()
+    }
+}
+
+pub fn refusal_to_proto(error: &KvError) -> cmd::CommandError {
+    let kind = match error {
+        KvError::Compacted => cmd::ErrorKind::Compacted,
+        KvError::FutureRevision => cmd::ErrorKind::FutureRevision,
+        KvError::KeyNotFound => cmd::ErrorKind::KeyNotFound,
+        KvError::LeaseNotFound => cmd::ErrorKind::LeaseNotFound,
+        KvError::UnknownMember => cmd::ErrorKind::UnknownMember,
+        KvError::Storage(_) => cmd::ErrorKind::Unspecified,
+    };
+    cmd::CommandError {
+        kind: kind as i32,
+        detail: error.to_string(),
+    }
+}
+
+pub fn refusal_from_proto(error: &cmd::CommandError) -> KvError {
+    match error.kind() {
+        cmd::ErrorKind::Compacted => KvError::Compacted,
+        cmd::ErrorKind::FutureRevision => KvError::FutureRevision,
+        cmd::ErrorKind::KeyNotFound => KvError::KeyNotFound,
+        cmd::ErrorKind::LeaseNotFound => KvError::LeaseNotFound,
+        cmd::ErrorKind::UnknownMember => KvError::UnknownMember,
+        cmd::ErrorKind::Unspecified => KvError::Storage(StorageError::Engine(error.detail.clone())),
+    }
+}
+
+/// Leases arrive with the Lease service; until then no lease id exists.
+fn lease_exists(_lease: i64) -> bool {
+    false
+}
+
+/// Outcome of every compare of the transaction and of the nested transactions on the
+/// chosen branches, depth first, all against the state before the transaction (as
+/// etcd decides them).
+fn compare_path(view: &dyn MvccRead, request: &TxnRequest) -> Result<Vec<bool>, KvError> {
+    let mut path = Vec::new();
+    fill_path(view, request, &mut path)?;
+    Ok(path)
+}
+
+fn fill_path(view: &dyn MvccRead, request: &TxnRequest, path: &mut Vec<bool>) -> Result<(), KvError> {
+    let mut succeeded = true;
+    for compare in &request.compare {
+        if !kv::compare_holds(view, compare)? {
+            succeeded = false;
+            break;
+        }
+    }
+    path.push(succeeded);
+    let ops = if succeeded { &request.success } else { &request.failure };
+    for op in ops {
+        if let Some(request_op::Request::RequestTxn(nested)) = &op.request {
+            fill_path(view, nested, path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Refuses the whole transaction before any write if an operation on the chosen path
+/// cannot run: reads at unreadable revisions, puts with unknown leases or with
+/// `ignore_value`/`ignore_lease` on a missing key.
+fn check_chosen(
+    view: &dyn MvccRead,
+    request: &TxnRequest,
+    path: &[bool],
+    position: &mut usize,
+    revisions: Revisions,
+) -> Result<(), KvError> {
+    let succeeded = path[*position];
+    *position += 1;
+    let ops = if succeeded { &request.success } else { &request.failure };
+    for op in ops {
+        match &op.request {
+            Some(request_op::Request::RequestRange(range)) => revisions.check(range.revision)?,
+            Some(request_op::Request::RequestPut(put)) => {
+                if put.lease != 0 && !lease_exists(put.lease) {
+                    return Err(KvError::LeaseNotFound);
+                }
+                if (put.ignore_value || put.ignore_lease) && view.latest(&kv::internal_key(&put.key))?.is_none() {
+                    return Err(KvError::KeyNotFound);
+                }
+            }
+            Some(request_op::Request::RequestTxn(nested)) => check_chosen(view, nested, path, position, revisions)?,
+            Some(request_op::Request::RequestDeleteRange(_)) | None => {}
+        }
+    }
+    Ok(())
+}
+
+/// One transaction being applied: its writes go to the batch and to an overlay that
+/// its own later operations read through.
+struct TxnExec<'a> {
+    base: &'a dyn Engine,
+    overlay: Overlay,
+    batch: &'a mut WriteBatch,
+    revisions: Revisions,
+    /// The revision every write of this transaction gets.
+    revision: i64,
+    /// Writes so far; each gets its own sub revision.
+    sub: i64,
+}
+
+impl TxnExec<'_> {
+    /// The revision reads inside the transaction report: the one being built once the
+    /// transaction has written, the store's before.
+    fn read_revision(&self) -> i64 {
+        if self.sub > 0 {
+            self.revision
+        } else {
+            self.revisions.current
+        }
+    }
+
+    fn txn(&mut self, request: &TxnRequest, path: &[bool], position: &mut usize) -> Result<TxnResponse, KvError> {
+        let succeeded = path[*position];
+        *position += 1;
+        let ops = if succeeded { &request.success } else { &request.failure };
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            let response = match &op.request {
+                Some(request_op::Request::RequestRange(range)) => response_op::Response::ResponseRange(self.range(range)?),
+                Some(request_op::Request::RequestPut(put)) => response_op::Response::ResponsePut(self.put(put)?),
+                Some(request_op::Request::RequestDeleteRange(delete)) => {
+                    response_op::Response::ResponseDeleteRange(self.delete(delete)?)
+                }
+                Some(request_op::Request::RequestTxn(nested)) => {
+                    let mut response = self.txn(nested, path, position)?;
+                    response.header = Some(header(self.read_revision()));
+                    response_op::Response::ResponseTxn(response)
+                }
+                None => continue,
+            };
+            responses.push(ResponseOp {
+                response: Some(response),
+            });
+        }
+        Ok(TxnResponse {
+            header: None,
+            succeeded,
+            responses,
+        })
+    }
+
+    fn range(&self, request: &RangeRequest) -> Result<RangeResponse, KvError> {
+        let view = Overlaid {
+            base: self.base,
+            overlay: &self.overlay,
+        };
+        let mut revisions = self.revisions;
+        revisions.current = self.read_revision();
+        kv::range(&view, request, revisions, self.read_revision())
+    }
+
+    fn put(&mut self, request: &PutRequest) -> Result<PutResponse, KvError> {
+        let key = kv::internal_key(&request.key);
+        let previous = Overlaid {
+            base: self.base,
+            overlay: &self.overlay,
+        }
+        .latest(&key)?;
+        let (value, lease) = match &previous {
+            Some(previous) => (
+                if request.ignore_value { previous.value.clone() } else { request.value.to_vec() },
+                if request.ignore_lease { previous.lease } else { request.lease },
+            ),
+            None => (request.value.to_vec(), request.lease),
+        };
+        let record = Record {
+            create_revision: previous.as_ref().map_or(self.revision, |p| p.create_revision),
+            mod_revision: self.revision,
+            version: previous.as_ref().map_or(1, |p| p.version + 1),
+            lease,
+            value,
+        };
+        mvcc::write_put(self.batch, &key, &record, self.sub);
+        self.sub += 1;
+        self.overlay.insert(key.clone(), Some(record));
+        Ok(PutResponse {
+            header: Some(header(self.revision)),
+            prev_kv: match previous {
+                Some(previous) if request.prev_kv => Some(kv::to_key_value(&key, previous)),
+                _ => None,
+            },
+        })
+    }
+
+    fn delete(&mut self, request: &DeleteRangeRequest) -> Result<DeleteRangeResponse, KvError> {
+        let span = kv::key_span(&request.key, &request.range_end);
+        let doomed: Vec<(Vec<u8>, Record)> = Overlaid {
+            base: self.base,
+            overlay: &self.overlay,
+        }
+        .scan_latest(&span)
+        .collect::<Result<_, StorageError>>()?;
+        let mut prev_kvs = Vec::new();
+        for (key, record) in &doomed {
+            mvcc::write_delete(self.batch, key, self.revision, self.sub);
+            self.sub += 1;
+            self.overlay.insert(key.clone(), None);
+            if request.prev_kv {
+                prev_kvs.push(kv::to_key_value(key, record.clone()));
+            }
+        }
+        Ok(DeleteRangeResponse {
+            header: Some(header(self.read_revision())),
+            deleted: doomed.len() as i64,
+            prev_kvs,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::etcdserverpb::{compare, Compare};
+    use crate::storage::FjallEngine;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        machine: StateMachine,
+        index: u64,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let engine: Arc<dyn Engine> = Arc::new(FjallEngine::open(dir.path()).unwrap());
+            let machine = StateMachine::load(1, engine, RangeDescriptor { id: 1, ..Default::default() }).unwrap();
+            Self { _dir: dir, machine, index: 0 }
+        }
+
+        fn apply(&mut self, op: raft_command::Op) -> command_result::Result {
+            self.index += 1;
+            let command = RaftCommand {
+                origin_node: 1,
+                request_id: self.index,
+                op: Some(op),
+            };
+            let applied = self.machine.apply_command(self.index, 1, &command.encode_to_vec()).unwrap().unwrap();
+            applied.result.result.unwrap()
+        }
+
+        fn put(&mut self, key: &str, value: &str) -> PutResponse {
+            match self.apply(raft_command::Op::Put(PutRequest {
+                key: key.as_bytes().to_vec().into(),
+                value: value.as_bytes().to_vec().into(),
+                prev_kv: true,
+                ..Default::default()
+            })) {
+                command_result::Result::Put(put) => put,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+
+        fn get(&self, key: &str, revision: i64) -> Result<RangeResponse, KvError> {
+            let request = RangeRequest {
+                key: key.as_bytes().to_vec().into(),
+                revision,
+                ..Default::default()
+            };
+            let revisions = self.machine.revisions();
+            kv::range(&self.machine.engine.snapshot(), &request, revisions, revisions.current)
+        }
+    }
+
+    fn put_op(key: &str, value: &str) -> RequestOp {
+        RequestOp {
+            request: Some(request_op::Request::RequestPut(PutRequest {
+                key: key.as_bytes().to_vec().into(),
+                value: value.as_bytes().to_vec().into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn range_op(key: &str) -> RequestOp {
+        RequestOp {
+            request: Some(request_op::Request::RequestRange(RangeRequest {
+                key: key.as_bytes().to_vec().into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn puts_advance_revision_and_version_and_return_prev_kv() {
+        let mut f = Fixture::new();
+        let first = f.put("a", "1");
+        assert_eq!(first.header.unwrap().revision, 2);
+        assert!(first.prev_kv.is_none());
+        let second = f.put("a", "2");
+        assert_eq!(second.header.unwrap().revision, 3);
+        assert_eq!(second.prev_kv.unwrap().value.as_ref(), b"1");
+        let now = f.get("a", 0).unwrap();
+        let kv = &now.kvs[0];
+        assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
+        assert_eq!(f.get("a", 2).unwrap().kvs[0].value.as_ref(), b"1");
+        assert!(matches!(f.get("a", 4), Err(KvError::FutureRevision)));
+    }
+
+    #[test]
+    fn txn_reads_its_own_writes_and_bumps_revision_once() {
+        let mut f = Fixture::new();
+        f.put("a", "1");
+        let result = f.apply(raft_command::Op::Txn(TxnRequest {
+            compare: vec![Compare {
+                result: compare::CompareResult::Equal as i32,
+                target: compare::CompareTarget::Value as i32,
+                key: b"a".to_vec().into(),
+                target_union: Some(compare::TargetUnion::Value(b"1".to_vec().into())),
+                ..Default::default()
+            }],
+            success: vec![put_op("a", "2"), put_op("b", "2"), range_op("a")],
+            failure: vec![],
+        }));
+        let command_result::Result::Txn(txn) = result else { panic!("{result:?}") };
+        assert!(txn.succeeded);
+        assert_eq!(txn.header.unwrap().revision, 3);
+        let Some(response_op::Response::ResponseRange(range)) = &txn.responses[2].response else { panic!() };
+        assert_eq!(range.kvs[0].value.as_ref(), b"2");
+        assert_eq!(range.kvs[0].mod_revision, 3);
+        assert_eq!(f.get("b", 0).unwrap().kvs[0].mod_revision, 3);
+    }
+
+    #[test]
+    fn refused_commands_change_nothing_but_the_applied_index() {
+        let mut f = Fixture::new();
+        f.put("a", "1");
+        let result = f.apply(raft_command::Op::Txn(TxnRequest {
+            success: vec![
+                put_op("b", "1"),
+                RequestOp {
+                    request: Some(request_op::Request::RequestRange(RangeRequest {
+                        key: b"a".to_vec().into(),
+                        revision: 99,
+                        ..Default::default()
+                    })),
+                },
+            ],
+            ..Default::default()
+        }));
+        assert!(matches!(result, command_result::Result::Error(ref e) if e.kind() == cmd::ErrorKind::FutureRevision));
+        assert_eq!(f.get("b", 0).unwrap().count, 0);
+        assert_eq!(f.machine.revisions().current, 2);
+        assert_eq!(f.machine.applied_index(), 2);
+    }
+
+    #[test]
+    fn deleting_nothing_keeps_the_revision() {
+        let mut f = Fixture::new();
+        f.put("a", "1");
+        let result = f.apply(raft_command::Op::DeleteRange(DeleteRangeRequest {
+            key: b"zzz".to_vec().into(),
+            ..Default::default()
+        }));
+        let command_result::Result::DeleteRange(delete) = result else { panic!() };
+        assert_eq!(delete.deleted, 0);
+        assert_eq!(delete.header.unwrap().revision, 2);
+        let result = f.apply(raft_command::Op::DeleteRange(DeleteRangeRequest {
+            key: b"a".to_vec().into(),
+            prev_kv: true,
+            ..Default::default()
+        }));
+        let command_result::Result::DeleteRange(delete) = result else { panic!() };
+        assert_eq!((delete.deleted, delete.header.unwrap().revision), (1, 3));
+        assert_eq!(delete.prev_kvs[0].value.as_ref(), b"1");
+    }
+
+    #[test]
+    fn compaction_refuses_old_reads_and_keeps_newer_ones() {
+        let mut f = Fixture::new();
+        f.put("a", "1");
+        f.put("a", "2");
+        f.put("a", "3");
+        let result = f.apply(raft_command::Op::Compact(CompactionRequest { revision: 3, physical: true }));
+        assert!(matches!(result, command_result::Result::Compact(_)));
+        assert!(matches!(f.get("a", 2), Err(KvError::Compacted)));
+        assert_eq!(f.get("a", 3).unwrap().kvs[0].value.as_ref(), b"2");
+        let again = f.apply(raft_command::Op::Compact(CompactionRequest { revision: 3, physical: false }));
+        assert!(matches!(again, command_result::Result::Error(ref e) if e.kind() == cmd::ErrorKind::Compacted));
+    }
+}
