@@ -2,6 +2,12 @@
 //! See ARCHITECTURE.md for the map of this crate.
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod config;
+pub mod node;
 pub mod proto;
-pub mod storage;
 pub mod range;
+pub mod storage;
+pub mod transport;
+pub mod cli;
+pub mod telemetry;

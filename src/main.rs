@@ -1,1 +1,49 @@
-fn main() {}
+//! The `shoal` binary: parses the command line and runs the chosen command.
+
+mod playground;
+
+use anyhow::Context;
+use clap::Parser;
+use shoal::cli::{Cli, Command};
+use shoal::config::{NodeConfig, ServerSettings};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("shoal-worker")
+        .build()
+        .context("starting the async runtime")?;
+    match cli.command {
+        Command::Server(args) => {
+            let settings = ServerSettings::load(args.config.as_deref(), &args.flags)?;
+            let config = NodeConfig::try_from(settings)?;
+            let metrics = shoal::telemetry::install().context("installing the metrics recorder")?;
+            runtime.block_on(shoal::node::run(config, Some(metrics), shutdown_signal()))?;
+            Ok(())
+        }
+        Command::Playground(args) => runtime.block_on(playground::run(args)),
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(signal) => signal,
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGTERM; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

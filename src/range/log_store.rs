@@ -8,7 +8,7 @@
 //! an entry that is not on disk.
 
 use super::snapshot::SnapshotRegistry;
-use crate::proto::shoal::state::TruncatedState;
+use crate::proto::shoal::state::{RangeDescriptor, TruncatedState};
 use crate::storage::{keys, Engine, KeyRange, Result as StorageResult, Space, StorageError, WriteBatch};
 use prost::Message as _;
 use protobuf::Message as _;
@@ -39,6 +39,7 @@ pub struct LogStore {
     applied_index: u64,
     applied_term: u64,
     snapshots: Arc<SnapshotRegistry>,
+    descriptor: RangeDescriptor,
 }
 
 fn corrupt(detail: impl Into<String>) -> StorageError {
@@ -105,6 +106,10 @@ impl LogStore {
             cache: VecDeque::new(),
             cache_bytes: 0,
             snapshots,
+            descriptor: RangeDescriptor {
+                id: range_id,
+                ..Default::default()
+            },
         })
     }
 
@@ -116,6 +121,11 @@ impl LogStore {
         conf_state.voters = voters;
         self.set_conf_state(conf_state, batch);
         self.set_hard_state(HardState::default(), batch);
+    }
+
+    /// The span snapshots of this range cover.
+    pub fn set_descriptor(&mut self, descriptor: RangeDescriptor) {
+        self.descriptor = descriptor;
     }
 
     pub fn hard_state(&self) -> &HardState {
@@ -375,7 +385,7 @@ impl raft::Storage for LogStore {
         metadata.set_conf_state(self.conf_state.clone());
         // The data travels separately, streamed from a pinned engine view; the message
         // only names it.
-        let id = self.snapshots.register(self.range_id, to, self.engine.snapshot());
+        let id = self.snapshots.register(self.descriptor.clone(), to, self.engine.snapshot());
         snapshot.data = id.to_be_bytes().to_vec().into();
         Ok(snapshot)
     }

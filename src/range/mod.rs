@@ -6,6 +6,7 @@
 pub mod kv;
 pub mod log_store;
 mod raft_logger;
+pub mod reader;
 pub mod replica;
 pub mod snapshot;
 pub mod state_machine;

@@ -133,6 +133,7 @@ impl Replica {
             log_store.truncated_index()
         );
         log_store.set_applied(machine.applied_index(), machine.applied_term());
+        log_store.set_descriptor(machine.descriptor().clone());
         // Only committed entries are applied, and the commit index is written lazily: a
         // crash may leave it behind the applied index, which raft-rs refuses.
         if log_store.hard_state().commit < machine.applied_index() {

@@ -27,7 +27,7 @@ const PENDING_SNAPSHOT_TTL: Duration = Duration::from_secs(600);
 const DATA_SPACES: [Space; 3] = [Space::KvLatest, Space::KvHistory, Space::KvChanges];
 
 pub struct PendingSnapshot {
-    pub range_id: u64,
+    pub descriptor: RangeDescriptor,
     pub to: u64,
     pub view: Arc<dyn ReadView>,
     created: Instant,
@@ -41,14 +41,14 @@ pub struct SnapshotRegistry {
 }
 
 impl SnapshotRegistry {
-    pub fn register(&self, range_id: u64, to: u64, view: Arc<dyn ReadView>) -> u64 {
+    pub fn register(&self, descriptor: RangeDescriptor, to: u64, view: Arc<dyn ReadView>) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let mut pending = self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         pending.retain(|_, snapshot| snapshot.created.elapsed() < PENDING_SNAPSHOT_TTL);
         pending.insert(
             id,
             PendingSnapshot {
-                range_id,
+                descriptor,
                 to,
                 view,
                 created: Instant::now(),
@@ -161,9 +161,18 @@ pub fn clear_range(view: &dyn ReadView, descriptor: &RangeDescriptor, batch: &mu
     Ok(())
 }
 
-/// Adds every record of a staged snapshot stream to `batch`, checking that each one
-/// belongs to the range.
+/// Adds every record of a staged snapshot stream to `batch`.
 pub fn load_records(reader: &mut dyn Read, descriptor: &RangeDescriptor, batch: &mut WriteBatch) -> Result<u64, StorageError> {
+    read_records(reader, descriptor, &mut |space, key, value| batch.put(space, key, value))
+}
+
+/// Reads a whole snapshot stream, checking that every record is well formed and
+/// belongs to the range, and hands each to `visit`. Returns the number of records.
+pub fn read_records(
+    reader: &mut dyn Read,
+    descriptor: &RangeDescriptor,
+    visit: &mut dyn FnMut(Space, Vec<u8>, Vec<u8>),
+) -> Result<u64, StorageError> {
     let span = descriptor_span(descriptor);
     let own_meta = keys::range_records(descriptor.id);
     let corrupt = |detail: String| StorageError::Corrupt {
@@ -173,9 +182,8 @@ pub fn load_records(reader: &mut dyn Read, descriptor: &RangeDescriptor, batch: 
     let mut records = 0u64;
     loop {
         let mut tag = [0u8; 1];
-        match reader.read(&mut tag)? {
-            0 => return Ok(records),
-            _ => {}
+        if reader.read(&mut tag)? == 0 {
+            return Ok(records);
         }
         let space = Space::from_tag(tag[0]).ok_or_else(|| corrupt(format!("unknown space tag {}", tag[0])))?;
         let key = read_field(reader)?;
@@ -188,7 +196,7 @@ pub fn load_records(reader: &mut dyn Read, descriptor: &RangeDescriptor, batch: 
         if !belongs {
             return Err(corrupt(format!("record of {space:?} outside range {}", descriptor.id)));
         }
-        batch.put(space, key, value);
+        visit(space, key, value);
         records += 1;
     }
 }

@@ -18,7 +18,7 @@ use crate::proto::etcdserverpb::{
 use crate::proto::shoal::command::{self as cmd, command_result, raft_command, CommandResult, RaftCommand};
 use crate::proto::shoal::state::{MemberInfo, PublishedMembers, RangeApplyState, RangeDescriptor};
 use crate::storage::mvcc::{self, MvccRead, Overlaid, Overlay, Record};
-use crate::storage::{keys, Durability, Engine, Space, StorageError, WriteBatch};
+use crate::storage::{keys, Durability, Engine, ReadView, Space, StorageError, WriteBatch};
 use prost::Message;
 use std::sync::Arc;
 
@@ -106,7 +106,7 @@ impl StateMachine {
 
     /// Revision and compaction point as stored in `view` (which may be older than the
     /// state machine, or a snapshot pinned by a reader).
-    pub fn revisions_in(range_id: u64, view: &dyn crate::storage::ReadView) -> Result<Revisions, StorageError> {
+    pub fn revisions_in(range_id: u64, view: &dyn ReadView) -> Result<Revisions, StorageError> {
         let state: Option<RangeApplyState> = decode(
             Space::RangeMeta,
             view.get(Space::RangeMeta, &keys::range_record_key(range_id, APPLY_STATE))?,
@@ -218,7 +218,7 @@ impl StateMachine {
 
     fn apply_txn_like(&mut self, request: TxnRequest, batch: &mut WriteBatch) -> Result<TxnResponse, KvError> {
         let revisions = self.revisions();
-        let base: &dyn Engine = self.engine.as_ref();
+        let base: &dyn ReadView = self.engine.as_ref();
         let path = {
             let overlay = Overlay::new();
             let view = Overlaid { base, overlay: &overlay };
@@ -296,6 +296,37 @@ impl StateMachine {
             self.members.encode_to_vec(),
         );
     }
+}
+
+/// Members as published through the log, as stored in `view`.
+pub fn members_in(range_id: u64, view: &dyn ReadView) -> Result<Vec<MemberInfo>, StorageError> {
+    let members: Option<PublishedMembers> = decode(
+        Space::RangeMeta,
+        view.get(Space::RangeMeta, &keys::range_record_key(range_id, MEMBERS))?,
+        "members",
+    )?;
+    Ok(members.unwrap_or_default().members)
+}
+
+/// Runs a transaction whose every operation is a read, against `view`, without the
+/// log: the caller has made `view` current enough (read index) or accepts staleness.
+pub fn read_only_txn(view: &dyn ReadView, revisions: Revisions, request: &TxnRequest) -> Result<TxnResponse, KvError> {
+    let overlay = Overlay::new();
+    let path = compare_path(&Overlaid { base: view, overlay: &overlay }, request)?;
+    check_chosen(&Overlaid { base: view, overlay: &overlay }, request, &path, &mut 0, revisions)?;
+    let mut unused = WriteBatch::new();
+    let mut exec = TxnExec {
+        base: view,
+        overlay,
+        batch: &mut unused,
+        revisions,
+        revision: revisions.current + 1,
+        sub: 0,
+    };
+    let mut response = exec.txn(request, &path, &mut 0)?;
+    assert!(exec.sub == 0 && unused.is_empty(), "a read-only transaction wrote");
+    response.header = Some(header(revisions.current));
+    Ok(response)
 }
 
 fn header(revision: i64) -> ResponseHeader {
@@ -397,7 +428,7 @@ fn check_chosen(
 /// One transaction being applied: its writes go to the batch and to an overlay that
 /// its own later operations read through.
 struct TxnExec<'a> {
-    base: &'a dyn Engine,
+    base: &'a dyn ReadView,
     overlay: Overlay,
     batch: &'a mut WriteBatch,
     revisions: Revisions,

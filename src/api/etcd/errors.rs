@@ -1,0 +1,71 @@
+//! Shoal's errors as the gRPC statuses etcd returns for the same conditions, with etcd's
+//! message texts: clients (etcdctl, clientv3) match on them.
+
+use crate::node::router::RouteError;
+use crate::range::kv::KvError;
+use crate::range::RangeError;
+use tonic::{Code, Status};
+
+pub fn empty_key() -> Status {
+    Status::invalid_argument("etcdserver: key is not provided")
+}
+
+pub fn key_not_found() -> Status {
+    Status::invalid_argument("etcdserver: key not found")
+}
+
+pub fn value_provided() -> Status {
+    Status::invalid_argument("etcdserver: value is provided")
+}
+
+pub fn lease_provided() -> Status {
+    Status::invalid_argument("etcdserver: lease is provided")
+}
+
+pub fn too_many_ops() -> Status {
+    Status::invalid_argument("etcdserver: too many operations in txn request")
+}
+
+pub fn duplicate_key() -> Status {
+    Status::invalid_argument("etcdserver: duplicate key given in txn request")
+}
+
+pub fn invalid_sort_option() -> Status {
+    Status::invalid_argument("etcdserver: invalid sort option")
+}
+
+pub fn request_too_large() -> Status {
+    Status::invalid_argument("etcdserver: request is too large")
+}
+
+pub fn kv(error: KvError) -> Status {
+    match error {
+        KvError::Compacted => Status::out_of_range("etcdserver: mvcc: required revision has been compacted"),
+        KvError::FutureRevision => Status::out_of_range("etcdserver: mvcc: required revision is a future revision"),
+        KvError::KeyNotFound => key_not_found(),
+        KvError::LeaseNotFound => Status::not_found("etcdserver: requested lease not found"),
+        KvError::UnknownMember => Status::not_found("etcdserver: member not found"),
+        KvError::Storage(error) => {
+            tracing::error!(%error, "storage error serving a request");
+            Status::internal(format!("etcdserver: storage: {error}"))
+        }
+    }
+}
+
+pub fn route(error: RouteError) -> Status {
+    match error {
+        RouteError::NoLeader | RouteError::Range(RangeError::NotLeader { .. }) => {
+            Status::unavailable("etcdserver: no leader")
+        }
+        RouteError::Range(RangeError::Timeout) => Status::unavailable("etcdserver: request timed out"),
+        RouteError::Range(RangeError::LeaderChanged) => Status::unavailable("etcdserver: leader changed"),
+        RouteError::Range(RangeError::Stopped) => Status::unavailable("etcdserver: server stopped"),
+        RouteError::Range(RangeError::UnknownRange(range)) => {
+            Status::new(Code::Internal, format!("etcdserver: range {range} is not served here"))
+        }
+        RouteError::ConnectionLost(detail) => {
+            tracing::debug!(%detail, "forwarded write lost its connection");
+            Status::unavailable("etcdserver: request timed out, possibly due to connection lost")
+        }
+    }
+}

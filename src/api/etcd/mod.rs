@@ -1,0 +1,81 @@
+//! The etcd v3 gRPC API (wire-compatible with etcd's `etcdserverpb`).
+
+mod cluster;
+mod errors;
+mod kv;
+mod maintenance;
+mod validate;
+
+pub use cluster::ClusterService;
+pub use kv::KvService;
+pub use maintenance::MaintenanceService;
+
+use crate::node::router::Router;
+use crate::proto::etcdserverpb::ResponseHeader;
+use crate::proto::shoal::state::MemberInfo;
+use crate::range::FIRST_RANGE_ID;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The etcd API version Shoal implements; clients gate features on it.
+pub const ETCD_API_VERSION: &str = "3.5.0";
+
+/// Limits on client requests.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_txn_ops: usize,
+    pub max_request_bytes: usize,
+}
+
+/// What every etcd handler needs.
+pub struct EtcdContext {
+    pub router: Arc<Router>,
+    pub cluster_id: u64,
+    pub member_id: u64,
+    pub limits: Limits,
+    /// Members with their peer URLs, as the cluster was created.
+    pub initial_members: Vec<MemberInfo>,
+}
+
+impl EtcdContext {
+    pub fn header(&self, revision: i64) -> ResponseHeader {
+        ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.member_id,
+            revision,
+            raft_term: self.router.status(FIRST_RANGE_ID).term(),
+        }
+    }
+}
+
+/// Counts and times one call the way grpc-go's Prometheus interceptor does, so existing
+/// dashboards for etcd read Shoal's metrics unchanged.
+async fn observe<T>(
+    service: &'static str,
+    method: &'static str,
+    call: impl Future<Output = Result<T, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    let started = Instant::now();
+    let outcome = call.await;
+    let code = match &outcome {
+        Ok(_) => "OK".to_string(),
+        Err(status) => format!("{:?}", status.code()),
+    };
+    metrics::counter!(
+        "grpc_server_handled_total",
+        "grpc_type" => "unary",
+        "grpc_service" => service,
+        "grpc_method" => method,
+        "grpc_code" => code
+    )
+    .increment(1);
+    metrics::histogram!(
+        "grpc_server_handling_seconds",
+        "grpc_type" => "unary",
+        "grpc_service" => service,
+        "grpc_method" => method
+    )
+    .record(started.elapsed().as_secs_f64());
+    outcome
+}

@@ -1,0 +1,5 @@
+//! Client protocols. Handlers decode and validate, call the router, and encode the
+//! reply; they never touch storage or Raft.
+
+pub mod etcd;
+pub mod h2_authority;

@@ -1,0 +1,120 @@
+//! The `shoal` command line.
+
+use crate::config::ClusterState;
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "shoal", version, about = "A distributed, strongly consistent key-value and coordination store")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run one node. Flags use etcd's names, so etcd deployment scripts carry over.
+    Server(ServerArgs),
+    /// Run a local cluster of N nodes on this machine and print its endpoints.
+    Playground(PlaygroundArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// TOML file with the same settings (kebab-case keys); SHOAL_* environment variables
+    /// override it, flags override both.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub flags: ServerFlags,
+}
+
+/// Settings given as flags; unset ones are left to the file, environment or defaults.
+#[derive(Args, Debug, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ServerFlags {
+    /// Human-readable name of this member [default: default]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Where the data lives [default: <name>.shoal]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// URLs to serve clients on [default: http://127.0.0.1:2379]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen_client_urls: Option<String>,
+    /// Client URLs announced to the cluster [default: the listen client URLs]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise_client_urls: Option<String>,
+    /// URLs to serve other members on [default: http://127.0.0.1:2380]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen_peer_urls: Option<String>,
+    /// Peer URLs announced to the cluster [default: the listen peer URLs]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initial_advertise_peer_urls: Option<String>,
+    /// Members of a new cluster: name=url[,name=url...] [default: this member alone]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initial_cluster: Option<String>,
+    /// `new` to create the cluster, `existing` to rejoin it [default: new]
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initial_cluster_state: Option<ClusterState>,
+    /// Token that makes ids unique to this cluster [default: shoal-cluster]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initial_cluster_token: Option<String>,
+    /// URLs for HTTP /metrics, /health and /ready; empty to disable [default: http://127.0.0.1:9090]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen_metrics_urls: Option<String>,
+    /// Milliseconds between leader heartbeats [default: 100]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heartbeat_interval: Option<u64>,
+    /// Milliseconds without a leader before an election [default: 1000]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub election_timeout: Option<u64>,
+    /// Most operations in one txn [default: 128]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_txn_ops: Option<usize>,
+    /// Largest client request in bytes [default: 1572864]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_request_bytes: Option<usize>,
+    /// Applied Raft log entries kept before the log is truncated [default: 10000]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_count: Option<u64>,
+    /// Entries kept behind the applied index when truncating [default: 5000]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_catchup_entries: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+pub struct PlaygroundArgs {
+    /// Number of nodes
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// Folder for every node's data and log
+    #[arg(long, default_value = "./shoal-data")]
+    pub data_dir: PathBuf,
+    /// Client port of the first node; node i uses base + 2*i
+    #[arg(long, default_value_t = 2379)]
+    pub client_port_base: u16,
+    /// Peer port of the first node; node i uses base + 2*i
+    #[arg(long, default_value_t = 2380)]
+    pub peer_port_base: u16,
+    /// Metrics port of the first node; node i uses base + i
+    #[arg(long, default_value_t = 9090)]
+    pub metrics_port_base: u16,
+}

@@ -1,0 +1,400 @@
+//! Server settings: etcd's flag names and meanings, from defaults, a TOML file, `SHOAL_*`
+//! environment variables and flags (each overriding the one before), checked into a
+//! typed [`NodeConfig`].
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(Box<figment::Error>),
+    #[error("--{setting}: {problem}")]
+    Invalid { setting: &'static str, problem: String },
+}
+
+fn invalid(setting: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        problem: problem.into(),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterState {
+    /// Create a new cluster from --initial-cluster.
+    New,
+    /// Join a cluster that already exists (the member must have been added to it).
+    Existing,
+}
+
+/// Every server setting, named as etcd names its flags (kebab-case in TOML, upper snake
+/// case after `SHOAL_` in the environment).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ServerSettings {
+    pub name: String,
+    /// Default: `<name>.shoal` in the working directory.
+    pub data_dir: Option<PathBuf>,
+    pub listen_client_urls: String,
+    /// Default: the listen client URLs.
+    pub advertise_client_urls: Option<String>,
+    pub listen_peer_urls: String,
+    /// Default: the listen peer URLs.
+    pub initial_advertise_peer_urls: Option<String>,
+    /// `name=url[,name=url...]`; default: this member alone.
+    pub initial_cluster: Option<String>,
+    pub initial_cluster_state: ClusterState,
+    pub initial_cluster_token: String,
+    /// HTTP for /metrics, /health, /ready; empty to disable.
+    pub listen_metrics_urls: String,
+    /// Milliseconds between leader heartbeats (one Raft tick).
+    pub heartbeat_interval: u64,
+    /// Milliseconds without a leader before an election.
+    pub election_timeout: u64,
+    pub max_txn_ops: usize,
+    pub max_request_bytes: usize,
+    /// Applied log entries kept before the log is truncated.
+    pub snapshot_count: u64,
+    /// Entries kept behind the applied index at truncation, for slow followers.
+    pub snapshot_catchup_entries: u64,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            name: "default".into(),
+            data_dir: None,
+            listen_client_urls: "http://127.0.0.1:2379".into(),
+            advertise_client_urls: None,
+            listen_peer_urls: "http://127.0.0.1:2380".into(),
+            initial_advertise_peer_urls: None,
+            initial_cluster: None,
+            initial_cluster_state: ClusterState::New,
+            initial_cluster_token: "shoal-cluster".into(),
+            listen_metrics_urls: "http://127.0.0.1:9090".into(),
+            heartbeat_interval: 100,
+            election_timeout: 1000,
+            max_txn_ops: 128,
+            max_request_bytes: 1536 * 1024,
+            snapshot_count: 10_000,
+            snapshot_catchup_entries: 5_000,
+        }
+    }
+}
+
+const SETTING_NAMES: &[&str] = &[
+    "name",
+    "data-dir",
+    "listen-client-urls",
+    "advertise-client-urls",
+    "listen-peer-urls",
+    "initial-advertise-peer-urls",
+    "initial-cluster",
+    "initial-cluster-state",
+    "initial-cluster-token",
+    "listen-metrics-urls",
+    "heartbeat-interval",
+    "election-timeout",
+    "max-txn-ops",
+    "max-request-bytes",
+    "snapshot-count",
+    "snapshot-catchup-entries",
+];
+
+impl ServerSettings {
+    /// Layers defaults, the file, the environment and `flags` (settings given on the
+    /// command line, serialized with unset ones left out).
+    pub fn load(file: Option<&Path>, flags: impl Serialize) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(ServerSettings::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(invalid("config", format!("{} does not exist", file.display())));
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        let environment = Env::prefixed("SHOAL_")
+            .map(|key| key.as_str().replace('_', "-").into())
+            .filter(|key| SETTING_NAMES.contains(&key.as_str()));
+        figment
+            .merge(environment)
+            .merge(Serialized::defaults(flags))
+            .extract()
+            .map_err(|error| ConfigError::Load(Box::new(error)))
+    }
+}
+
+/// One member of the initial cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InitialMember {
+    pub name: String,
+    pub peer_urls: Vec<String>,
+}
+
+/// Checked settings of one node.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub client_listen: Vec<SocketAddr>,
+    pub advertise_client_urls: Vec<String>,
+    pub peer_listen: Vec<SocketAddr>,
+    pub advertise_peer_urls: Vec<String>,
+    pub initial_cluster: Vec<InitialMember>,
+    pub cluster_state: ClusterState,
+    pub cluster_token: String,
+    pub metrics_listen: Vec<SocketAddr>,
+    pub heartbeat_interval: Duration,
+    pub election_timeout: Duration,
+    pub max_txn_ops: usize,
+    pub max_request_bytes: usize,
+    pub log_compaction_entries: u64,
+    pub log_catchup_entries: u64,
+}
+
+impl NodeConfig {
+    /// How long a client request may wait for an outcome (etcd: 5 s plus two election
+    /// timeouts, long enough to ride out one leader election).
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(5) + self.election_timeout * 2
+    }
+}
+
+fn split_list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Resolves `http://host:port` to socket addresses.
+pub fn resolve_url(setting: &'static str, url: &str) -> Result<Vec<SocketAddr>, ConfigError> {
+    let rest = if let Some(rest) = url.strip_prefix("http://") {
+        rest
+    } else if url.starts_with("https://") {
+        return Err(invalid(setting, format!("{url}: TLS is not supported yet; use http://")));
+    } else {
+        return Err(invalid(setting, format!("{url}: expected http://host:port")));
+    };
+    let authority = rest.trim_end_matches('/');
+    if authority.contains('/') {
+        return Err(invalid(setting, format!("{url}: a URL here has no path")));
+    }
+    let addresses: Vec<SocketAddr> = authority
+        .to_socket_addrs()
+        .map_err(|error| invalid(setting, format!("{url}: {error}")))?
+        .collect();
+    if addresses.is_empty() {
+        return Err(invalid(setting, format!("{url}: resolves to no address")));
+    }
+    Ok(addresses)
+}
+
+fn resolve_list(setting: &'static str, value: &str) -> Result<Vec<SocketAddr>, ConfigError> {
+    let mut addresses = Vec::new();
+    for url in split_list(value) {
+        // A listener binds one address per URL.
+        addresses.push(resolve_url(setting, &url)?[0]);
+    }
+    Ok(addresses)
+}
+
+fn check_urls(setting: &'static str, urls: &[String]) -> Result<(), ConfigError> {
+    if urls.is_empty() {
+        return Err(invalid(setting, "at least one URL is needed"));
+    }
+    for url in urls {
+        resolve_url(setting, url)?;
+    }
+    Ok(())
+}
+
+pub fn parse_initial_cluster(value: &str) -> Result<Vec<InitialMember>, ConfigError> {
+    let mut members: Vec<InitialMember> = Vec::new();
+    for item in split_list(value) {
+        let Some((name, url)) = item.split_once('=') else {
+            return Err(invalid("initial-cluster", format!("{item}: expected name=url")));
+        };
+        let (name, url) = (name.trim(), url.trim());
+        if name.is_empty() {
+            return Err(invalid("initial-cluster", format!("{item}: empty member name")));
+        }
+        check_urls("initial-cluster", &[url.to_string()])?;
+        match members.iter_mut().find(|member| member.name == name) {
+            Some(member) => member.peer_urls.push(url.to_string()),
+            None => members.push(InitialMember {
+                name: name.to_string(),
+                peer_urls: vec![url.to_string()],
+            }),
+        }
+    }
+    if members.is_empty() {
+        return Err(invalid("initial-cluster", "no members"));
+    }
+    Ok(members)
+}
+
+impl TryFrom<ServerSettings> for NodeConfig {
+    type Error = ConfigError;
+
+    fn try_from(settings: ServerSettings) -> Result<Self, ConfigError> {
+        if settings.name.is_empty() {
+            return Err(invalid("name", "must not be empty"));
+        }
+        let client_listen = resolve_list("listen-client-urls", &settings.listen_client_urls)?;
+        if client_listen.is_empty() {
+            return Err(invalid("listen-client-urls", "at least one URL is needed"));
+        }
+        let advertise_client_urls =
+            split_list(settings.advertise_client_urls.as_deref().unwrap_or(&settings.listen_client_urls));
+        check_urls("advertise-client-urls", &advertise_client_urls)?;
+        let peer_listen = resolve_list("listen-peer-urls", &settings.listen_peer_urls)?;
+        if peer_listen.is_empty() {
+            return Err(invalid("listen-peer-urls", "at least one URL is needed"));
+        }
+        let advertise_peer_urls =
+            split_list(settings.initial_advertise_peer_urls.as_deref().unwrap_or(&settings.listen_peer_urls));
+        check_urls("initial-advertise-peer-urls", &advertise_peer_urls)?;
+        let initial_cluster = match &settings.initial_cluster {
+            Some(value) => parse_initial_cluster(value)?,
+            None => vec![InitialMember {
+                name: settings.name.clone(),
+                peer_urls: advertise_peer_urls.clone(),
+            }],
+        };
+        let Some(me) = initial_cluster.iter().find(|member| member.name == settings.name) else {
+            return Err(invalid(
+                "initial-cluster",
+                format!("has no member named {:?} (the --name of this node)", settings.name),
+            ));
+        };
+        let mut mine = me.peer_urls.clone();
+        let mut advertised = advertise_peer_urls.clone();
+        mine.sort();
+        advertised.sort();
+        if mine != advertised {
+            return Err(invalid(
+                "initial-cluster",
+                format!(
+                    "lists {:?} for {:?} but --initial-advertise-peer-urls is {:?}",
+                    me.peer_urls, settings.name, advertise_peer_urls
+                ),
+            ));
+        }
+        let metrics_listen = resolve_list("listen-metrics-urls", &settings.listen_metrics_urls)?;
+        if settings.heartbeat_interval == 0 {
+            return Err(invalid("heartbeat-interval", "must be at least 1 ms"));
+        }
+        if settings.election_timeout < 5 * settings.heartbeat_interval {
+            return Err(invalid(
+                "election-timeout",
+                format!(
+                    "{} ms should be at least 5 times --heartbeat-interval ({} ms)",
+                    settings.election_timeout, settings.heartbeat_interval
+                ),
+            ));
+        }
+        if settings.max_txn_ops == 0 {
+            return Err(invalid("max-txn-ops", "must be at least 1"));
+        }
+        if settings.max_request_bytes == 0 || settings.max_request_bytes > 64 << 20 {
+            return Err(invalid("max-request-bytes", "must be between 1 byte and 64 MiB"));
+        }
+        if settings.snapshot_count == 0 {
+            return Err(invalid("snapshot-count", "must be at least 1"));
+        }
+        let data_dir = settings
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("{}.shoal", settings.name)));
+        Ok(NodeConfig {
+            name: settings.name,
+            data_dir,
+            client_listen,
+            advertise_client_urls,
+            peer_listen,
+            advertise_peer_urls,
+            initial_cluster,
+            cluster_state: settings.initial_cluster_state,
+            cluster_token: settings.initial_cluster_token,
+            metrics_listen,
+            heartbeat_interval: Duration::from_millis(settings.heartbeat_interval),
+            election_timeout: Duration::from_millis(settings.election_timeout),
+            max_txn_ops: settings.max_txn_ops,
+            max_request_bytes: settings.max_request_bytes,
+            log_compaction_entries: settings.snapshot_count,
+            log_catchup_entries: settings.snapshot_catchup_entries.min(settings.snapshot_count),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize, Default)]
+    struct Flags {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+    }
+
+    #[test]
+    fn flags_win_over_file_and_file_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(&file, "name = \"from-file\"\nmax-txn-ops = 7\n").unwrap();
+        let settings = ServerSettings::load(Some(&file), Flags::default()).unwrap();
+        assert_eq!((settings.name.as_str(), settings.max_txn_ops), ("from-file", 7));
+        let settings = ServerSettings::load(
+            Some(&file),
+            Flags {
+                name: Some("from-flag".into()),
+            },
+        )
+        .unwrap();
+        assert_eq!((settings.name.as_str(), settings.max_txn_ops), ("from-flag", 7));
+    }
+
+    #[test]
+    fn unknown_file_settings_are_rejected_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(&file, "max-txn-opz = 7\n").unwrap();
+        let error = ServerSettings::load(Some(&file), Flags::default()).unwrap_err().to_string();
+        assert!(error.contains("max-txn-opz"), "{error}");
+    }
+
+    #[test]
+    fn the_initial_cluster_must_name_this_node_with_its_urls() {
+        let mut settings = ServerSettings {
+            name: "n2".into(),
+            listen_peer_urls: "http://127.0.0.1:2480".into(),
+            initial_cluster: Some("n1=http://127.0.0.1:2380,n2=http://127.0.0.1:2480".into()),
+            ..Default::default()
+        };
+        let config = NodeConfig::try_from(settings.clone()).unwrap();
+        assert_eq!(config.initial_cluster.len(), 2);
+        assert_eq!(config.data_dir, PathBuf::from("n2.shoal"));
+        settings.name = "n3".into();
+        let error = NodeConfig::try_from(settings.clone()).unwrap_err().to_string();
+        assert!(error.contains("no member named \"n3\""), "{error}");
+        settings.name = "n2".into();
+        settings.listen_peer_urls = "http://127.0.0.1:2999".into();
+        assert!(NodeConfig::try_from(settings).is_err());
+    }
+
+    #[test]
+    fn urls_must_be_plain_http() {
+        assert!(resolve_url("x", "http://127.0.0.1:1").is_ok());
+        assert!(resolve_url("x", "https://127.0.0.1:1").unwrap_err().to_string().contains("TLS"));
+        assert!(resolve_url("x", "127.0.0.1:1").is_err());
+        assert!(resolve_url("x", "http://127.0.0.1").is_err());
+    }
+}

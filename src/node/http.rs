@@ -1,0 +1,66 @@
+//! The metrics listener: Prometheus `/metrics`, `/health` (can this member serve a
+//! linearizable read now?) and `/ready` (has it joined and caught up?).
+
+use super::router::Router;
+use crate::range::FIRST_RANGE_ID;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Clone)]
+struct HttpState {
+    router: Arc<Router>,
+    metrics: Option<PrometheusHandle>,
+}
+
+pub fn routes(router: Arc<Router>, metrics: Option<PrometheusHandle>) -> axum::Router {
+    axum::Router::new()
+        .route("/metrics", get(render_metrics))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .with_state(HttpState { router, metrics })
+}
+
+async fn render_metrics(State(state): State<HttpState>) -> impl IntoResponse {
+    let body = state.metrics.as_ref().map(PrometheusHandle::render).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+}
+
+fn json(status: StatusCode, body: String) -> impl IntoResponse {
+    (status, [(header::CONTENT_TYPE, "application/json")], body)
+}
+
+async fn health(State(state): State<HttpState>) -> impl IntoResponse {
+    let check = tokio::time::timeout(Duration::from_secs(2), state.router.linearize(FIRST_RANGE_ID)).await;
+    match check {
+        Ok(Ok(())) => json(StatusCode::OK, r#"{"health":"true","reason":""}"#.into()),
+        Ok(Err(error)) => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(r#"{{"health":"false","reason":"{error}"}}"#),
+        ),
+        Err(_) => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"health":"false","reason":"timed out waiting for a read index"}"#.into(),
+        ),
+    }
+}
+
+async fn ready(State(state): State<HttpState>) -> impl IntoResponse {
+    let status = state.router.status(FIRST_RANGE_ID);
+    let leader = status.leader();
+    let commit = status.commit_index.load(Ordering::Acquire);
+    let applied = status.applied_index.load(Ordering::Acquire);
+    if leader != 0 && commit > 0 && applied >= commit {
+        json(StatusCode::OK, format!(r#"{{"ready":true,"leader":"{leader:x}","applied":{applied}}}"#))
+    } else {
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(r#"{{"ready":false,"leader":"{leader:x}","commit":{commit},"applied":{applied}}}"#),
+        )
+    }
+}

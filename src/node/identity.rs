@@ -1,0 +1,117 @@
+//! Who this node is: its member id and its cluster's id, fixed the first time the node
+//! starts and kept in the engine, so a restart with the same data directory is the same
+//! member whatever the flags say.
+
+use crate::config::{ClusterState, NodeConfig};
+use crate::proto::shoal::state::{MemberInfo, NodeIdentity};
+use crate::storage::{Durability, Engine, Space, StorageError, WriteBatch};
+use prost::Message;
+
+const IDENTITY_KEY: &[u8] = b"identity";
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("data directory belongs to member {stored:?}, but this node is named {configured:?}")]
+    NameMismatch { stored: String, configured: String },
+    #[error(
+        "--initial-cluster-state=existing needs this member's data directory; adding a new member \
+         to a running cluster (MemberAdd) is not supported yet"
+    )]
+    JoinUnsupported,
+}
+
+/// FNV-1a: a stable hash, so every member computes the same ids from the same inputs.
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for byte in part.iter().chain(std::iter::once(&0xffu8)) {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
+}
+
+/// A member's id, derived (like etcd's) from its peer URLs and the cluster token.
+pub fn member_id(cluster_token: &str, peer_urls: &[String]) -> u64 {
+    let mut urls = peer_urls.to_vec();
+    urls.sort();
+    let joined = urls.join(",");
+    fnv1a(&[joined.as_bytes(), cluster_token.as_bytes()]).max(1)
+}
+
+pub fn cluster_id(cluster_token: &str, member_ids: &[u64]) -> u64 {
+    let mut ids = member_ids.to_vec();
+    ids.sort_unstable();
+    let bytes: Vec<u8> = ids.iter().flat_map(|id| id.to_be_bytes()).collect();
+    fnv1a(&[&bytes, cluster_token.as_bytes()]).max(1)
+}
+
+/// Whether the identity was just created (a brand-new member of a new cluster).
+pub struct Loaded {
+    pub identity: NodeIdentity,
+    pub created: bool,
+}
+
+pub fn load_or_create(engine: &dyn Engine, config: &NodeConfig) -> Result<Loaded, IdentityError> {
+    if let Some(bytes) = engine.get(Space::NodeMeta, IDENTITY_KEY)? {
+        let identity = NodeIdentity::decode(bytes.as_slice()).map_err(|error| StorageError::Corrupt {
+            space: Space::NodeMeta,
+            detail: format!("identity: {error}"),
+        })?;
+        if identity.name != config.name {
+            return Err(IdentityError::NameMismatch {
+                stored: identity.name,
+                configured: config.name.clone(),
+            });
+        }
+        return Ok(Loaded {
+            identity,
+            created: false,
+        });
+    }
+    if config.cluster_state == ClusterState::Existing {
+        return Err(IdentityError::JoinUnsupported);
+    }
+    let members: Vec<MemberInfo> = config
+        .initial_cluster
+        .iter()
+        .map(|member| MemberInfo {
+            id: member_id(&config.cluster_token, &member.peer_urls),
+            name: member.name.clone(),
+            peer_urls: member.peer_urls.clone(),
+            client_urls: Vec::new(),
+        })
+        .collect();
+    let ids: Vec<u64> = members.iter().map(|member| member.id).collect();
+    let identity = NodeIdentity {
+        member_id: member_id(&config.cluster_token, &config.advertise_peer_urls),
+        cluster_id: cluster_id(&config.cluster_token, &ids),
+        name: config.name.clone(),
+        cluster_token: config.cluster_token.clone(),
+        initial_members: members,
+    };
+    let mut batch = WriteBatch::new();
+    batch.put(Space::NodeMeta, IDENTITY_KEY.to_vec(), identity.encode_to_vec());
+    engine.write(batch, Durability::Sync)?;
+    Ok(Loaded {
+        identity,
+        created: true,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_do_not_depend_on_url_order_and_differ_per_token() {
+        let urls = vec!["http://a:1".to_string(), "http://b:2".to_string()];
+        let reversed: Vec<String> = urls.iter().rev().cloned().collect();
+        assert_eq!(member_id("t", &urls), member_id("t", &reversed));
+        assert_ne!(member_id("t", &urls), member_id("u", &urls));
+        assert_eq!(cluster_id("t", &[1, 2]), cluster_id("t", &[2, 1]));
+    }
+}

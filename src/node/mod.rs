@@ -1,0 +1,296 @@
+//! A Shoal node: wires storage, the store loop, the peer transport, the router and the
+//! client protocols together, and runs them until shutdown.
+
+pub mod http;
+pub mod identity;
+pub mod router;
+pub mod store;
+
+use crate::api::h2_authority::AuthorityRepair;
+use crate::api::etcd::{self, ClusterService, EtcdContext, KvService, Limits, MaintenanceService};
+use crate::config::{ClusterState, NodeConfig};
+use crate::proto::etcdserverpb::{cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer};
+use crate::proto::shoal::command::{raft_command, PublishMember, RaftCommand};
+use crate::proto::shoal::peer::peer_server::PeerServer;
+use crate::proto::shoal::state::RangeDescriptor;
+use crate::range::reader::RangeReader;
+use crate::range::replica::{Replica, ReplicaConfig};
+use crate::range::snapshot::SnapshotRegistry;
+use crate::range::FIRST_RANGE_ID;
+use crate::storage::{Engine, FjallEngine, StorageError};
+use crate::transport::{PeerIdentity, PeerService, PeerTransport, PEER_MESSAGE_BYTES_MAX};
+use metrics_exporter_prometheus::PrometheusHandle;
+use prost::Message;
+use router::Router;
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use store::{Store, StoreHandle, StoreInput};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
+
+/// gRPC framing and the rest of a request beyond its payload; etcd allows the same.
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+    #[error("cannot listen on {address} for {purpose}: {source}")]
+    Bind {
+        address: SocketAddr,
+        purpose: &'static str,
+        source: std::io::Error,
+    },
+    #[error("peer transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("the store loop stopped: {0}")]
+    StoreFailed(String),
+}
+
+async fn bind(addresses: &[SocketAddr], purpose: &'static str) -> Result<Vec<TcpListener>, NodeError> {
+    let mut listeners = Vec::new();
+    for &address in addresses {
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|source| NodeError::Bind {
+                address,
+                purpose,
+                source,
+            })?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+/// The whole key space, as the first range.
+fn first_range() -> RangeDescriptor {
+    RangeDescriptor {
+        id: FIRST_RANGE_ID,
+        start_key: Default::default(),
+        end_key: Default::default(),
+        epoch: 1,
+    }
+}
+
+/// Runs a node until `shutdown` resolves (or a fatal error). `metrics` renders
+/// `/metrics`; the caller installs the recorder once per process.
+pub async fn run(
+    config: NodeConfig,
+    metrics: Option<PrometheusHandle>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), NodeError> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    let snapshot_dir = config.data_dir.join("snap");
+    if snapshot_dir.exists() {
+        std::fs::remove_dir_all(&snapshot_dir)?; // leftovers of transfers that never installed
+    }
+    std::fs::create_dir_all(&snapshot_dir)?;
+    let engine: Arc<dyn Engine> = Arc::new(FjallEngine::open(&config.data_dir.join("db"))?);
+    let loaded = identity::load_or_create(engine.as_ref(), &config)?;
+    let identity = loaded.identity;
+    let me = identity.member_id;
+    tracing::info!(
+        name = %identity.name,
+        member = format!("{me:x}"),
+        cluster = format!("{:x}", identity.cluster_id),
+        data_dir = %config.data_dir.display(),
+        "starting"
+    );
+
+    let peer_listeners = bind(&config.peer_listen, "peer traffic").await?;
+    let client_listeners = bind(&config.client_listen, "clients").await?;
+    let metrics_listeners = bind(&config.metrics_listen, "metrics").await?;
+
+    let tick = config.heartbeat_interval;
+    let ticks = |duration: Duration| (duration.as_millis() / tick.as_millis().max(1)).max(1) as u64;
+    let replica_config = ReplicaConfig {
+        node_id: me,
+        election_ticks: ticks(config.election_timeout) as usize,
+        heartbeat_ticks: 1,
+        request_timeout_ticks: ticks(config.request_timeout()),
+        // raft-rs drops read index requests while a new leader has not yet committed in
+        // its term; re-asking soon keeps reads right after an election fast.
+        read_retry_ticks: 2,
+        log_compaction_entries: config.log_compaction_entries,
+        log_catchup_entries: config.log_catchup_entries,
+    };
+    let voters: Vec<u64> = identity.initial_members.iter().map(|member| member.id).collect();
+    let bootstrap = (loaded.created && config.cluster_state == ClusterState::New).then_some(voters);
+    let snapshots = Arc::new(SnapshotRegistry::default());
+    let replica = Replica::open(
+        FIRST_RANGE_ID,
+        replica_config,
+        engine.clone(),
+        snapshots.clone(),
+        first_range(),
+        bootstrap,
+    )?;
+
+    let (store_handle, inbox) = StoreHandle::channel();
+    let peer_identity = PeerIdentity {
+        cluster_id: identity.cluster_id,
+        member_id: me,
+    };
+    let peer_urls: HashMap<u64, String> = identity
+        .initial_members
+        .iter()
+        .filter_map(|member| member.peer_urls.first().map(|url| (member.id, url.clone())))
+        .collect();
+    let transport = PeerTransport::start(peer_identity, &peer_urls, store_handle.clone(), snapshots)?;
+    let (store, ranges) = Store::new(vec![replica], engine.clone(), inbox, transport.clone(), tick);
+    let (store_done_tx, store_done) = tokio::sync::oneshot::channel();
+    let store_thread = std::thread::Builder::new()
+        .name("shoal-store".into())
+        .spawn(move || {
+            let outcome = store.run();
+            let _ = store_done_tx.send(outcome);
+        })?;
+
+    let router = Arc::new(Router::new(
+        me,
+        store_handle.clone(),
+        ranges,
+        transport,
+        RangeReader::new(engine.clone()),
+        config.request_timeout(),
+    ));
+    let context = Arc::new(EtcdContext {
+        router: router.clone(),
+        cluster_id: identity.cluster_id,
+        member_id: me,
+        limits: Limits {
+            max_txn_ops: config.max_txn_ops,
+            max_request_bytes: config.max_request_bytes,
+        },
+        initial_members: identity.initial_members.clone(),
+    });
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut stop_rx = stop_rx.clone();
+        async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let mut servers = tokio::task::JoinSet::new();
+    let descriptors = HashMap::from([(FIRST_RANGE_ID, first_range())]);
+    for listener in peer_listeners {
+        let service = PeerServer::new(PeerService::new(
+            peer_identity,
+            store_handle.clone(),
+            snapshot_dir.clone(),
+            descriptors.clone(),
+        ))
+        .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX);
+        servers.spawn(
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(service)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped()),
+        );
+    }
+    let max_decoding = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    for listener in client_listeners {
+        let connections = TcpListenerStream::new(listener).map(|accepted| {
+            accepted.map(|stream| {
+                let _ = stream.set_nodelay(true);
+                AuthorityRepair::new(stream)
+            })
+        });
+        servers.spawn(
+            tonic::transport::Server::builder()
+                .add_service(KvServer::new(KvService::new(context.clone())).max_decoding_message_size(max_decoding))
+                .add_service(ClusterServer::new(ClusterService::new(context.clone())))
+                .add_service(MaintenanceServer::new(MaintenanceService::new(context.clone())))
+                .serve_with_incoming_shutdown(connections, stopped()),
+        );
+    }
+    let mut http_servers = tokio::task::JoinSet::new();
+    for listener in metrics_listeners {
+        let app = http::routes(router.clone(), metrics.clone());
+        let stop = stopped();
+        http_servers.spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop).await });
+    }
+    tracing::info!(
+        clients = ?config.advertise_client_urls,
+        peers = ?config.advertise_peer_urls,
+        metrics = ?config.metrics_listen,
+        "serving"
+    );
+
+    let publisher = tokio::spawn(publish_member(
+        router.clone(),
+        me,
+        identity.name.clone(),
+        config.advertise_client_urls.clone(),
+    ));
+
+    let outcome = tokio::select! {
+        () = shutdown => Ok(()),
+        done = store_done => Err(NodeError::StoreFailed(match done {
+            Ok(Ok(())) => "stopped unexpectedly".into(),
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => "panicked".into(),
+        })),
+        Some(server) = servers.join_next() => Err(NodeError::StoreFailed(format!("a gRPC server ended: {server:?}"))),
+    };
+    tracing::info!("shutting down");
+    publisher.abort();
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while servers.join_next().await.is_some() {}
+        while http_servers.join_next().await.is_some() {}
+    })
+    .await;
+    let _ = store_handle.send(StoreInput::Stop).await;
+    drop(store_handle);
+    let _ = tokio::task::spawn_blocking(move || store_thread.join()).await;
+    drop(engine);
+    tracing::info!("stopped");
+    outcome
+}
+
+/// Announces this member's name and client URLs through the log once per start, as
+/// etcd members do, so every member lists them in MemberList. Retries until it lands.
+async fn publish_member(router: Arc<Router>, member_id: u64, name: String, client_urls: Vec<String>) {
+    let command = RaftCommand {
+        origin_node: 0,
+        request_id: 0,
+        op: Some(raft_command::Op::PublishMember(PublishMember {
+            member_id,
+            name: name.clone(),
+            client_urls: client_urls.clone(),
+        })),
+    }
+    .encode_to_vec();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        if let Ok(published) = router.reader().members(FIRST_RANGE_ID) {
+            if published
+                .iter()
+                .any(|member| member.id == member_id && member.name == name && member.client_urls == client_urls)
+            {
+                return;
+            }
+        }
+        match router.write(FIRST_RANGE_ID, command.clone()).await {
+            Ok(_) => {
+                tracing::info!("published member attributes");
+                return;
+            }
+            Err(error) => tracing::debug!(%error, "publishing member attributes; will retry"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+pub use etcd::ETCD_API_VERSION;

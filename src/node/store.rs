@@ -1,0 +1,311 @@
+//! The store loop: one thread per node that owns every local replica.
+//!
+//! Each turn it takes all waiting inputs (proposals, reads, Raft messages), ticks the
+//! replicas when a tick is due, then collects the Raft output of every replica that has
+//! some, writes all their log entries and hard states in **one** engine batch with
+//! **one** fsync, sends the messages, and applies what got committed. Many clients, one
+//! fsync: this is the group commit that keeps throughput high at full durability.
+
+use crate::proto::shoal::command::CommandResult;
+use crate::range::replica::{Outbox, ProposalResponder, RangeStatus, ReadResponder, Replica};
+use crate::range::RangeError;
+use crate::storage::{Durability, Engine, StorageError, WriteBatch};
+use raft::eraftpb::Message;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, watch};
+
+/// Inputs are taken in turns of at most this many, so output is produced regularly
+/// even under a flood of requests.
+const INPUTS_PER_TURN_MAX: usize = 4096;
+/// Bound of the inbox; senders wait when it is full (backpressure, not loss).
+const INBOX_CAPACITY: usize = 65_536;
+
+pub enum StoreInput {
+    Propose {
+        range_id: u64,
+        command: Vec<u8>,
+        responder: ProposalResponder,
+    },
+    Read {
+        range_id: u64,
+        responder: ReadResponder,
+    },
+    Raft {
+        range_id: u64,
+        message: Message,
+    },
+    InstallSnapshot {
+        range_id: u64,
+        message: Message,
+        staged: PathBuf,
+    },
+    Unreachable {
+        node_id: u64,
+    },
+    SnapshotSent {
+        range_id: u64,
+        to: u64,
+        finished: bool,
+    },
+    Stop,
+}
+
+/// Where the store loop sends Raft messages.
+pub trait RaftSender: Send + Sync {
+    /// Queues messages for `to`; never blocks the store loop.
+    fn send(&self, to: u64, messages: Vec<(u64, Message)>);
+    /// Streams the snapshot a `MsgSnapshot` refers to, then reports back.
+    fn send_snapshot(&self, to: u64, range_id: u64, message: Message);
+}
+
+/// A range as the rest of the node sees it.
+#[derive(Clone)]
+pub struct RangeView {
+    pub status: Arc<RangeStatus>,
+    pub leader_changes: watch::Receiver<u64>,
+}
+
+/// Sends inputs to the store loop.
+#[derive(Clone)]
+pub struct StoreHandle {
+    inbox: flume::Sender<StoreInput>,
+}
+
+impl StoreHandle {
+    /// A handle and the inbox the store loop will read.
+    pub fn channel() -> (StoreHandle, flume::Receiver<StoreInput>) {
+        let (inbox, receiver) = flume::bounded(INBOX_CAPACITY);
+        (StoreHandle { inbox }, receiver)
+    }
+
+    pub async fn propose(&self, range_id: u64, command: Vec<u8>) -> Result<CommandResult, RangeError> {
+        let (responder, outcome) = oneshot::channel();
+        self.inbox
+            .send_async(StoreInput::Propose {
+                range_id,
+                command,
+                responder,
+            })
+            .await
+            .map_err(|_| RangeError::Stopped)?;
+        outcome.await.map_err(|_| RangeError::Stopped)?
+    }
+
+    /// Resolves once this node's replica of the range has applied everything that was
+    /// committed when the call was made.
+    pub async fn read_index(&self, range_id: u64) -> Result<(), RangeError> {
+        let (responder, outcome) = oneshot::channel();
+        self.inbox
+            .send_async(StoreInput::Read { range_id, responder })
+            .await
+            .map_err(|_| RangeError::Stopped)?;
+        outcome.await.map_err(|_| RangeError::Stopped)?
+    }
+
+    pub async fn send(&self, input: StoreInput) -> Result<(), RangeError> {
+        self.inbox.send_async(input).await.map_err(|_| RangeError::Stopped)
+    }
+
+    /// For callers outside the runtime (the store's own helpers); drops on a full inbox.
+    pub fn try_send(&self, input: StoreInput) {
+        let _ = self.inbox.try_send(input);
+    }
+}
+
+pub struct Store {
+    replicas: BTreeMap<u64, Replica>,
+    engine: Arc<dyn Engine>,
+    inbox: flume::Receiver<StoreInput>,
+    sender: Arc<dyn RaftSender>,
+    tick_interval: Duration,
+}
+
+impl Store {
+    pub fn new(
+        replicas: Vec<Replica>,
+        engine: Arc<dyn Engine>,
+        inbox: flume::Receiver<StoreInput>,
+        sender: Arc<dyn RaftSender>,
+        tick_interval: Duration,
+    ) -> (Self, BTreeMap<u64, RangeView>) {
+        let views = replicas
+            .iter()
+            .map(|replica| {
+                (
+                    replica.range_id(),
+                    RangeView {
+                        status: replica.status(),
+                        leader_changes: replica.leader_changes(),
+                    },
+                )
+            })
+            .collect();
+        let store = Self {
+            replicas: replicas.into_iter().map(|replica| (replica.range_id(), replica)).collect(),
+            engine,
+            inbox,
+            sender,
+            tick_interval,
+        };
+        (store, views)
+    }
+
+    /// Runs until `Stop` arrives or every handle is gone. An engine error ends the loop:
+    /// the in-memory Raft state could no longer be trusted to match the disk.
+    pub fn run(mut self) -> Result<(), StorageError> {
+        let mut next_tick = Instant::now() + self.tick_interval;
+        let outcome = loop {
+            let pending_output = self.replicas.values().any(Replica::has_ready);
+            let wait = if pending_output {
+                Duration::ZERO
+            } else {
+                next_tick.saturating_duration_since(Instant::now())
+            };
+            let first = match self.inbox.recv_timeout(wait) {
+                Ok(input) => Some(input),
+                Err(flume::RecvTimeoutError::Timeout) => None,
+                Err(flume::RecvTimeoutError::Disconnected) => break Ok(()),
+            };
+            let mut stop = false;
+            let inputs: Vec<StoreInput> = first
+                .into_iter()
+                .chain(self.inbox.try_iter().take(INPUTS_PER_TURN_MAX))
+                .collect();
+            for input in inputs {
+                if matches!(input, StoreInput::Stop) {
+                    stop = true;
+                    break;
+                }
+                self.handle(input);
+            }
+            if stop {
+                break Ok(());
+            }
+            if Instant::now() >= next_tick {
+                for replica in self.replicas.values_mut() {
+                    replica.tick();
+                }
+                next_tick += self.tick_interval;
+                // After a stall (a long fsync), do not fire a burst of catch-up ticks.
+                let now = Instant::now();
+                if next_tick < now {
+                    next_tick = now + self.tick_interval;
+                }
+            }
+            for replica in self.replicas.values_mut() {
+                replica.flush_reads();
+            }
+            if let Err(error) = self.process_output() {
+                break Err(error);
+            }
+        };
+        for replica in self.replicas.values_mut() {
+            replica.shutdown();
+        }
+        outcome
+    }
+
+    fn handle(&mut self, input: StoreInput) {
+        fn replica_of(replicas: &mut BTreeMap<u64, Replica>, range_id: u64) -> Option<&mut Replica> {
+            replicas.get_mut(&range_id)
+        }
+        match input {
+            StoreInput::Propose {
+                range_id,
+                command,
+                responder,
+            } => match replica_of(&mut self.replicas, range_id) {
+                Some(replica) => replica.propose(command, responder),
+                None => {
+                    let _ = responder.send(Err(RangeError::UnknownRange(range_id)));
+                }
+            },
+            StoreInput::Read { range_id, responder } => match replica_of(&mut self.replicas, range_id) {
+                Some(replica) => replica.read(responder),
+                None => {
+                    let _ = responder.send(Err(RangeError::UnknownRange(range_id)));
+                }
+            },
+            StoreInput::Raft { range_id, message } => {
+                if let Some(replica) = replica_of(&mut self.replicas, range_id) {
+                    replica.step(message);
+                }
+            }
+            StoreInput::InstallSnapshot {
+                range_id,
+                message,
+                staged,
+            } => match replica_of(&mut self.replicas, range_id) {
+                Some(replica) => replica.step_snapshot(message, staged),
+                None => {
+                    let _ = std::fs::remove_file(staged);
+                }
+            },
+            StoreInput::Unreachable { node_id } => {
+                for replica in self.replicas.values_mut() {
+                    replica.report_unreachable(node_id);
+                }
+            }
+            StoreInput::SnapshotSent { range_id, to, finished } => {
+                if let Some(replica) = replica_of(&mut self.replicas, range_id) {
+                    replica.report_snapshot(to, finished);
+                }
+            }
+            StoreInput::Stop => {}
+        }
+    }
+
+    fn process_output(&mut self) -> Result<(), StorageError> {
+        let mut outbox: Outbox = Vec::new();
+        let mut log_batch = WriteBatch::new();
+        let mut must_sync = false;
+        let mut readies = Vec::new();
+        for (range_id, replica) in self.replicas.iter_mut() {
+            if replica.has_ready() {
+                let (ready, sync) = replica.collect_ready(&mut outbox, &mut log_batch)?;
+                must_sync |= sync;
+                readies.push((*range_id, ready));
+            }
+        }
+        if readies.is_empty() {
+            return Ok(());
+        }
+        // A leader's appends go out before its own fsync: followers write in parallel.
+        self.send(std::mem::take(&mut outbox));
+        if !log_batch.is_empty() || must_sync {
+            let started = Instant::now();
+            let durability = if must_sync { Durability::Sync } else { Durability::Buffered };
+            self.engine.write(log_batch, durability)?;
+            if must_sync {
+                metrics::histogram!("etcd_disk_wal_fsync_duration_seconds").record(started.elapsed().as_secs_f64());
+            }
+        }
+        for (range_id, ready) in readies {
+            if let Some(replica) = self.replicas.get_mut(&range_id) {
+                replica.finish_ready(ready, &mut outbox)?;
+            }
+        }
+        self.send(outbox);
+        Ok(())
+    }
+
+    fn send(&self, outbox: Outbox) {
+        if outbox.is_empty() {
+            return;
+        }
+        let mut by_node: BTreeMap<u64, Vec<(u64, Message)>> = BTreeMap::new();
+        for (range_id, message) in outbox {
+            if Replica::is_snapshot_message(&message) {
+                self.sender.send_snapshot(message.to, range_id, message);
+            } else {
+                by_node.entry(message.to).or_default().push((range_id, message));
+            }
+        }
+        for (to, messages) in by_node {
+            self.sender.send(to, messages);
+        }
+    }
+}

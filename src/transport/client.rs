@@ -1,0 +1,268 @@
+//! Outgoing peer traffic. Each peer has one task that batches the store loop's Raft
+//! messages onto a long-lived gRPC stream, reconnecting (with backoff) when it breaks;
+//! snapshots go on their own streams so they never hold up heartbeats.
+
+use super::{PeerIdentity, PEER_MESSAGE_BYTES_MAX};
+use crate::node::store::{RaftSender, StoreHandle, StoreInput};
+use crate::proto::shoal::peer::{
+    forward_failure, forward_response, peer_client::PeerClient, ForwardRequest, RaftBatch, RaftEnvelope, SnapshotChunk,
+};
+use crate::range::snapshot::{self, SnapshotRegistry};
+use crate::range::RangeError;
+use crate::proto::shoal::command::CommandResult;
+use protobuf::Message as _;
+use raft::eraftpb::Message;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::transport::{Channel, Endpoint};
+
+/// Batches of messages waiting for a peer's stream; beyond this the store's messages
+/// to that peer are dropped (Raft retransmits) rather than buffered without bound.
+const QUEUE_BATCHES_MAX: usize = 1024;
+/// Bytes of encoded messages sent as one gRPC message.
+const BATCH_BYTES_MAX: usize = 4 << 20;
+const RECONNECT_BACKOFF: Duration = Duration::from_millis(100);
+
+struct PeerLink {
+    queue: mpsc::Sender<Vec<(u64, Message)>>,
+    channel: Channel,
+}
+
+/// Sends Raft messages, snapshots and forwarded writes to the other members.
+pub struct PeerTransport {
+    identity: PeerIdentity,
+    links: HashMap<u64, PeerLink>,
+    store: StoreHandle,
+    snapshots: Arc<SnapshotRegistry>,
+    runtime: tokio::runtime::Handle,
+}
+
+/// Why a forwarded write has no outcome.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error(transparent)]
+    Range(#[from] RangeError),
+    /// The call failed in transport: the leader may or may not have run the command.
+    #[error("connection to the leader lost: {0}")]
+    ConnectionLost(String),
+}
+
+fn endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(url.to_string())?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true))
+}
+
+impl PeerTransport {
+    /// Starts a link to every peer (`member id -> peer URL`, this node excluded). Must be
+    /// called inside the runtime.
+    pub fn start(
+        identity: PeerIdentity,
+        peers: &HashMap<u64, String>,
+        store: StoreHandle,
+        snapshots: Arc<SnapshotRegistry>,
+    ) -> Result<Arc<Self>, tonic::transport::Error> {
+        let runtime = tokio::runtime::Handle::current();
+        let mut links = HashMap::new();
+        for (&peer_id, url) in peers {
+            if peer_id == identity.member_id {
+                continue;
+            }
+            let channel = endpoint(url)?.connect_lazy();
+            let (queue, batches) = mpsc::channel(QUEUE_BATCHES_MAX);
+            runtime.spawn(run_link(peer_id, identity, channel.clone(), batches, store.clone()));
+            links.insert(peer_id, PeerLink { queue, channel });
+        }
+        Ok(Arc::new(Self {
+            identity,
+            links,
+            store,
+            snapshots,
+            runtime,
+        }))
+    }
+
+    /// Runs a write on the range's leader `leader`.
+    pub async fn forward(&self, leader: u64, range_id: u64, command: Vec<u8>) -> Result<CommandResult, ForwardError> {
+        let link = self.links.get(&leader).ok_or(RangeError::NotLeader { leader: 0 })?;
+        let mut client = PeerClient::new(link.channel.clone()).max_decoding_message_size(PEER_MESSAGE_BYTES_MAX);
+        let mut request = tonic::Request::new(ForwardRequest {
+            range_id,
+            command: command.into(),
+        });
+        self.identity.stamp(request.metadata_mut());
+        let response = client
+            .forward(request)
+            .await
+            .map_err(|status| ForwardError::ConnectionLost(status.message().to_string()))?
+            .into_inner();
+        match response.outcome {
+            Some(forward_response::Outcome::Result(result)) => Ok(result),
+            Some(forward_response::Outcome::NotLeader(not_leader)) => Err(RangeError::NotLeader {
+                leader: not_leader.leader_id,
+            }
+            .into()),
+            Some(forward_response::Outcome::Failure(failure)) => Err(match failure.kind() {
+                forward_failure::Kind::LeaderChanged => RangeError::LeaderChanged,
+                forward_failure::Kind::Stopped => RangeError::Stopped,
+                forward_failure::Kind::UnknownRange => RangeError::UnknownRange(range_id),
+                forward_failure::Kind::Timeout | forward_failure::Kind::Unspecified => RangeError::Timeout,
+            }
+            .into()),
+            None => Err(ForwardError::ConnectionLost("empty forward response".into())),
+        }
+    }
+}
+
+impl RaftSender for PeerTransport {
+    fn send(&self, to: u64, messages: Vec<(u64, Message)>) {
+        let Some(link) = self.links.get(&to) else {
+            tracing::warn!(to = format!("{to:x}"), "raft message for an unknown member dropped");
+            return;
+        };
+        // A full queue means the link is stalled; it reports that to Raft itself.
+        let _ = link.queue.try_send(messages);
+    }
+
+    fn send_snapshot(&self, to: u64, range_id: u64, message: Message) {
+        let Some(link) = self.links.get(&to) else { return };
+        let channel = link.channel.clone();
+        let identity = self.identity;
+        let registry = self.snapshots.clone();
+        let store = self.store.clone();
+        self.runtime.spawn(async move {
+            let outcome = stream_snapshot(identity, channel, range_id, message, &registry).await;
+            if let Err(error) = &outcome {
+                tracing::warn!(to = format!("{to:x}"), range = range_id, %error, "sending snapshot failed");
+            }
+            let _ = store
+                .send(StoreInput::SnapshotSent {
+                    range_id,
+                    to,
+                    finished: outcome.is_ok(),
+                })
+                .await;
+        });
+    }
+}
+
+async fn stream_snapshot(
+    identity: PeerIdentity,
+    channel: Channel,
+    range_id: u64,
+    message: Message,
+    registry: &SnapshotRegistry,
+) -> Result<(), String> {
+    let id = snapshot::registration_id(&message.get_snapshot().data).ok_or("snapshot without registration")?;
+    let pending = registry.take(id).ok_or("snapshot registration expired")?;
+    let header = SnapshotChunk {
+        range_id,
+        raft_message: message.write_to_bytes().map_err(|e| e.to_string())?.into(),
+        data: Default::default(),
+    };
+    let (chunks, chunk_stream) = mpsc::channel::<Vec<u8>>(4);
+    let producer = tokio::task::spawn_blocking(move || {
+        snapshot::stream_range(pending.view.as_ref(), &pending.descriptor, &mut |chunk| {
+            chunks.blocking_send(chunk).is_ok()
+        })
+    });
+    let body = tokio_stream::once(header).chain(ReceiverStream::new(chunk_stream).map(move |data| SnapshotChunk {
+        range_id,
+        raft_message: Default::default(),
+        data: data.into(),
+    }));
+    let mut request = tonic::Request::new(body);
+    identity.stamp(request.metadata_mut());
+    let mut client = PeerClient::new(channel).max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
+    let sent = client.install_snapshot(request).await.map_err(|status| status.to_string());
+    let produced = producer.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string());
+    sent?;
+    produced
+}
+
+/// Feeds one peer's stream. Messages that cannot be sent are dropped and the peer is
+/// reported unreachable, which makes Raft probe it instead of streaming blindly.
+async fn run_link(
+    peer_id: u64,
+    identity: PeerIdentity,
+    channel: Channel,
+    mut batches: mpsc::Receiver<Vec<(u64, Message)>>,
+    store: StoreHandle,
+) {
+    let mut stream: Option<mpsc::Sender<RaftBatch>> = None;
+    let mut broken_since: Option<tokio::time::Instant> = None;
+    let mut last_report: Option<tokio::time::Instant> = None;
+    while let Some(first) = batches.recv().await {
+        let mut batch = RaftBatch::default();
+        let mut bytes = encode_into(first, &mut batch);
+        while bytes < BATCH_BYTES_MAX {
+            match batches.try_recv() {
+                Ok(more) => bytes += encode_into(more, &mut batch),
+                Err(_) => break,
+            }
+        }
+
+        if stream.as_ref().is_none_or(|sender| sender.is_closed()) {
+            stream = None;
+            if broken_since.is_some_and(|since| since.elapsed() < RECONNECT_BACKOFF) {
+                continue; // dropped; Raft will resend
+            }
+            let (sender, receiver) = mpsc::channel::<RaftBatch>(64);
+            let mut request = tonic::Request::new(ReceiverStream::new(receiver));
+            identity.stamp(request.metadata_mut());
+            let mut client = PeerClient::new(channel.clone()).max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
+            let store = store.clone();
+            tokio::spawn(async move {
+                if let Err(status) = client.raft(request).await {
+                    tracing::debug!(peer = format!("{peer_id:x}"), %status, "raft stream ended");
+                    store.try_send(StoreInput::Unreachable { node_id: peer_id });
+                }
+            });
+            stream = Some(sender);
+        }
+        // Never wait on a stalled peer (paused, or its socket full): drop and tell Raft.
+        let delivered = match &stream {
+            Some(sender) => match sender.try_send(batch) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => false,
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    stream = None;
+                    broken_since = Some(tokio::time::Instant::now());
+                    false
+                }
+            },
+            None => false,
+        };
+        if delivered {
+            broken_since = None;
+        } else if last_report.is_none_or(|at: tokio::time::Instant| at.elapsed() >= RECONNECT_BACKOFF) {
+            last_report = Some(tokio::time::Instant::now());
+            store.try_send(StoreInput::Unreachable { node_id: peer_id });
+        }
+    }
+}
+
+/// Appends `messages` to `batch`; returns the bytes added.
+fn encode_into(messages: Vec<(u64, Message)>, batch: &mut RaftBatch) -> usize {
+    let mut bytes = 0;
+    for (range_id, message) in messages {
+        match message.write_to_bytes() {
+            Ok(encoded) => {
+                bytes += encoded.len();
+                batch.messages.push(RaftEnvelope {
+                    range_id,
+                    message: encoded.into(),
+                });
+            }
+            Err(error) => tracing::error!(%error, "could not encode a raft message"),
+        }
+    }
+    bytes
+}
