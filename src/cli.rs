@@ -6,7 +6,11 @@ use serde::Serialize;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "shoal", version, about = "A distributed, strongly consistent key-value and coordination store")]
+#[command(
+    name = "shoal",
+    version,
+    about = "A distributed, strongly consistent key-value and coordination store"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -15,7 +19,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run one node. Flags use etcd's names, so etcd deployment scripts carry over.
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Run a local cluster of N nodes on this machine and print its endpoints.
     Playground(PlaygroundArgs),
 }

@@ -14,7 +14,10 @@ pub enum ConfigError {
     #[error("configuration: {0}")]
     Load(Box<figment::Error>),
     #[error("--{setting}: {problem}")]
-    Invalid { setting: &'static str, problem: String },
+    Invalid {
+        setting: &'static str,
+        problem: String,
+    },
 }
 
 fn invalid(setting: &'static str, problem: impl Into<String>) -> ConfigError {
@@ -114,13 +117,21 @@ impl ServerSettings {
         let mut figment = Figment::from(Serialized::defaults(ServerSettings::default()));
         if let Some(file) = file {
             if !file.exists() {
-                return Err(invalid("config", format!("{} does not exist", file.display())));
+                return Err(invalid(
+                    "config",
+                    format!("{} does not exist", file.display()),
+                ));
             }
             figment = figment.merge(Toml::file_exact(file));
         }
+        // Keys reach these closures before figment lowercases them.
         let environment = Env::prefixed("SHOAL_")
             .map(|key| key.as_str().replace('_', "-").into())
-            .filter(|key| SETTING_NAMES.contains(&key.as_str()));
+            .filter(|key| {
+                SETTING_NAMES
+                    .iter()
+                    .any(|name| key.as_str().eq_ignore_ascii_case(name))
+            });
         figment
             .merge(environment)
             .merge(Serialized::defaults(flags))
@@ -179,9 +190,15 @@ pub fn resolve_url(setting: &'static str, url: &str) -> Result<Vec<SocketAddr>, 
     let rest = if let Some(rest) = url.strip_prefix("http://") {
         rest
     } else if url.starts_with("https://") {
-        return Err(invalid(setting, format!("{url}: TLS is not supported yet; use http://")));
+        return Err(invalid(
+            setting,
+            format!("{url}: TLS is not supported yet; use http://"),
+        ));
     } else {
-        return Err(invalid(setting, format!("{url}: expected http://host:port")));
+        return Err(invalid(
+            setting,
+            format!("{url}: expected http://host:port"),
+        ));
     };
     let authority = rest.trim_end_matches('/');
     if authority.contains('/') {
@@ -220,11 +237,17 @@ pub fn parse_initial_cluster(value: &str) -> Result<Vec<InitialMember>, ConfigEr
     let mut members: Vec<InitialMember> = Vec::new();
     for item in split_list(value) {
         let Some((name, url)) = item.split_once('=') else {
-            return Err(invalid("initial-cluster", format!("{item}: expected name=url")));
+            return Err(invalid(
+                "initial-cluster",
+                format!("{item}: expected name=url"),
+            ));
         };
         let (name, url) = (name.trim(), url.trim());
         if name.is_empty() {
-            return Err(invalid("initial-cluster", format!("{item}: empty member name")));
+            return Err(invalid(
+                "initial-cluster",
+                format!("{item}: empty member name"),
+            ));
         }
         check_urls("initial-cluster", &[url.to_string()])?;
         match members.iter_mut().find(|member| member.name == name) {
@@ -252,15 +275,23 @@ impl TryFrom<ServerSettings> for NodeConfig {
         if client_listen.is_empty() {
             return Err(invalid("listen-client-urls", "at least one URL is needed"));
         }
-        let advertise_client_urls =
-            split_list(settings.advertise_client_urls.as_deref().unwrap_or(&settings.listen_client_urls));
+        let advertise_client_urls = split_list(
+            settings
+                .advertise_client_urls
+                .as_deref()
+                .unwrap_or(&settings.listen_client_urls),
+        );
         check_urls("advertise-client-urls", &advertise_client_urls)?;
         let peer_listen = resolve_list("listen-peer-urls", &settings.listen_peer_urls)?;
         if peer_listen.is_empty() {
             return Err(invalid("listen-peer-urls", "at least one URL is needed"));
         }
-        let advertise_peer_urls =
-            split_list(settings.initial_advertise_peer_urls.as_deref().unwrap_or(&settings.listen_peer_urls));
+        let advertise_peer_urls = split_list(
+            settings
+                .initial_advertise_peer_urls
+                .as_deref()
+                .unwrap_or(&settings.listen_peer_urls),
+        );
         check_urls("initial-advertise-peer-urls", &advertise_peer_urls)?;
         let initial_cluster = match &settings.initial_cluster {
             Some(value) => parse_initial_cluster(value)?,
@@ -269,10 +300,16 @@ impl TryFrom<ServerSettings> for NodeConfig {
                 peer_urls: advertise_peer_urls.clone(),
             }],
         };
-        let Some(me) = initial_cluster.iter().find(|member| member.name == settings.name) else {
+        let Some(me) = initial_cluster
+            .iter()
+            .find(|member| member.name == settings.name)
+        else {
             return Err(invalid(
                 "initial-cluster",
-                format!("has no member named {:?} (the --name of this node)", settings.name),
+                format!(
+                    "has no member named {:?} (the --name of this node)",
+                    settings.name
+                ),
             ));
         };
         let mut mine = me.peer_urls.clone();
@@ -305,7 +342,10 @@ impl TryFrom<ServerSettings> for NodeConfig {
             return Err(invalid("max-txn-ops", "must be at least 1"));
         }
         if settings.max_request_bytes == 0 || settings.max_request_bytes > 64 << 20 {
-            return Err(invalid("max-request-bytes", "must be between 1 byte and 64 MiB"));
+            return Err(invalid(
+                "max-request-bytes",
+                "must be between 1 byte and 64 MiB",
+            ));
         }
         if settings.snapshot_count == 0 {
             return Err(invalid("snapshot-count", "must be at least 1"));
@@ -330,7 +370,9 @@ impl TryFrom<ServerSettings> for NodeConfig {
             max_txn_ops: settings.max_txn_ops,
             max_request_bytes: settings.max_request_bytes,
             log_compaction_entries: settings.snapshot_count,
-            log_catchup_entries: settings.snapshot_catchup_entries.min(settings.snapshot_count),
+            log_catchup_entries: settings
+                .snapshot_catchup_entries
+                .min(settings.snapshot_count),
         })
     }
 }
@@ -351,7 +393,10 @@ mod tests {
         let file = dir.path().join("node.toml");
         std::fs::write(&file, "name = \"from-file\"\nmax-txn-ops = 7\n").unwrap();
         let settings = ServerSettings::load(Some(&file), Flags::default()).unwrap();
-        assert_eq!((settings.name.as_str(), settings.max_txn_ops), ("from-file", 7));
+        assert_eq!(
+            (settings.name.as_str(), settings.max_txn_ops),
+            ("from-file", 7)
+        );
         let settings = ServerSettings::load(
             Some(&file),
             Flags {
@@ -359,7 +404,25 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!((settings.name.as_str(), settings.max_txn_ops), ("from-flag", 7));
+        assert_eq!(
+            (settings.name.as_str(), settings.max_txn_ops),
+            ("from-flag", 7)
+        );
+    }
+
+    #[test]
+    fn environment_variables_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(&file, "max-txn-ops = 7\n").unwrap();
+        // A variable no test or other code reads, so setting it cannot race.
+        std::env::set_var("SHOAL_SNAPSHOT_CATCHUP_ENTRIES", "77");
+        let settings = ServerSettings::load(Some(&file), Flags::default()).unwrap();
+        std::env::remove_var("SHOAL_SNAPSHOT_CATCHUP_ENTRIES");
+        assert_eq!(
+            (settings.max_txn_ops, settings.snapshot_catchup_entries),
+            (7, 77)
+        );
     }
 
     #[test]
@@ -367,7 +430,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("node.toml");
         std::fs::write(&file, "max-txn-opz = 7\n").unwrap();
-        let error = ServerSettings::load(Some(&file), Flags::default()).unwrap_err().to_string();
+        let error = ServerSettings::load(Some(&file), Flags::default())
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("max-txn-opz"), "{error}");
     }
 
@@ -383,7 +448,9 @@ mod tests {
         assert_eq!(config.initial_cluster.len(), 2);
         assert_eq!(config.data_dir, PathBuf::from("n2.shoal"));
         settings.name = "n3".into();
-        let error = NodeConfig::try_from(settings.clone()).unwrap_err().to_string();
+        let error = NodeConfig::try_from(settings.clone())
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("no member named \"n3\""), "{error}");
         settings.name = "n2".into();
         settings.listen_peer_urls = "http://127.0.0.1:2999".into();
@@ -393,7 +460,10 @@ mod tests {
     #[test]
     fn urls_must_be_plain_http() {
         assert!(resolve_url("x", "http://127.0.0.1:1").is_ok());
-        assert!(resolve_url("x", "https://127.0.0.1:1").unwrap_err().to_string().contains("TLS"));
+        assert!(resolve_url("x", "https://127.0.0.1:1")
+            .unwrap_err()
+            .to_string()
+            .contains("TLS"));
         assert!(resolve_url("x", "127.0.0.1:1").is_err());
         assert!(resolve_url("x", "http://127.0.0.1").is_err());
     }

@@ -3,11 +3,12 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod cli;
 pub mod config;
+pub mod http_probe;
 pub mod node;
 pub mod proto;
 pub mod range;
 pub mod storage;
-pub mod transport;
-pub mod cli;
 pub mod telemetry;
+pub mod transport;

@@ -4,10 +4,10 @@
 
 use anyhow::{bail, Context};
 use shoal::cli::PlaygroundArgs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -23,7 +23,8 @@ struct PlaygroundNode {
 }
 
 fn port(base: u16, offset: usize, what: &str) -> anyhow::Result<u16> {
-    u16::try_from(usize::from(base) + offset).with_context(|| format!("{what} port base {base} is too high"))
+    u16::try_from(usize::from(base) + offset)
+        .with_context(|| format!("{what} port base {base} is too high"))
 }
 
 pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
@@ -38,8 +39,14 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
     let mut plan = Vec::new();
     for index in 0..args.nodes {
         let name = format!("n{}", index + 1);
-        let client_url = format!("http://127.0.0.1:{}", port(args.client_port_base, 2 * index, "client")?);
-        let peer_url = format!("http://127.0.0.1:{}", port(args.peer_port_base, 2 * index, "peer")?);
+        let client_url = format!(
+            "http://127.0.0.1:{}",
+            port(args.client_port_base, 2 * index, "client")?
+        );
+        let peer_url = format!(
+            "http://127.0.0.1:{}",
+            port(args.peer_port_base, 2 * index, "peer")?
+        );
         let metrics_port = port(args.metrics_port_base, index, "metrics")?;
         plan.push((name, client_url, peer_url, metrics_port));
     }
@@ -64,7 +71,10 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
             .arg(data_dir.join(&name))
             .args(["--listen-client-urls", &client_url])
             .args(["--listen-peer-urls", &peer_url])
-            .args(["--listen-metrics-urls", &format!("http://127.0.0.1:{metrics_port}")])
+            .args([
+                "--listen-metrics-urls",
+                &format!("http://127.0.0.1:{metrics_port}"),
+            ])
             .args(["--initial-cluster", &initial_cluster])
             .args(["--initial-cluster-token", "shoal-playground"])
             .stdin(Stdio::null())
@@ -93,24 +103,39 @@ async fn serve(nodes: &mut [PlaygroundNode], data_dir: &Path) -> anyhow::Result<
     for node in nodes.iter_mut() {
         loop {
             if let Some(status) = node.child.try_wait()? {
-                bail!("node {} exited during start-up ({status}); see {}", node.name, node.log.display());
+                bail!(
+                    "node {} exited during start-up ({status}); see {}",
+                    node.name,
+                    node.log.display()
+                );
             }
             if http_get_ok(node.metrics_port, "/ready").await {
                 break;
             }
             if tokio::time::Instant::now() > deadline {
-                bail!("node {} not ready after {READY_TIMEOUT:?}; see {}", node.name, node.log.display());
+                bail!(
+                    "node {} not ready after {READY_TIMEOUT:?}; see {}",
+                    node.name,
+                    node.log.display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
-    let endpoints = nodes.iter().map(|node| node.client_url.as_str()).collect::<Vec<_>>().join(",");
-    println!("Shoal playground: {} nodes, data in {}", nodes.len(), data_dir.display());
-    println!();
+    let endpoints = nodes
+        .iter()
+        .map(|node| node.client_url.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut banner = format!(
+        "Shoal playground: {} nodes, data in {}\n\n",
+        nodes.len(),
+        data_dir.display()
+    );
     for node in nodes.iter() {
-        println!(
-            "  {:<4} client {}  peer {}  metrics http://127.0.0.1:{}/metrics  log {}",
+        banner += &format!(
+            "  {:<4} client {}  peer {}  metrics http://127.0.0.1:{}/metrics  log {}\n",
             node.name,
             node.client_url,
             node.peer_url,
@@ -118,13 +143,19 @@ async fn serve(nodes: &mut [PlaygroundNode], data_dir: &Path) -> anyhow::Result<
             node.log.display()
         );
     }
-    println!();
-    println!("Try it with etcdctl:");
-    println!("  etcdctl --endpoints={endpoints} put greeting hello");
-    println!("  etcdctl --endpoints={endpoints} get greeting");
-    println!("  etcdctl --endpoints={endpoints} endpoint status -w table");
-    println!();
-    println!("Ctrl-C stops the cluster; its data stays for the next start.");
+    banner += &format!(
+        "\nTry it with etcdctl:\n\
+         \x20 etcdctl --endpoints={endpoints} put greeting hello\n\
+         \x20 etcdctl --endpoints={endpoints} get greeting\n\
+         \x20 etcdctl --endpoints={endpoints} endpoint status -w table\n\n\
+         Ctrl-C stops the cluster; its data stays for the next start.\n"
+    );
+    // Whoever reads our output may go away; the cluster keeps running regardless.
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(banner.as_bytes())
+        .and_then(|()| stdout.flush());
+    drop(stdout);
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -132,7 +163,7 @@ async fn serve(nodes: &mut [PlaygroundNode], data_dir: &Path) -> anyhow::Result<
     loop {
         tokio::select! {
             _ = &mut interrupt => {
-                println!("\nStopping...");
+                eprintln!("\nStopping...");
                 return Ok(());
             }
             _ = terminate.recv() => return Ok(()),
@@ -151,7 +182,11 @@ async fn serve(nodes: &mut [PlaygroundNode], data_dir: &Path) -> anyhow::Result<
 /// SIGTERM every node, wait for them to finish cleanly, SIGKILL stragglers.
 async fn stop(nodes: &mut [PlaygroundNode]) {
     for node in nodes.iter() {
-        if let Some(pid) = node.child.id().and_then(|pid| rustix::process::Pid::from_raw(pid as i32)) {
+        if let Some(pid) = node
+            .child
+            .id()
+            .and_then(|pid| rustix::process::Pid::from_raw(pid as i32))
+        {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         }
     }
@@ -159,23 +194,19 @@ async fn stop(nodes: &mut [PlaygroundNode]) {
         match tokio::time::timeout(STOP_GRACE, node.child.wait()).await {
             Ok(_) => {}
             Err(_) => {
-                eprintln!("node {} did not stop in {STOP_GRACE:?}; killing it", node.name);
+                eprintln!(
+                    "node {} did not stop in {STOP_GRACE:?}; killing it",
+                    node.name
+                );
                 let _ = node.child.kill().await;
             }
         }
     }
 }
 
-/// A bare HTTP/1.0 GET: true on a 200 answer.
 async fn http_get_ok(port: u16, path: &str) -> bool {
-    let attempt = async {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        stream
-            .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
-            .await?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await?;
-        Ok::<_, std::io::Error>(response.starts_with(b"HTTP/1.0 200") || response.starts_with(b"HTTP/1.1 200"))
-    };
-    matches!(tokio::time::timeout(Duration::from_secs(2), attempt).await, Ok(Ok(true)))
+    matches!(
+        shoal::http_probe::get(port, path, Duration::from_secs(2)).await,
+        Some((200, _))
+    )
 }

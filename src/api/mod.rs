@@ -3,3 +3,4 @@
 
 pub mod etcd;
 pub mod h2_authority;
+pub mod oversize_status;

@@ -6,10 +6,13 @@ pub mod identity;
 pub mod router;
 pub mod store;
 
-use crate::api::h2_authority::AuthorityRepair;
 use crate::api::etcd::{self, ClusterService, EtcdContext, KvService, Limits, MaintenanceService};
+use crate::api::h2_authority::AuthorityRepair;
+use crate::api::oversize_status::OversizeStatusLayer;
 use crate::config::{ClusterState, NodeConfig};
-use crate::proto::etcdserverpb::{cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer};
+use crate::proto::etcdserverpb::{
+    cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
+};
 use crate::proto::shoal::command::{raft_command, PublishMember, RaftCommand};
 use crate::proto::shoal::peer::peer_server::PeerServer;
 use crate::proto::shoal::state::RangeDescriptor;
@@ -55,7 +58,10 @@ pub enum NodeError {
     StoreFailed(String),
 }
 
-async fn bind(addresses: &[SocketAddr], purpose: &'static str) -> Result<Vec<TcpListener>, NodeError> {
+async fn bind(
+    addresses: &[SocketAddr],
+    purpose: &'static str,
+) -> Result<Vec<TcpListener>, NodeError> {
     let mut listeners = Vec::new();
     for &address in addresses {
         let listener = TcpListener::bind(address)
@@ -122,7 +128,11 @@ pub async fn run(
         log_compaction_entries: config.log_compaction_entries,
         log_catchup_entries: config.log_catchup_entries,
     };
-    let voters: Vec<u64> = identity.initial_members.iter().map(|member| member.id).collect();
+    let voters: Vec<u64> = identity
+        .initial_members
+        .iter()
+        .map(|member| member.id)
+        .collect();
     let bootstrap = (loaded.created && config.cluster_state == ClusterState::New).then_some(voters);
     let snapshots = Arc::new(SnapshotRegistry::default());
     let replica = Replica::open(
@@ -144,8 +154,15 @@ pub async fn run(
         .iter()
         .filter_map(|member| member.peer_urls.first().map(|url| (member.id, url.clone())))
         .collect();
-    let transport = PeerTransport::start(peer_identity, &peer_urls, store_handle.clone(), snapshots)?;
-    let (store, ranges) = Store::new(vec![replica], engine.clone(), inbox, transport.clone(), tick);
+    let transport =
+        PeerTransport::start(peer_identity, &peer_urls, store_handle.clone(), snapshots)?;
+    let (store, ranges) = Store::new(
+        vec![replica],
+        engine.clone(),
+        inbox,
+        transport.clone(),
+        tick,
+    );
     let (store_done_tx, store_done) = tokio::sync::oneshot::channel();
     let store_thread = std::thread::Builder::new()
         .name("shoal-store".into())
@@ -207,9 +224,15 @@ pub async fn run(
         });
         servers.spawn(
             tonic::transport::Server::builder()
-                .add_service(KvServer::new(KvService::new(context.clone())).max_decoding_message_size(max_decoding))
+                .layer(OversizeStatusLayer)
+                .add_service(
+                    KvServer::new(KvService::new(context.clone()))
+                        .max_decoding_message_size(max_decoding),
+                )
                 .add_service(ClusterServer::new(ClusterService::new(context.clone())))
-                .add_service(MaintenanceServer::new(MaintenanceService::new(context.clone())))
+                .add_service(MaintenanceServer::new(MaintenanceService::new(
+                    context.clone(),
+                )))
                 .serve_with_incoming_shutdown(connections, stopped()),
         );
     }
@@ -217,7 +240,11 @@ pub async fn run(
     for listener in metrics_listeners {
         let app = http::routes(router.clone(), metrics.clone());
         let stop = stopped();
-        http_servers.spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop).await });
+        http_servers.spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+        });
     }
     tracing::info!(
         clients = ?config.advertise_client_urls,
@@ -260,7 +287,12 @@ pub async fn run(
 
 /// Announces this member's name and client URLs through the log once per start, as
 /// etcd members do, so every member lists them in MemberList. Retries until it lands.
-async fn publish_member(router: Arc<Router>, member_id: u64, name: String, client_urls: Vec<String>) {
+async fn publish_member(
+    router: Arc<Router>,
+    member_id: u64,
+    name: String,
+    client_urls: Vec<String>,
+) {
     let command = RaftCommand {
         origin_node: 0,
         request_id: 0,
@@ -274,10 +306,9 @@ async fn publish_member(router: Arc<Router>, member_id: u64, name: String, clien
     let mut delay = Duration::from_millis(100);
     loop {
         if let Ok(published) = router.reader().members(FIRST_RANGE_ID) {
-            if published
-                .iter()
-                .any(|member| member.id == member_id && member.name == name && member.client_urls == client_urls)
-            {
+            if published.iter().any(|member| {
+                member.id == member_id && member.name == name && member.client_urls == client_urls
+            }) {
                 return;
             }
         }

@@ -46,7 +46,10 @@ impl Router {
         reader: RangeReader,
         request_timeout: Duration,
     ) -> Self {
-        assert!(ranges.contains_key(&FIRST_RANGE_ID), "the first range must be local");
+        assert!(
+            ranges.contains_key(&FIRST_RANGE_ID),
+            "the first range must be local"
+        );
         Self {
             node_id,
             store,
@@ -82,14 +85,21 @@ impl Router {
 
     /// Runs a write (an encoded `RaftCommand`) on the range's leader and returns what
     /// applying it produced.
-    pub async fn write(&self, range_id: u64, command: Vec<u8>) -> Result<CommandResult, RouteError> {
+    pub async fn write(
+        &self,
+        range_id: u64,
+        command: Vec<u8>,
+    ) -> Result<CommandResult, RouteError> {
         let deadline = Instant::now() + self.request_timeout;
         let view = self.view(range_id);
         let mut leader_changes = view.leader_changes.clone();
         loop {
             let leader = view.status.leader();
             let outcome = if leader == self.node_id {
-                self.store.propose(range_id, command.clone()).await.map_err(ForwardError::Range)
+                self.store
+                    .propose(range_id, command.clone())
+                    .await
+                    .map_err(ForwardError::Range)
             } else if leader != 0 {
                 self.peers.forward(leader, range_id, command.clone()).await
             } else {
@@ -106,7 +116,9 @@ impl Router {
                     let _ = tokio::time::timeout(wait, leader_changes.changed()).await;
                 }
                 Err(ForwardError::Range(error)) => return Err(error.into()),
-                Err(ForwardError::ConnectionLost(detail)) => return Err(RouteError::ConnectionLost(detail)),
+                Err(ForwardError::ConnectionLost(detail)) => {
+                    return Err(RouteError::ConnectionLost(detail))
+                }
             }
         }
     }

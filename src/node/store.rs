@@ -81,7 +81,11 @@ impl StoreHandle {
         (StoreHandle { inbox }, receiver)
     }
 
-    pub async fn propose(&self, range_id: u64, command: Vec<u8>) -> Result<CommandResult, RangeError> {
+    pub async fn propose(
+        &self,
+        range_id: u64,
+        command: Vec<u8>,
+    ) -> Result<CommandResult, RangeError> {
         let (responder, outcome) = oneshot::channel();
         self.inbox
             .send_async(StoreInput::Propose {
@@ -99,14 +103,20 @@ impl StoreHandle {
     pub async fn read_index(&self, range_id: u64) -> Result<(), RangeError> {
         let (responder, outcome) = oneshot::channel();
         self.inbox
-            .send_async(StoreInput::Read { range_id, responder })
+            .send_async(StoreInput::Read {
+                range_id,
+                responder,
+            })
             .await
             .map_err(|_| RangeError::Stopped)?;
         outcome.await.map_err(|_| RangeError::Stopped)?
     }
 
     pub async fn send(&self, input: StoreInput) -> Result<(), RangeError> {
-        self.inbox.send_async(input).await.map_err(|_| RangeError::Stopped)
+        self.inbox
+            .send_async(input)
+            .await
+            .map_err(|_| RangeError::Stopped)
     }
 
     /// For callers outside the runtime (the store's own helpers); drops on a full inbox.
@@ -144,7 +154,10 @@ impl Store {
             })
             .collect();
         let store = Self {
-            replicas: replicas.into_iter().map(|replica| (replica.range_id(), replica)).collect(),
+            replicas: replicas
+                .into_iter()
+                .map(|replica| (replica.range_id(), replica))
+                .collect(),
             engine,
             inbox,
             sender,
@@ -209,7 +222,10 @@ impl Store {
     }
 
     fn handle(&mut self, input: StoreInput) {
-        fn replica_of(replicas: &mut BTreeMap<u64, Replica>, range_id: u64) -> Option<&mut Replica> {
+        fn replica_of(
+            replicas: &mut BTreeMap<u64, Replica>,
+            range_id: u64,
+        ) -> Option<&mut Replica> {
             replicas.get_mut(&range_id)
         }
         match input {
@@ -223,7 +239,10 @@ impl Store {
                     let _ = responder.send(Err(RangeError::UnknownRange(range_id)));
                 }
             },
-            StoreInput::Read { range_id, responder } => match replica_of(&mut self.replicas, range_id) {
+            StoreInput::Read {
+                range_id,
+                responder,
+            } => match replica_of(&mut self.replicas, range_id) {
                 Some(replica) => replica.read(responder),
                 None => {
                     let _ = responder.send(Err(RangeError::UnknownRange(range_id)));
@@ -249,7 +268,11 @@ impl Store {
                     replica.report_unreachable(node_id);
                 }
             }
-            StoreInput::SnapshotSent { range_id, to, finished } => {
+            StoreInput::SnapshotSent {
+                range_id,
+                to,
+                finished,
+            } => {
                 if let Some(replica) = replica_of(&mut self.replicas, range_id) {
                     replica.report_snapshot(to, finished);
                 }
@@ -277,10 +300,15 @@ impl Store {
         self.send(std::mem::take(&mut outbox));
         if !log_batch.is_empty() || must_sync {
             let started = Instant::now();
-            let durability = if must_sync { Durability::Sync } else { Durability::Buffered };
+            let durability = if must_sync {
+                Durability::Sync
+            } else {
+                Durability::Buffered
+            };
             self.engine.write(log_batch, durability)?;
             if must_sync {
-                metrics::histogram!("etcd_disk_wal_fsync_duration_seconds").record(started.elapsed().as_secs_f64());
+                metrics::histogram!("etcd_disk_wal_fsync_duration_seconds")
+                    .record(started.elapsed().as_secs_f64());
             }
         }
         for (range_id, ready) in readies {
@@ -301,7 +329,10 @@ impl Store {
             if Replica::is_snapshot_message(&message) {
                 self.sender.send_snapshot(message.to, range_id, message);
             } else {
-                by_node.entry(message.to).or_default().push((range_id, message));
+                by_node
+                    .entry(message.to)
+                    .or_default()
+                    .push((range_id, message));
             }
         }
         for (to, messages) in by_node {

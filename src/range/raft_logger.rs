@@ -25,7 +25,9 @@ impl Drain for TracingDrain {
         let _ = values.serialize(record, &mut fields);
         let message = record.msg();
         match record.level() {
-            slog::Level::Critical | slog::Level::Error => tracing::error!(target: "raft", "{message}{}", fields.0),
+            slog::Level::Critical | slog::Level::Error => {
+                tracing::error!(target: "raft", "{message}{}", fields.0)
+            }
             slog::Level::Warning => tracing::warn!(target: "raft", "{message}{}", fields.0),
             slog::Level::Info => tracing::info!(target: "raft", "{message}{}", fields.0),
             slog::Level::Debug => tracing::debug!(target: "raft", "{message}{}", fields.0),
@@ -37,5 +39,8 @@ impl Drain for TracingDrain {
 
 /// A logger for one range's Raft group.
 pub fn logger(node_id: u64, range_id: u64) -> slog::Logger {
-    slog::Logger::root(TracingDrain.fuse(), slog::o!("node" => format!("{node_id:x}"), "range" => range_id))
+    slog::Logger::root(
+        TracingDrain.fuse(),
+        slog::o!("node" => format!("{node_id:x}"), "range" => range_id),
+    )
 }

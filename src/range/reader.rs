@@ -26,7 +26,11 @@ impl RangeReader {
         kv::range(&view, request, revisions, revisions.current)
     }
 
-    pub fn read_only_txn(&self, range_id: u64, request: &TxnRequest) -> Result<TxnResponse, KvError> {
+    pub fn read_only_txn(
+        &self,
+        range_id: u64,
+        request: &TxnRequest,
+    ) -> Result<TxnResponse, KvError> {
         let view = self.engine.snapshot();
         let revisions = StateMachine::revisions_in(range_id, view.as_ref())?;
         state_machine::read_only_txn(view.as_ref(), revisions, request)

@@ -157,11 +157,16 @@ impl Replica {
             ..Default::default()
         };
         let logger = raft_logger::logger(config.node_id, range_id);
-        let raw = RawNode::new(&raft_config, log_store, &logger)
-            .map_err(|error| StorageError::Engine(format!("starting raft for range {range_id}: {error}")))?;
+        let raw = RawNode::new(&raft_config, log_store, &logger).map_err(|error| {
+            StorageError::Engine(format!("starting raft for range {range_id}: {error}"))
+        })?;
         let status = Arc::new(RangeStatus::default());
-        status.revision.store(machine.revisions().current, Ordering::Release);
-        status.applied_index.store(machine.applied_index(), Ordering::Release);
+        status
+            .revision
+            .store(machine.revisions().current, Ordering::Release);
+        status
+            .applied_index
+            .store(machine.applied_index(), Ordering::Release);
         let (leader_watch, _) = watch::channel(0);
         Ok(Self {
             range_id,
@@ -212,7 +217,8 @@ impl Replica {
                 let _ = proposal.responder.send(Err(RangeError::Timeout));
             }
         }
-        self.proposal_at_index.retain(|_, id| self.proposals.contains_key(id));
+        self.proposal_at_index
+            .retain(|_, id| self.proposals.contains_key(id));
 
         // Reads whose read index never came back are asked again.
         let retry = self.config.read_retry_ticks;
@@ -227,21 +233,24 @@ impl Replica {
                 self.read_queue.extend(batch.reads);
             }
         }
-        let (expired, live): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.read_queue).into_iter().partition(|read| read.deadline_tick <= now);
+        let (expired, live): (Vec<_>, Vec<_>) = std::mem::take(&mut self.read_queue)
+            .into_iter()
+            .partition(|read| read.deadline_tick <= now);
         self.read_queue = live;
         for read in expired {
             let _ = read.responder.send(Err(RangeError::Timeout));
         }
         for reads in self.reads_waiting_apply.values_mut() {
-            let (expired, live): (Vec<_>, Vec<_>) =
-                std::mem::take(reads).into_iter().partition(|read| read.deadline_tick <= now);
+            let (expired, live): (Vec<_>, Vec<_>) = std::mem::take(reads)
+                .into_iter()
+                .partition(|read| read.deadline_tick <= now);
             *reads = live;
             for read in expired {
                 let _ = read.responder.send(Err(RangeError::Timeout));
             }
         }
-        self.reads_waiting_apply.retain(|_, reads| !reads.is_empty());
+        self.reads_waiting_apply
+            .retain(|_, reads| !reads.is_empty());
     }
 
     pub fn step(&mut self, message: Message) {
@@ -254,7 +263,8 @@ impl Replica {
     /// announces it. raft-rs decides whether to install it.
     pub fn step_snapshot(&mut self, message: Message, staged: PathBuf) {
         let metadata = message.get_snapshot().get_metadata();
-        self.staged_snapshots.insert((metadata.index, metadata.term), staged);
+        self.staged_snapshots
+            .insert((metadata.index, metadata.term), staged);
         self.step(message);
     }
 
@@ -264,7 +274,9 @@ impl Replica {
     pub fn propose(&mut self, mut command: Vec<u8>, responder: ProposalResponder) {
         let raft = &self.raw.raft;
         if raft.state != StateRole::Leader || raft.lead_transferee.is_some() {
-            let _ = responder.send(Err(RangeError::NotLeader { leader: raft.leader_id }));
+            let _ = responder.send(Err(RangeError::NotLeader {
+                leader: raft.leader_id,
+            }));
             return;
         }
         let request_id = self.next_request_id;
@@ -276,7 +288,8 @@ impl Replica {
             request_id,
             op: None,
         };
-        prost::Message::encode(&header, &mut command).unwrap_or_else(|_| unreachable!("a Vec grows as needed"));
+        prost::Message::encode(&header, &mut command)
+            .unwrap_or_else(|_| unreachable!("a Vec grows as needed"));
         if let Err(error) = self.raw.propose(Vec::new(), command) {
             tracing::debug!(range = self.range_id, %error, "proposal dropped");
             let _ = responder.send(Err(RangeError::NotLeader {
@@ -343,7 +356,11 @@ impl Replica {
     /// disk, installs a snapshot, applies committed entries, and stages new log entries
     /// and hard state into `log_batch`. Returns the ready to finish after the batch is
     /// committed, and whether that commit must be synced.
-    pub fn collect_ready(&mut self, outbox: &mut Outbox, log_batch: &mut WriteBatch) -> Result<(Ready, bool), StorageError> {
+    pub fn collect_ready(
+        &mut self,
+        outbox: &mut Outbox,
+        log_batch: &mut WriteBatch,
+    ) -> Result<(Ready, bool), StorageError> {
         let mut ready = self.raw.ready();
         if let Some(soft_state) = ready.ss() {
             self.on_soft_state(soft_state.leader_id, soft_state.raft_state);
@@ -364,16 +381,24 @@ impl Replica {
         self.raw.mut_store().append(ready.entries(), log_batch);
         if let Some(hard_state) = ready.hs() {
             self.status.term.store(hard_state.term, Ordering::Release);
-            self.status.commit_index.store(hard_state.commit, Ordering::Release);
+            self.status
+                .commit_index
+                .store(hard_state.commit, Ordering::Release);
             metrics::gauge!("shoal_raft_term").set(hard_state.term as f64);
-            self.raw.mut_store().set_hard_state(hard_state.clone(), log_batch);
+            self.raw
+                .mut_store()
+                .set_hard_state(hard_state.clone(), log_batch);
         }
         let must_sync = ready.must_sync();
         Ok((ready, must_sync))
     }
 
     /// Phase 2: the staged log writes are on disk.
-    pub fn finish_ready(&mut self, mut ready: Ready, outbox: &mut Outbox) -> Result<(), StorageError> {
+    pub fn finish_ready(
+        &mut self,
+        mut ready: Ready,
+        outbox: &mut Outbox,
+    ) -> Result<(), StorageError> {
         for message in ready.take_persisted_messages() {
             outbox.push((self.range_id, message));
         }
@@ -400,25 +425,41 @@ impl Replica {
             if leader != 0 {
                 metrics::counter!("etcd_server_leader_changes_seen_total").increment(1);
             }
-            tracing::info!(range = self.range_id, leader = format!("{leader:x}"), ?role, "leader changed");
+            tracing::info!(
+                range = self.range_id,
+                leader = format!("{leader:x}"),
+                ?role,
+                "leader changed"
+            );
             self.leader_watch.send_replace(leader);
         }
         if !is_leader && !self.proposal_at_index.is_empty() {
             // Entries this node proposed as leader may still commit under the new leader;
             // whether they did is learned when their index applies (or they time out).
-            tracing::debug!(range = self.range_id, pending = self.proposals.len(), "lost leadership with proposals in flight");
+            tracing::debug!(
+                range = self.range_id,
+                pending = self.proposals.len(),
+                "lost leadership with proposals in flight"
+            );
         }
     }
 
     fn on_read_state(&mut self, context: &[u8], index: u64) {
-        let Some(context) = context.try_into().ok().map(u64::from_be_bytes) else { return };
-        let Some(batch) = self.reads_in_flight.remove(&context) else { return };
+        let Some(context) = context.try_into().ok().map(u64::from_be_bytes) else {
+            return;
+        };
+        let Some(batch) = self.reads_in_flight.remove(&context) else {
+            return;
+        };
         if self.machine.applied_index() >= index {
             for read in batch.reads {
                 let _ = read.responder.send(Ok(()));
             }
         } else {
-            self.reads_waiting_apply.entry(index).or_default().extend(batch.reads);
+            self.reads_waiting_apply
+                .entry(index)
+                .or_default()
+                .extend(batch.reads);
         }
     }
 
@@ -432,21 +473,31 @@ impl Replica {
             }
             let started = Instant::now();
             match entry.get_entry_type() {
-                EntryType::EntryNormal if entry.data.is_empty() => self.machine.apply_noop(entry.index, entry.term)?,
+                EntryType::EntryNormal if entry.data.is_empty() => {
+                    self.machine.apply_noop(entry.index, entry.term)?
+                }
                 EntryType::EntryNormal => {
-                    let applied = self.machine.apply_command(entry.index, entry.term, &entry.data)?;
+                    let applied =
+                        self.machine
+                            .apply_command(entry.index, entry.term, &entry.data)?;
                     metrics::counter!("etcd_server_proposals_applied_total").increment(1);
                     self.answer_proposal(entry.index, applied);
                 }
-                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => self.apply_conf_change(entry)?,
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    self.apply_conf_change(entry)?
+                }
             }
             self.raw.mut_store().set_applied(entry.index, entry.term);
-            metrics::histogram!("shoal_apply_duration_seconds").record(started.elapsed().as_secs_f64());
+            metrics::histogram!("shoal_apply_duration_seconds")
+                .record(started.elapsed().as_secs_f64());
         }
         let applied = self.machine.applied_index();
         self.status.applied_index.store(applied, Ordering::Release);
-        self.status.revision.store(self.machine.revisions().current, Ordering::Release);
-        metrics::counter!("etcd_server_proposals_committed_total").absolute(self.status.commit_index.load(Ordering::Acquire));
+        self.status
+            .revision
+            .store(self.machine.revisions().current, Ordering::Release);
+        metrics::counter!("etcd_server_proposals_committed_total")
+            .absolute(self.status.commit_index.load(Ordering::Acquire));
         while let Some(entry) = self.reads_waiting_apply.first_entry() {
             if *entry.key() > applied {
                 break;
@@ -482,11 +533,19 @@ impl Replica {
         let conf_state = if entry.get_entry_type() == EntryType::EntryConfChange {
             ConfChange::parse_from_bytes(&entry.data)
                 .map_err(|e| e.to_string())
-                .and_then(|change| self.raw.apply_conf_change(&change).map_err(|e| e.to_string()))
+                .and_then(|change| {
+                    self.raw
+                        .apply_conf_change(&change)
+                        .map_err(|e| e.to_string())
+                })
         } else {
             ConfChangeV2::parse_from_bytes(&entry.data)
                 .map_err(|e| e.to_string())
-                .and_then(|change| self.raw.apply_conf_change(&change).map_err(|e| e.to_string()))
+                .and_then(|change| {
+                    self.raw
+                        .apply_conf_change(&change)
+                        .map_err(|e| e.to_string())
+                })
         };
         match conf_state {
             Ok(conf_state) => {
@@ -494,16 +553,24 @@ impl Replica {
                 self.raw.mut_store().set_conf_state(conf_state, &mut batch);
                 self.engine.write(batch, Durability::Buffered)?;
             }
-            Err(error) => tracing::error!(range = self.range_id, index = entry.index, %error, "skipping bad conf change"),
+            Err(error) => {
+                tracing::error!(range = self.range_id, index = entry.index, %error, "skipping bad conf change")
+            }
         }
         self.machine.apply_noop(entry.index, entry.term)
     }
 
     fn install_snapshot(&mut self, snapshot: raft::eraftpb::Snapshot) -> Result<(), StorageError> {
         let metadata = snapshot.get_metadata().clone();
-        let Some(path) = self.staged_snapshots.remove(&(metadata.index, metadata.term)) else {
+        let Some(path) = self
+            .staged_snapshots
+            .remove(&(metadata.index, metadata.term))
+        else {
             // raft-rs only accepts snapshots this replica stepped with staged data.
-            panic!("range {}: snapshot at {} accepted without staged data", self.range_id, metadata.index);
+            panic!(
+                "range {}: snapshot at {} accepted without staged data",
+                self.range_id, metadata.index
+            );
         };
         let started = Instant::now();
         let mut batch = WriteBatch::new();
@@ -524,15 +591,23 @@ impl Replica {
             let _ = std::fs::remove_file(stale);
         }
         // Our own proposals up to the snapshot may or may not be in it.
-        let covered: Vec<u64> = self.proposal_at_index.range(..=metadata.index).map(|(_, id)| *id).collect();
+        let covered: Vec<u64> = self
+            .proposal_at_index
+            .range(..=metadata.index)
+            .map(|(_, id)| *id)
+            .collect();
         for id in covered {
             if let Some(proposal) = self.proposals.remove(&id) {
                 let _ = proposal.responder.send(Err(RangeError::Timeout));
             }
         }
         self.proposal_at_index = self.proposal_at_index.split_off(&(metadata.index + 1));
-        self.status.applied_index.store(metadata.index, Ordering::Release);
-        self.status.revision.store(self.machine.revisions().current, Ordering::Release);
+        self.status
+            .applied_index
+            .store(metadata.index, Ordering::Release);
+        self.status
+            .revision
+            .store(self.machine.revisions().current, Ordering::Release);
         tracing::info!(
             range = self.range_id,
             index = metadata.index,
@@ -557,7 +632,12 @@ impl Replica {
         self.raw.mut_store().truncate_to(keep_from, &mut batch)?;
         // Synced: the truncation must not outlive, on disk, the applied state it relies on.
         self.engine.write(batch, Durability::Sync)?;
-        tracing::debug!(range = self.range_id, truncated_to = keep_from, applied, "compacted raft log");
+        tracing::debug!(
+            range = self.range_id,
+            truncated_to = keep_from,
+            applied,
+            "compacted raft log"
+        );
         Ok(())
     }
 
@@ -569,8 +649,16 @@ impl Replica {
         let reads = self
             .read_queue
             .drain(..)
-            .chain(self.reads_in_flight.drain().flat_map(|(_, batch)| batch.reads))
-            .chain(std::mem::take(&mut self.reads_waiting_apply).into_values().flatten());
+            .chain(
+                self.reads_in_flight
+                    .drain()
+                    .flat_map(|(_, batch)| batch.reads),
+            )
+            .chain(
+                std::mem::take(&mut self.reads_waiting_apply)
+                    .into_values()
+                    .flatten(),
+            );
         for read in reads {
             let _ = read.responder.send(Err(RangeError::Stopped));
         }

@@ -43,7 +43,10 @@ pub struct SnapshotRegistry {
 impl SnapshotRegistry {
     pub fn register(&self, descriptor: RangeDescriptor, to: u64, view: Arc<dyn ReadView>) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut pending = self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         pending.retain(|_, snapshot| snapshot.created.elapsed() < PENDING_SNAPSHOT_TTL);
         pending.insert(
             id,
@@ -58,7 +61,10 @@ impl SnapshotRegistry {
     }
 
     pub fn take(&self, id: u64) -> Option<PendingSnapshot> {
-        let mut pending = self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         pending.remove(&id)
     }
 }
@@ -71,7 +77,9 @@ pub fn registration_id(data: &[u8]) -> Option<u64> {
 fn in_data_span(space: Space, key: &[u8], span: &KeyRange) -> bool {
     match space {
         Space::KvLatest => span.contains(key),
-        Space::KvHistory => keys::parse_history_key(key).is_some_and(|(key, _)| span.contains(&key)),
+        Space::KvHistory => {
+            keys::parse_history_key(key).is_some_and(|(key, _)| span.contains(&key))
+        }
         _ => false,
     }
 }
@@ -141,7 +149,11 @@ pub fn stream_range(
 }
 
 /// Adds to `batch` the removal of every record of the range currently in `view`.
-pub fn clear_range(view: &dyn ReadView, descriptor: &RangeDescriptor, batch: &mut WriteBatch) -> Result<(), StorageError> {
+pub fn clear_range(
+    view: &dyn ReadView,
+    descriptor: &RangeDescriptor,
+    batch: &mut WriteBatch,
+) -> Result<(), StorageError> {
     let span = descriptor_span(descriptor);
     for space in DATA_SPACES {
         for pair in view.scan(space, &space_scan(space, &span), false) {
@@ -162,8 +174,14 @@ pub fn clear_range(view: &dyn ReadView, descriptor: &RangeDescriptor, batch: &mu
 }
 
 /// Adds every record of a staged snapshot stream to `batch`.
-pub fn load_records(reader: &mut dyn Read, descriptor: &RangeDescriptor, batch: &mut WriteBatch) -> Result<u64, StorageError> {
-    read_records(reader, descriptor, &mut |space, key, value| batch.put(space, key, value))
+pub fn load_records(
+    reader: &mut dyn Read,
+    descriptor: &RangeDescriptor,
+    batch: &mut WriteBatch,
+) -> Result<u64, StorageError> {
+    read_records(reader, descriptor, &mut |space, key, value| {
+        batch.put(space, key, value)
+    })
 }
 
 /// Reads a whole snapshot stream, checking that every record is well formed and
@@ -185,7 +203,8 @@ pub fn read_records(
         if reader.read(&mut tag)? == 0 {
             return Ok(records);
         }
-        let space = Space::from_tag(tag[0]).ok_or_else(|| corrupt(format!("unknown space tag {}", tag[0])))?;
+        let space = Space::from_tag(tag[0])
+            .ok_or_else(|| corrupt(format!("unknown space tag {}", tag[0])))?;
         let key = read_field(reader)?;
         let value = read_field(reader)?;
         let belongs = match space {
@@ -194,7 +213,10 @@ pub fn read_records(
             _ => in_data_span(space, &key, &span),
         };
         if !belongs {
-            return Err(corrupt(format!("record of {space:?} outside range {}", descriptor.id)));
+            return Err(corrupt(format!(
+                "record of {space:?} outside range {}",
+                descriptor.id
+            )));
         }
         visit(space, key, value);
         records += 1;
@@ -242,8 +264,16 @@ mod tests {
             };
             mvcc::write_put(&mut batch, format!("key{revision}").as_bytes(), &record, 0);
         }
-        batch.put(Space::RangeMeta, keys::range_record_key(1, b's'), b"state".to_vec());
-        batch.put(Space::RangeMeta, keys::range_record_key(2, b's'), b"other range".to_vec());
+        batch.put(
+            Space::RangeMeta,
+            keys::range_record_key(1, b's'),
+            b"state".to_vec(),
+        );
+        batch.put(
+            Space::RangeMeta,
+            keys::range_record_key(2, b's'),
+            b"other range".to_vec(),
+        );
         source.write(batch, Durability::Buffered).unwrap();
 
         let mut stream = Vec::new();
@@ -270,11 +300,22 @@ mod tests {
         assert_eq!(target.get(Space::KvLatest, b"stale").unwrap(), None);
         for space in [Space::KvLatest, Space::KvHistory, Space::KvChanges] {
             let all = KeyRange::new(Vec::new(), None);
-            let left: Vec<_> = source.scan(space, &all, false).map(Result::unwrap).collect();
-            let right: Vec<_> = target.scan(space, &all, false).map(Result::unwrap).collect();
+            let left: Vec<_> = source
+                .scan(space, &all, false)
+                .map(Result::unwrap)
+                .collect();
+            let right: Vec<_> = target
+                .scan(space, &all, false)
+                .map(Result::unwrap)
+                .collect();
             assert_eq!(left, right, "{space:?} differs");
         }
-        assert_eq!(target.get(Space::RangeMeta, &keys::range_record_key(2, b's')).unwrap(), None);
+        assert_eq!(
+            target
+                .get(Space::RangeMeta, &keys::range_record_key(2, b's'))
+                .unwrap(),
+            None
+        );
     }
 
     #[test]

@@ -12,10 +12,13 @@
 
 use super::kv::{self, KvError, Revisions};
 use crate::proto::etcdserverpb::{
-    request_op, response_op, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+    request_op, response_op, CompactionRequest, CompactionResponse, DeleteRangeRequest,
+    DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
+    ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
-use crate::proto::shoal::command::{self as cmd, command_result, raft_command, CommandResult, RaftCommand};
+use crate::proto::shoal::command::{
+    self as cmd, command_result, raft_command, CommandResult, RaftCommand,
+};
 use crate::proto::shoal::state::{MemberInfo, PublishedMembers, RangeApplyState, RangeDescriptor};
 use crate::storage::mvcc::{self, MvccRead, Overlaid, Overlay, Record};
 use crate::storage::{keys, Durability, Engine, ReadView, Space, StorageError, WriteBatch};
@@ -44,7 +47,11 @@ pub struct StateMachine {
     members: PublishedMembers,
 }
 
-fn decode<M: Message + Default>(space: Space, bytes: Option<Vec<u8>>, what: &str) -> Result<Option<M>, StorageError> {
+fn decode<M: Message + Default>(
+    space: Space,
+    bytes: Option<Vec<u8>>,
+    what: &str,
+) -> Result<Option<M>, StorageError> {
     bytes
         .map(|bytes| {
             M::decode(bytes.as_slice()).map_err(|error| StorageError::Corrupt {
@@ -58,14 +65,21 @@ fn decode<M: Message + Default>(space: Space, bytes: Option<Vec<u8>>, what: &str
 impl StateMachine {
     /// Loads the range's state; a range never applied to starts at revision 1 (etcd's
     /// first revision, before any write).
-    pub fn load(range_id: u64, engine: Arc<dyn Engine>, default_descriptor: RangeDescriptor) -> Result<Self, StorageError> {
+    pub fn load(
+        range_id: u64,
+        engine: Arc<dyn Engine>,
+        default_descriptor: RangeDescriptor,
+    ) -> Result<Self, StorageError> {
         let record = |kind| engine.get(Space::RangeMeta, &keys::range_record_key(range_id, kind));
-        let state = decode(Space::RangeMeta, record(APPLY_STATE)?, "apply state")?.unwrap_or(RangeApplyState {
-            revision: 1,
-            ..Default::default()
-        });
+        let state = decode(Space::RangeMeta, record(APPLY_STATE)?, "apply state")?.unwrap_or(
+            RangeApplyState {
+                revision: 1,
+                ..Default::default()
+            },
+        );
         let members = decode(Space::RangeMeta, record(MEMBERS)?, "members")?.unwrap_or_default();
-        let descriptor = decode(Space::RangeMeta, record(DESCRIPTOR)?, "descriptor")?.unwrap_or(default_descriptor);
+        let descriptor = decode(Space::RangeMeta, record(DESCRIPTOR)?, "descriptor")?
+            .unwrap_or(default_descriptor);
         Ok(Self {
             range_id,
             engine,
@@ -109,13 +123,22 @@ impl StateMachine {
     pub fn revisions_in(range_id: u64, view: &dyn ReadView) -> Result<Revisions, StorageError> {
         let state: Option<RangeApplyState> = decode(
             Space::RangeMeta,
-            view.get(Space::RangeMeta, &keys::range_record_key(range_id, APPLY_STATE))?,
+            view.get(
+                Space::RangeMeta,
+                &keys::range_record_key(range_id, APPLY_STATE),
+            )?,
             "apply state",
         )?;
-        Ok(state.map_or(Revisions { current: 1, compact: 0 }, |state| Revisions {
-            current: state.revision,
-            compact: state.compact_revision,
-        }))
+        Ok(state.map_or(
+            Revisions {
+                current: 1,
+                compact: 0,
+            },
+            |state| Revisions {
+                current: state.revision,
+                compact: state.compact_revision,
+            },
+        ))
     }
 
     fn put_state(&self, batch: &mut WriteBatch) {
@@ -158,7 +181,12 @@ impl StateMachine {
 
     /// Applies one committed command. A command that cannot be decoded is a bug or
     /// corruption upstream; it is skipped (identically on every replica) and logged.
-    pub fn apply_command(&mut self, index: u64, term: u64, data: &[u8]) -> Result<Option<Applied>, StorageError> {
+    pub fn apply_command(
+        &mut self,
+        index: u64,
+        term: u64,
+        data: &[u8],
+    ) -> Result<Option<Applied>, StorageError> {
         let command = match RaftCommand::decode(data) {
             Ok(command) => command,
             Err(error) => {
@@ -170,27 +198,45 @@ impl StateMachine {
         self.advance(index, term);
         let mut batch = WriteBatch::new();
         let outcome = match command.op {
-            Some(raft_command::Op::Put(put)) => self.apply_txn_like(TxnRequest {
-                success: vec![RequestOp {
-                    request: Some(request_op::Request::RequestPut(put)),
-                }],
-                ..Default::default()
-            }, &mut batch)
-            .map(|mut response| match response.responses.pop().and_then(|op| op.response) {
-                Some(response_op::Response::ResponsePut(put)) => command_result::Result::Put(put),
-                _ => unreachable!("a put yields a put response"),
-            }),
-            Some(raft_command::Op::DeleteRange(delete)) => self.apply_txn_like(TxnRequest {
-                success: vec![RequestOp {
-                    request: Some(request_op::Request::RequestDeleteRange(delete)),
-                }],
-                ..Default::default()
-            }, &mut batch)
-            .map(|mut response| match response.responses.pop().and_then(|op| op.response) {
-                Some(response_op::Response::ResponseDeleteRange(delete)) => command_result::Result::DeleteRange(delete),
-                _ => unreachable!("a delete yields a delete response"),
-            }),
-            Some(raft_command::Op::Txn(txn)) => self.apply_txn_like(txn, &mut batch).map(command_result::Result::Txn),
+            Some(raft_command::Op::Put(put)) => self
+                .apply_txn_like(
+                    TxnRequest {
+                        success: vec![RequestOp {
+                            request: Some(request_op::Request::RequestPut(put)),
+                        }],
+                        ..Default::default()
+                    },
+                    &mut batch,
+                )
+                .map(
+                    |mut response| match response.responses.pop().and_then(|op| op.response) {
+                        Some(response_op::Response::ResponsePut(put)) => {
+                            command_result::Result::Put(put)
+                        }
+                        _ => unreachable!("a put yields a put response"),
+                    },
+                ),
+            Some(raft_command::Op::DeleteRange(delete)) => self
+                .apply_txn_like(
+                    TxnRequest {
+                        success: vec![RequestOp {
+                            request: Some(request_op::Request::RequestDeleteRange(delete)),
+                        }],
+                        ..Default::default()
+                    },
+                    &mut batch,
+                )
+                .map(
+                    |mut response| match response.responses.pop().and_then(|op| op.response) {
+                        Some(response_op::Response::ResponseDeleteRange(delete)) => {
+                            command_result::Result::DeleteRange(delete)
+                        }
+                        _ => unreachable!("a delete yields a delete response"),
+                    },
+                ),
+            Some(raft_command::Op::Txn(txn)) => self
+                .apply_txn_like(txn, &mut batch)
+                .map(command_result::Result::Txn),
             Some(raft_command::Op::Compact(compact)) => self.apply_compact(&compact, &mut batch),
             Some(raft_command::Op::PublishMember(member)) => {
                 self.apply_publish(member, &mut batch);
@@ -212,16 +258,25 @@ impl StateMachine {
         Ok(Some(Applied {
             origin_node: command.origin_node,
             request_id: command.request_id,
-            result: CommandResult { result: Some(result) },
+            result: CommandResult {
+                result: Some(result),
+            },
         }))
     }
 
-    fn apply_txn_like(&mut self, request: TxnRequest, batch: &mut WriteBatch) -> Result<TxnResponse, KvError> {
+    fn apply_txn_like(
+        &mut self,
+        request: TxnRequest,
+        batch: &mut WriteBatch,
+    ) -> Result<TxnResponse, KvError> {
         let revisions = self.revisions();
         let base: &dyn ReadView = self.engine.as_ref();
         let path = {
             let overlay = Overlay::new();
-            let view = Overlaid { base, overlay: &overlay };
+            let view = Overlaid {
+                base,
+                overlay: &overlay,
+            };
             let path = compare_path(&view, &request)?;
             check_chosen(&view, &request, &path, &mut 0, revisions)?;
             path
@@ -269,7 +324,12 @@ impl StateMachine {
             COMPACTION_BATCH_OPS,
             &mut |chunk| engine.write(chunk, Durability::Buffered),
         )?;
-        tracing::info!(range = self.range_id, revision = request.revision, removed, "compacted history");
+        tracing::info!(
+            range = self.range_id,
+            revision = request.revision,
+            removed,
+            "compacted history"
+        );
         Ok(command_result::Result::Compact(CompactionResponse {
             header: Some(header(self.state.revision)),
         }))
@@ -277,7 +337,10 @@ impl StateMachine {
 
     fn apply_publish(&mut self, member: cmd::PublishMember, batch: &mut WriteBatch) {
         let members = &mut self.members.members;
-        match members.iter_mut().find(|known| known.id == member.member_id) {
+        match members
+            .iter_mut()
+            .find(|known| known.id == member.member_id)
+        {
             Some(known) => {
                 known.name = member.name;
                 known.client_urls = member.client_urls;
@@ -310,10 +373,29 @@ pub fn members_in(range_id: u64, view: &dyn ReadView) -> Result<Vec<MemberInfo>,
 
 /// Runs a transaction whose every operation is a read, against `view`, without the
 /// log: the caller has made `view` current enough (read index) or accepts staleness.
-pub fn read_only_txn(view: &dyn ReadView, revisions: Revisions, request: &TxnRequest) -> Result<TxnResponse, KvError> {
+pub fn read_only_txn(
+    view: &dyn ReadView,
+    revisions: Revisions,
+    request: &TxnRequest,
+) -> Result<TxnResponse, KvError> {
     let overlay = Overlay::new();
-    let path = compare_path(&Overlaid { base: view, overlay: &overlay }, request)?;
-    check_chosen(&Overlaid { base: view, overlay: &overlay }, request, &path, &mut 0, revisions)?;
+    let path = compare_path(
+        &Overlaid {
+            base: view,
+            overlay: &overlay,
+        },
+        request,
+    )?;
+    check_chosen(
+        &Overlaid {
+            base: view,
+            overlay: &overlay,
+        },
+        request,
+        &path,
+        &mut 0,
+        revisions,
+    )?;
     let mut unused = WriteBatch::new();
     let mut exec = TxnExec {
         base: view,
@@ -324,7 +406,10 @@ pub fn read_only_txn(view: &dyn ReadView, revisions: Revisions, request: &TxnReq
         sub: 0,
     };
     let mut response = exec.txn(request, &path, &mut 0)?;
-    assert!(exec.sub == 0 && unused.is_empty(), "a read-only transaction wrote");
+    assert!(
+        exec.sub == 0 && unused.is_empty(),
+        "a read-only transaction wrote"
+    );
     response.header = Some(header(revisions.current));
     Ok(response)
 }
@@ -376,7 +461,11 @@ fn compare_path(view: &dyn MvccRead, request: &TxnRequest) -> Result<Vec<bool>, 
     Ok(path)
 }
 
-fn fill_path(view: &dyn MvccRead, request: &TxnRequest, path: &mut Vec<bool>) -> Result<(), KvError> {
+fn fill_path(
+    view: &dyn MvccRead,
+    request: &TxnRequest,
+    path: &mut Vec<bool>,
+) -> Result<(), KvError> {
     let mut succeeded = true;
     for compare in &request.compare {
         if !kv::compare_holds(view, compare)? {
@@ -385,7 +474,11 @@ fn fill_path(view: &dyn MvccRead, request: &TxnRequest, path: &mut Vec<bool>) ->
         }
     }
     path.push(succeeded);
-    let ops = if succeeded { &request.success } else { &request.failure };
+    let ops = if succeeded {
+        &request.success
+    } else {
+        &request.failure
+    };
     for op in ops {
         if let Some(request_op::Request::RequestTxn(nested)) = &op.request {
             fill_path(view, nested, path)?;
@@ -406,7 +499,11 @@ fn check_chosen(
 ) -> Result<(), KvError> {
     let succeeded = path[*position];
     *position += 1;
-    let ops = if succeeded { &request.success } else { &request.failure };
+    let ops = if succeeded {
+        &request.success
+    } else {
+        &request.failure
+    };
     for op in ops {
         match &op.request {
             Some(request_op::Request::RequestRange(range)) => revisions.check(range.revision)?,
@@ -414,11 +511,15 @@ fn check_chosen(
                 if put.lease != 0 && !lease_exists(put.lease) {
                     return Err(KvError::LeaseNotFound);
                 }
-                if (put.ignore_value || put.ignore_lease) && view.latest(&kv::internal_key(&put.key))?.is_none() {
+                if (put.ignore_value || put.ignore_lease)
+                    && view.latest(&kv::internal_key(&put.key))?.is_none()
+                {
                     return Err(KvError::KeyNotFound);
                 }
             }
-            Some(request_op::Request::RequestTxn(nested)) => check_chosen(view, nested, path, position, revisions)?,
+            Some(request_op::Request::RequestTxn(nested)) => {
+                check_chosen(view, nested, path, position, revisions)?
+            }
             Some(request_op::Request::RequestDeleteRange(_)) | None => {}
         }
     }
@@ -449,15 +550,28 @@ impl TxnExec<'_> {
         }
     }
 
-    fn txn(&mut self, request: &TxnRequest, path: &[bool], position: &mut usize) -> Result<TxnResponse, KvError> {
+    fn txn(
+        &mut self,
+        request: &TxnRequest,
+        path: &[bool],
+        position: &mut usize,
+    ) -> Result<TxnResponse, KvError> {
         let succeeded = path[*position];
         *position += 1;
-        let ops = if succeeded { &request.success } else { &request.failure };
+        let ops = if succeeded {
+            &request.success
+        } else {
+            &request.failure
+        };
         let mut responses = Vec::with_capacity(ops.len());
         for op in ops {
             let response = match &op.request {
-                Some(request_op::Request::RequestRange(range)) => response_op::Response::ResponseRange(self.range(range)?),
-                Some(request_op::Request::RequestPut(put)) => response_op::Response::ResponsePut(self.put(put)?),
+                Some(request_op::Request::RequestRange(range)) => {
+                    response_op::Response::ResponseRange(self.range(range)?)
+                }
+                Some(request_op::Request::RequestPut(put)) => {
+                    response_op::Response::ResponsePut(self.put(put)?)
+                }
                 Some(request_op::Request::RequestDeleteRange(delete)) => {
                     response_op::Response::ResponseDeleteRange(self.delete(delete)?)
                 }
@@ -498,13 +612,23 @@ impl TxnExec<'_> {
         .latest(&key)?;
         let (value, lease) = match &previous {
             Some(previous) => (
-                if request.ignore_value { previous.value.clone() } else { request.value.to_vec() },
-                if request.ignore_lease { previous.lease } else { request.lease },
+                if request.ignore_value {
+                    previous.value.clone()
+                } else {
+                    request.value.to_vec()
+                },
+                if request.ignore_lease {
+                    previous.lease
+                } else {
+                    request.lease
+                },
             ),
             None => (request.value.to_vec(), request.lease),
         };
         let record = Record {
-            create_revision: previous.as_ref().map_or(self.revision, |p| p.create_revision),
+            create_revision: previous
+                .as_ref()
+                .map_or(self.revision, |p| p.create_revision),
             mod_revision: self.revision,
             version: previous.as_ref().map_or(1, |p| p.version + 1),
             lease,
@@ -563,8 +687,20 @@ mod tests {
         fn new() -> Self {
             let dir = tempfile::tempdir().unwrap();
             let engine: Arc<dyn Engine> = Arc::new(FjallEngine::open(dir.path()).unwrap());
-            let machine = StateMachine::load(1, engine, RangeDescriptor { id: 1, ..Default::default() }).unwrap();
-            Self { _dir: dir, machine, index: 0 }
+            let machine = StateMachine::load(
+                1,
+                engine,
+                RangeDescriptor {
+                    id: 1,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            Self {
+                _dir: dir,
+                machine,
+                index: 0,
+            }
         }
 
         fn apply(&mut self, op: raft_command::Op) -> command_result::Result {
@@ -574,7 +710,11 @@ mod tests {
                 request_id: self.index,
                 op: Some(op),
             };
-            let applied = self.machine.apply_command(self.index, 1, &command.encode_to_vec()).unwrap().unwrap();
+            let applied = self
+                .machine
+                .apply_command(self.index, 1, &command.encode_to_vec())
+                .unwrap()
+                .unwrap();
             applied.result.result.unwrap()
         }
 
@@ -597,7 +737,12 @@ mod tests {
                 ..Default::default()
             };
             let revisions = self.machine.revisions();
-            kv::range(&self.machine.engine.snapshot(), &request, revisions, revisions.current)
+            kv::range(
+                &self.machine.engine.snapshot(),
+                &request,
+                revisions,
+                revisions.current,
+            )
         }
     }
 
@@ -651,10 +796,14 @@ mod tests {
             success: vec![put_op("a", "2"), put_op("b", "2"), range_op("a")],
             failure: vec![],
         }));
-        let command_result::Result::Txn(txn) = result else { panic!("{result:?}") };
+        let command_result::Result::Txn(txn) = result else {
+            panic!("{result:?}")
+        };
         assert!(txn.succeeded);
         assert_eq!(txn.header.unwrap().revision, 3);
-        let Some(response_op::Response::ResponseRange(range)) = &txn.responses[2].response else { panic!() };
+        let Some(response_op::Response::ResponseRange(range)) = &txn.responses[2].response else {
+            panic!()
+        };
         assert_eq!(range.kvs[0].value.as_ref(), b"2");
         assert_eq!(range.kvs[0].mod_revision, 3);
         assert_eq!(f.get("b", 0).unwrap().kvs[0].mod_revision, 3);
@@ -677,7 +826,9 @@ mod tests {
             ],
             ..Default::default()
         }));
-        assert!(matches!(result, command_result::Result::Error(ref e) if e.kind() == cmd::ErrorKind::FutureRevision));
+        assert!(
+            matches!(result, command_result::Result::Error(ref e) if e.kind() == cmd::ErrorKind::FutureRevision)
+        );
         assert_eq!(f.get("b", 0).unwrap().count, 0);
         assert_eq!(f.machine.revisions().current, 2);
         assert_eq!(f.machine.applied_index(), 2);
@@ -691,7 +842,9 @@ mod tests {
             key: b"zzz".to_vec().into(),
             ..Default::default()
         }));
-        let command_result::Result::DeleteRange(delete) = result else { panic!() };
+        let command_result::Result::DeleteRange(delete) = result else {
+            panic!()
+        };
         assert_eq!(delete.deleted, 0);
         assert_eq!(delete.header.unwrap().revision, 2);
         let result = f.apply(raft_command::Op::DeleteRange(DeleteRangeRequest {
@@ -699,7 +852,9 @@ mod tests {
             prev_kv: true,
             ..Default::default()
         }));
-        let command_result::Result::DeleteRange(delete) = result else { panic!() };
+        let command_result::Result::DeleteRange(delete) = result else {
+            panic!()
+        };
         assert_eq!((delete.deleted, delete.header.unwrap().revision), (1, 3));
         assert_eq!(delete.prev_kvs[0].value.as_ref(), b"1");
     }
@@ -710,11 +865,19 @@ mod tests {
         f.put("a", "1");
         f.put("a", "2");
         f.put("a", "3");
-        let result = f.apply(raft_command::Op::Compact(CompactionRequest { revision: 3, physical: true }));
+        let result = f.apply(raft_command::Op::Compact(CompactionRequest {
+            revision: 3,
+            physical: true,
+        }));
         assert!(matches!(result, command_result::Result::Compact(_)));
         assert!(matches!(f.get("a", 2), Err(KvError::Compacted)));
         assert_eq!(f.get("a", 3).unwrap().kvs[0].value.as_ref(), b"2");
-        let again = f.apply(raft_command::Op::Compact(CompactionRequest { revision: 3, physical: false }));
-        assert!(matches!(again, command_result::Result::Error(ref e) if e.kind() == cmd::ErrorKind::Compacted));
+        let again = f.apply(raft_command::Op::Compact(CompactionRequest {
+            revision: 3,
+            physical: false,
+        }));
+        assert!(
+            matches!(again, command_result::Result::Error(ref e) if e.kind() == cmd::ErrorKind::Compacted)
+        );
     }
 }

@@ -94,7 +94,10 @@ pub fn change_key(revision: i64, sub: i64) -> Vec<u8> {
 pub fn parse_change_key(encoded: &[u8]) -> Option<(i64, i64)> {
     let revision: [u8; 8] = encoded.get(..8)?.try_into().ok()?;
     let sub: [u8; 8] = encoded.get(8..16)?.try_into().ok()?;
-    Some((u64::from_be_bytes(revision) as i64, u64::from_be_bytes(sub) as i64))
+    Some((
+        u64::from_be_bytes(revision) as i64,
+        u64::from_be_bytes(sub) as i64,
+    ))
 }
 
 /// Key of one Raft log entry.
@@ -163,7 +166,10 @@ mod tests {
             }
         }
         for key in &keys {
-            assert_eq!(parse_history_key(&history_key(key, 42)), Some((key.clone(), 42)));
+            assert_eq!(
+                parse_history_key(&history_key(key, 42)),
+                Some((key.clone(), 42))
+            );
             assert!(history_seek(key) <= history_key(key, 1));
         }
     }

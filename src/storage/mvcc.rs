@@ -44,7 +44,12 @@ impl Record {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(RECORD_HEADER_BYTES + self.value.len());
         out.push(RECORD_FORMAT);
-        for field in [self.create_revision, self.mod_revision, self.version, self.lease] {
+        for field in [
+            self.create_revision,
+            self.mod_revision,
+            self.version,
+            self.lease,
+        ] {
             out.extend_from_slice(&field.to_be_bytes());
         }
         out.extend_from_slice(&self.value);
@@ -115,7 +120,10 @@ impl<V: ReadView + ?Sized> MvccRead for V {
 }
 
 fn history_range(range: &KeyRange) -> KeyRange {
-    KeyRange::new(keys::history_seek(&range.start), range.end.as_deref().map(keys::history_seek))
+    KeyRange::new(
+        keys::history_seek(&range.start),
+        range.end.as_deref().map(keys::history_seek),
+    )
 }
 
 /// Walks the history of consecutive keys and yields, per key, the version that was
@@ -245,9 +253,17 @@ impl<W: Iterator<Item = (Vec<u8>, Option<Record>)>> Iterator for MergeOverlay<'_
 pub fn write_put(batch: &mut WriteBatch, key: &[u8], record: &Record, sub: i64) {
     debug_assert!(!record.is_tombstone());
     let encoded = record.encode();
-    batch.put(Space::KvHistory, keys::history_key(key, record.mod_revision), encoded.clone());
+    batch.put(
+        Space::KvHistory,
+        keys::history_key(key, record.mod_revision),
+        encoded.clone(),
+    );
     batch.put(Space::KvLatest, key.to_vec(), encoded);
-    batch.put(Space::KvChanges, keys::change_key(record.mod_revision, sub), key.to_vec());
+    batch.put(
+        Space::KvChanges,
+        keys::change_key(record.mod_revision, sub),
+        key.to_vec(),
+    );
 }
 
 /// Records the deletion of `key` at `revision`.
@@ -258,7 +274,11 @@ pub fn write_delete(batch: &mut WriteBatch, key: &[u8], revision: i64, sub: i64)
         Record::tombstone(revision).encode(),
     );
     batch.delete(Space::KvLatest, key.to_vec());
-    batch.put(Space::KvChanges, keys::change_key(revision, sub), key.to_vec());
+    batch.put(
+        Space::KvChanges,
+        keys::change_key(revision, sub),
+        key.to_vec(),
+    );
 }
 
 /// Removes, for keys in `range`, every version that no read at `compact_revision` or
@@ -282,7 +302,11 @@ pub fn compact(
         // first; the newest of them survives unless it is a deletion.
         if let Some((_, _, newest_is_tombstone)) = versions.last() {
             let keep_newest = !newest_is_tombstone;
-            let cut = if keep_newest { versions.len() - 1 } else { versions.len() };
+            let cut = if keep_newest {
+                versions.len() - 1
+            } else {
+                versions.len()
+            };
             for (encoded, _, _) in versions.drain(..).take(cut) {
                 batch.delete(Space::KvHistory, encoded);
                 removed += 1;
@@ -399,9 +423,13 @@ mod tests {
         let expected_at_4 = values_at(&engine, 4);
         let expected_at_5 = values_at(&engine, 5);
 
-        let removed = compact(&engine, &KeyRange::new(Vec::new(), None), 4, 2, &mut |batch| {
-            engine.write(batch, Durability::Buffered)
-        })
+        let removed = compact(
+            &engine,
+            &KeyRange::new(Vec::new(), None),
+            4,
+            2,
+            &mut |batch| engine.write(batch, Durability::Buffered),
+        )
         .unwrap();
         // a@1 is shadowed by a@2; b@3 and its deletion at 4 are both gone.
         assert_eq!(removed, 3);

@@ -4,12 +4,13 @@
 
 use super::{PeerIdentity, PEER_MESSAGE_BYTES_MAX};
 use crate::node::store::{RaftSender, StoreHandle, StoreInput};
+use crate::proto::shoal::command::CommandResult;
 use crate::proto::shoal::peer::{
-    forward_failure, forward_response, peer_client::PeerClient, ForwardRequest, RaftBatch, RaftEnvelope, SnapshotChunk,
+    forward_failure, forward_response, peer_client::PeerClient, ForwardRequest, RaftBatch,
+    RaftEnvelope, SnapshotChunk,
 };
 use crate::range::snapshot::{self, SnapshotRegistry};
 use crate::range::RangeError;
-use crate::proto::shoal::command::CommandResult;
 use protobuf::Message as _;
 use raft::eraftpb::Message;
 use std::collections::HashMap;
@@ -77,7 +78,13 @@ impl PeerTransport {
             }
             let channel = endpoint(url)?.connect_lazy();
             let (queue, batches) = mpsc::channel(QUEUE_BATCHES_MAX);
-            runtime.spawn(run_link(peer_id, identity, channel.clone(), batches, store.clone()));
+            runtime.spawn(run_link(
+                peer_id,
+                identity,
+                channel.clone(),
+                batches,
+                store.clone(),
+            ));
             links.insert(peer_id, PeerLink { queue, channel });
         }
         Ok(Arc::new(Self {
@@ -90,9 +97,18 @@ impl PeerTransport {
     }
 
     /// Runs a write on the range's leader `leader`.
-    pub async fn forward(&self, leader: u64, range_id: u64, command: Vec<u8>) -> Result<CommandResult, ForwardError> {
-        let link = self.links.get(&leader).ok_or(RangeError::NotLeader { leader: 0 })?;
-        let mut client = PeerClient::new(link.channel.clone()).max_decoding_message_size(PEER_MESSAGE_BYTES_MAX);
+    pub async fn forward(
+        &self,
+        leader: u64,
+        range_id: u64,
+        command: Vec<u8>,
+    ) -> Result<CommandResult, ForwardError> {
+        let link = self
+            .links
+            .get(&leader)
+            .ok_or(RangeError::NotLeader { leader: 0 })?;
+        let mut client =
+            PeerClient::new(link.channel.clone()).max_decoding_message_size(PEER_MESSAGE_BYTES_MAX);
         let mut request = tonic::Request::new(ForwardRequest {
             range_id,
             command: command.into(),
@@ -113,10 +129,14 @@ impl PeerTransport {
                 forward_failure::Kind::LeaderChanged => RangeError::LeaderChanged,
                 forward_failure::Kind::Stopped => RangeError::Stopped,
                 forward_failure::Kind::UnknownRange => RangeError::UnknownRange(range_id),
-                forward_failure::Kind::Timeout | forward_failure::Kind::Unspecified => RangeError::Timeout,
+                forward_failure::Kind::Timeout | forward_failure::Kind::Unspecified => {
+                    RangeError::Timeout
+                }
             }
             .into()),
-            None => Err(ForwardError::ConnectionLost("empty forward response".into())),
+            None => Err(ForwardError::ConnectionLost(
+                "empty forward response".into(),
+            )),
         }
     }
 }
@@ -124,7 +144,10 @@ impl PeerTransport {
 impl RaftSender for PeerTransport {
     fn send(&self, to: u64, messages: Vec<(u64, Message)>) {
         let Some(link) = self.links.get(&to) else {
-            tracing::warn!(to = format!("{to:x}"), "raft message for an unknown member dropped");
+            tracing::warn!(
+                to = format!("{to:x}"),
+                "raft message for an unknown member dropped"
+            );
             return;
         };
         // A full queue means the link is stalled; it reports that to Raft itself.
@@ -132,7 +155,9 @@ impl RaftSender for PeerTransport {
     }
 
     fn send_snapshot(&self, to: u64, range_id: u64, message: Message) {
-        let Some(link) = self.links.get(&to) else { return };
+        let Some(link) = self.links.get(&to) else {
+            return;
+        };
         let channel = link.channel.clone();
         let identity = self.identity;
         let registry = self.snapshots.clone();
@@ -160,7 +185,8 @@ async fn stream_snapshot(
     message: Message,
     registry: &SnapshotRegistry,
 ) -> Result<(), String> {
-    let id = snapshot::registration_id(&message.get_snapshot().data).ok_or("snapshot without registration")?;
+    let id = snapshot::registration_id(&message.get_snapshot().data)
+        .ok_or("snapshot without registration")?;
     let pending = registry.take(id).ok_or("snapshot registration expired")?;
     let header = SnapshotChunk {
         range_id,
@@ -173,16 +199,25 @@ async fn stream_snapshot(
             chunks.blocking_send(chunk).is_ok()
         })
     });
-    let body = tokio_stream::once(header).chain(ReceiverStream::new(chunk_stream).map(move |data| SnapshotChunk {
-        range_id,
-        raft_message: Default::default(),
-        data: data.into(),
-    }));
+    let body =
+        tokio_stream::once(header).chain(ReceiverStream::new(chunk_stream).map(move |data| {
+            SnapshotChunk {
+                range_id,
+                raft_message: Default::default(),
+                data: data.into(),
+            }
+        }));
     let mut request = tonic::Request::new(body);
     identity.stamp(request.metadata_mut());
     let mut client = PeerClient::new(channel).max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
-    let sent = client.install_snapshot(request).await.map_err(|status| status.to_string());
-    let produced = producer.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string());
+    let sent = client
+        .install_snapshot(request)
+        .await
+        .map_err(|status| status.to_string());
+    let produced = producer
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string());
     sent?;
     produced
 }
@@ -217,7 +252,8 @@ async fn run_link(
             let (sender, receiver) = mpsc::channel::<RaftBatch>(64);
             let mut request = tonic::Request::new(ReceiverStream::new(receiver));
             identity.stamp(request.metadata_mut());
-            let mut client = PeerClient::new(channel.clone()).max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
+            let mut client =
+                PeerClient::new(channel.clone()).max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
             let store = store.clone();
             tokio::spawn(async move {
                 if let Err(status) = client.raft(request).await {
@@ -242,7 +278,9 @@ async fn run_link(
         };
         if delivered {
             broken_since = None;
-        } else if last_report.is_none_or(|at: tokio::time::Instant| at.elapsed() >= RECONNECT_BACKOFF) {
+        } else if last_report
+            .is_none_or(|at: tokio::time::Instant| at.elapsed() >= RECONNECT_BACKOFF)
+        {
             last_report = Some(tokio::time::Instant::now());
             store.try_send(StoreInput::Unreachable { node_id: peer_id });
         }

@@ -4,8 +4,8 @@
 use super::PeerIdentity;
 use crate::node::store::{StoreHandle, StoreInput};
 use crate::proto::shoal::peer::{
-    forward_failure, forward_response, peer_server::Peer, ForwardFailure, ForwardRequest, ForwardResponse, NotLeader,
-    RaftAck, RaftBatch, SnapshotAck, SnapshotChunk,
+    forward_failure, forward_response, peer_server::Peer, ForwardFailure, ForwardRequest,
+    ForwardResponse, NotLeader, RaftAck, RaftBatch, SnapshotAck, SnapshotChunk,
 };
 use crate::proto::shoal::state::RangeDescriptor;
 use crate::range::{snapshot, RangeError};
@@ -44,19 +44,25 @@ impl PeerService {
 }
 
 fn decode_message(bytes: &[u8]) -> Result<Message, Status> {
-    Message::parse_from_bytes(bytes).map_err(|error| Status::invalid_argument(format!("bad raft message: {error}")))
+    Message::parse_from_bytes(bytes)
+        .map_err(|error| Status::invalid_argument(format!("bad raft message: {error}")))
 }
 
 #[tonic::async_trait]
 impl Peer for PeerService {
-    async fn raft(&self, request: Request<Streaming<RaftBatch>>) -> Result<Response<RaftAck>, Status> {
+    async fn raft(
+        &self,
+        request: Request<Streaming<RaftBatch>>,
+    ) -> Result<Response<RaftAck>, Status> {
         let from = self.identity.verify(request.metadata())?;
         let mut stream = request.into_inner();
         while let Some(batch) = stream.message().await? {
             for envelope in batch.messages {
                 let message = decode_message(&envelope.message)?;
                 if message.from != from {
-                    return Err(Status::invalid_argument("raft message from another member than the caller"));
+                    return Err(Status::invalid_argument(
+                        "raft message from another member than the caller",
+                    ));
                 }
                 if message.get_msg_type() == MessageType::MsgSnapshot {
                     // Snapshot data comes only through InstallSnapshot.
@@ -74,7 +80,10 @@ impl Peer for PeerService {
         Ok(Response::new(RaftAck {}))
     }
 
-    async fn install_snapshot(&self, request: Request<Streaming<SnapshotChunk>>) -> Result<Response<SnapshotAck>, Status> {
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<SnapshotAck>, Status> {
         let from = self.identity.verify(request.metadata())?;
         let mut stream = request.into_inner();
         let first = stream
@@ -83,21 +92,24 @@ impl Peer for PeerService {
             .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
         let message = decode_message(&first.raft_message)?;
         if message.get_msg_type() != MessageType::MsgSnapshot || message.from != from {
-            return Err(Status::invalid_argument("snapshot stream must start with the caller's MsgSnapshot"));
+            return Err(Status::invalid_argument(
+                "snapshot stream must start with the caller's MsgSnapshot",
+            ));
         }
         let range_id = first.range_id;
-        let descriptor = self
-            .descriptors
-            .get(&range_id)
-            .cloned()
-            .ok_or_else(|| Status::not_found(format!("range {range_id} is not on this node")))?;
+        let descriptor =
+            self.descriptors.get(&range_id).cloned().ok_or_else(|| {
+                Status::not_found(format!("range {range_id} is not on this node"))
+            })?;
         let metadata = message.get_snapshot().get_metadata();
         let nonce = self.staged_files.fetch_add(1, Ordering::Relaxed);
-        let path = self
-            .snapshot_dir
-            .join(format!("range-{range_id}-{}-{}-{nonce}.snap", metadata.index, metadata.term));
+        let path = self.snapshot_dir.join(format!(
+            "range-{range_id}-{}-{}-{nonce}.snap",
+            metadata.index, metadata.term
+        ));
         let mut file = std::io::BufWriter::new(
-            std::fs::File::create(&path).map_err(|e| Status::internal(format!("staging snapshot: {e}")))?,
+            std::fs::File::create(&path)
+                .map_err(|e| Status::internal(format!("staging snapshot: {e}")))?,
         );
         let mut bytes = first.data.len() as u64;
         let written = async {
@@ -113,17 +125,27 @@ impl Peer for PeerService {
         let checked = written.map_err(|e| e.to_string()).and_then(|()| {
             // Checked whole before Raft sees it: once Raft accepts a snapshot, installing
             // it must not fail on bad data.
-            let mut reader = std::io::BufReader::new(std::fs::File::open(&path).map_err(|e| e.to_string())?);
-            snapshot::read_records(&mut reader, &descriptor, &mut |_, _, _| {}).map_err(|e| e.to_string())
+            let mut reader =
+                std::io::BufReader::new(std::fs::File::open(&path).map_err(|e| e.to_string())?);
+            snapshot::read_records(&mut reader, &descriptor, &mut |_, _, _| {})
+                .map_err(|e| e.to_string())
         });
         let records = match checked {
             Ok(records) => records,
             Err(error) => {
                 let _ = std::fs::remove_file(&path);
-                return Err(Status::data_loss(format!("snapshot stream rejected: {error}")));
+                return Err(Status::data_loss(format!(
+                    "snapshot stream rejected: {error}"
+                )));
             }
         };
-        tracing::info!(range = range_id, index = metadata.index, bytes, records, "received snapshot");
+        tracing::info!(
+            range = range_id,
+            index = metadata.index,
+            bytes,
+            records,
+            "received snapshot"
+        );
         self.store
             .send(StoreInput::InstallSnapshot {
                 range_id,
@@ -135,22 +157,35 @@ impl Peer for PeerService {
         Ok(Response::new(SnapshotAck {}))
     }
 
-    async fn forward(&self, request: Request<ForwardRequest>) -> Result<Response<ForwardResponse>, Status> {
+    async fn forward(
+        &self,
+        request: Request<ForwardRequest>,
+    ) -> Result<Response<ForwardResponse>, Status> {
         self.identity.verify(request.metadata())?;
         let request = request.into_inner();
-        let outcome = match self.store.propose(request.range_id, request.command.to_vec()).await {
+        let outcome = match self
+            .store
+            .propose(request.range_id, request.command.to_vec())
+            .await
+        {
             Ok(result) => forward_response::Outcome::Result(result),
-            Err(RangeError::NotLeader { leader }) => forward_response::Outcome::NotLeader(NotLeader { leader_id: leader }),
+            Err(RangeError::NotLeader { leader }) => {
+                forward_response::Outcome::NotLeader(NotLeader { leader_id: leader })
+            }
             Err(error) => {
                 let kind = match error {
                     RangeError::LeaderChanged => forward_failure::Kind::LeaderChanged,
                     RangeError::Stopped => forward_failure::Kind::Stopped,
                     RangeError::UnknownRange(_) => forward_failure::Kind::UnknownRange,
-                    RangeError::Timeout | RangeError::NotLeader { .. } => forward_failure::Kind::Timeout,
+                    RangeError::Timeout | RangeError::NotLeader { .. } => {
+                        forward_failure::Kind::Timeout
+                    }
                 };
                 forward_response::Outcome::Failure(ForwardFailure { kind: kind as i32 })
             }
         };
-        Ok(Response::new(ForwardResponse { outcome: Some(outcome) }))
+        Ok(Response::new(ForwardResponse {
+            outcome: Some(outcome),
+        }))
     }
 }

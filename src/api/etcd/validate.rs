@@ -50,7 +50,11 @@ pub fn txn(request: &TxnRequest, max_ops: usize) -> Result<(), Status> {
 }
 
 fn txn_shape(request: &TxnRequest, max_ops: usize) -> Result<(), Status> {
-    let ops = request.compare.len().max(request.success.len()).max(request.failure.len());
+    let ops = request
+        .compare
+        .len()
+        .max(request.success.len())
+        .max(request.failure.len());
     if ops > max_ops {
         return Err(errors::too_many_ops());
     }
@@ -61,7 +65,9 @@ fn txn_shape(request: &TxnRequest, max_ops: usize) -> Result<(), Status> {
         match &op.request {
             Some(request_op::Request::RequestRange(range_request)) => range(range_request)?,
             Some(request_op::Request::RequestPut(put_request)) => put(put_request)?,
-            Some(request_op::Request::RequestDeleteRange(delete_request)) => delete(delete_request)?,
+            Some(request_op::Request::RequestDeleteRange(delete_request)) => {
+                delete(delete_request)?
+            }
             Some(request_op::Request::RequestTxn(nested)) => txn_shape(nested, max_ops - ops)?,
             None => return Err(errors::key_not_found()),
         }
@@ -105,7 +111,9 @@ fn check_intervals(ops: &[RequestOp]) -> Result<(HashSet<Bytes>, Vec<Deleted>), 
         .collect();
     let mut puts: HashSet<Bytes> = HashSet::new();
     for op in ops {
-        let Some(request_op::Request::RequestTxn(nested)) = &op.request else { continue };
+        let Some(request_op::Request::RequestTxn(nested)) = &op.request else {
+            continue;
+        };
         let (puts_then, deleted_then) = check_intervals(&nested.success)?;
         let (puts_else, deleted_else) = check_intervals(&nested.failure)?;
         for key in &puts_then {
@@ -125,7 +133,9 @@ fn check_intervals(ops: &[RequestOp]) -> Result<(HashSet<Bytes>, Vec<Deleted>), 
         deleted.extend(deleted_else);
     }
     for op in ops {
-        let Some(request_op::Request::RequestPut(put)) = &op.request else { continue };
+        let Some(request_op::Request::RequestPut(put)) = &op.request else {
+            continue;
+        };
         if puts.contains(&put.key) || covered(&deleted, &put.key) {
             return Err(errors::duplicate_key());
         }
@@ -145,10 +155,14 @@ pub fn txn_is_read_only(request: &TxnRequest) -> bool {
 
 /// Whether every read of a read-only transaction accepts a stale answer.
 pub fn txn_is_serializable(request: &TxnRequest) -> bool {
-    request.success.iter().chain(&request.failure).all(|op| match &op.request {
-        Some(request_op::Request::RequestRange(range)) => range.serializable,
-        _ => false,
-    })
+    request
+        .success
+        .iter()
+        .chain(&request.failure)
+        .all(|op| match &op.request {
+            Some(request_op::Request::RequestRange(range)) => range.serializable,
+            _ => false,
+        })
 }
 
 #[cfg(test)]
@@ -166,11 +180,13 @@ mod tests {
 
     fn delete_op(key: &str, end: &str) -> RequestOp {
         RequestOp {
-            request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
-                key: Bytes::copy_from_slice(key.as_bytes()),
-                range_end: Bytes::copy_from_slice(end.as_bytes()),
-                ..Default::default()
-            })),
+            request: Some(request_op::Request::RequestDeleteRange(
+                DeleteRangeRequest {
+                    key: Bytes::copy_from_slice(key.as_bytes()),
+                    range_end: Bytes::copy_from_slice(end.as_bytes()),
+                    ..Default::default()
+                },
+            )),
         }
     }
 
@@ -226,6 +242,9 @@ mod tests {
             success: vec![RequestOp { request: None }],
             ..Default::default()
         };
-        assert_eq!(txn(&empty_op, 8).unwrap_err().message(), "etcdserver: key not found");
+        assert_eq!(
+            txn(&empty_op, 8).unwrap_err().message(),
+            "etcdserver: key not found"
+        );
     }
 }

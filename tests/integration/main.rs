@@ -1,0 +1,10 @@
+//! End-to-end tests against real `shoal` processes. One test binary (one link step)
+//! holding every suite.
+
+mod support;
+
+mod bad_input;
+mod durability;
+mod etcdctl;
+mod kv;
+mod operations;

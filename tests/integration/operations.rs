@@ -1,0 +1,273 @@
+//! What an operator touches: the HTTP endpoints, configuration sources, the playground.
+
+use crate::support::{bounded, bytes, channel, get, put, Cluster};
+use shoal::proto::etcdserverpb::kv_client::KvClient;
+use shoal::proto::etcdserverpb::{maintenance_client::MaintenanceClient, StatusRequest};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[tokio::test]
+async fn metrics_health_and_ready_endpoints() {
+    bounded(async {
+        let cluster = Cluster::start(3).await;
+        let mut client = cluster.kv(0).await;
+        put(&mut client, "m", "1").await;
+        get(&mut client, "m", false).await;
+        let port = cluster.nodes[0].metrics_port;
+        let (status, body) = shoal::http_probe::get(port, "/metrics", Duration::from_secs(5)).await.unwrap();
+        assert_eq!(status, 200);
+        for metric in [
+            "etcd_server_has_leader 1",
+            "etcd_server_leader_changes_seen_total",
+            "etcd_server_proposals_committed_total",
+            "etcd_disk_wal_fsync_duration_seconds_bucket",
+            "shoal_apply_duration_seconds_bucket",
+            "shoal_raft_term",
+            "grpc_server_handled_total{grpc_type=\"unary\",grpc_service=\"etcdserverpb.KV\",grpc_method=\"Put\",grpc_code=\"OK\"}",
+            "grpc_server_handling_seconds_bucket",
+        ] {
+            assert!(body.contains(metric), "/metrics lacks {metric}:\n{body}");
+        }
+        let (status, body) = shoal::http_probe::get(port, "/health", Duration::from_secs(5)).await.unwrap();
+        assert_eq!((status, body.as_str()), (200, r#"{"health":"true","reason":""}"#));
+        let (status, _) = shoal::http_probe::get(port, "/ready", Duration::from_secs(5)).await.unwrap();
+        assert_eq!(status, 200);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn health_turns_false_without_a_quorum() {
+    bounded(async {
+        let mut cluster = Cluster::start(3).await;
+        cluster.kill(1);
+        cluster.kill(2);
+        let port = cluster.nodes[0].metrics_port;
+        let (status, body) = shoal::http_probe::get(port, "/health", Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains(r#""health":"false""#), "{body}");
+    })
+    .await;
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn settings_come_from_file_then_environment_then_flags() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (client_port, peer_port, metrics_port) = (free_port(), free_port(), free_port());
+        let file = dir.path().join("node.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "name = \"from-file\"\n\
+                 data-dir = \"{}\"\n\
+                 listen-client-urls = \"http://127.0.0.1:{client_port}\"\n\
+                 listen-peer-urls = \"http://127.0.0.1:1\"\n\
+                 listen-metrics-urls = \"http://127.0.0.1:{metrics_port}\"\n\
+                 max-txn-ops = 1\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        // The environment fixes the file's unusable peer URL; the flag renames the node.
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .args(["server", "--config"])
+            .arg(&file)
+            .args(["--name", "from-flag"])
+            .env(
+                "SHOAL_LISTEN_PEER_URLS",
+                format!("http://127.0.0.1:{peer_port}"),
+            )
+            .env("SHOAL_MAX_TXN_OPS", "3")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let outcome = async {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !matches!(
+                shoal::http_probe::get(metrics_port, "/ready", Duration::from_secs(1)).await,
+                Some((200, _))
+            ) {
+                assert!(Instant::now() < deadline, "single node never became ready");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let url = format!("http://127.0.0.1:{client_port}");
+            let mut members =
+                shoal::proto::etcdserverpb::cluster_client::ClusterClient::new(channel(&url).await);
+            let list = members
+                .member_list(shoal::proto::etcdserverpb::MemberListRequest::default())
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(list.members.len(), 1);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut name = list.members[0].name.clone();
+            while name.is_empty() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                name = members
+                    .member_list(shoal::proto::etcdserverpb::MemberListRequest::default())
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .members[0]
+                    .name
+                    .clone();
+            }
+            assert_eq!(name, "from-flag");
+            assert_eq!(
+                list.members[0].peer_ur_ls,
+                [format!("http://127.0.0.1:{peer_port}")]
+            );
+            // max-txn-ops from the environment (3) beat the file (1).
+            let mut kv = KvClient::new(channel(&url).await);
+            let ops = |n: usize| shoal::proto::etcdserverpb::TxnRequest {
+                success: (0..n)
+                    .map(|i| shoal::proto::etcdserverpb::RequestOp {
+                        request: Some(shoal::proto::etcdserverpb::request_op::Request::RequestPut(
+                            shoal::proto::etcdserverpb::PutRequest {
+                                key: bytes(&format!("k{i}")),
+                                ..Default::default()
+                            },
+                        )),
+                    })
+                    .collect(),
+                ..Default::default()
+            };
+            assert!(kv.txn(ops(3)).await.is_ok());
+            assert!(kv.txn(ops(4)).await.is_err());
+        }
+        .await;
+        let _ = child.kill();
+        let _ = child.wait();
+        outcome
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bad_settings_stop_the_server_with_a_message_naming_them() {
+    let output = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args([
+            "server",
+            "--name",
+            "a",
+            "--initial-cluster",
+            "b=http://127.0.0.1:1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--initial-cluster") && stderr.contains("\"a\""),
+        "{stderr}"
+    );
+}
+
+/// The README's first command: a local cluster that prints its endpoints, stops on a
+/// signal and comes back with its data.
+#[tokio::test(flavor = "multi_thread")]
+async fn playground_runs_stops_and_restarts_with_its_data() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        // Ports: client/peer bases interleave (base + 2i), so pick a free pair region.
+        let base = loop {
+            let candidate = free_port();
+            if candidate < 60_000
+                && (0..6).all(|offset| {
+                    std::net::TcpListener::bind(("127.0.0.1", candidate + offset)).is_ok()
+                })
+            {
+                break candidate;
+            }
+        };
+        let metrics_base = free_port();
+        let start = || {
+            Command::new(env!("CARGO_BIN_EXE_shoal"))
+                .arg("playground")
+                .arg("--data-dir")
+                .arg(dir.path())
+                .args(["--client-port-base", &base.to_string()])
+                .args(["--peer-port-base", &(base + 1).to_string()])
+                .args(["--metrics-port-base", &metrics_base.to_string()])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap()
+        };
+        let read_endpoints = |child: &mut std::process::Child| {
+            let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+            let mut endpoints = None;
+            for line in lines.by_ref() {
+                let line = line.unwrap();
+                if let Some(rest) = line.trim().strip_prefix("etcdctl --endpoints=") {
+                    endpoints = rest.split_whitespace().next().map(str::to_string);
+                    break;
+                }
+            }
+            // Keep reading so the playground never writes to a closed pipe.
+            std::thread::spawn(move || lines.for_each(drop));
+            endpoints.expect("the playground printed an etcdctl line")
+        };
+        let terminate = |child: &mut std::process::Child| {
+            let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+            rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    assert!(status.success(), "playground exited with {status}");
+                    break;
+                }
+                assert!(Instant::now() < deadline, "playground did not stop");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        };
+
+        let mut first = start();
+        let endpoints = tokio::task::block_in_place(|| read_endpoints(&mut first));
+        assert_eq!(endpoints.split(',').count(), 3);
+        let first_endpoint = endpoints.split(',').next().unwrap().to_string();
+        let mut client = KvClient::new(channel(&first_endpoint).await);
+        put(&mut client, "kept", "across restarts").await;
+        tokio::task::block_in_place(|| terminate(&mut first));
+        // Every node process is gone: its port is free again.
+        assert!(
+            std::net::TcpListener::bind(("127.0.0.1", base)).is_ok(),
+            "a node outlived the playground"
+        );
+
+        let mut second = start();
+        let endpoints = tokio::task::block_in_place(|| read_endpoints(&mut second));
+        for endpoint in endpoints.split(',') {
+            let mut client = KvClient::new(channel(endpoint).await);
+            assert_eq!(
+                get(&mut client, "kept", false).await.as_deref(),
+                Some("across restarts")
+            );
+        }
+        let mut status = MaintenanceClient::new(channel(&first_endpoint).await);
+        assert!(
+            status
+                .status(StatusRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .leader
+                != 0
+        );
+        tokio::task::block_in_place(|| terminate(&mut second));
+    })
+    .await;
+}
