@@ -22,6 +22,8 @@ pub enum Command {
     Server(Box<ServerArgs>),
     /// Run a local cluster of N nodes on this machine and print its endpoints.
     Playground(PlaygroundArgs),
+    /// Load-test an etcd v3 endpoint (Shoal or etcd) and report throughput and latency.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Args, Debug)]

@@ -31,6 +31,16 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Playground(args) => runtime.block_on(playground::run(args)),
+        Command::Bench(args) => {
+            let report = runtime.block_on(shoal::bench::run(&args))?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                eprintln!();
+                print!("{report}");
+            }
+            Ok(())
+        }
     }
 }
 
