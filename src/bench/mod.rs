@@ -77,7 +77,10 @@ pub enum BenchError {
     #[error("{0}")]
     Invalid(String),
     #[error("endpoint {url}: {source}")]
-    Endpoint { url: String, source: tonic::transport::Error },
+    Endpoint {
+        url: String,
+        source: tonic::transport::Error,
+    },
     #[error("preloading keys: {0}")]
     Preload(tonic::Status),
 }
@@ -121,7 +124,8 @@ struct ClientTally {
 
 fn histogram() -> Histogram<u64> {
     // 1 µs to 60 s at 3 significant digits.
-    Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| unreachable!("constant, valid bounds"))
+    Histogram::new_with_bounds(1, 60_000_000, 3)
+        .unwrap_or_else(|_| unreachable!("constant, valid bounds"))
 }
 
 fn error_kind(status: &tonic::Status) -> String {
@@ -132,12 +136,19 @@ fn error_kind(status: &tonic::Status) -> String {
 pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     let mix = Mix::parse(&args.workload).map_err(BenchError::Invalid)?;
     if args.clients == 0 || args.connections == 0 || args.key_space == 0 {
-        return Err(BenchError::Invalid("--clients, --connections and --key-space must be > 0".into()));
+        return Err(BenchError::Invalid(
+            "--clients, --connections and --key-space must be > 0".into(),
+        ));
     }
     if args.total.is_none() && args.duration <= 0.0 {
         return Err(BenchError::Invalid("--duration must be > 0".into()));
     }
-    let endpoints: Vec<&str> = args.endpoints.split(',').map(str::trim).filter(|e| !e.is_empty()).collect();
+    let endpoints: Vec<&str> = args
+        .endpoints
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .collect();
     if endpoints.is_empty() {
         return Err(BenchError::Invalid("--endpoints is empty".into()));
     }
@@ -145,11 +156,17 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     for index in 0..args.connections {
         let url = endpoints[index % endpoints.len()];
         let channel = tonic::transport::Endpoint::from_shared(url.to_string())
-            .map_err(|source| BenchError::Endpoint { url: url.into(), source })?
+            .map_err(|source| BenchError::Endpoint {
+                url: url.into(),
+                source,
+            })?
             .tcp_nodelay(true)
             .connect()
             .await
-            .map_err(|source| BenchError::Endpoint { url: url.into(), source })?;
+            .map_err(|source| BenchError::Endpoint {
+                url: url.into(),
+                source,
+            })?;
         channels.push(channel);
     }
     let shape = Shape {
@@ -173,13 +190,15 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     let completed = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for index in 0..args.clients {
-        let mut client = workload::Client::new(channels[index % channels.len()].clone(), shape.clone());
+        let mut client =
+            workload::Client::new(channels[index % channels.len()].clone(), shape.clone());
         let mix = mix.clone();
         let chooser = chooser.clone();
         let remaining = remaining.clone();
         let completed = completed.clone();
         // Open loop: this client's share of the rate, starting staggered.
-        let interval = (args.rate > 0).then(|| Duration::from_secs_f64(args.clients as f64 / args.rate as f64));
+        let interval = (args.rate > 0)
+            .then(|| Duration::from_secs_f64(args.clients as f64 / args.rate as f64));
         let measured_total = args.total.is_some();
         let stagger = index as f64 / args.clients as f64;
         tasks.push(tokio::spawn(async move {
@@ -197,7 +216,9 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
                 }
                 if measured_total
                     && remaining
-                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(1))
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                            left.checked_sub(1)
+                        })
                         .is_err()
                 {
                     break;
@@ -251,15 +272,28 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     progress.abort();
     let _ = progress.await;
     let finished = Instant::now();
-    let measured_from = if args.total.is_some() { started } else { measure_from };
-    Ok(summarize(args, finished.duration_since(measured_from).as_secs_f64(), tallies))
+    let measured_from = if args.total.is_some() {
+        started
+    } else {
+        measure_from
+    };
+    Ok(summarize(
+        args,
+        finished.duration_since(measured_from).as_secs_f64(),
+        tallies,
+    ))
 }
 
-async fn preload(args: &BenchArgs, channels: &[tonic::transport::Channel], shape: &Shape) -> Result<(), BenchError> {
+async fn preload(
+    args: &BenchArgs,
+    channels: &[tonic::transport::Channel],
+    shape: &Shape,
+) -> Result<(), BenchError> {
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for index in 0..args.clients.max(1) {
-        let mut client = workload::Client::new(channels[index % channels.len()].clone(), shape.clone());
+        let mut client =
+            workload::Client::new(channels[index % channels.len()].clone(), shape.clone());
         let next = next.clone();
         let key_space = args.key_space;
         tasks.push(tokio::spawn(async move {
@@ -282,9 +316,19 @@ async fn preload(args: &BenchArgs, channels: &[tonic::transport::Channel], shape
 
 /// A live progress bar on a terminal; a line per second otherwise (and nothing with
 /// --json, whose output must stay machine-readable).
-async fn show_progress(completed: Arc<AtomicU64>, started: Instant, total: Option<u64>, seconds: f64, json: bool) {
+async fn show_progress(
+    completed: Arc<AtomicU64>,
+    started: Instant,
+    total: Option<u64>,
+    seconds: f64,
+    json: bool,
+) {
     let terminal = std::io::stderr().is_terminal();
-    let tick = if terminal { Duration::from_millis(250) } else { Duration::from_secs(1) };
+    let tick = if terminal {
+        Duration::from_millis(250)
+    } else {
+        Duration::from_secs(1)
+    };
     let mut last = (Instant::now(), 0u64);
     loop {
         tokio::time::sleep(tick).await;
@@ -388,7 +432,11 @@ impl std::fmt::Display for Report {
             writeln!(f, "  {op}: {count}")?;
         }
         if self.cas_conflicts > 0 {
-            writeln!(f, "  cas conflicts (compare failed, no write): {}", self.cas_conflicts)?;
+            writeln!(
+                f,
+                "  cas conflicts (compare failed, no write): {}",
+                self.cas_conflicts
+            )?;
         }
         writeln!(f, "errors: {}", self.errors)?;
         for (kind, count) in &self.errors_by_kind {

@@ -174,6 +174,7 @@ pub async fn run(
     let router = Arc::new(Router::new(
         me,
         store_handle.clone(),
+        router::RangeMap::new(&[first_range()]),
         ranges,
         transport,
         RangeReader::new(engine.clone()),

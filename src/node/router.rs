@@ -5,6 +5,8 @@
 
 use super::store::{RangeView, StoreHandle};
 use crate::proto::shoal::command::CommandResult;
+use crate::proto::shoal::state::RangeDescriptor;
+use crate::range::kv;
 use crate::range::reader::RangeReader;
 use crate::range::replica::RangeStatus;
 use crate::range::{RangeError, FIRST_RANGE_ID};
@@ -28,9 +30,37 @@ pub enum RouteError {
     ConnectionLost(String),
 }
 
+/// Which range holds which keys: range start key -> (range id, end key).
+#[derive(Debug, Default)]
+pub struct RangeMap {
+    by_start: BTreeMap<Vec<u8>, (u64, Option<Vec<u8>>)>,
+}
+
+impl RangeMap {
+    pub fn new(descriptors: &[RangeDescriptor]) -> Self {
+        let by_start = descriptors
+            .iter()
+            .map(|descriptor| {
+                let end = (!descriptor.end_key.is_empty()).then(|| descriptor.end_key.to_vec());
+                (descriptor.start_key.to_vec(), (descriptor.id, end))
+            })
+            .collect();
+        Self { by_start }
+    }
+
+    /// The range whose span holds `internal_key`.
+    pub fn range_of(&self, internal_key: &[u8]) -> Option<u64> {
+        let (_, (range_id, end)) = self.by_start.range(..=internal_key.to_vec()).next_back()?;
+        end.as_deref()
+            .is_none_or(|end| internal_key < end)
+            .then_some(*range_id)
+    }
+}
+
 pub struct Router {
     node_id: u64,
     store: StoreHandle,
+    map: RangeMap,
     ranges: BTreeMap<u64, RangeView>,
     peers: Arc<PeerTransport>,
     reader: RangeReader,
@@ -41,6 +71,7 @@ impl Router {
     pub fn new(
         node_id: u64,
         store: StoreHandle,
+        map: RangeMap,
         ranges: BTreeMap<u64, RangeView>,
         peers: Arc<PeerTransport>,
         reader: RangeReader,
@@ -53,6 +84,7 @@ impl Router {
         Self {
             node_id,
             store,
+            map,
             ranges,
             peers,
             reader,
@@ -60,10 +92,12 @@ impl Router {
         }
     }
 
-    /// The range holding `key`. One range covers everything until ranges split; the
-    /// callers already route by key so splitting does not change them.
-    pub fn range_of(&self, _key: &[u8]) -> u64 {
-        FIRST_RANGE_ID
+    /// The range holding the etcd key `key`. Every range of the map is local until
+    /// ranges move between nodes; a key outside every range is a bug in the map.
+    pub fn range_of(&self, key: &[u8]) -> u64 {
+        let range_id = self.map.range_of(&kv::internal_key(key));
+        debug_assert!(range_id.is_some(), "no range holds {key:?}");
+        range_id.unwrap_or(FIRST_RANGE_ID)
     }
 
     pub fn status(&self, range_id: u64) -> &RangeStatus {
@@ -126,5 +160,28 @@ impl Router {
     /// Waits until this node's replica reflects every write acknowledged before the call.
     pub async fn linearize(&self, range_id: u64) -> Result<(), RouteError> {
         Ok(self.store.read_index(range_id).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_map_to_the_range_whose_span_holds_them() {
+        let descriptor = |id, start: &[u8], end: &[u8]| RangeDescriptor {
+            id,
+            start_key: start.to_vec().into(),
+            end_key: end.to_vec().into(),
+            epoch: 1,
+        };
+        let map = RangeMap::new(&[descriptor(1, b"", b"m"), descriptor(2, b"m", b"")]);
+        assert_eq!(map.range_of(b"a"), Some(1));
+        assert_eq!(map.range_of(b""), Some(1));
+        assert_eq!(map.range_of(b"m"), Some(2));
+        assert_eq!(map.range_of(b"\xff\xff"), Some(2));
+        let gap = RangeMap::new(&[descriptor(1, b"b", b"c")]);
+        assert_eq!(gap.range_of(b"a"), None);
+        assert_eq!(gap.range_of(b"c"), None);
     }
 }

@@ -271,3 +271,49 @@ async fn playground_runs_stops_and_restarts_with_its_data() {
     })
     .await;
 }
+
+/// `shoal bench` runs a small bounded workload and reports sane counts (the benchmark's
+/// figures themselves belong in docs/benchmarks.md, never in a test).
+#[tokio::test]
+async fn bench_reports_every_operation_of_a_bounded_run() {
+    bounded(async {
+        let cluster = Cluster::start(3).await;
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .args(["bench", "--endpoints", &cluster.endpoints().join(",")])
+            .args([
+                "--clients",
+                "4",
+                "--connections",
+                "3",
+                "--total",
+                "300",
+                "--key-space",
+                "50",
+            ])
+            .args([
+                "--workload",
+                "put:2,get:2,sget:1,range:1,cas:1,delete:1",
+                "--preload",
+                "--json",
+            ])
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let report: serde_json::Value =
+            serde_json::from_slice(&output.stdout).expect("a JSON report");
+        assert_eq!(report["operations"], 300, "{report}");
+        assert_eq!(report["errors"], 0, "{report}");
+        let per_op = report["per_op"].as_object().unwrap();
+        assert_eq!(per_op.len(), 6, "every operation of the mix ran: {report}");
+        assert!(report["ops_per_second"].as_f64().unwrap() > 0.0);
+        let latency = &report["latency_ms"];
+        assert!(latency["min"].as_f64().unwrap() <= latency["p50"].as_f64().unwrap());
+        assert!(latency["p50"].as_f64().unwrap() <= latency["max"].as_f64().unwrap());
+    })
+    .await;
+}
