@@ -5,6 +5,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/etcd/mvccpb/kv.proto",
         "proto/etcd/etcdserverpb/rpc.proto",
+        "proto/etcd/v3lockpb/v3lock.proto",
+        "proto/etcd/v3electionpb/v3election.proto",
         "proto/shoal/command.proto",
         "proto/shoal/state.proto",
         "proto/shoal/peer.proto",

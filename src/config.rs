@@ -14,10 +14,7 @@ pub enum ConfigError {
     #[error("configuration: {0}")]
     Load(Box<figment::Error>),
     #[error("--{setting}: {problem}")]
-    Invalid {
-        setting: &'static str,
-        problem: String,
-    },
+    Invalid { setting: &'static str, problem: String },
 }
 
 fn invalid(setting: &'static str, problem: impl Into<String>) -> ConfigError {
@@ -117,21 +114,14 @@ impl ServerSettings {
         let mut figment = Figment::from(Serialized::defaults(ServerSettings::default()));
         if let Some(file) = file {
             if !file.exists() {
-                return Err(invalid(
-                    "config",
-                    format!("{} does not exist", file.display()),
-                ));
+                return Err(invalid("config", format!("{} does not exist", file.display())));
             }
             figment = figment.merge(Toml::file_exact(file));
         }
         // Keys reach these closures before figment lowercases them.
         let environment = Env::prefixed("SHOAL_")
             .map(|key| key.as_str().replace('_', "-").into())
-            .filter(|key| {
-                SETTING_NAMES
-                    .iter()
-                    .any(|name| key.as_str().eq_ignore_ascii_case(name))
-            });
+            .filter(|key| SETTING_NAMES.iter().any(|name| key.as_str().eq_ignore_ascii_case(name)));
         figment
             .merge(environment)
             .merge(Serialized::defaults(flags))
@@ -174,6 +164,13 @@ impl NodeConfig {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(5) + self.election_timeout * 2
     }
+
+    /// Shortest lease TTL, in whole seconds: 1.5 election timeouts, rounded up (etcd's
+    /// rule), so a lease outlives the election that may follow a leader failure.
+    pub fn min_lease_ttl_seconds(&self) -> i64 {
+        let millis = self.election_timeout.as_millis() as i64 * 3 / 2;
+        ((millis + 999) / 1000).max(1)
+    }
 }
 
 fn split_list(value: &str) -> Vec<String> {
@@ -195,10 +192,7 @@ pub fn resolve_url(setting: &'static str, url: &str) -> Result<Vec<SocketAddr>, 
             format!("{url}: TLS is not supported yet; use http://"),
         ));
     } else {
-        return Err(invalid(
-            setting,
-            format!("{url}: expected http://host:port"),
-        ));
+        return Err(invalid(setting, format!("{url}: expected http://host:port")));
     };
     let authority = rest.trim_end_matches('/');
     if authority.contains('/') {
@@ -237,17 +231,11 @@ pub fn parse_initial_cluster(value: &str) -> Result<Vec<InitialMember>, ConfigEr
     let mut members: Vec<InitialMember> = Vec::new();
     for item in split_list(value) {
         let Some((name, url)) = item.split_once('=') else {
-            return Err(invalid(
-                "initial-cluster",
-                format!("{item}: expected name=url"),
-            ));
+            return Err(invalid("initial-cluster", format!("{item}: expected name=url")));
         };
         let (name, url) = (name.trim(), url.trim());
         if name.is_empty() {
-            return Err(invalid(
-                "initial-cluster",
-                format!("{item}: empty member name"),
-            ));
+            return Err(invalid("initial-cluster", format!("{item}: empty member name")));
         }
         check_urls("initial-cluster", &[url.to_string()])?;
         match members.iter_mut().find(|member| member.name == name) {
@@ -300,16 +288,10 @@ impl TryFrom<ServerSettings> for NodeConfig {
                 peer_urls: advertise_peer_urls.clone(),
             }],
         };
-        let Some(me) = initial_cluster
-            .iter()
-            .find(|member| member.name == settings.name)
-        else {
+        let Some(me) = initial_cluster.iter().find(|member| member.name == settings.name) else {
             return Err(invalid(
                 "initial-cluster",
-                format!(
-                    "has no member named {:?} (the --name of this node)",
-                    settings.name
-                ),
+                format!("has no member named {:?} (the --name of this node)", settings.name),
             ));
         };
         let mut mine = me.peer_urls.clone();
@@ -342,10 +324,7 @@ impl TryFrom<ServerSettings> for NodeConfig {
             return Err(invalid("max-txn-ops", "must be at least 1"));
         }
         if settings.max_request_bytes == 0 || settings.max_request_bytes > 64 << 20 {
-            return Err(invalid(
-                "max-request-bytes",
-                "must be between 1 byte and 64 MiB",
-            ));
+            return Err(invalid("max-request-bytes", "must be between 1 byte and 64 MiB"));
         }
         if settings.snapshot_count == 0 {
             return Err(invalid("snapshot-count", "must be at least 1"));
@@ -370,9 +349,7 @@ impl TryFrom<ServerSettings> for NodeConfig {
             max_txn_ops: settings.max_txn_ops,
             max_request_bytes: settings.max_request_bytes,
             log_compaction_entries: settings.snapshot_count,
-            log_catchup_entries: settings
-                .snapshot_catchup_entries
-                .min(settings.snapshot_count),
+            log_catchup_entries: settings.snapshot_catchup_entries.min(settings.snapshot_count),
         })
     }
 }
@@ -393,10 +370,7 @@ mod tests {
         let file = dir.path().join("node.toml");
         std::fs::write(&file, "name = \"from-file\"\nmax-txn-ops = 7\n").unwrap();
         let settings = ServerSettings::load(Some(&file), Flags::default()).unwrap();
-        assert_eq!(
-            (settings.name.as_str(), settings.max_txn_ops),
-            ("from-file", 7)
-        );
+        assert_eq!((settings.name.as_str(), settings.max_txn_ops), ("from-file", 7));
         let settings = ServerSettings::load(
             Some(&file),
             Flags {
@@ -404,10 +378,7 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(
-            (settings.name.as_str(), settings.max_txn_ops),
-            ("from-flag", 7)
-        );
+        assert_eq!((settings.name.as_str(), settings.max_txn_ops), ("from-flag", 7));
     }
 
     #[test]
@@ -419,10 +390,7 @@ mod tests {
         std::env::set_var("SHOAL_SNAPSHOT_CATCHUP_ENTRIES", "77");
         let settings = ServerSettings::load(Some(&file), Flags::default()).unwrap();
         std::env::remove_var("SHOAL_SNAPSHOT_CATCHUP_ENTRIES");
-        assert_eq!(
-            (settings.max_txn_ops, settings.snapshot_catchup_entries),
-            (7, 77)
-        );
+        assert_eq!((settings.max_txn_ops, settings.snapshot_catchup_entries), (7, 77));
     }
 
     #[test]
@@ -448,9 +416,7 @@ mod tests {
         assert_eq!(config.initial_cluster.len(), 2);
         assert_eq!(config.data_dir, PathBuf::from("n2.shoal"));
         settings.name = "n3".into();
-        let error = NodeConfig::try_from(settings.clone())
-            .unwrap_err()
-            .to_string();
+        let error = NodeConfig::try_from(settings.clone()).unwrap_err().to_string();
         assert!(error.contains("no member named \"n3\""), "{error}");
         settings.name = "n2".into();
         settings.listen_peer_urls = "http://127.0.0.1:2999".into();

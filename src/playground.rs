@@ -23,8 +23,7 @@ struct PlaygroundNode {
 }
 
 fn port(base: u16, offset: usize, what: &str) -> anyhow::Result<u16> {
-    u16::try_from(usize::from(base) + offset)
-        .with_context(|| format!("{what} port base {base} is too high"))
+    u16::try_from(usize::from(base) + offset).with_context(|| format!("{what} port base {base} is too high"))
 }
 
 pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
@@ -32,21 +31,14 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
         bail!("--nodes must be at least 1");
     }
     let exe = std::env::current_exe().context("locating the shoal binary")?;
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
     let data_dir = args.data_dir.canonicalize()?;
 
     let mut plan = Vec::new();
     for index in 0..args.nodes {
         let name = format!("n{}", index + 1);
-        let client_url = format!(
-            "http://127.0.0.1:{}",
-            port(args.client_port_base, 2 * index, "client")?
-        );
-        let peer_url = format!(
-            "http://127.0.0.1:{}",
-            port(args.peer_port_base, 2 * index, "peer")?
-        );
+        let client_url = format!("http://127.0.0.1:{}", port(args.client_port_base, 2 * index, "client")?);
+        let peer_url = format!("http://127.0.0.1:{}", port(args.peer_port_base, 2 * index, "peer")?);
         let metrics_port = port(args.metrics_port_base, index, "metrics")?;
         plan.push((name, client_url, peer_url, metrics_port));
     }
@@ -71,10 +63,7 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
             .arg(data_dir.join(&name))
             .args(["--listen-client-urls", &client_url])
             .args(["--listen-peer-urls", &peer_url])
-            .args([
-                "--listen-metrics-urls",
-                &format!("http://127.0.0.1:{metrics_port}"),
-            ])
+            .args(["--listen-metrics-urls", &format!("http://127.0.0.1:{metrics_port}")])
             .args(["--initial-cluster", &initial_cluster])
             .args(["--initial-cluster-token", "shoal-playground"])
             .stdin(Stdio::null())
@@ -152,9 +141,7 @@ async fn serve(nodes: &mut [PlaygroundNode], data_dir: &Path) -> anyhow::Result<
     );
     // Whoever reads our output may go away; the cluster keeps running regardless.
     let mut stdout = std::io::stdout().lock();
-    let _ = stdout
-        .write_all(banner.as_bytes())
-        .and_then(|()| stdout.flush());
+    let _ = stdout.write_all(banner.as_bytes()).and_then(|()| stdout.flush());
     drop(stdout);
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -194,10 +181,7 @@ async fn stop(nodes: &mut [PlaygroundNode]) {
         match tokio::time::timeout(STOP_GRACE, node.child.wait()).await {
             Ok(_) => {}
             Err(_) => {
-                eprintln!(
-                    "node {} did not stop in {STOP_GRACE:?}; killing it",
-                    node.name
-                );
+                eprintln!("node {} did not stop in {STOP_GRACE:?}; killing it", node.name);
                 let _ = node.child.kill().await;
             }
         }

@@ -10,6 +10,14 @@ pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
 }
 
+pub mod v3lockpb {
+    tonic::include_proto!("v3lockpb");
+}
+
+pub mod v3electionpb {
+    tonic::include_proto!("v3electionpb");
+}
+
 pub mod shoal {
     pub mod command {
         tonic::include_proto!("shoal.command");

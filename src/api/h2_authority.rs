@@ -97,8 +97,7 @@ impl<S> AuthorityRepair<S> {
             if seen < PREFACE.len() {
                 return;
             }
-            self.ready
-                .extend_from_slice(&self.incoming.split_to(PREFACE.len()));
+            self.ready.extend_from_slice(&self.incoming.split_to(PREFACE.len()));
             self.preface_seen = true;
         }
         while self.incoming.len() >= FRAME_HEADER_BYTES {
@@ -106,9 +105,7 @@ impl<S> AuthorityRepair<S> {
                 return self.pass_through_rest();
             }
             let header = &self.incoming[..FRAME_HEADER_BYTES];
-            let length = (usize::from(header[0]) << 16)
-                | (usize::from(header[1]) << 8)
-                | usize::from(header[2]);
+            let length = (usize::from(header[0]) << 16) | (usize::from(header[1]) << 8) | usize::from(header[2]);
             if self.incoming.len() < FRAME_HEADER_BYTES + length {
                 return;
             }
@@ -200,19 +197,13 @@ impl<S> AuthorityRepair<S> {
             self.pending = Some(block);
             return self.give_up(&[]);
         };
-        let authority = headers
-            .iter_mut()
-            .find(|(name, _)| name.as_slice() == b":authority");
+        let authority = headers.iter_mut().find(|(name, _)| name.as_slice() == b":authority");
         if let Mode::Inspect(_) = self.mode {
-            if authority
-                .as_ref()
-                .is_none_or(|(_, value)| is_valid_authority(value))
-            {
+            if authority.as_ref().is_none_or(|(_, value)| is_valid_authority(value)) {
                 self.mode = Mode::PassThrough;
                 return self.ready.extend_from_slice(&block.raw_frames);
             }
-            let Mode::Inspect(decoder) = std::mem::replace(&mut self.mode, Mode::PassThrough)
-            else {
+            let Mode::Inspect(decoder) = std::mem::replace(&mut self.mode, Mode::PassThrough) else {
                 unreachable!("checked above")
             };
             tracing::debug!("client sent a URL as HTTP/2 authority; rewriting its header blocks");
@@ -221,10 +212,7 @@ impl<S> AuthorityRepair<S> {
                 encoder: Box::new(Encoder::new()),
             };
         }
-        if let Some((_, value)) = headers
-            .iter_mut()
-            .find(|(name, _)| name.as_slice() == b":authority")
-        {
+        if let Some((_, value)) = headers.iter_mut().find(|(name, _)| name.as_slice() == b":authority") {
             if !is_valid_authority(value) {
                 *value = repair_authority(value);
             }
@@ -232,11 +220,7 @@ impl<S> AuthorityRepair<S> {
         let Mode::Rewrite { encoder, .. } = &mut self.mode else {
             unreachable!("set above")
         };
-        let encoded = encoder.encode(
-            headers
-                .iter()
-                .map(|(name, value)| (name.as_slice(), value.as_slice())),
-        );
+        let encoded = encoder.encode(headers.iter().map(|(name, value)| (name.as_slice(), value.as_slice())));
         self.emit_block(block.stream_id, block.flags, block.priority, &encoded);
     }
 
@@ -248,12 +232,7 @@ impl<S> AuthorityRepair<S> {
         if rest.is_empty() {
             first_flags |= FLAG_END_HEADERS;
         }
-        self.put_frame_header(
-            first.len() + priority_bytes,
-            FRAME_HEADERS,
-            first_flags,
-            stream_id,
-        );
+        self.put_frame_header(first.len() + priority_bytes, FRAME_HEADERS, first_flags, stream_id);
         if let Some(fields) = priority {
             self.ready.extend_from_slice(&fields);
         }
@@ -283,9 +262,7 @@ fn is_valid_authority(value: &[u8]) -> bool {
 /// `http://host:port/path` -> `host:port`.
 fn repair_authority(value: &[u8]) -> Vec<u8> {
     let text = String::from_utf8_lossy(value);
-    let without_scheme = text
-        .split_once("://")
-        .map_or(text.as_ref(), |(_, rest)| rest);
+    let without_scheme = text.split_once("://").map_or(text.as_ref(), |(_, rest)| rest);
     let host = without_scheme.split('/').next().unwrap_or_default();
     if is_valid_authority(host.as_bytes()) && !host.is_empty() {
         host.as_bytes().to_vec()
@@ -295,11 +272,7 @@ fn repair_authority(value: &[u8]) -> Vec<u8> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for AuthorityRepair<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         loop {
             if !this.ready.is_empty() {
@@ -340,11 +313,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityRepair<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for AuthorityRepair<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -405,8 +374,7 @@ mod tests {
         let mut rest = &stream[PREFACE.len()..];
         let mut block = Vec::new();
         while rest.len() >= FRAME_HEADER_BYTES {
-            let length =
-                (usize::from(rest[0]) << 16) | (usize::from(rest[1]) << 8) | usize::from(rest[2]);
+            let length = (usize::from(rest[0]) << 16) | (usize::from(rest[1]) << 8) | usize::from(rest[2]);
             let (kind, flags) = (rest[3], rest[4]);
             let payload = &rest[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + length];
             if kind == FRAME_HEADERS || kind == FRAME_CONTINUATION {
@@ -454,28 +422,18 @@ mod tests {
         let blocks = decoded_blocks(&output);
         assert_eq!(blocks.len(), 2);
         for block in blocks {
-            let authority = block
-                .iter()
-                .find(|(name, _)| name == b":authority")
-                .unwrap();
+            let authority = block.iter().find(|(name, _)| name == b":authority").unwrap();
             assert_eq!(authority.1, b"127.0.0.1:2379");
             assert!(block
                 .iter()
-                .any(|(name, value)| name == b":path"
-                    && value == b"/etcdserverpb.Maintenance/Status"));
+                .any(|(name, value)| name == b":path" && value == b"/etcdserverpb.Maintenance/Status"));
         }
     }
 
     #[test]
     fn repair_keeps_host_and_port_only() {
-        assert_eq!(
-            repair_authority(b"http://127.0.0.1:2379"),
-            b"127.0.0.1:2379"
-        );
-        assert_eq!(
-            repair_authority(b"https://db.example:443/x/y"),
-            b"db.example:443"
-        );
+        assert_eq!(repair_authority(b"http://127.0.0.1:2379"), b"127.0.0.1:2379");
+        assert_eq!(repair_authority(b"https://db.example:443/x/y"), b"db.example:443");
         assert_eq!(repair_authority(b"http:///"), b"localhost");
     }
 }

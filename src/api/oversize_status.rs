@@ -30,9 +30,7 @@ const TONIC_TOO_LARGE: &str = "decoded%20message%20length%20too%20large";
 
 fn rewrite<B>(response: &mut http::Response<B>) {
     let headers = response.headers_mut();
-    let is_oversize = headers
-        .get("grpc-status")
-        .is_some_and(|status| status == "11")
+    let is_oversize = headers.get("grpc-status").is_some_and(|status| status == "11")
         && headers
             .get("grpc-message")
             .and_then(|message| message.to_str().ok())
@@ -81,9 +79,7 @@ mod tests {
             .insert("grpc-status", http::HeaderValue::from_static("11"));
         oversize.headers_mut().insert(
             "grpc-message",
-            http::HeaderValue::from_static(
-                "Error,%20decoded%20message%20length%20too%20large:%20found%20x",
-            ),
+            http::HeaderValue::from_static("Error,%20decoded%20message%20length%20too%20large:%20found%20x"),
         );
         rewrite(&mut oversize);
         assert_eq!(oversize.headers()["grpc-status"], "8");
@@ -94,9 +90,7 @@ mod tests {
             .insert("grpc-status", http::HeaderValue::from_static("11"));
         compacted.headers_mut().insert(
             "grpc-message",
-            http::HeaderValue::from_static(
-                "etcdserver:%20mvcc:%20required%20revision%20has%20been%20compacted",
-            ),
+            http::HeaderValue::from_static("etcdserver:%20mvcc:%20required%20revision%20has%20been%20compacted"),
         );
         rewrite(&mut compacted);
         assert_eq!(compacted.headers()["grpc-status"], "11");

@@ -112,16 +112,8 @@ mod tests {
         for _ in 0..100_000 {
             hits[chooser.next(&mut rng) as usize] += 1;
         }
-        assert!(
-            hits[0] > hits[10] && hits[10] > hits[500],
-            "{:?}",
-            &hits[..12]
-        );
-        assert!(
-            hits[0] > 5_000,
-            "the hottest key gets a large share: {}",
-            hits[0]
-        );
+        assert!(hits[0] > hits[10] && hits[10] > hits[500], "{:?}", &hits[..12]);
+        assert!(hits[0] > 5_000, "the hottest key gets a large share: {}", hits[0]);
     }
 
     #[test]

@@ -124,8 +124,7 @@ struct ClientTally {
 
 fn histogram() -> Histogram<u64> {
     // 1 µs to 60 s at 3 significant digits.
-    Histogram::new_with_bounds(1, 60_000_000, 3)
-        .unwrap_or_else(|_| unreachable!("constant, valid bounds"))
+    Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| unreachable!("constant, valid bounds"))
 }
 
 fn error_kind(status: &tonic::Status) -> String {
@@ -190,15 +189,13 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     let completed = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for index in 0..args.clients {
-        let mut client =
-            workload::Client::new(channels[index % channels.len()].clone(), shape.clone());
+        let mut client = workload::Client::new(channels[index % channels.len()].clone(), shape.clone());
         let mix = mix.clone();
         let chooser = chooser.clone();
         let remaining = remaining.clone();
         let completed = completed.clone();
         // Open loop: this client's share of the rate, starting staggered.
-        let interval = (args.rate > 0)
-            .then(|| Duration::from_secs_f64(args.clients as f64 / args.rate as f64));
+        let interval = (args.rate > 0).then(|| Duration::from_secs_f64(args.clients as f64 / args.rate as f64));
         let measured_total = args.total.is_some();
         let stagger = index as f64 / args.clients as f64;
         tasks.push(tokio::spawn(async move {
@@ -216,9 +213,7 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
                 }
                 if measured_total
                     && remaining
-                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
-                            left.checked_sub(1)
-                        })
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(1))
                         .is_err()
                 {
                     break;
@@ -272,11 +267,7 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     progress.abort();
     let _ = progress.await;
     let finished = Instant::now();
-    let measured_from = if args.total.is_some() {
-        started
-    } else {
-        measure_from
-    };
+    let measured_from = if args.total.is_some() { started } else { measure_from };
     Ok(summarize(
         args,
         finished.duration_since(measured_from).as_secs_f64(),
@@ -284,16 +275,11 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     ))
 }
 
-async fn preload(
-    args: &BenchArgs,
-    channels: &[tonic::transport::Channel],
-    shape: &Shape,
-) -> Result<(), BenchError> {
+async fn preload(args: &BenchArgs, channels: &[tonic::transport::Channel], shape: &Shape) -> Result<(), BenchError> {
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for index in 0..args.clients.max(1) {
-        let mut client =
-            workload::Client::new(channels[index % channels.len()].clone(), shape.clone());
+        let mut client = workload::Client::new(channels[index % channels.len()].clone(), shape.clone());
         let next = next.clone();
         let key_space = args.key_space;
         tasks.push(tokio::spawn(async move {
@@ -316,13 +302,7 @@ async fn preload(
 
 /// A live progress bar on a terminal; a line per second otherwise (and nothing with
 /// --json, whose output must stay machine-readable).
-async fn show_progress(
-    completed: Arc<AtomicU64>,
-    started: Instant,
-    total: Option<u64>,
-    seconds: f64,
-    json: bool,
-) {
+async fn show_progress(completed: Arc<AtomicU64>, started: Instant, total: Option<u64>, seconds: f64, json: bool) {
     let terminal = std::io::stderr().is_terminal();
     let tick = if terminal {
         Duration::from_millis(250)
@@ -432,11 +412,7 @@ impl std::fmt::Display for Report {
             writeln!(f, "  {op}: {count}")?;
         }
         if self.cas_conflicts > 0 {
-            writeln!(
-                f,
-                "  cas conflicts (compare failed, no write): {}",
-                self.cas_conflicts
-            )?;
+            writeln!(f, "  cas conflicts (compare failed, no write): {}", self.cas_conflicts)?;
         }
         writeln!(f, "errors: {}", self.errors)?;
         for (kind, count) in &self.errors_by_kind {

@@ -2,8 +2,8 @@
 
 use super::keys::key_bytes;
 use crate::proto::etcdserverpb::{
-    compare, kv_client::KvClient, request_op, response_op, Compare, DeleteRangeRequest, PutRequest,
-    RangeRequest, RequestOp, TxnRequest,
+    compare, kv_client::KvClient, request_op, response_op, Compare, DeleteRangeRequest, PutRequest, RangeRequest,
+    RequestOp, TxnRequest,
 };
 use bytes::Bytes;
 use rand::Rng;
@@ -39,16 +39,9 @@ impl Op {
     }
 
     fn parse(name: &str) -> Option<Op> {
-        [
-            Op::Put,
-            Op::Get,
-            Op::SerializableGet,
-            Op::Range,
-            Op::Cas,
-            Op::Delete,
-        ]
-        .into_iter()
-        .find(|op| op.name() == name)
+        [Op::Put, Op::Get, Op::SerializableGet, Op::Range, Op::Cas, Op::Delete]
+            .into_iter()
+            .find(|op| op.name() == name)
     }
 }
 
@@ -62,23 +55,16 @@ pub struct Mix {
 impl Mix {
     pub fn parse(text: &str) -> Result<Self, String> {
         let mut choices = Vec::new();
-        for item in text
-            .split(',')
-            .map(str::trim)
-            .filter(|item| !item.is_empty())
-        {
+        for item in text.split(',').map(str::trim).filter(|item| !item.is_empty()) {
             let (name, weight) = match item.split_once(':') {
                 Some((name, weight)) => (
                     name,
-                    weight
-                        .parse::<u32>()
-                        .map_err(|_| format!("bad weight in {item:?}"))?,
+                    weight.parse::<u32>().map_err(|_| format!("bad weight in {item:?}"))?,
                 ),
                 None => (item, 1),
             };
-            let op = Op::parse(name).ok_or_else(|| {
-                format!("unknown operation {name:?}; known: put, get, sget, range, cas, delete")
-            })?;
+            let op = Op::parse(name)
+                .ok_or_else(|| format!("unknown operation {name:?}; known: put, get, sget, range, cas, delete"))?;
             if weight > 0 {
                 choices.push((op, weight));
             }
@@ -219,15 +205,10 @@ impl Client {
             self.seen_mod_revisions.insert(index, revision);
             return Ok(Outcome::Done);
         }
-        let current = response
-            .responses
-            .first()
-            .and_then(|op| match &op.response {
-                Some(response_op::Response::ResponseRange(range)) => {
-                    range.kvs.first().map(|kv| kv.mod_revision)
-                }
-                _ => None,
-            });
+        let current = response.responses.first().and_then(|op| match &op.response {
+            Some(response_op::Response::ResponseRange(range)) => range.kvs.first().map(|kv| kv.mod_revision),
+            _ => None,
+        });
         self.seen_mod_revisions.insert(index, current.unwrap_or(0));
         Ok(Outcome::CasConflict)
     }
@@ -242,14 +223,10 @@ mod tests {
     fn mixes_parse_and_follow_their_weights() {
         let mix = Mix::parse("put:3,get:1").unwrap();
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-        let puts = (0..10_000)
-            .filter(|_| mix.choose(&mut rng) == Op::Put)
-            .count();
+        let puts = (0..10_000).filter(|_| mix.choose(&mut rng) == Op::Put).count();
         assert!((7_000..8_000).contains(&puts), "{puts}");
         assert!(Mix::parse("put:x").is_err());
-        assert!(Mix::parse("frobnicate")
-            .unwrap_err()
-            .contains("unknown operation"));
+        assert!(Mix::parse("frobnicate").unwrap_err().contains("unknown operation"));
         assert!(Mix::parse("put:0").is_err());
     }
 }

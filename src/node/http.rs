@@ -27,11 +27,7 @@ pub fn routes(router: Arc<Router>, metrics: Option<PrometheusHandle>) -> axum::R
 }
 
 async fn render_metrics(State(state): State<HttpState>) -> impl IntoResponse {
-    let body = state
-        .metrics
-        .as_ref()
-        .map(PrometheusHandle::render)
-        .unwrap_or_default();
+    let body = state.metrics.as_ref().map(PrometheusHandle::render).unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
 
@@ -40,11 +36,7 @@ fn json(status: StatusCode, body: String) -> impl IntoResponse {
 }
 
 async fn health(State(state): State<HttpState>) -> impl IntoResponse {
-    let check = tokio::time::timeout(
-        Duration::from_secs(2),
-        state.router.linearize(FIRST_RANGE_ID),
-    )
-    .await;
+    let check = tokio::time::timeout(Duration::from_secs(2), state.router.linearize(FIRST_RANGE_ID)).await;
     match check {
         Ok(Ok(())) => json(StatusCode::OK, r#"{"health":"true","reason":""}"#.into()),
         Ok(Err(error)) => json(
@@ -71,9 +63,7 @@ async fn ready(State(state): State<HttpState>) -> impl IntoResponse {
     } else {
         json(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                r#"{{"ready":false,"leader":"{leader:x}","commit":{commit},"applied":{applied}}}"#
-            ),
+            format!(r#"{{"ready":false,"leader":"{leader:x}","commit":{commit},"applied":{applied}}}"#),
         )
     }
 }

@@ -57,11 +57,10 @@ pub struct Loaded {
 
 pub fn load_or_create(engine: &dyn Engine, config: &NodeConfig) -> Result<Loaded, IdentityError> {
     if let Some(bytes) = engine.get(Space::NodeMeta, IDENTITY_KEY)? {
-        let identity =
-            NodeIdentity::decode(bytes.as_slice()).map_err(|error| StorageError::Corrupt {
-                space: Space::NodeMeta,
-                detail: format!("identity: {error}"),
-            })?;
+        let identity = NodeIdentity::decode(bytes.as_slice()).map_err(|error| StorageError::Corrupt {
+            space: Space::NodeMeta,
+            detail: format!("identity: {error}"),
+        })?;
         if identity.name != config.name {
             return Err(IdentityError::NameMismatch {
                 stored: identity.name,
@@ -95,11 +94,7 @@ pub fn load_or_create(engine: &dyn Engine, config: &NodeConfig) -> Result<Loaded
         initial_members: members,
     };
     let mut batch = WriteBatch::new();
-    batch.put(
-        Space::NodeMeta,
-        IDENTITY_KEY.to_vec(),
-        identity.encode_to_vec(),
-    );
+    batch.put(Space::NodeMeta, IDENTITY_KEY.to_vec(), identity.encode_to_vec());
     engine.write(batch, Durability::Sync)?;
     Ok(Loaded {
         identity,

@@ -6,12 +6,13 @@ pub mod identity;
 pub mod router;
 pub mod store;
 
-use crate::api::etcd::{self, ClusterService, EtcdContext, KvService, Limits, MaintenanceService};
+use crate::api::etcd::{self, ClusterService, EtcdContext, KvService, LeaseService, Limits, MaintenanceService};
 use crate::api::h2_authority::AuthorityRepair;
 use crate::api::oversize_status::OversizeStatusLayer;
 use crate::config::{ClusterState, NodeConfig};
 use crate::proto::etcdserverpb::{
-    cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
+    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    maintenance_server::MaintenanceServer,
 };
 use crate::proto::shoal::command::{raft_command, PublishMember, RaftCommand};
 use crate::proto::shoal::peer::peer_server::PeerServer;
@@ -58,19 +59,14 @@ pub enum NodeError {
     StoreFailed(String),
 }
 
-async fn bind(
-    addresses: &[SocketAddr],
-    purpose: &'static str,
-) -> Result<Vec<TcpListener>, NodeError> {
+async fn bind(addresses: &[SocketAddr], purpose: &'static str) -> Result<Vec<TcpListener>, NodeError> {
     let mut listeners = Vec::new();
     for &address in addresses {
-        let listener = TcpListener::bind(address)
-            .await
-            .map_err(|source| NodeError::Bind {
-                address,
-                purpose,
-                source,
-            })?;
+        let listener = TcpListener::bind(address).await.map_err(|source| NodeError::Bind {
+            address,
+            purpose,
+            source,
+        })?;
         listeners.push(listener);
     }
     Ok(listeners)
@@ -128,11 +124,7 @@ pub async fn run(
         log_compaction_entries: config.log_compaction_entries,
         log_catchup_entries: config.log_catchup_entries,
     };
-    let voters: Vec<u64> = identity
-        .initial_members
-        .iter()
-        .map(|member| member.id)
-        .collect();
+    let voters: Vec<u64> = identity.initial_members.iter().map(|member| member.id).collect();
     let bootstrap = (loaded.created && config.cluster_state == ClusterState::New).then_some(voters);
     let snapshots = Arc::new(SnapshotRegistry::default());
     let replica = Replica::open(
@@ -154,22 +146,13 @@ pub async fn run(
         .iter()
         .filter_map(|member| member.peer_urls.first().map(|url| (member.id, url.clone())))
         .collect();
-    let transport =
-        PeerTransport::start(peer_identity, &peer_urls, store_handle.clone(), snapshots)?;
-    let (store, ranges) = Store::new(
-        vec![replica],
-        engine.clone(),
-        inbox,
-        transport.clone(),
-        tick,
-    );
+    let transport = PeerTransport::start(peer_identity, &peer_urls, store_handle.clone(), snapshots)?;
+    let (store, ranges) = Store::new(vec![replica], engine.clone(), inbox, transport.clone(), tick);
     let (store_done_tx, store_done) = tokio::sync::oneshot::channel();
-    let store_thread = std::thread::Builder::new()
-        .name("shoal-store".into())
-        .spawn(move || {
-            let outcome = store.run();
-            let _ = store_done_tx.send(outcome);
-        })?;
+    let store_thread = std::thread::Builder::new().name("shoal-store".into()).spawn(move || {
+        let outcome = store.run();
+        let _ = store_done_tx.send(outcome);
+    })?;
 
     let router = Arc::new(Router::new(
         me,
@@ -187,8 +170,10 @@ pub async fn run(
         limits: Limits {
             max_txn_ops: config.max_txn_ops,
             max_request_bytes: config.max_request_bytes,
+            min_lease_ttl_seconds: config.min_lease_ttl_seconds(),
         },
         initial_members: identity.initial_members.clone(),
+        lease_ids: etcd::LeaseIds::new(me),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -226,14 +211,10 @@ pub async fn run(
         servers.spawn(
             tonic::transport::Server::builder()
                 .layer(OversizeStatusLayer)
-                .add_service(
-                    KvServer::new(KvService::new(context.clone()))
-                        .max_decoding_message_size(max_decoding),
-                )
+                .add_service(KvServer::new(KvService::new(context.clone())).max_decoding_message_size(max_decoding))
                 .add_service(ClusterServer::new(ClusterService::new(context.clone())))
-                .add_service(MaintenanceServer::new(MaintenanceService::new(
-                    context.clone(),
-                )))
+                .add_service(MaintenanceServer::new(MaintenanceService::new(context.clone())))
+                .add_service(LeaseServer::new(LeaseService::new(context.clone())))
                 .serve_with_incoming_shutdown(connections, stopped()),
         );
     }
@@ -241,11 +222,7 @@ pub async fn run(
     for listener in metrics_listeners {
         let app = http::routes(router.clone(), metrics.clone());
         let stop = stopped();
-        http_servers.spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop)
-                .await
-        });
+        http_servers.spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop).await });
     }
     tracing::info!(
         clients = ?config.advertise_client_urls,
@@ -288,12 +265,7 @@ pub async fn run(
 
 /// Announces this member's name and client URLs through the log once per start, as
 /// etcd members do, so every member lists them in MemberList. Retries until it lands.
-async fn publish_member(
-    router: Arc<Router>,
-    member_id: u64,
-    name: String,
-    client_urls: Vec<String>,
-) {
+async fn publish_member(router: Arc<Router>, member_id: u64, name: String, client_urls: Vec<String>) {
     let command = RaftCommand {
         origin_node: 0,
         request_id: 0,
@@ -307,9 +279,10 @@ async fn publish_member(
     let mut delay = Duration::from_millis(100);
     loop {
         if let Ok(published) = router.reader().members(FIRST_RANGE_ID) {
-            if published.iter().any(|member| {
-                member.id == member_id && member.name == name && member.client_urls == client_urls
-            }) {
+            if published
+                .iter()
+                .any(|member| member.id == member_id && member.name == name && member.client_urls == client_urls)
+            {
                 return;
             }
         }

@@ -7,11 +7,13 @@ use super::store::{RangeView, StoreHandle};
 use crate::proto::shoal::command::CommandResult;
 use crate::proto::shoal::state::RangeDescriptor;
 use crate::range::kv;
+use crate::range::lease::LeaseTime;
 use crate::range::reader::RangeReader;
-use crate::range::replica::RangeStatus;
+use crate::range::replica::{LeaseQueryKind, RangeStatus};
 use crate::range::{RangeError, FIRST_RANGE_ID};
 use crate::transport::{ForwardError, PeerTransport};
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -51,9 +53,7 @@ impl RangeMap {
     /// The range whose span holds `internal_key`.
     pub fn range_of(&self, internal_key: &[u8]) -> Option<u64> {
         let (_, (range_id, end)) = self.by_start.range(..=internal_key.to_vec()).next_back()?;
-        end.as_deref()
-            .is_none_or(|end| internal_key < end)
-            .then_some(*range_id)
+        end.as_deref().is_none_or(|end| internal_key < end).then_some(*range_id)
     }
 }
 
@@ -77,10 +77,7 @@ impl Router {
         reader: RangeReader,
         request_timeout: Duration,
     ) -> Self {
-        assert!(
-            ranges.contains_key(&FIRST_RANGE_ID),
-            "the first range must be local"
-        );
+        assert!(ranges.contains_key(&FIRST_RANGE_ID), "the first range must be local");
         Self {
             node_id,
             store,
@@ -119,30 +116,58 @@ impl Router {
 
     /// Runs a write (an encoded `RaftCommand`) on the range's leader and returns what
     /// applying it produced.
-    pub async fn write(
+    pub async fn write(&self, range_id: u64, command: Vec<u8>) -> Result<CommandResult, RouteError> {
+        self.on_leader(
+            range_id,
+            || self.store.propose(range_id, command.clone()),
+            |leader| self.peers.forward(leader, range_id, command.clone()),
+        )
+        .await
+    }
+
+    /// Asks the range's leader about a lease (keep-alive or time to live).
+    pub async fn lease_query(
         &self,
         range_id: u64,
-        command: Vec<u8>,
-    ) -> Result<CommandResult, RouteError> {
+        lease_id: i64,
+        kind: LeaseQueryKind,
+    ) -> Result<Option<LeaseTime>, RouteError> {
+        self.on_leader(
+            range_id,
+            || self.store.lease_query(range_id, lease_id, kind),
+            |leader| self.peers.lease_query(leader, range_id, lease_id, kind),
+        )
+        .await
+    }
+
+    /// Runs `local` if this node leads the range, `remote(leader)` otherwise, waiting
+    /// for a leader while there is none. Retries only when the callee said it is not
+    /// the leader: then nothing ran.
+    async fn on_leader<T, Local, Remote>(
+        &self,
+        range_id: u64,
+        local: impl Fn() -> Local,
+        remote: impl Fn(u64) -> Remote,
+    ) -> Result<T, RouteError>
+    where
+        Local: Future<Output = Result<T, RangeError>>,
+        Remote: Future<Output = Result<T, ForwardError>>,
+    {
         let deadline = Instant::now() + self.request_timeout;
         let view = self.view(range_id);
         let mut leader_changes = view.leader_changes.clone();
         loop {
             let leader = view.status.leader();
             let outcome = if leader == self.node_id {
-                self.store
-                    .propose(range_id, command.clone())
-                    .await
-                    .map_err(ForwardError::Range)
+                local().await.map_err(ForwardError::Range)
             } else if leader != 0 {
-                self.peers.forward(leader, range_id, command.clone()).await
+                remote(leader).await
             } else {
                 Err(ForwardError::Range(RangeError::NotLeader { leader: 0 }))
             };
             match outcome {
-                Ok(result) => return Ok(result),
+                Ok(value) => return Ok(value),
                 Err(ForwardError::Range(RangeError::NotLeader { .. })) => {
-                    // Nothing was proposed: wait for a (new) leader and try again.
                     if Instant::now() >= deadline {
                         return Err(RouteError::NoLeader);
                     }
@@ -150,9 +175,7 @@ impl Router {
                     let _ = tokio::time::timeout(wait, leader_changes.changed()).await;
                 }
                 Err(ForwardError::Range(error)) => return Err(error.into()),
-                Err(ForwardError::ConnectionLost(detail)) => {
-                    return Err(RouteError::ConnectionLost(detail))
-                }
+                Err(ForwardError::ConnectionLost(detail)) => return Err(RouteError::ConnectionLost(detail)),
             }
         }
     }

@@ -7,7 +7,8 @@
 //! fsync: this is the group commit that keeps throughput high at full durability.
 
 use crate::proto::shoal::command::CommandResult;
-use crate::range::replica::{Outbox, ProposalResponder, RangeStatus, ReadResponder, Replica};
+use crate::range::lease::LeaseTime;
+use crate::range::replica::{LeaseQueryKind, Outbox, ProposalResponder, RangeStatus, ReadResponder, Replica};
 use crate::range::RangeError;
 use crate::storage::{Durability, Engine, StorageError, WriteBatch};
 use raft::eraftpb::Message;
@@ -36,6 +37,12 @@ pub enum StoreInput {
     Raft {
         range_id: u64,
         message: Message,
+    },
+    LeaseQuery {
+        range_id: u64,
+        lease_id: i64,
+        kind: LeaseQueryKind,
+        responder: oneshot::Sender<Result<Option<LeaseTime>, RangeError>>,
     },
     InstallSnapshot {
         range_id: u64,
@@ -81,11 +88,7 @@ impl StoreHandle {
         (StoreHandle { inbox }, receiver)
     }
 
-    pub async fn propose(
-        &self,
-        range_id: u64,
-        command: Vec<u8>,
-    ) -> Result<CommandResult, RangeError> {
+    pub async fn propose(&self, range_id: u64, command: Vec<u8>) -> Result<CommandResult, RangeError> {
         let (responder, outcome) = oneshot::channel();
         self.inbox
             .send_async(StoreInput::Propose {
@@ -103,8 +106,25 @@ impl StoreHandle {
     pub async fn read_index(&self, range_id: u64) -> Result<(), RangeError> {
         let (responder, outcome) = oneshot::channel();
         self.inbox
-            .send_async(StoreInput::Read {
+            .send_async(StoreInput::Read { range_id, responder })
+            .await
+            .map_err(|_| RangeError::Stopped)?;
+        outcome.await.map_err(|_| RangeError::Stopped)?
+    }
+
+    /// Asks this node's replica (which must lead the range) about a lease.
+    pub async fn lease_query(
+        &self,
+        range_id: u64,
+        lease_id: i64,
+        kind: LeaseQueryKind,
+    ) -> Result<Option<LeaseTime>, RangeError> {
+        let (responder, outcome) = oneshot::channel();
+        self.inbox
+            .send_async(StoreInput::LeaseQuery {
                 range_id,
+                lease_id,
+                kind,
                 responder,
             })
             .await
@@ -113,10 +133,7 @@ impl StoreHandle {
     }
 
     pub async fn send(&self, input: StoreInput) -> Result<(), RangeError> {
-        self.inbox
-            .send_async(input)
-            .await
-            .map_err(|_| RangeError::Stopped)
+        self.inbox.send_async(input).await.map_err(|_| RangeError::Stopped)
     }
 
     /// For callers outside the runtime (the store's own helpers); drops on a full inbox.
@@ -222,10 +239,7 @@ impl Store {
     }
 
     fn handle(&mut self, input: StoreInput) {
-        fn replica_of(
-            replicas: &mut BTreeMap<u64, Replica>,
-            range_id: u64,
-        ) -> Option<&mut Replica> {
+        fn replica_of(replicas: &mut BTreeMap<u64, Replica>, range_id: u64) -> Option<&mut Replica> {
             replicas.get_mut(&range_id)
         }
         match input {
@@ -239,15 +253,24 @@ impl Store {
                     let _ = responder.send(Err(RangeError::UnknownRange(range_id)));
                 }
             },
-            StoreInput::Read {
-                range_id,
-                responder,
-            } => match replica_of(&mut self.replicas, range_id) {
+            StoreInput::Read { range_id, responder } => match replica_of(&mut self.replicas, range_id) {
                 Some(replica) => replica.read(responder),
                 None => {
                     let _ = responder.send(Err(RangeError::UnknownRange(range_id)));
                 }
             },
+            StoreInput::LeaseQuery {
+                range_id,
+                lease_id,
+                kind,
+                responder,
+            } => {
+                let answer = match replica_of(&mut self.replicas, range_id) {
+                    Some(replica) => replica.lease_query(lease_id, kind),
+                    None => Err(RangeError::UnknownRange(range_id)),
+                };
+                let _ = responder.send(answer);
+            }
             StoreInput::Raft { range_id, message } => {
                 if let Some(replica) = replica_of(&mut self.replicas, range_id) {
                     replica.step(message);
@@ -268,11 +291,7 @@ impl Store {
                     replica.report_unreachable(node_id);
                 }
             }
-            StoreInput::SnapshotSent {
-                range_id,
-                to,
-                finished,
-            } => {
+            StoreInput::SnapshotSent { range_id, to, finished } => {
                 if let Some(replica) = replica_of(&mut self.replicas, range_id) {
                     replica.report_snapshot(to, finished);
                 }
@@ -307,8 +326,7 @@ impl Store {
             };
             self.engine.write(log_batch, durability)?;
             if must_sync {
-                metrics::histogram!("etcd_disk_wal_fsync_duration_seconds")
-                    .record(started.elapsed().as_secs_f64());
+                metrics::histogram!("etcd_disk_wal_fsync_duration_seconds").record(started.elapsed().as_secs_f64());
             }
         }
         for (range_id, ready) in readies {
@@ -329,10 +347,7 @@ impl Store {
             if Replica::is_snapshot_message(&message) {
                 self.sender.send_snapshot(message.to, range_id, message);
             } else {
-                by_node
-                    .entry(message.to)
-                    .or_default()
-                    .push((range_id, message));
+                by_node.entry(message.to).or_default().push((range_id, message));
             }
         }
         for (to, messages) in by_node {

@@ -2,9 +2,7 @@
 //! options, and transaction compares. Used both by the state machine (inside writes)
 //! and by the read path (from a pinned engine view), so reads and writes agree.
 
-use crate::proto::etcdserverpb::{
-    compare, range_request, Compare, RangeRequest, RangeResponse, ResponseHeader,
-};
+use crate::proto::etcdserverpb::{compare, range_request, Compare, RangeRequest, RangeResponse, ResponseHeader};
 use crate::proto::mvccpb::KeyValue;
 use crate::storage::keys::{self, namespace};
 use crate::storage::mvcc::{MvccRead, Record};
@@ -25,6 +23,8 @@ pub enum KvError {
     LeaseNotFound,
     #[error("member not found")]
     UnknownMember,
+    #[error("lease already exists")]
+    LeaseExists,
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -96,8 +96,7 @@ impl Revisions {
 fn is_default_ordering(request: &RangeRequest) -> bool {
     let order = request.sort_order();
     order == range_request::SortOrder::None
-        || (request.sort_target() == range_request::SortTarget::Key
-            && order == range_request::SortOrder::Ascend)
+        || (request.sort_target() == range_request::SortTarget::Key && order == range_request::SortOrder::Ascend)
 }
 
 fn has_revision_filters(request: &RangeRequest) -> bool {
@@ -127,14 +126,11 @@ pub fn range(
 
     // Without sorting or filters the first `limit + 1` keys decide `more`; otherwise
     // every key is needed before cutting.
-    let fetch_limit =
-        if !is_default_ordering(request) || has_revision_filters(request) || request.limit <= 0 {
-            usize::MAX
-        } else {
-            usize::try_from(request.limit)
-                .unwrap_or(usize::MAX)
-                .saturating_add(1)
-        };
+    let fetch_limit = if !is_default_ordering(request) || has_revision_filters(request) || request.limit <= 0 {
+        usize::MAX
+    } else {
+        usize::try_from(request.limit).unwrap_or(usize::MAX).saturating_add(1)
+    };
     let mut count = 0i64;
     let mut kvs = Vec::new();
     for item in records {
@@ -286,9 +282,7 @@ mod tests {
         let all = key_span(b"\0", b"\0");
         assert!(all.contains(&internal_key(b"\0")) && all.contains(&internal_key(b"\xff\xff")));
         let prefix = key_span(b"ab", &prefix_range_end(b"ab"));
-        assert!(
-            prefix.contains(&internal_key(b"ab\xff")) && !prefix.contains(&internal_key(b"ac"))
-        );
+        assert!(prefix.contains(&internal_key(b"ab\xff")) && !prefix.contains(&internal_key(b"ac")));
         let empty = key_span(b"b", b"a");
         assert!(!empty.contains(&internal_key(b"b")));
     }
@@ -299,9 +293,7 @@ mod tests {
             current: 10,
             compact: 5,
         };
-        assert!(
-            revisions.check(0).is_ok() && revisions.check(5).is_ok() && revisions.check(10).is_ok()
-        );
+        assert!(revisions.check(0).is_ok() && revisions.check(5).is_ok() && revisions.check(10).is_ok());
         assert!(matches!(revisions.check(11), Err(KvError::FutureRevision)));
         assert!(matches!(revisions.check(4), Err(KvError::Compacted)));
     }

@@ -9,9 +9,7 @@
 
 use super::snapshot::SnapshotRegistry;
 use crate::proto::shoal::state::{RangeDescriptor, TruncatedState};
-use crate::storage::{
-    keys, Engine, KeyRange, Result as StorageResult, Space, StorageError, WriteBatch,
-};
+use crate::storage::{keys, Engine, KeyRange, Result as StorageResult, Space, StorageError, WriteBatch};
 use prost::Message as _;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
@@ -65,25 +63,20 @@ fn encode_pb(message: &impl protobuf::Message) -> Vec<u8> {
 impl LogStore {
     /// Loads the log of `range_id`; a range never written before comes back empty and
     /// uninitialized (no voters).
-    pub fn load(
-        range_id: u64,
-        engine: Arc<dyn Engine>,
-        snapshots: Arc<SnapshotRegistry>,
-    ) -> StorageResult<Self> {
+    pub fn load(range_id: u64, engine: Arc<dyn Engine>, snapshots: Arc<SnapshotRegistry>) -> StorageResult<Self> {
         let read = |kind: u8| engine.get(Space::RaftState, &keys::range_record_key(range_id, kind));
         let hard_state = match read(HARD_STATE)? {
-            Some(bytes) => HardState::parse_from_bytes(&bytes)
-                .map_err(|e| corrupt(format!("hard state: {e}")))?,
+            Some(bytes) => HardState::parse_from_bytes(&bytes).map_err(|e| corrupt(format!("hard state: {e}")))?,
             None => HardState::default(),
         };
         let conf_state = match read(CONF_STATE)? {
-            Some(bytes) => ConfState::parse_from_bytes(&bytes)
-                .map_err(|e| corrupt(format!("conf state: {e}")))?,
+            Some(bytes) => ConfState::parse_from_bytes(&bytes).map_err(|e| corrupt(format!("conf state: {e}")))?,
             None => ConfState::default(),
         };
         let truncated = match read(TRUNCATED)? {
-            Some(bytes) => TruncatedState::decode(bytes.as_slice())
-                .map_err(|e| corrupt(format!("truncated state: {e}")))?,
+            Some(bytes) => {
+                TruncatedState::decode(bytes.as_slice()).map_err(|e| corrupt(format!("truncated state: {e}")))?
+            }
             None => TruncatedState::default(),
         };
         let log = KeyRange::prefix(&range_id.to_be_bytes());
@@ -207,20 +200,12 @@ impl LogStore {
             batch.delete(Space::RaftLog, keys::raft_log_key(self.range_id, stale));
         }
 
-        while self
-            .cache
-            .back()
-            .is_some_and(|entry| entry.index >= first_index)
-        {
+        while self.cache.back().is_some_and(|entry| entry.index >= first_index) {
             if let Some(entry) = self.cache.pop_back() {
                 self.cache_bytes -= entry.compute_size() as usize;
             }
         }
-        if self
-            .cache
-            .back()
-            .is_some_and(|entry| entry.index + 1 != first_index)
-        {
+        if self.cache.back().is_some_and(|entry| entry.index + 1 != first_index) {
             self.cache.clear();
             self.cache_bytes = 0;
         }
@@ -300,12 +285,7 @@ impl LogStore {
         let bytes = self
             .engine
             .get(Space::RaftLog, &keys::raft_log_key(self.range_id, index))?
-            .ok_or_else(|| {
-                corrupt(format!(
-                    "range {}: log entry {index} is missing",
-                    self.range_id
-                ))
-            })?;
+            .ok_or_else(|| corrupt(format!("range {}: log entry {index} is missing", self.range_id)))?;
         Entry::parse_from_bytes(&bytes).map_err(|e| corrupt(format!("log entry {index}: {e}")))
     }
 
@@ -322,10 +302,7 @@ impl LogStore {
 
 impl raft::Storage for LogStore {
     fn initial_state(&self) -> raft::Result<RaftState> {
-        Ok(RaftState::new(
-            self.hard_state.clone(),
-            self.conf_state.clone(),
-        ))
+        Ok(RaftState::new(self.hard_state.clone(), self.conf_state.clone()))
     }
 
     fn entries(
@@ -348,11 +325,7 @@ impl raft::Storage for LogStore {
         let mut size = 0u64;
         let mut index = low;
         // Entries older than the cache come from the engine in one ordered scan.
-        let cache_first = self
-            .cache
-            .front()
-            .map_or(high, |entry| entry.index)
-            .max(low);
+        let cache_first = self.cache.front().map_or(high, |entry| entry.index).max(low);
         if index < cache_first.min(high) {
             let span = KeyRange::new(
                 keys::raft_log_key(self.range_id, index),
@@ -408,9 +381,7 @@ impl raft::Storage for LogStore {
 
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         if self.applied_index < request_index || self.applied_index == 0 {
-            return Err(raft::Error::Store(
-                RaftStorageError::SnapshotTemporarilyUnavailable,
-            ));
+            return Err(raft::Error::Store(RaftStorageError::SnapshotTemporarilyUnavailable));
         }
         let mut snapshot = Snapshot::default();
         let metadata = snapshot.mut_metadata();
@@ -444,8 +415,7 @@ mod tests {
 
     fn open(dir: &std::path::Path) -> (Arc<dyn Engine>, LogStore) {
         let engine: Arc<dyn Engine> = Arc::new(FjallEngine::open(dir).unwrap());
-        let store =
-            LogStore::load(1, engine.clone(), Arc::new(SnapshotRegistry::default())).unwrap();
+        let store = LogStore::load(1, engine.clone(), Arc::new(SnapshotRegistry::default())).unwrap();
         (engine, store)
     }
 
@@ -456,10 +426,7 @@ mod tests {
             let (engine, mut store) = open(dir.path());
             let mut batch = WriteBatch::new();
             store.bootstrap(vec![1, 2, 3], &mut batch);
-            store.append(
-                &(1..=5).map(|i| entry(i, 1)).collect::<Vec<_>>(),
-                &mut batch,
-            );
+            store.append(&(1..=5).map(|i| entry(i, 1)).collect::<Vec<_>>(), &mut batch);
             store.append(&[entry(4, 2)], &mut batch);
             engine.write(batch, Durability::Sync).unwrap();
             assert_eq!(store.last_index(), 4);
@@ -468,14 +435,9 @@ mod tests {
         let (_, store) = open(dir.path());
         assert_eq!(store.last_index(), 4);
         assert_eq!(store.conf_state().voters, vec![1, 2, 3]);
-        let entries = store
-            .entries(1, 5, None, GetEntriesContext::empty(false))
-            .unwrap();
+        let entries = store.entries(1, 5, None, GetEntriesContext::empty(false)).unwrap();
         assert_eq!(
-            entries
-                .iter()
-                .map(|e| (e.index, e.term))
-                .collect::<Vec<_>>(),
+            entries.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(),
             vec![(1, 1), (2, 1), (3, 1), (4, 2)]
         );
         assert!(matches!(
@@ -490,10 +452,7 @@ mod tests {
         {
             let (engine, mut store) = open(dir.path());
             let mut batch = WriteBatch::new();
-            store.append(
-                &(1..=10).map(|i| entry(i, 1 + i / 5)).collect::<Vec<_>>(),
-                &mut batch,
-            );
+            store.append(&(1..=10).map(|i| entry(i, 1 + i / 5)).collect::<Vec<_>>(), &mut batch);
             store.set_applied(8, 2);
             store.truncate_to(6, &mut batch).unwrap();
             engine.write(batch, Durability::Sync).unwrap();
@@ -510,9 +469,7 @@ mod tests {
             Err(raft::Error::Store(RaftStorageError::Compacted))
         ));
         // From the engine (the cache is empty after a reload), honouring the size limit.
-        let entries = store
-            .entries(7, 11, Some(1), GetEntriesContext::empty(false))
-            .unwrap();
+        let entries = store.entries(7, 11, Some(1), GetEntriesContext::empty(false)).unwrap();
         assert_eq!(entries.len(), 1);
         assert_eq!(entries[0].index, 7);
     }

@@ -4,6 +4,7 @@
 //! engine: the node's store loop feeds it messages and ticks and sends what it emits.
 
 pub mod kv;
+pub mod lease;
 pub mod log_store;
 mod raft_logger;
 pub mod reader;

@@ -7,7 +7,7 @@ use super::kv::{self, KvError};
 use super::state_machine::{self, StateMachine};
 use crate::proto::etcdserverpb::{RangeRequest, RangeResponse, TxnRequest, TxnResponse};
 use crate::proto::shoal::state::MemberInfo;
-use crate::storage::{Engine, StorageError};
+use crate::storage::{keys, Engine, Space, StorageError};
 use std::sync::Arc;
 
 #[derive(Clone)]
@@ -26,11 +26,7 @@ impl RangeReader {
         kv::range(&view, request, revisions, revisions.current)
     }
 
-    pub fn read_only_txn(
-        &self,
-        range_id: u64,
-        request: &TxnRequest,
-    ) -> Result<TxnResponse, KvError> {
+    pub fn read_only_txn(&self, range_id: u64, request: &TxnRequest) -> Result<TxnResponse, KvError> {
         let view = self.engine.snapshot();
         let revisions = StateMachine::revisions_in(range_id, view.as_ref())?;
         state_machine::read_only_txn(view.as_ref(), revisions, request)
@@ -42,6 +38,36 @@ impl RangeReader {
 
     pub fn members(&self, range_id: u64) -> Result<Vec<MemberInfo>, StorageError> {
         state_machine::members_in(range_id, self.engine.as_ref())
+    }
+
+    /// Ids of every lease of the range.
+    pub fn lease_ids(&self, range_id: u64) -> Result<Vec<i64>, StorageError> {
+        let prefix_bytes = 8;
+        let mut ids = Vec::new();
+        for pair in self.engine.scan(Space::Leases, &keys::range_records(range_id), false) {
+            let (key, _) = pair?;
+            let raw: [u8; 8] = key[prefix_bytes..].try_into().map_err(|_| StorageError::Corrupt {
+                space: Space::Leases,
+                detail: "lease key of the wrong length".into(),
+            })?;
+            ids.push(u64::from_be_bytes(raw) as i64);
+        }
+        Ok(ids)
+    }
+
+    /// The etcd keys attached to a lease.
+    pub fn lease_keys(&self, range_id: u64, lease_id: i64) -> Result<Vec<Vec<u8>>, StorageError> {
+        let prefix_bytes = keys::lease_key(range_id, lease_id).len();
+        let mut attached = Vec::new();
+        for pair in self
+            .engine
+            .scan(Space::LeaseKeys, &keys::lease_keys(range_id, lease_id), false)
+        {
+            let (entry, _) = pair?;
+            // Drop the namespace byte of the internal key.
+            attached.push(entry.get(prefix_bytes + 1..).unwrap_or_default().to_vec());
+        }
+        Ok(attached)
     }
 
     pub fn disk_space_bytes(&self) -> u64 {

@@ -8,6 +8,7 @@
 //! `finish_ready` (phase 2: emit messages that needed the log on disk, apply what that
 //! committed).
 
+use super::lease::LeaseTime;
 use super::log_store::LogStore;
 use super::raft_logger;
 use super::snapshot::{self, SnapshotRegistry};
@@ -28,6 +29,15 @@ use tokio::sync::{oneshot, watch};
 
 pub type ProposalResponder = oneshot::Sender<Result<CommandResult, RangeError>>;
 pub type ReadResponder = oneshot::Sender<Result<(), RangeError>>;
+
+/// What a lease question asks of the leader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseQueryKind {
+    /// Keep-alive: extend the lease to a full TTL.
+    Renew,
+    /// How long the lease has left.
+    TimeToLive,
+}
 
 /// Limits and timings of a replica, in ticks of the store loop.
 #[derive(Clone, Debug)]
@@ -157,16 +167,11 @@ impl Replica {
             ..Default::default()
         };
         let logger = raft_logger::logger(config.node_id, range_id);
-        let raw = RawNode::new(&raft_config, log_store, &logger).map_err(|error| {
-            StorageError::Engine(format!("starting raft for range {range_id}: {error}"))
-        })?;
+        let raw = RawNode::new(&raft_config, log_store, &logger)
+            .map_err(|error| StorageError::Engine(format!("starting raft for range {range_id}: {error}")))?;
         let status = Arc::new(RangeStatus::default());
-        status
-            .revision
-            .store(machine.revisions().current, Ordering::Release);
-        status
-            .applied_index
-            .store(machine.applied_index(), Ordering::Release);
+        status.revision.store(machine.revisions().current, Ordering::Release);
+        status.applied_index.store(machine.applied_index(), Ordering::Release);
         let (leader_watch, _) = watch::channel(0);
         Ok(Self {
             range_id,
@@ -203,6 +208,9 @@ impl Replica {
     pub fn tick(&mut self) {
         self.ticks += 1;
         self.raw.tick();
+        if self.raw.raft.state == StateRole::Leader {
+            self.revoke_expired_leases();
+        }
         let now = self.ticks;
 
         let expired: Vec<u64> = self
@@ -217,8 +225,7 @@ impl Replica {
                 let _ = proposal.responder.send(Err(RangeError::Timeout));
             }
         }
-        self.proposal_at_index
-            .retain(|_, id| self.proposals.contains_key(id));
+        self.proposal_at_index.retain(|_, id| self.proposals.contains_key(id));
 
         // Reads whose read index never came back are asked again.
         let retry = self.config.read_retry_ticks;
@@ -249,8 +256,44 @@ impl Replica {
                 let _ = read.responder.send(Err(RangeError::Timeout));
             }
         }
-        self.reads_waiting_apply
-            .retain(|_, reads| !reads.is_empty());
+        self.reads_waiting_apply.retain(|_, reads| !reads.is_empty());
+    }
+
+    /// Only the leader expires leases, by proposing their revocation through the log.
+    fn revoke_expired_leases(&mut self) {
+        let expired = self.machine.lessor_mut().take_expired(Instant::now());
+        for id in expired {
+            tracing::info!(
+                range = self.range_id,
+                lease = format!("{id:x}"),
+                "lease expired; revoking"
+            );
+            let command = crate::proto::shoal::command::RaftCommand {
+                origin_node: 0,
+                request_id: 0,
+                op: Some(crate::proto::shoal::command::raft_command::Op::LeaseRevoke(
+                    crate::proto::etcdserverpb::LeaseRevokeRequest { id },
+                )),
+            };
+            // Nobody waits for the outcome: a lost proposal is proposed again later.
+            let (responder, _) = oneshot::channel();
+            self.propose(prost::Message::encode_to_vec(&command), responder);
+        }
+    }
+
+    /// Answers a keep-alive or time-to-live question; only the leader knows deadlines.
+    /// `Ok(None)`: no such lease (or it has expired and is being revoked).
+    pub fn lease_query(&mut self, lease_id: i64, kind: LeaseQueryKind) -> Result<Option<LeaseTime>, RangeError> {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader {
+            return Err(RangeError::NotLeader { leader: raft.leader_id });
+        }
+        let now = Instant::now();
+        let lessor = self.machine.lessor_mut();
+        Ok(match kind {
+            LeaseQueryKind::Renew => lessor.renew(lease_id, now).and_then(|_| lessor.time(lease_id, now)),
+            LeaseQueryKind::TimeToLive => lessor.time(lease_id, now),
+        })
     }
 
     pub fn step(&mut self, message: Message) {
@@ -263,8 +306,7 @@ impl Replica {
     /// announces it. raft-rs decides whether to install it.
     pub fn step_snapshot(&mut self, message: Message, staged: PathBuf) {
         let metadata = message.get_snapshot().get_metadata();
-        self.staged_snapshots
-            .insert((metadata.index, metadata.term), staged);
+        self.staged_snapshots.insert((metadata.index, metadata.term), staged);
         self.step(message);
     }
 
@@ -274,9 +316,7 @@ impl Replica {
     pub fn propose(&mut self, mut command: Vec<u8>, responder: ProposalResponder) {
         let raft = &self.raw.raft;
         if raft.state != StateRole::Leader || raft.lead_transferee.is_some() {
-            let _ = responder.send(Err(RangeError::NotLeader {
-                leader: raft.leader_id,
-            }));
+            let _ = responder.send(Err(RangeError::NotLeader { leader: raft.leader_id }));
             return;
         }
         let request_id = self.next_request_id;
@@ -288,8 +328,7 @@ impl Replica {
             request_id,
             op: None,
         };
-        prost::Message::encode(&header, &mut command)
-            .unwrap_or_else(|_| unreachable!("a Vec grows as needed"));
+        prost::Message::encode(&header, &mut command).unwrap_or_else(|_| unreachable!("a Vec grows as needed"));
         if let Err(error) = self.raw.propose(Vec::new(), command) {
             tracing::debug!(range = self.range_id, %error, "proposal dropped");
             let _ = responder.send(Err(RangeError::NotLeader {
@@ -381,24 +420,16 @@ impl Replica {
         self.raw.mut_store().append(ready.entries(), log_batch);
         if let Some(hard_state) = ready.hs() {
             self.status.term.store(hard_state.term, Ordering::Release);
-            self.status
-                .commit_index
-                .store(hard_state.commit, Ordering::Release);
+            self.status.commit_index.store(hard_state.commit, Ordering::Release);
             metrics::gauge!("shoal_raft_term").set(hard_state.term as f64);
-            self.raw
-                .mut_store()
-                .set_hard_state(hard_state.clone(), log_batch);
+            self.raw.mut_store().set_hard_state(hard_state.clone(), log_batch);
         }
         let must_sync = ready.must_sync();
         Ok((ready, must_sync))
     }
 
     /// Phase 2: the staged log writes are on disk.
-    pub fn finish_ready(
-        &mut self,
-        mut ready: Ready,
-        outbox: &mut Outbox,
-    ) -> Result<(), StorageError> {
+    pub fn finish_ready(&mut self, mut ready: Ready, outbox: &mut Outbox) -> Result<(), StorageError> {
         for message in ready.take_persisted_messages() {
             outbox.push((self.range_id, message));
         }
@@ -418,7 +449,12 @@ impl Replica {
     fn on_soft_state(&mut self, leader: u64, role: StateRole) {
         let previous = self.status.leader.swap(leader, Ordering::AcqRel);
         let is_leader = role == StateRole::Leader;
-        self.status.is_leader.store(is_leader, Ordering::Release);
+        let was_leader = self.status.is_leader.swap(is_leader, Ordering::AcqRel);
+        if is_leader && !was_leader {
+            // The previous leader's renewals are unknown here: restart every lease's
+            // deadline rather than risk expiring one that was kept alive.
+            self.machine.lessor_mut().promote(Instant::now());
+        }
         metrics::gauge!("etcd_server_is_leader").set(if is_leader { 1.0 } else { 0.0 });
         metrics::gauge!("etcd_server_has_leader").set(if leader != 0 { 1.0 } else { 0.0 });
         if previous != leader {
@@ -456,10 +492,7 @@ impl Replica {
                 let _ = read.responder.send(Ok(()));
             }
         } else {
-            self.reads_waiting_apply
-                .entry(index)
-                .or_default()
-                .extend(batch.reads);
+            self.reads_waiting_apply.entry(index).or_default().extend(batch.reads);
         }
     }
 
@@ -473,23 +506,16 @@ impl Replica {
             }
             let started = Instant::now();
             match entry.get_entry_type() {
-                EntryType::EntryNormal if entry.data.is_empty() => {
-                    self.machine.apply_noop(entry.index, entry.term)?
-                }
+                EntryType::EntryNormal if entry.data.is_empty() => self.machine.apply_noop(entry.index, entry.term)?,
                 EntryType::EntryNormal => {
-                    let applied =
-                        self.machine
-                            .apply_command(entry.index, entry.term, &entry.data)?;
+                    let applied = self.machine.apply_command(entry.index, entry.term, &entry.data)?;
                     metrics::counter!("etcd_server_proposals_applied_total").increment(1);
                     self.answer_proposal(entry.index, applied);
                 }
-                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                    self.apply_conf_change(entry)?
-                }
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => self.apply_conf_change(entry)?,
             }
             self.raw.mut_store().set_applied(entry.index, entry.term);
-            metrics::histogram!("shoal_apply_duration_seconds")
-                .record(started.elapsed().as_secs_f64());
+            metrics::histogram!("shoal_apply_duration_seconds").record(started.elapsed().as_secs_f64());
         }
         let applied = self.machine.applied_index();
         self.status.applied_index.store(applied, Ordering::Release);
@@ -533,19 +559,11 @@ impl Replica {
         let conf_state = if entry.get_entry_type() == EntryType::EntryConfChange {
             ConfChange::parse_from_bytes(&entry.data)
                 .map_err(|e| e.to_string())
-                .and_then(|change| {
-                    self.raw
-                        .apply_conf_change(&change)
-                        .map_err(|e| e.to_string())
-                })
+                .and_then(|change| self.raw.apply_conf_change(&change).map_err(|e| e.to_string()))
         } else {
             ConfChangeV2::parse_from_bytes(&entry.data)
                 .map_err(|e| e.to_string())
-                .and_then(|change| {
-                    self.raw
-                        .apply_conf_change(&change)
-                        .map_err(|e| e.to_string())
-                })
+                .and_then(|change| self.raw.apply_conf_change(&change).map_err(|e| e.to_string()))
         };
         match conf_state {
             Ok(conf_state) => {
@@ -562,10 +580,7 @@ impl Replica {
 
     fn install_snapshot(&mut self, snapshot: raft::eraftpb::Snapshot) -> Result<(), StorageError> {
         let metadata = snapshot.get_metadata().clone();
-        let Some(path) = self
-            .staged_snapshots
-            .remove(&(metadata.index, metadata.term))
-        else {
+        let Some(path) = self.staged_snapshots.remove(&(metadata.index, metadata.term)) else {
             // raft-rs only accepts snapshots this replica stepped with staged data.
             panic!(
                 "range {}: snapshot at {} accepted without staged data",
@@ -602,9 +617,7 @@ impl Replica {
             }
         }
         self.proposal_at_index = self.proposal_at_index.split_off(&(metadata.index + 1));
-        self.status
-            .applied_index
-            .store(metadata.index, Ordering::Release);
+        self.status.applied_index.store(metadata.index, Ordering::Release);
         self.status
             .revision
             .store(self.machine.revisions().current, Ordering::Release);
@@ -649,16 +662,8 @@ impl Replica {
         let reads = self
             .read_queue
             .drain(..)
-            .chain(
-                self.reads_in_flight
-                    .drain()
-                    .flat_map(|(_, batch)| batch.reads),
-            )
-            .chain(
-                std::mem::take(&mut self.reads_waiting_apply)
-                    .into_values()
-                    .flatten(),
-            );
+            .chain(self.reads_in_flight.drain().flat_map(|(_, batch)| batch.reads))
+            .chain(std::mem::take(&mut self.reads_waiting_apply).into_values().flatten());
         for read in reads {
             let _ = read.responder.send(Err(RangeError::Stopped));
         }

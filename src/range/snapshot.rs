@@ -23,8 +23,11 @@ pub const CHUNK_BYTES: usize = 1 << 20;
 /// A pinned view holds back engine garbage collection: drop it if nobody streamed it.
 const PENDING_SNAPSHOT_TTL: Duration = Duration::from_secs(600);
 
-/// The spaces that make up a range's replicated state.
+/// The spaces that make up a range's replicated state: key-value data, selected by the
+/// range's key span...
 const DATA_SPACES: [Space; 3] = [Space::KvLatest, Space::KvHistory, Space::KvChanges];
+/// ...and per-range records, keyed by the range id.
+const RANGE_RECORD_SPACES: [Space; 3] = [Space::RangeMeta, Space::Leases, Space::LeaseKeys];
 
 pub struct PendingSnapshot {
     pub descriptor: RangeDescriptor,
@@ -43,10 +46,7 @@ pub struct SnapshotRegistry {
 impl SnapshotRegistry {
     pub fn register(&self, descriptor: RangeDescriptor, to: u64, view: Arc<dyn ReadView>) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut pending = self
-            .pending
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut pending = self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         pending.retain(|_, snapshot| snapshot.created.elapsed() < PENDING_SNAPSHOT_TTL);
         pending.insert(
             id,
@@ -61,10 +61,7 @@ impl SnapshotRegistry {
     }
 
     pub fn take(&self, id: u64) -> Option<PendingSnapshot> {
-        let mut pending = self
-            .pending
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut pending = self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         pending.remove(&id)
     }
 }
@@ -77,9 +74,7 @@ pub fn registration_id(data: &[u8]) -> Option<u64> {
 fn in_data_span(space: Space, key: &[u8], span: &KeyRange) -> bool {
     match space {
         Space::KvLatest => span.contains(key),
-        Space::KvHistory => {
-            keys::parse_history_key(key).is_some_and(|(key, _)| span.contains(&key))
-        }
+        Space::KvHistory => keys::parse_history_key(key).is_some_and(|(key, _)| span.contains(&key)),
         _ => false,
     }
 }
@@ -136,10 +131,12 @@ pub fn stream_range(
             }
         }
     }
-    for pair in view.scan(Space::RangeMeta, &keys::range_records(descriptor.id), false) {
-        let (key, value) = pair?;
-        if !emit(Space::RangeMeta, &key, &value, &mut chunk) {
-            return Ok(());
+    for space in RANGE_RECORD_SPACES {
+        for pair in view.scan(space, &keys::range_records(descriptor.id), false) {
+            let (key, value) = pair?;
+            if !emit(space, &key, &value, &mut chunk) {
+                return Ok(());
+            }
         }
     }
     if !chunk.is_empty() {
@@ -167,8 +164,10 @@ pub fn clear_range(
             }
         }
     }
-    for pair in view.scan(Space::RangeMeta, &keys::range_records(descriptor.id), false) {
-        batch.delete(Space::RangeMeta, pair?.0);
+    for space in RANGE_RECORD_SPACES {
+        for pair in view.scan(space, &keys::range_records(descriptor.id), false) {
+            batch.delete(space, pair?.0);
+        }
     }
     Ok(())
 }
@@ -203,20 +202,16 @@ pub fn read_records(
         if reader.read(&mut tag)? == 0 {
             return Ok(records);
         }
-        let space = Space::from_tag(tag[0])
-            .ok_or_else(|| corrupt(format!("unknown space tag {}", tag[0])))?;
+        let space = Space::from_tag(tag[0]).ok_or_else(|| corrupt(format!("unknown space tag {}", tag[0])))?;
         let key = read_field(reader)?;
         let value = read_field(reader)?;
         let belongs = match space {
             Space::KvChanges => span.contains(&value),
-            Space::RangeMeta => own_meta.contains(&key),
+            Space::RangeMeta | Space::Leases | Space::LeaseKeys => own_meta.contains(&key),
             _ => in_data_span(space, &key, &span),
         };
         if !belongs {
-            return Err(corrupt(format!(
-                "record of {space:?} outside range {}",
-                descriptor.id
-            )));
+            return Err(corrupt(format!("record of {space:?} outside range {}", descriptor.id)));
         }
         visit(space, key, value);
         records += 1;
@@ -264,11 +259,7 @@ mod tests {
             };
             mvcc::write_put(&mut batch, format!("key{revision}").as_bytes(), &record, 0);
         }
-        batch.put(
-            Space::RangeMeta,
-            keys::range_record_key(1, b's'),
-            b"state".to_vec(),
-        );
+        batch.put(Space::RangeMeta, keys::range_record_key(1, b's'), b"state".to_vec());
         batch.put(
             Space::RangeMeta,
             keys::range_record_key(2, b's'),
@@ -300,20 +291,12 @@ mod tests {
         assert_eq!(target.get(Space::KvLatest, b"stale").unwrap(), None);
         for space in [Space::KvLatest, Space::KvHistory, Space::KvChanges] {
             let all = KeyRange::new(Vec::new(), None);
-            let left: Vec<_> = source
-                .scan(space, &all, false)
-                .map(Result::unwrap)
-                .collect();
-            let right: Vec<_> = target
-                .scan(space, &all, false)
-                .map(Result::unwrap)
-                .collect();
+            let left: Vec<_> = source.scan(space, &all, false).map(Result::unwrap).collect();
+            let right: Vec<_> = target.scan(space, &all, false).map(Result::unwrap).collect();
             assert_eq!(left, right, "{space:?} differs");
         }
         assert_eq!(
-            target
-                .get(Space::RangeMeta, &keys::range_record_key(2, b's'))
-                .unwrap(),
+            target.get(Space::RangeMeta, &keys::range_record_key(2, b's')).unwrap(),
             None
         );
     }

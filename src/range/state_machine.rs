@@ -11,19 +11,19 @@
 //! `ignore_value`), which are results, not failures.
 
 use super::kv::{self, KvError, Revisions};
+use super::lease::Lessor;
 use crate::proto::etcdserverpb::{
-    request_op, response_op, CompactionRequest, CompactionResponse, DeleteRangeRequest,
-    DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
-    ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+    request_op, response_op, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+    LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
-use crate::proto::shoal::command::{
-    self as cmd, command_result, raft_command, CommandResult, RaftCommand,
-};
-use crate::proto::shoal::state::{MemberInfo, PublishedMembers, RangeApplyState, RangeDescriptor};
+use crate::proto::shoal::command::{self as cmd, command_result, raft_command, CommandResult, RaftCommand};
+use crate::proto::shoal::state::{LeaseRecord, MemberInfo, PublishedMembers, RangeApplyState, RangeDescriptor};
 use crate::storage::mvcc::{self, MvccRead, Overlaid, Overlay, Record};
 use crate::storage::{keys, Durability, Engine, ReadView, Space, StorageError, WriteBatch};
 use prost::Message;
 use std::sync::Arc;
+use std::time::Instant;
 
 const APPLY_STATE: u8 = b's';
 const MEMBERS: u8 = b'm';
@@ -45,13 +45,10 @@ pub struct StateMachine {
     descriptor: RangeDescriptor,
     state: RangeApplyState,
     members: PublishedMembers,
+    lessor: Lessor,
 }
 
-fn decode<M: Message + Default>(
-    space: Space,
-    bytes: Option<Vec<u8>>,
-    what: &str,
-) -> Result<Option<M>, StorageError> {
+fn decode<M: Message + Default>(space: Space, bytes: Option<Vec<u8>>, what: &str) -> Result<Option<M>, StorageError> {
     bytes
         .map(|bytes| {
             M::decode(bytes.as_slice()).map_err(|error| StorageError::Corrupt {
@@ -71,21 +68,26 @@ impl StateMachine {
         default_descriptor: RangeDescriptor,
     ) -> Result<Self, StorageError> {
         let record = |kind| engine.get(Space::RangeMeta, &keys::range_record_key(range_id, kind));
-        let state = decode(Space::RangeMeta, record(APPLY_STATE)?, "apply state")?.unwrap_or(
-            RangeApplyState {
-                revision: 1,
-                ..Default::default()
-            },
-        );
+        let state = decode(Space::RangeMeta, record(APPLY_STATE)?, "apply state")?.unwrap_or(RangeApplyState {
+            revision: 1,
+            ..Default::default()
+        });
         let members = decode(Space::RangeMeta, record(MEMBERS)?, "members")?.unwrap_or_default();
-        let descriptor = decode(Space::RangeMeta, record(DESCRIPTOR)?, "descriptor")?
-            .unwrap_or(default_descriptor);
+        let descriptor = decode(Space::RangeMeta, record(DESCRIPTOR)?, "descriptor")?.unwrap_or(default_descriptor);
+        let mut lessor = Lessor::default();
+        let now = Instant::now();
+        for pair in engine.scan(Space::Leases, &keys::range_records(range_id), false) {
+            let (_, bytes) = pair?;
+            let lease: LeaseRecord = decode(Space::Leases, Some(bytes), "lease")?.unwrap_or_default();
+            lessor.insert(lease.id, lease.ttl, now);
+        }
         Ok(Self {
             range_id,
             engine,
             descriptor,
             state,
             members,
+            lessor,
         })
     }
 
@@ -118,27 +120,26 @@ impl StateMachine {
         &self.members.members
     }
 
+    pub fn lessor(&self) -> &Lessor {
+        &self.lessor
+    }
+
+    pub fn lessor_mut(&mut self) -> &mut Lessor {
+        &mut self.lessor
+    }
+
     /// Revision and compaction point as stored in `view` (which may be older than the
     /// state machine, or a snapshot pinned by a reader).
     pub fn revisions_in(range_id: u64, view: &dyn ReadView) -> Result<Revisions, StorageError> {
         let state: Option<RangeApplyState> = decode(
             Space::RangeMeta,
-            view.get(
-                Space::RangeMeta,
-                &keys::range_record_key(range_id, APPLY_STATE),
-            )?,
+            view.get(Space::RangeMeta, &keys::range_record_key(range_id, APPLY_STATE))?,
             "apply state",
         )?;
-        Ok(state.map_or(
-            Revisions {
-                current: 1,
-                compact: 0,
-            },
-            |state| Revisions {
-                current: state.revision,
-                compact: state.compact_revision,
-            },
-        ))
+        Ok(state.map_or(Revisions { current: 1, compact: 0 }, |state| Revisions {
+            current: state.revision,
+            compact: state.compact_revision,
+        }))
     }
 
     fn put_state(&self, batch: &mut WriteBatch) {
@@ -181,12 +182,7 @@ impl StateMachine {
 
     /// Applies one committed command. A command that cannot be decoded is a bug or
     /// corruption upstream; it is skipped (identically on every replica) and logged.
-    pub fn apply_command(
-        &mut self,
-        index: u64,
-        term: u64,
-        data: &[u8],
-    ) -> Result<Option<Applied>, StorageError> {
+    pub fn apply_command(&mut self, index: u64, term: u64, data: &[u8]) -> Result<Option<Applied>, StorageError> {
         let command = match RaftCommand::decode(data) {
             Ok(command) => command,
             Err(error) => {
@@ -210,9 +206,7 @@ impl StateMachine {
                 )
                 .map(
                     |mut response| match response.responses.pop().and_then(|op| op.response) {
-                        Some(response_op::Response::ResponsePut(put)) => {
-                            command_result::Result::Put(put)
-                        }
+                        Some(response_op::Response::ResponsePut(put)) => command_result::Result::Put(put),
                         _ => unreachable!("a put yields a put response"),
                     },
                 ),
@@ -234,10 +228,10 @@ impl StateMachine {
                         _ => unreachable!("a delete yields a delete response"),
                     },
                 ),
-            Some(raft_command::Op::Txn(txn)) => self
-                .apply_txn_like(txn, &mut batch)
-                .map(command_result::Result::Txn),
+            Some(raft_command::Op::Txn(txn)) => self.apply_txn_like(txn, &mut batch).map(command_result::Result::Txn),
             Some(raft_command::Op::Compact(compact)) => self.apply_compact(&compact, &mut batch),
+            Some(raft_command::Op::LeaseGrant(grant)) => self.apply_lease_grant(&grant, &mut batch),
+            Some(raft_command::Op::LeaseRevoke(revoke)) => self.apply_lease_revoke(&revoke, &mut batch),
             Some(raft_command::Op::PublishMember(member)) => {
                 self.apply_publish(member, &mut batch);
                 Ok(command_result::Result::Empty(cmd::Empty {}))
@@ -258,17 +252,11 @@ impl StateMachine {
         Ok(Some(Applied {
             origin_node: command.origin_node,
             request_id: command.request_id,
-            result: CommandResult {
-                result: Some(result),
-            },
+            result: CommandResult { result: Some(result) },
         }))
     }
 
-    fn apply_txn_like(
-        &mut self,
-        request: TxnRequest,
-        batch: &mut WriteBatch,
-    ) -> Result<TxnResponse, KvError> {
+    fn apply_txn_like(&mut self, request: TxnRequest, batch: &mut WriteBatch) -> Result<TxnResponse, KvError> {
         let revisions = self.revisions();
         let base: &dyn ReadView = self.engine.as_ref();
         let path = {
@@ -278,10 +266,11 @@ impl StateMachine {
                 overlay: &overlay,
             };
             let path = compare_path(&view, &request)?;
-            check_chosen(&view, &request, &path, &mut 0, revisions)?;
+            check_chosen(&view, &self.lessor, &request, &path, &mut 0, revisions)?;
             path
         };
         let mut exec = TxnExec {
+            range_id: self.range_id,
             base,
             overlay: Overlay::new(),
             batch,
@@ -335,12 +324,82 @@ impl StateMachine {
         }))
     }
 
+    fn apply_lease_grant(
+        &mut self,
+        request: &LeaseGrantRequest,
+        batch: &mut WriteBatch,
+    ) -> Result<command_result::Result, KvError> {
+        if self.lessor.contains(request.id) {
+            return Err(KvError::LeaseExists);
+        }
+        let record = LeaseRecord {
+            id: request.id,
+            ttl: request.ttl,
+        };
+        batch.put(
+            Space::Leases,
+            keys::lease_key(self.range_id, request.id),
+            record.encode_to_vec(),
+        );
+        self.lessor.insert(request.id, request.ttl, Instant::now());
+        Ok(command_result::Result::LeaseGrant(LeaseGrantResponse {
+            header: Some(header(self.state.revision)),
+            id: request.id,
+            ttl: request.ttl,
+            error: String::new(),
+        }))
+    }
+
+    /// Deletes every key attached to the lease, in one revision, then the lease.
+    fn apply_lease_revoke(
+        &mut self,
+        request: &LeaseRevokeRequest,
+        batch: &mut WriteBatch,
+    ) -> Result<command_result::Result, KvError> {
+        if !self.lessor.contains(request.id) {
+            return Err(KvError::LeaseNotFound);
+        }
+        let prefix_bytes = keys::lease_key(self.range_id, request.id).len();
+        let mut attached = Vec::new();
+        for pair in self
+            .engine
+            .scan(Space::LeaseKeys, &keys::lease_keys(self.range_id, request.id), false)
+        {
+            let (entry, _) = pair?;
+            attached.push(entry[prefix_bytes..].to_vec());
+        }
+        let revisions = self.revisions();
+        let mut exec = TxnExec {
+            range_id: self.range_id,
+            base: self.engine.as_ref(),
+            overlay: Overlay::new(),
+            batch,
+            revisions,
+            revision: revisions.current + 1,
+            sub: 0,
+        };
+        for key in &attached {
+            match exec.base.latest(key)? {
+                Some(record) if record.lease == request.id => exec.delete_key(key, &record),
+                // The key moved to another lease or is gone: only the index entry is stale.
+                _ => exec
+                    .batch
+                    .delete(Space::LeaseKeys, keys::lease_key_entry(self.range_id, request.id, key)),
+            }
+        }
+        if exec.sub > 0 {
+            self.state.revision += 1;
+        }
+        batch.delete(Space::Leases, keys::lease_key(self.range_id, request.id));
+        self.lessor.remove(request.id);
+        Ok(command_result::Result::LeaseRevoke(LeaseRevokeResponse {
+            header: Some(header(self.state.revision)),
+        }))
+    }
+
     fn apply_publish(&mut self, member: cmd::PublishMember, batch: &mut WriteBatch) {
         let members = &mut self.members.members;
-        match members
-            .iter_mut()
-            .find(|known| known.id == member.member_id)
-        {
+        match members.iter_mut().find(|known| known.id == member.member_id) {
             Some(known) => {
                 known.name = member.name;
                 known.client_urls = member.client_urls;
@@ -373,31 +432,17 @@ pub fn members_in(range_id: u64, view: &dyn ReadView) -> Result<Vec<MemberInfo>,
 
 /// Runs a transaction whose every operation is a read, against `view`, without the
 /// log: the caller has made `view` current enough (read index) or accepts staleness.
-pub fn read_only_txn(
-    view: &dyn ReadView,
-    revisions: Revisions,
-    request: &TxnRequest,
-) -> Result<TxnResponse, KvError> {
+pub fn read_only_txn(view: &dyn ReadView, revisions: Revisions, request: &TxnRequest) -> Result<TxnResponse, KvError> {
     let overlay = Overlay::new();
-    let path = compare_path(
-        &Overlaid {
-            base: view,
-            overlay: &overlay,
-        },
-        request,
-    )?;
-    check_chosen(
-        &Overlaid {
-            base: view,
-            overlay: &overlay,
-        },
-        request,
-        &path,
-        &mut 0,
-        revisions,
-    )?;
+    let view_now = Overlaid {
+        base: view,
+        overlay: &overlay,
+    };
+    let path = compare_path(&view_now, request)?;
+    check_chosen(&view_now, &Lessor::default(), request, &path, &mut 0, revisions)?;
     let mut unused = WriteBatch::new();
     let mut exec = TxnExec {
+        range_id: 0,
         base: view,
         overlay,
         batch: &mut unused,
@@ -406,10 +451,7 @@ pub fn read_only_txn(
         sub: 0,
     };
     let mut response = exec.txn(request, &path, &mut 0)?;
-    assert!(
-        exec.sub == 0 && unused.is_empty(),
-        "a read-only transaction wrote"
-    );
+    assert!(exec.sub == 0 && unused.is_empty(), "a read-only transaction wrote");
     response.header = Some(header(revisions.current));
     Ok(response)
 }
@@ -428,6 +470,7 @@ pub fn refusal_to_proto(error: &KvError) -> cmd::CommandError {
         KvError::KeyNotFound => cmd::ErrorKind::KeyNotFound,
         KvError::LeaseNotFound => cmd::ErrorKind::LeaseNotFound,
         KvError::UnknownMember => cmd::ErrorKind::UnknownMember,
+        KvError::LeaseExists => cmd::ErrorKind::LeaseExists,
         KvError::Storage(_) => cmd::ErrorKind::Unspecified,
     };
     cmd::CommandError {
@@ -443,13 +486,9 @@ pub fn refusal_from_proto(error: &cmd::CommandError) -> KvError {
         cmd::ErrorKind::KeyNotFound => KvError::KeyNotFound,
         cmd::ErrorKind::LeaseNotFound => KvError::LeaseNotFound,
         cmd::ErrorKind::UnknownMember => KvError::UnknownMember,
+        cmd::ErrorKind::LeaseExists => KvError::LeaseExists,
         cmd::ErrorKind::Unspecified => KvError::Storage(StorageError::Engine(error.detail.clone())),
     }
-}
-
-/// Leases arrive with the Lease service; until then no lease id exists.
-fn lease_exists(_lease: i64) -> bool {
-    false
 }
 
 /// Outcome of every compare of the transaction and of the nested transactions on the
@@ -461,11 +500,7 @@ fn compare_path(view: &dyn MvccRead, request: &TxnRequest) -> Result<Vec<bool>, 
     Ok(path)
 }
 
-fn fill_path(
-    view: &dyn MvccRead,
-    request: &TxnRequest,
-    path: &mut Vec<bool>,
-) -> Result<(), KvError> {
+fn fill_path(view: &dyn MvccRead, request: &TxnRequest, path: &mut Vec<bool>) -> Result<(), KvError> {
     let mut succeeded = true;
     for compare in &request.compare {
         if !kv::compare_holds(view, compare)? {
@@ -474,11 +509,7 @@ fn fill_path(
         }
     }
     path.push(succeeded);
-    let ops = if succeeded {
-        &request.success
-    } else {
-        &request.failure
-    };
+    let ops = if succeeded { &request.success } else { &request.failure };
     for op in ops {
         if let Some(request_op::Request::RequestTxn(nested)) = &op.request {
             fill_path(view, nested, path)?;
@@ -492,6 +523,7 @@ fn fill_path(
 /// `ignore_value`/`ignore_lease` on a missing key.
 fn check_chosen(
     view: &dyn MvccRead,
+    lessor: &Lessor,
     request: &TxnRequest,
     path: &[bool],
     position: &mut usize,
@@ -499,26 +531,20 @@ fn check_chosen(
 ) -> Result<(), KvError> {
     let succeeded = path[*position];
     *position += 1;
-    let ops = if succeeded {
-        &request.success
-    } else {
-        &request.failure
-    };
+    let ops = if succeeded { &request.success } else { &request.failure };
     for op in ops {
         match &op.request {
             Some(request_op::Request::RequestRange(range)) => revisions.check(range.revision)?,
             Some(request_op::Request::RequestPut(put)) => {
-                if put.lease != 0 && !lease_exists(put.lease) {
+                if put.lease != 0 && !lessor.contains(put.lease) {
                     return Err(KvError::LeaseNotFound);
                 }
-                if (put.ignore_value || put.ignore_lease)
-                    && view.latest(&kv::internal_key(&put.key))?.is_none()
-                {
+                if (put.ignore_value || put.ignore_lease) && view.latest(&kv::internal_key(&put.key))?.is_none() {
                     return Err(KvError::KeyNotFound);
                 }
             }
             Some(request_op::Request::RequestTxn(nested)) => {
-                check_chosen(view, nested, path, position, revisions)?
+                check_chosen(view, lessor, nested, path, position, revisions)?
             }
             Some(request_op::Request::RequestDeleteRange(_)) | None => {}
         }
@@ -529,6 +555,7 @@ fn check_chosen(
 /// One transaction being applied: its writes go to the batch and to an overlay that
 /// its own later operations read through.
 struct TxnExec<'a> {
+    range_id: u64,
     base: &'a dyn ReadView,
     overlay: Overlay,
     batch: &'a mut WriteBatch,
@@ -550,28 +577,17 @@ impl TxnExec<'_> {
         }
     }
 
-    fn txn(
-        &mut self,
-        request: &TxnRequest,
-        path: &[bool],
-        position: &mut usize,
-    ) -> Result<TxnResponse, KvError> {
+    fn txn(&mut self, request: &TxnRequest, path: &[bool], position: &mut usize) -> Result<TxnResponse, KvError> {
         let succeeded = path[*position];
         *position += 1;
-        let ops = if succeeded {
-            &request.success
-        } else {
-            &request.failure
-        };
+        let ops = if succeeded { &request.success } else { &request.failure };
         let mut responses = Vec::with_capacity(ops.len());
         for op in ops {
             let response = match &op.request {
                 Some(request_op::Request::RequestRange(range)) => {
                     response_op::Response::ResponseRange(self.range(range)?)
                 }
-                Some(request_op::Request::RequestPut(put)) => {
-                    response_op::Response::ResponsePut(self.put(put)?)
-                }
+                Some(request_op::Request::RequestPut(put)) => response_op::Response::ResponsePut(self.put(put)?),
                 Some(request_op::Request::RequestDeleteRange(delete)) => {
                     response_op::Response::ResponseDeleteRange(self.delete(delete)?)
                 }
@@ -626,14 +642,26 @@ impl TxnExec<'_> {
             None => (request.value.to_vec(), request.lease),
         };
         let record = Record {
-            create_revision: previous
-                .as_ref()
-                .map_or(self.revision, |p| p.create_revision),
+            create_revision: previous.as_ref().map_or(self.revision, |p| p.create_revision),
             mod_revision: self.revision,
             version: previous.as_ref().map_or(1, |p| p.version + 1),
             lease,
             value,
         };
+        let previous_lease = previous.as_ref().map_or(0, |p| p.lease);
+        if previous_lease != 0 && previous_lease != lease {
+            self.batch.delete(
+                Space::LeaseKeys,
+                keys::lease_key_entry(self.range_id, previous_lease, &key),
+            );
+        }
+        if lease != 0 && previous_lease != lease {
+            self.batch.put(
+                Space::LeaseKeys,
+                keys::lease_key_entry(self.range_id, lease, &key),
+                Vec::new(),
+            );
+        }
         mvcc::write_put(self.batch, &key, &record, self.sub);
         self.sub += 1;
         self.overlay.insert(key.clone(), Some(record));
@@ -646,6 +674,18 @@ impl TxnExec<'_> {
         })
     }
 
+    fn delete_key(&mut self, key: &[u8], record: &Record) {
+        if record.lease != 0 {
+            self.batch.delete(
+                Space::LeaseKeys,
+                keys::lease_key_entry(self.range_id, record.lease, key),
+            );
+        }
+        mvcc::write_delete(self.batch, key, self.revision, self.sub);
+        self.sub += 1;
+        self.overlay.insert(key.to_vec(), None);
+    }
+
     fn delete(&mut self, request: &DeleteRangeRequest) -> Result<DeleteRangeResponse, KvError> {
         let span = kv::key_span(&request.key, &request.range_end);
         let doomed: Vec<(Vec<u8>, Record)> = Overlaid {
@@ -656,9 +696,7 @@ impl TxnExec<'_> {
         .collect::<Result<_, StorageError>>()?;
         let mut prev_kvs = Vec::new();
         for (key, record) in &doomed {
-            mvcc::write_delete(self.batch, key, self.revision, self.sub);
-            self.sub += 1;
-            self.overlay.insert(key.clone(), None);
+            self.delete_key(key, record);
             if request.prev_kv {
                 prev_kvs.push(kv::to_key_value(key, record.clone()));
             }
@@ -737,12 +775,7 @@ mod tests {
                 ..Default::default()
             };
             let revisions = self.machine.revisions();
-            kv::range(
-                &self.machine.engine.snapshot(),
-                &request,
-                revisions,
-                revisions.current,
-            )
+            kv::range(&self.machine.engine.snapshot(), &request, revisions, revisions.current)
         }
     }
 
@@ -826,9 +859,7 @@ mod tests {
             ],
             ..Default::default()
         }));
-        assert!(
-            matches!(result, command_result::Result::Error(ref e) if e.kind() == cmd::ErrorKind::FutureRevision)
-        );
+        assert!(matches!(result, command_result::Result::Error(ref e) if e.kind() == cmd::ErrorKind::FutureRevision));
         assert_eq!(f.get("b", 0).unwrap().count, 0);
         assert_eq!(f.machine.revisions().current, 2);
         assert_eq!(f.machine.applied_index(), 2);
@@ -876,8 +907,6 @@ mod tests {
             revision: 3,
             physical: false,
         }));
-        assert!(
-            matches!(again, command_result::Result::Error(ref e) if e.kind() == cmd::ErrorKind::Compacted)
-        );
+        assert!(matches!(again, command_result::Result::Error(ref e) if e.kind() == cmd::ErrorKind::Compacted));
     }
 }

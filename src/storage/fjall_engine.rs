@@ -5,10 +5,7 @@
 //! Shoal relies on that ordering — apply batches are buffered, Raft log batches are
 //! synced — and the journal is persisted manually so buffered batches cost no syscall.
 
-use super::{
-    Durability, Engine, KeyRange, ReadView, Result, ScanIter, Space, StorageError, WriteBatch,
-    WriteOp,
-};
+use super::{Durability, Engine, KeyRange, ReadView, Result, ScanIter, Space, StorageError, WriteBatch, WriteOp};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 use std::collections::HashMap;
 use std::ops::Bound;
@@ -96,9 +93,7 @@ impl Engine for FjallEngine {
         let mut fjall_batch = self.db.batch().durability(mode);
         for op in batch.ops {
             match op {
-                WriteOp::Put(space, key, value) => {
-                    fjall_batch.insert(self.keyspace(space), key, value)
-                }
+                WriteOp::Put(space, key, value) => fjall_batch.insert(self.keyspace(space), key, value),
                 WriteOp::Delete(space, key) => fjall_batch.remove(self.keyspace(space), key),
             }
         }
@@ -134,18 +129,12 @@ struct FjallSnapshot {
 
 impl ReadView for FjallSnapshot {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let value = self
-            .snapshot
-            .get(&self.spaces[&space], key)
-            .map_err(engine_error)?;
+        let value = self.snapshot.get(&self.spaces[&space], key).map_err(engine_error)?;
         Ok(value.map(|value| value.to_vec()))
     }
 
     fn scan(&self, space: Space, range: &KeyRange, reverse: bool) -> ScanIter {
-        pairs(
-            self.snapshot.range(&self.spaces[&space], bounds(range)),
-            reverse,
-        )
+        pairs(self.snapshot.range(&self.spaces[&space], bounds(range)), reverse)
     }
 }
 
@@ -164,14 +153,8 @@ mod tests {
             engine.write(batch, Durability::Sync).unwrap();
         }
         let engine = FjallEngine::open(dir.path()).unwrap();
-        assert_eq!(
-            engine.get(Space::KvLatest, b"a").unwrap(),
-            Some(b"1".to_vec())
-        );
-        assert_eq!(
-            engine.get(Space::RaftLog, b"b").unwrap(),
-            Some(b"2".to_vec())
-        );
+        assert_eq!(engine.get(Space::KvLatest, b"a").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(engine.get(Space::RaftLog, b"b").unwrap(), Some(b"2".to_vec()));
         assert_eq!(engine.get(Space::KvLatest, b"b").unwrap(), None);
     }
 

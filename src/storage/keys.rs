@@ -94,10 +94,7 @@ pub fn change_key(revision: i64, sub: i64) -> Vec<u8> {
 pub fn parse_change_key(encoded: &[u8]) -> Option<(i64, i64)> {
     let revision: [u8; 8] = encoded.get(..8)?.try_into().ok()?;
     let sub: [u8; 8] = encoded.get(8..16)?.try_into().ok()?;
-    Some((
-        u64::from_be_bytes(revision) as i64,
-        u64::from_be_bytes(sub) as i64,
-    ))
+    Some((u64::from_be_bytes(revision) as i64, u64::from_be_bytes(sub) as i64))
 }
 
 /// Key of one Raft log entry.
@@ -120,6 +117,26 @@ pub fn range_record_key(range_id: u64, kind: u8) -> Vec<u8> {
     out.extend_from_slice(&range_id.to_be_bytes());
     out.push(kind);
     out
+}
+
+/// Key of a lease record.
+pub fn lease_key(range_id: u64, lease_id: i64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16);
+    out.extend_from_slice(&range_id.to_be_bytes());
+    out.extend_from_slice(&(lease_id as u64).to_be_bytes());
+    out
+}
+
+/// Key recording that `internal_key` is attached to a lease.
+pub fn lease_key_entry(range_id: u64, lease_id: i64, internal_key: &[u8]) -> Vec<u8> {
+    let mut out = lease_key(range_id, lease_id);
+    out.extend_from_slice(internal_key);
+    out
+}
+
+/// The keys attached to one lease.
+pub fn lease_keys(range_id: u64, lease_id: i64) -> super::KeyRange {
+    super::KeyRange::prefix(&lease_key(range_id, lease_id))
 }
 
 /// Every per-range record of one range.
@@ -166,10 +183,7 @@ mod tests {
             }
         }
         for key in &keys {
-            assert_eq!(
-                parse_history_key(&history_key(key, 42)),
-                Some((key.clone(), 42))
-            );
+            assert_eq!(parse_history_key(&history_key(key, 42)), Some((key.clone(), 42)));
             assert!(history_seek(key) <= history_key(key, 1));
         }
     }

@@ -31,10 +31,14 @@ pub enum Space {
     RangeMeta,
     /// Per-node records (identity).
     NodeMeta,
+    /// Leases: `range id ++ lease id -> record`.
+    Leases,
+    /// Which keys each lease holds: `range id ++ lease id ++ internal key -> ()`.
+    LeaseKeys,
 }
 
 impl Space {
-    pub const ALL: [Space; 7] = [
+    pub const ALL: [Space; 9] = [
         Space::RaftLog,
         Space::RaftState,
         Space::KvLatest,
@@ -42,6 +46,8 @@ impl Space {
         Space::KvChanges,
         Space::RangeMeta,
         Space::NodeMeta,
+        Space::Leases,
+        Space::LeaseKeys,
     ];
 
     pub fn name(self) -> &'static str {
@@ -53,6 +59,8 @@ impl Space {
             Space::KvChanges => "kv_changes",
             Space::RangeMeta => "range_meta",
             Space::NodeMeta => "node_meta",
+            Space::Leases => "leases",
+            Space::LeaseKeys => "lease_keys",
         }
     }
 
@@ -66,6 +74,8 @@ impl Space {
             Space::KvChanges => 5,
             Space::RangeMeta => 6,
             Space::NodeMeta => 7,
+            Space::Leases => 8,
+            Space::LeaseKeys => 9,
         }
     }
 

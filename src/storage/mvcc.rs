@@ -44,12 +44,7 @@ impl Record {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(RECORD_HEADER_BYTES + self.value.len());
         out.push(RECORD_FORMAT);
-        for field in [
-            self.create_revision,
-            self.mod_revision,
-            self.version,
-            self.lease,
-        ] {
+        for field in [self.create_revision, self.mod_revision, self.version, self.lease] {
             out.extend_from_slice(&field.to_be_bytes());
         }
         out.extend_from_slice(&self.value);
@@ -274,11 +269,7 @@ pub fn write_delete(batch: &mut WriteBatch, key: &[u8], revision: i64, sub: i64)
         Record::tombstone(revision).encode(),
     );
     batch.delete(Space::KvLatest, key.to_vec());
-    batch.put(
-        Space::KvChanges,
-        keys::change_key(revision, sub),
-        key.to_vec(),
-    );
+    batch.put(Space::KvChanges, keys::change_key(revision, sub), key.to_vec());
 }
 
 /// Removes, for keys in `range`, every version that no read at `compact_revision` or
@@ -423,13 +414,9 @@ mod tests {
         let expected_at_4 = values_at(&engine, 4);
         let expected_at_5 = values_at(&engine, 5);
 
-        let removed = compact(
-            &engine,
-            &KeyRange::new(Vec::new(), None),
-            4,
-            2,
-            &mut |batch| engine.write(batch, Durability::Buffered),
-        )
+        let removed = compact(&engine, &KeyRange::new(Vec::new(), None), 4, 2, &mut |batch| {
+            engine.write(batch, Durability::Buffered)
+        })
         .unwrap();
         // a@1 is shadowed by a@2; b@3 and its deletion at 4 are both gone.
         assert_eq!(removed, 3);

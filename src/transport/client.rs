@@ -6,9 +6,11 @@ use super::{PeerIdentity, PEER_MESSAGE_BYTES_MAX};
 use crate::node::store::{RaftSender, StoreHandle, StoreInput};
 use crate::proto::shoal::command::CommandResult;
 use crate::proto::shoal::peer::{
-    forward_failure, forward_response, peer_client::PeerClient, ForwardRequest, RaftBatch,
-    RaftEnvelope, SnapshotChunk,
+    forward_failure, forward_response, lease_answer, lease_query, peer_client::PeerClient, ForwardRequest, LeaseQuery,
+    RaftBatch, RaftEnvelope, SnapshotChunk,
 };
+use crate::range::lease::LeaseTime;
+use crate::range::replica::LeaseQueryKind;
 use crate::range::snapshot::{self, SnapshotRegistry};
 use crate::range::RangeError;
 use protobuf::Message as _;
@@ -78,13 +80,7 @@ impl PeerTransport {
             }
             let channel = endpoint(url)?.connect_lazy();
             let (queue, batches) = mpsc::channel(QUEUE_BATCHES_MAX);
-            runtime.spawn(run_link(
-                peer_id,
-                identity,
-                channel.clone(),
-                batches,
-                store.clone(),
-            ));
+            runtime.spawn(run_link(peer_id, identity, channel.clone(), batches, store.clone()));
             links.insert(peer_id, PeerLink { queue, channel });
         }
         Ok(Arc::new(Self {
@@ -97,18 +93,9 @@ impl PeerTransport {
     }
 
     /// Runs a write on the range's leader `leader`.
-    pub async fn forward(
-        &self,
-        leader: u64,
-        range_id: u64,
-        command: Vec<u8>,
-    ) -> Result<CommandResult, ForwardError> {
-        let link = self
-            .links
-            .get(&leader)
-            .ok_or(RangeError::NotLeader { leader: 0 })?;
-        let mut client =
-            PeerClient::new(link.channel.clone()).max_decoding_message_size(PEER_MESSAGE_BYTES_MAX);
+    pub async fn forward(&self, leader: u64, range_id: u64, command: Vec<u8>) -> Result<CommandResult, ForwardError> {
+        let link = self.links.get(&leader).ok_or(RangeError::NotLeader { leader: 0 })?;
+        let mut client = PeerClient::new(link.channel.clone()).max_decoding_message_size(PEER_MESSAGE_BYTES_MAX);
         let mut request = tonic::Request::new(ForwardRequest {
             range_id,
             command: command.into(),
@@ -125,29 +112,65 @@ impl PeerTransport {
                 leader: not_leader.leader_id,
             }
             .into()),
-            Some(forward_response::Outcome::Failure(failure)) => Err(match failure.kind() {
-                forward_failure::Kind::LeaderChanged => RangeError::LeaderChanged,
-                forward_failure::Kind::Stopped => RangeError::Stopped,
-                forward_failure::Kind::UnknownRange => RangeError::UnknownRange(range_id),
-                forward_failure::Kind::Timeout | forward_failure::Kind::Unspecified => {
-                    RangeError::Timeout
-                }
+            Some(forward_response::Outcome::Failure(failure)) => Err(failure_to_error(&failure, range_id).into()),
+            None => Err(ForwardError::ConnectionLost("empty forward response".into())),
+        }
+    }
+}
+
+impl PeerTransport {
+    /// Asks the range's leader `leader` about a lease.
+    pub async fn lease_query(
+        &self,
+        leader: u64,
+        range_id: u64,
+        lease_id: i64,
+        kind: LeaseQueryKind,
+    ) -> Result<Option<LeaseTime>, ForwardError> {
+        let link = self.links.get(&leader).ok_or(RangeError::NotLeader { leader: 0 })?;
+        let mut client = PeerClient::new(link.channel.clone());
+        let mut request = tonic::Request::new(LeaseQuery {
+            range_id,
+            lease_id,
+            kind: match kind {
+                LeaseQueryKind::Renew => lease_query::Kind::Renew,
+                LeaseQueryKind::TimeToLive => lease_query::Kind::TimeToLive,
+            } as i32,
+        });
+        self.identity.stamp(request.metadata_mut());
+        let answer = client
+            .lease(request)
+            .await
+            .map_err(|status| ForwardError::ConnectionLost(status.message().to_string()))?
+            .into_inner();
+        match answer.outcome {
+            Some(lease_answer::Outcome::State(state)) => Ok(state.found.then_some(LeaseTime {
+                granted_ttl: state.granted_ttl,
+                remaining_ttl: state.remaining_ttl,
+            })),
+            Some(lease_answer::Outcome::NotLeader(not_leader)) => Err(RangeError::NotLeader {
+                leader: not_leader.leader_id,
             }
             .into()),
-            None => Err(ForwardError::ConnectionLost(
-                "empty forward response".into(),
-            )),
+            Some(lease_answer::Outcome::Failure(failure)) => Err(failure_to_error(&failure, range_id).into()),
+            None => Err(ForwardError::ConnectionLost("empty lease answer".into())),
         }
+    }
+}
+
+fn failure_to_error(failure: &crate::proto::shoal::peer::ForwardFailure, range_id: u64) -> RangeError {
+    match failure.kind() {
+        forward_failure::Kind::LeaderChanged => RangeError::LeaderChanged,
+        forward_failure::Kind::Stopped => RangeError::Stopped,
+        forward_failure::Kind::UnknownRange => RangeError::UnknownRange(range_id),
+        forward_failure::Kind::Timeout | forward_failure::Kind::Unspecified => RangeError::Timeout,
     }
 }
 
 impl RaftSender for PeerTransport {
     fn send(&self, to: u64, messages: Vec<(u64, Message)>) {
         let Some(link) = self.links.get(&to) else {
-            tracing::warn!(
-                to = format!("{to:x}"),
-                "raft message for an unknown member dropped"
-            );
+            tracing::warn!(to = format!("{to:x}"), "raft message for an unknown member dropped");
             return;
         };
         // A full queue means the link is stalled; it reports that to Raft itself.
@@ -185,8 +208,7 @@ async fn stream_snapshot(
     message: Message,
     registry: &SnapshotRegistry,
 ) -> Result<(), String> {
-    let id = snapshot::registration_id(&message.get_snapshot().data)
-        .ok_or("snapshot without registration")?;
+    let id = snapshot::registration_id(&message.get_snapshot().data).ok_or("snapshot without registration")?;
     let pending = registry.take(id).ok_or("snapshot registration expired")?;
     let header = SnapshotChunk {
         range_id,
@@ -199,14 +221,11 @@ async fn stream_snapshot(
             chunks.blocking_send(chunk).is_ok()
         })
     });
-    let body =
-        tokio_stream::once(header).chain(ReceiverStream::new(chunk_stream).map(move |data| {
-            SnapshotChunk {
-                range_id,
-                raft_message: Default::default(),
-                data: data.into(),
-            }
-        }));
+    let body = tokio_stream::once(header).chain(ReceiverStream::new(chunk_stream).map(move |data| SnapshotChunk {
+        range_id,
+        raft_message: Default::default(),
+        data: data.into(),
+    }));
     let mut request = tonic::Request::new(body);
     identity.stamp(request.metadata_mut());
     let mut client = PeerClient::new(channel).max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
@@ -214,10 +233,7 @@ async fn stream_snapshot(
         .install_snapshot(request)
         .await
         .map_err(|status| status.to_string());
-    let produced = producer
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string());
+    let produced = producer.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string());
     sent?;
     produced
 }
@@ -252,8 +268,7 @@ async fn run_link(
             let (sender, receiver) = mpsc::channel::<RaftBatch>(64);
             let mut request = tonic::Request::new(ReceiverStream::new(receiver));
             identity.stamp(request.metadata_mut());
-            let mut client =
-                PeerClient::new(channel.clone()).max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
+            let mut client = PeerClient::new(channel.clone()).max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
             let store = store.clone();
             tokio::spawn(async move {
                 if let Err(status) = client.raft(request).await {
@@ -278,9 +293,7 @@ async fn run_link(
         };
         if delivered {
             broken_since = None;
-        } else if last_report
-            .is_none_or(|at: tokio::time::Instant| at.elapsed() >= RECONNECT_BACKOFF)
-        {
+        } else if last_report.is_none_or(|at: tokio::time::Instant| at.elapsed() >= RECONNECT_BACKOFF) {
             last_report = Some(tokio::time::Instant::now());
             store.try_send(StoreInput::Unreachable { node_id: peer_id });
         }

@@ -47,7 +47,9 @@ impl PeerIdentity {
                 "etcdserver: cluster ID mismatch (this cluster is {:x}, the caller's is {cluster:x})",
                 self.cluster_id
             ))),
-            _ => Err(tonic::Status::unauthenticated("peer call without cluster and member id")),
+            _ => Err(tonic::Status::unauthenticated(
+                "peer call without cluster and member id",
+            )),
         }
     }
 }

@@ -4,10 +4,11 @@
 use super::PeerIdentity;
 use crate::node::store::{StoreHandle, StoreInput};
 use crate::proto::shoal::peer::{
-    forward_failure, forward_response, peer_server::Peer, ForwardFailure, ForwardRequest,
-    ForwardResponse, NotLeader, RaftAck, RaftBatch, SnapshotAck, SnapshotChunk,
+    forward_failure, forward_response, lease_answer, lease_query, peer_server::Peer, ForwardFailure, ForwardRequest,
+    ForwardResponse, LeaseAnswer, LeaseQuery, LeaseState, NotLeader, RaftAck, RaftBatch, SnapshotAck, SnapshotChunk,
 };
 use crate::proto::shoal::state::RangeDescriptor;
+use crate::range::replica::LeaseQueryKind;
 use crate::range::{snapshot, RangeError};
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
@@ -43,17 +44,23 @@ impl PeerService {
     }
 }
 
+fn failure(error: &RangeError) -> ForwardFailure {
+    let kind = match error {
+        RangeError::LeaderChanged => forward_failure::Kind::LeaderChanged,
+        RangeError::Stopped => forward_failure::Kind::Stopped,
+        RangeError::UnknownRange(_) => forward_failure::Kind::UnknownRange,
+        RangeError::Timeout | RangeError::NotLeader { .. } => forward_failure::Kind::Timeout,
+    };
+    ForwardFailure { kind: kind as i32 }
+}
+
 fn decode_message(bytes: &[u8]) -> Result<Message, Status> {
-    Message::parse_from_bytes(bytes)
-        .map_err(|error| Status::invalid_argument(format!("bad raft message: {error}")))
+    Message::parse_from_bytes(bytes).map_err(|error| Status::invalid_argument(format!("bad raft message: {error}")))
 }
 
 #[tonic::async_trait]
 impl Peer for PeerService {
-    async fn raft(
-        &self,
-        request: Request<Streaming<RaftBatch>>,
-    ) -> Result<Response<RaftAck>, Status> {
+    async fn raft(&self, request: Request<Streaming<RaftBatch>>) -> Result<Response<RaftAck>, Status> {
         let from = self.identity.verify(request.metadata())?;
         let mut stream = request.into_inner();
         while let Some(batch) = stream.message().await? {
@@ -97,10 +104,11 @@ impl Peer for PeerService {
             ));
         }
         let range_id = first.range_id;
-        let descriptor =
-            self.descriptors.get(&range_id).cloned().ok_or_else(|| {
-                Status::not_found(format!("range {range_id} is not on this node"))
-            })?;
+        let descriptor = self
+            .descriptors
+            .get(&range_id)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("range {range_id} is not on this node")))?;
         let metadata = message.get_snapshot().get_metadata();
         let nonce = self.staged_files.fetch_add(1, Ordering::Relaxed);
         let path = self.snapshot_dir.join(format!(
@@ -108,8 +116,7 @@ impl Peer for PeerService {
             metadata.index, metadata.term
         ));
         let mut file = std::io::BufWriter::new(
-            std::fs::File::create(&path)
-                .map_err(|e| Status::internal(format!("staging snapshot: {e}")))?,
+            std::fs::File::create(&path).map_err(|e| Status::internal(format!("staging snapshot: {e}")))?,
         );
         let mut bytes = first.data.len() as u64;
         let written = async {
@@ -125,18 +132,14 @@ impl Peer for PeerService {
         let checked = written.map_err(|e| e.to_string()).and_then(|()| {
             // Checked whole before Raft sees it: once Raft accepts a snapshot, installing
             // it must not fail on bad data.
-            let mut reader =
-                std::io::BufReader::new(std::fs::File::open(&path).map_err(|e| e.to_string())?);
-            snapshot::read_records(&mut reader, &descriptor, &mut |_, _, _| {})
-                .map_err(|e| e.to_string())
+            let mut reader = std::io::BufReader::new(std::fs::File::open(&path).map_err(|e| e.to_string())?);
+            snapshot::read_records(&mut reader, &descriptor, &mut |_, _, _| {}).map_err(|e| e.to_string())
         });
         let records = match checked {
             Ok(records) => records,
             Err(error) => {
                 let _ = std::fs::remove_file(&path);
-                return Err(Status::data_loss(format!(
-                    "snapshot stream rejected: {error}"
-                )));
+                return Err(Status::data_loss(format!("snapshot stream rejected: {error}")));
             }
         };
         tracing::info!(
@@ -157,17 +160,29 @@ impl Peer for PeerService {
         Ok(Response::new(SnapshotAck {}))
     }
 
-    async fn forward(
-        &self,
-        request: Request<ForwardRequest>,
-    ) -> Result<Response<ForwardResponse>, Status> {
+    async fn lease(&self, request: Request<LeaseQuery>) -> Result<Response<LeaseAnswer>, Status> {
+        self.identity.verify(request.metadata())?;
+        let query = request.into_inner();
+        let kind = match query.kind() {
+            lease_query::Kind::Renew => LeaseQueryKind::Renew,
+            lease_query::Kind::TimeToLive => LeaseQueryKind::TimeToLive,
+        };
+        let outcome = match self.store.lease_query(query.range_id, query.lease_id, kind).await {
+            Ok(time) => lease_answer::Outcome::State(LeaseState {
+                found: time.is_some(),
+                granted_ttl: time.map_or(0, |time| time.granted_ttl),
+                remaining_ttl: time.map_or(0, |time| time.remaining_ttl),
+            }),
+            Err(RangeError::NotLeader { leader }) => lease_answer::Outcome::NotLeader(NotLeader { leader_id: leader }),
+            Err(error) => lease_answer::Outcome::Failure(failure(&error)),
+        };
+        Ok(Response::new(LeaseAnswer { outcome: Some(outcome) }))
+    }
+
+    async fn forward(&self, request: Request<ForwardRequest>) -> Result<Response<ForwardResponse>, Status> {
         self.identity.verify(request.metadata())?;
         let request = request.into_inner();
-        let outcome = match self
-            .store
-            .propose(request.range_id, request.command.to_vec())
-            .await
-        {
+        let outcome = match self.store.propose(request.range_id, request.command.to_vec()).await {
             Ok(result) => forward_response::Outcome::Result(result),
             Err(RangeError::NotLeader { leader }) => {
                 forward_response::Outcome::NotLeader(NotLeader { leader_id: leader })
@@ -177,15 +192,11 @@ impl Peer for PeerService {
                     RangeError::LeaderChanged => forward_failure::Kind::LeaderChanged,
                     RangeError::Stopped => forward_failure::Kind::Stopped,
                     RangeError::UnknownRange(_) => forward_failure::Kind::UnknownRange,
-                    RangeError::Timeout | RangeError::NotLeader { .. } => {
-                        forward_failure::Kind::Timeout
-                    }
+                    RangeError::Timeout | RangeError::NotLeader { .. } => forward_failure::Kind::Timeout,
                 };
                 forward_response::Outcome::Failure(ForwardFailure { kind: kind as i32 })
             }
         };
-        Ok(Response::new(ForwardResponse {
-            outcome: Some(outcome),
-        }))
+        Ok(Response::new(ForwardResponse { outcome: Some(outcome) }))
     }
 }

@@ -2,8 +2,7 @@
 
 use crate::support::{bounded, bytes, get, put, Cluster};
 use shoal::proto::etcdserverpb::{
-    request_op, CompactionRequest, Compare, DeleteRangeRequest, PutRequest, RangeRequest,
-    RequestOp, TxnRequest,
+    request_op, CompactionRequest, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
 };
 use tonic::Code;
 
@@ -25,17 +24,12 @@ fn assert_status<T: std::fmt::Debug>(outcome: Result<T, tonic::Status>, code: Co
 #[tokio::test]
 async fn refused_requests_name_their_problem_like_etcd() {
     bounded(async {
-        let cluster =
-            Cluster::start_with(3, &["--max-txn-ops", "4", "--max-request-bytes", "10000"]).await;
+        let cluster = Cluster::start_with(3, &["--max-txn-ops", "4", "--max-request-bytes", "10000"]).await;
         let mut client = cluster.kv(0).await;
         let revision = put(&mut client, "k", "v").await;
 
         let empty = "etcdserver: key is not provided";
-        assert_status(
-            client.put(PutRequest::default()).await,
-            Code::InvalidArgument,
-            empty,
-        );
+        assert_status(client.put(PutRequest::default()).await, Code::InvalidArgument, empty);
         assert_status(
             client.range(RangeRequest::default()).await,
             Code::InvalidArgument,
@@ -109,10 +103,7 @@ async fn refused_requests_name_their_problem_like_etcd() {
             .expect_err("a 2 MiB request is over the transport limit");
         assert_eq!(
             (huge.code(), huge.message()),
-            (
-                Code::ResourceExhausted,
-                "grpc: received message larger than max"
-            ),
+            (Code::ResourceExhausted, "grpc: received message larger than max"),
             "{huge:?}"
         );
 

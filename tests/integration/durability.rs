@@ -42,14 +42,9 @@ impl Writers {
                             value: bytes(&value),
                             ..Default::default()
                         };
-                        let outcome =
-                            tokio::time::timeout(Duration::from_secs(10), client.put(request))
-                                .await;
+                        let outcome = tokio::time::timeout(Duration::from_secs(10), client.put(request)).await;
                         if let Ok(Ok(_)) = outcome {
-                            acknowledged
-                                .lock()
-                                .unwrap()
-                                .insert(key, (value, Instant::now()));
+                            acknowledged.lock().unwrap().insert(key, (value, Instant::now()));
                         } else {
                             tokio::time::sleep(Duration::from_millis(20)).await;
                         }
@@ -69,10 +64,7 @@ impl Writers {
         for task in self.tasks {
             task.await.expect("writer task");
         }
-        Arc::try_unwrap(self.acknowledged)
-            .unwrap()
-            .into_inner()
-            .unwrap()
+        Arc::try_unwrap(self.acknowledged).unwrap().into_inner().unwrap()
     }
 }
 
@@ -86,10 +78,7 @@ async fn assert_holds_all(
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let mut client = cluster.kv(node).await;
-        let present: BTreeMap<String, String> = scan(&mut client, "w/", serializable)
-            .await
-            .into_iter()
-            .collect();
+        let present: BTreeMap<String, String> = scan(&mut client, "w/", serializable).await.into_iter().collect();
         let missing: Vec<&String> = expected
             .iter()
             .filter(|(key, (value, _))| present.get(*key) != Some(value))
@@ -121,10 +110,7 @@ async fn killing_the_leader_loses_no_acknowledged_write() {
         tokio::time::sleep(Duration::from_secs(3)).await;
         let acknowledged = writers.finish().await;
 
-        let after_kill = acknowledged
-            .values()
-            .filter(|(_, at)| *at > killed_at)
-            .count();
+        let after_kill = acknowledged.values().filter(|(_, at)| *at > killed_at).count();
         eprintln!(
             "{} writes acknowledged, {after_kill} of them after the leader died",
             acknowledged.len()
@@ -193,10 +179,7 @@ async fn a_restarted_cluster_keeps_data_revisions_and_compaction() {
                 .unwrap()
                 .into_inner();
             assert_eq!(response.count, 51);
-            assert!(
-                response.header.unwrap().revision >= last,
-                "revision went backwards"
-            );
+            assert!(response.header.unwrap().revision >= last, "revision went backwards");
             let compacted = client
                 .range(RangeRequest {
                     key: bytes("r/a"),
@@ -229,16 +212,8 @@ async fn a_restarted_cluster_keeps_data_revisions_and_compaction() {
 #[tokio::test]
 async fn a_node_behind_the_truncated_log_catches_up_from_a_snapshot() {
     bounded(async {
-        let mut cluster = Cluster::start_with(
-            3,
-            &[
-                "--snapshot-count",
-                "100",
-                "--snapshot-catchup-entries",
-                "10",
-            ],
-        )
-        .await;
+        let mut cluster =
+            Cluster::start_with(3, &["--snapshot-count", "100", "--snapshot-catchup-entries", "10"]).await;
         let leader = cluster.leader().await;
         let lagging = (leader + 1) % 3;
         cluster.kill(lagging);
@@ -262,9 +237,7 @@ async fn a_node_behind_the_truncated_log_catches_up_from_a_snapshot() {
         put(&mut client, "w/after-snapshot", "1").await;
         let mut lagging_client = cluster.kv(lagging).await;
         assert_eq!(
-            get(&mut lagging_client, "w/after-snapshot", false)
-                .await
-                .as_deref(),
+            get(&mut lagging_client, "w/after-snapshot", false).await.as_deref(),
             Some("1")
         );
     })

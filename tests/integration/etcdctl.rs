@@ -17,14 +17,9 @@ async fn etcdctl_reads_writes_and_transacts() {
         assert_eq!(ok(&endpoints, &["put", "app/name", "shoal"]).trim(), "OK");
         assert_eq!(ok(&endpoints, &["put", "app/port", "2379"]).trim(), "OK");
         assert_eq!(ok(one, &["put", "other", "x"]).trim(), "OK");
+        assert_eq!(ok(one, &["get", "app/name", "--print-value-only"]).trim(), "shoal");
         assert_eq!(
-            ok(one, &["get", "app/name", "--print-value-only"]).trim(),
-            "shoal"
-        );
-        assert_eq!(
-            ok(&endpoints, &["get", "app/", "--prefix"])
-                .lines()
-                .collect::<Vec<_>>(),
+            ok(&endpoints, &["get", "app/", "--prefix"]).lines().collect::<Vec<_>>(),
             ["app/name", "shoal", "app/port", "2379"]
         );
         assert_eq!(
@@ -33,10 +28,7 @@ async fn etcdctl_reads_writes_and_transacts() {
                 .count(),
             2
         );
-        let limited = ok(
-            &endpoints,
-            &["get", "app/", "--prefix", "--limit=1", "-w", "json"],
-        );
+        let limited = ok(&endpoints, &["get", "app/", "--prefix", "--limit=1", "-w", "json"]);
         assert!(
             limited.contains("\"more\":true") && limited.contains("\"count\":2"),
             "{limited}"
@@ -48,8 +40,7 @@ async fn etcdctl_reads_writes_and_transacts() {
         );
         assert!(ok(one, &["get", "app/port", "--consistency=s"]).contains("2379"));
 
-        let txn =
-            "value(\"app/name\") = \"shoal\"\n\nput app/name shoal2\n\nput app/name never\n\n";
+        let txn = "value(\"app/name\") = \"shoal\"\n\nput app/name shoal2\n\nput app/name never\n\n";
         let (success, stdout, stderr) = run_etcdctl(&endpoints, &["txn"], Some(txn));
         assert!(success, "{stdout}{stderr}");
         assert!(stdout.starts_with("SUCCESS"), "{stdout}");
@@ -64,8 +55,7 @@ async fn etcdctl_reads_writes_and_transacts() {
         // History and compaction.
         let revision: i64 = {
             let json = ok(&endpoints, &["get", "other", "-w", "json"]);
-            let start =
-                json.find("\"revision\":").expect("revision in header") + "\"revision\":".len();
+            let start = json.find("\"revision\":").expect("revision in header") + "\"revision\":".len();
             json[start..]
                 .split(|c: char| !c.is_ascii_digit())
                 .next()
@@ -77,23 +67,13 @@ async fn etcdctl_reads_writes_and_transacts() {
         assert_eq!(
             ok(
                 &endpoints,
-                &[
-                    "get",
-                    "other",
-                    "--print-value-only",
-                    &format!("--rev={revision}")
-                ]
+                &["get", "other", "--print-value-only", &format!("--rev={revision}")]
             )
             .trim(),
             "x"
         );
-        assert!(ok(&endpoints, &["compact", &(revision + 1).to_string()])
-            .contains("compacted revision"));
-        let (success, _, stderr) = run_etcdctl(
-            &endpoints,
-            &["get", "other", &format!("--rev={revision}")],
-            None,
-        );
+        assert!(ok(&endpoints, &["compact", &(revision + 1).to_string()]).contains("compacted revision"));
+        let (success, _, stderr) = run_etcdctl(&endpoints, &["get", "other", &format!("--rev={revision}")], None);
         assert!(
             !success && stderr.contains("required revision has been compacted"),
             "{stderr}"
@@ -109,10 +89,7 @@ async fn etcdctl_sees_a_truthful_cluster() {
         let endpoints = cluster.endpoints();
         let leader = cluster.leader().await;
 
-        let status = ok(
-            &endpoints,
-            &["endpoint", "status", "--cluster", "-w", "table"],
-        );
+        let status = ok(&endpoints, &["endpoint", "status", "--cluster", "-w", "table"]);
         let rows: Vec<&str> = status
             .lines()
             .filter(|line| line.contains("http://127.0.0.1"))
@@ -125,10 +102,7 @@ async fn etcdctl_sees_a_truthful_cluster() {
             .copied()
             .collect();
         assert_eq!(leaders.len(), 1, "exactly one leader:\n{status}");
-        assert!(
-            leaders[0].contains(&cluster.nodes[leader].client_url()),
-            "{status}"
-        );
+        assert!(leaders[0].contains(&cluster.nodes[leader].client_url()), "{status}");
 
         let members = ok(&endpoints, &["member", "list", "-w", "table"]);
         for node in &cluster.nodes {
@@ -136,19 +110,12 @@ async fn etcdctl_sees_a_truthful_cluster() {
                 .lines()
                 .find(|line| line.contains(&format!(" {} ", node.name)))
                 .unwrap_or_else(|| panic!("{} missing from\n{members}", node.name));
-            assert!(
-                row.contains("started") && row.contains(&node.client_url()),
-                "{row}"
-            );
-            assert!(
-                row.contains(&format!("http://127.0.0.1:{}", node.peer_port)),
-                "{row}"
-            );
+            assert!(row.contains("started") && row.contains(&node.client_url()), "{row}");
+            assert!(row.contains(&format!("http://127.0.0.1:{}", node.peer_port)), "{row}");
         }
 
         // etcdctl 3.4 reports health on stderr.
-        let (success, stdout, stderr) =
-            run_etcdctl(&endpoints, &["endpoint", "health", "--cluster"], None);
+        let (success, stdout, stderr) = run_etcdctl(&endpoints, &["endpoint", "health", "--cluster"], None);
         let health = stdout + &stderr;
         assert!(success, "{health}");
         assert_eq!(health.matches("is healthy").count(), 3, "{health}");

@@ -2,8 +2,8 @@
 
 use crate::support::{bounded, bytes, get, put, scan, Cluster};
 use shoal::proto::etcdserverpb::{
-    compare, range_request, request_op, response_op, CompactionRequest, Compare,
-    DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+    compare, range_request, request_op, response_op, CompactionRequest, Compare, DeleteRangeRequest, PutRequest,
+    RangeRequest, RequestOp, TxnRequest,
 };
 
 fn put_op(key: &str, value: &str) -> RequestOp {
@@ -54,10 +54,7 @@ async fn revisions_versions_and_history_follow_etcd() {
             .into_inner();
         assert_eq!(now.header.as_ref().unwrap().revision, base + 2);
         let kv = &now.kvs[0];
-        assert_eq!(
-            (kv.create_revision, kv.mod_revision, kv.version),
-            (base, base + 1, 2)
-        );
+        assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (base, base + 1, 2));
 
         // Reads at a past revision see the history.
         let past = client
@@ -118,10 +115,7 @@ async fn revisions_versions_and_history_follow_etcd() {
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(
-            (nothing.deleted, nothing.header.unwrap().revision),
-            (0, recreated)
-        );
+        assert_eq!((nothing.deleted, nothing.header.unwrap().revision), (0, recreated));
     })
     .await;
 }
@@ -131,13 +125,7 @@ async fn ranges_prefixes_limits_sorting_and_filters() {
     bounded(async {
         let cluster = Cluster::start(3).await;
         let mut client = cluster.kv(1).await;
-        for (key, value) in [
-            ("p/c", "3"),
-            ("p/a", "1"),
-            ("p/b", "2"),
-            ("p/d", "0"),
-            ("q", "x"),
-        ] {
+        for (key, value) in [("p/c", "3"), ("p/a", "1"), ("p/b", "2"), ("p/d", "0"), ("q", "x")] {
             put(&mut client, key, value).await;
         }
         put(&mut client, "p/a", "9").await; // p/a: version 2, newest mod revision
@@ -156,10 +144,7 @@ async fn ranges_prefixes_limits_sorting_and_filters() {
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(
-            (limited.kvs.len(), limited.more, limited.count),
-            (2, true, 4)
-        );
+        assert_eq!((limited.kvs.len(), limited.more, limited.count), (2, true, 4));
 
         let by_value_desc = client
             .range(RangeRequest {
@@ -173,11 +158,7 @@ async fn ranges_prefixes_limits_sorting_and_filters() {
             .await
             .unwrap()
             .into_inner();
-        let values: Vec<&[u8]> = by_value_desc
-            .kvs
-            .iter()
-            .map(|kv| kv.value.as_ref())
-            .collect();
+        let values: Vec<&[u8]> = by_value_desc.kvs.iter().map(|kv| kv.value.as_ref()).collect();
         assert_eq!(values, [b"9".as_ref(), b"3", b"2"]);
         assert!(by_value_desc.more);
 
@@ -287,10 +268,7 @@ async fn put_options_prev_kv_ignore_value_and_follower_writes() {
             .unwrap()
             .into_inner();
         assert!(kept.prev_kv.is_none(), "prev_kv was not asked for");
-        assert_eq!(
-            get(&mut client, "opt/k", false).await.as_deref(),
-            Some("v2")
-        );
+        assert_eq!(get(&mut client, "opt/k", false).await.as_deref(), Some("v2"));
 
         // A write through a follower is visible to a linearizable read anywhere at once.
         for index in 0..3 {
@@ -319,15 +297,10 @@ async fn txn_compares_branches_and_nesting() {
             .into_inner();
         assert!(swapped.succeeded);
         assert_eq!(swapped.header.unwrap().revision, created + 1);
-        let Some(response_op::Response::ResponseRange(read)) = &swapped.responses[1].response
-        else {
+        let Some(response_op::Response::ResponseRange(read)) = &swapped.responses[1].response else {
             panic!("expected a range response")
         };
-        assert_eq!(
-            read.kvs[0].value.as_ref(),
-            b"2",
-            "a txn reads its own writes"
-        );
+        assert_eq!(read.kvs[0].value.as_ref(), b"2", "a txn reads its own writes");
 
         let stale = client
             .txn(TxnRequest {
@@ -423,10 +396,7 @@ async fn txn_compares_branches_and_nesting() {
             .unwrap()
             .into_inner();
         assert!(missing.succeeded);
-        assert_eq!(
-            get(&mut client, "t/inner", false).await.as_deref(),
-            Some("else")
-        );
+        assert_eq!(get(&mut client, "t/inner", false).await.as_deref(), Some("else"));
     })
     .await;
 }
@@ -457,10 +427,7 @@ async fn compaction_drops_history_but_keeps_current_state() {
                 .await
                 .unwrap_err();
             assert_eq!(old.code(), tonic::Code::OutOfRange);
-            assert_eq!(
-                old.message(),
-                "etcdserver: mvcc: required revision has been compacted"
-            );
+            assert_eq!(old.message(), "etcdserver: mvcc: required revision has been compacted");
             let at = reader
                 .range(RangeRequest {
                     key: bytes("c/k"),
@@ -473,10 +440,7 @@ async fn compaction_drops_history_but_keeps_current_state() {
                 .into_inner();
             assert_eq!(at.kvs[0].value.as_ref(), b"2");
         }
-        assert_eq!(
-            get(&mut client, "c/other", false).await.as_deref(),
-            Some("x")
-        );
+        assert_eq!(get(&mut client, "c/other", false).await.as_deref(), Some("x"));
     })
     .await;
 }

@@ -85,10 +85,7 @@ async fn settings_come_from_file_then_environment_then_flags() {
             .args(["server", "--config"])
             .arg(&file)
             .args(["--name", "from-flag"])
-            .env(
-                "SHOAL_LISTEN_PEER_URLS",
-                format!("http://127.0.0.1:{peer_port}"),
-            )
+            .env("SHOAL_LISTEN_PEER_URLS", format!("http://127.0.0.1:{peer_port}"))
             .env("SHOAL_MAX_TXN_OPS", "3")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -104,8 +101,7 @@ async fn settings_come_from_file_then_environment_then_flags() {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             let url = format!("http://127.0.0.1:{client_port}");
-            let mut members =
-                shoal::proto::etcdserverpb::cluster_client::ClusterClient::new(channel(&url).await);
+            let mut members = shoal::proto::etcdserverpb::cluster_client::ClusterClient::new(channel(&url).await);
             let list = members
                 .member_list(shoal::proto::etcdserverpb::MemberListRequest::default())
                 .await
@@ -126,10 +122,7 @@ async fn settings_come_from_file_then_environment_then_flags() {
                     .clone();
             }
             assert_eq!(name, "from-flag");
-            assert_eq!(
-                list.members[0].peer_ur_ls,
-                [format!("http://127.0.0.1:{peer_port}")]
-            );
+            assert_eq!(list.members[0].peer_ur_ls, [format!("http://127.0.0.1:{peer_port}")]);
             // max-txn-ops from the environment (3) beat the file (1).
             let mut kv = KvClient::new(channel(&url).await);
             let ops = |n: usize| shoal::proto::etcdserverpb::TxnRequest {
@@ -159,13 +152,7 @@ async fn settings_come_from_file_then_environment_then_flags() {
 #[tokio::test]
 async fn bad_settings_stop_the_server_with_a_message_naming_them() {
     let output = Command::new(env!("CARGO_BIN_EXE_shoal"))
-        .args([
-            "server",
-            "--name",
-            "a",
-            "--initial-cluster",
-            "b=http://127.0.0.1:1",
-        ])
+        .args(["server", "--name", "a", "--initial-cluster", "b=http://127.0.0.1:1"])
         .output()
         .unwrap();
     assert!(!output.status.success());
@@ -186,9 +173,7 @@ async fn playground_runs_stops_and_restarts_with_its_data() {
         let base = loop {
             let candidate = free_port();
             if candidate < 60_000
-                && (0..6).all(|offset| {
-                    std::net::TcpListener::bind(("127.0.0.1", candidate + offset)).is_ok()
-                })
+                && (0..6).all(|offset| std::net::TcpListener::bind(("127.0.0.1", candidate + offset)).is_ok())
             {
                 break candidate;
             }
@@ -258,15 +243,7 @@ async fn playground_runs_stops_and_restarts_with_its_data() {
             );
         }
         let mut status = MaintenanceClient::new(channel(&first_endpoint).await);
-        assert!(
-            status
-                .status(StatusRequest {})
-                .await
-                .unwrap()
-                .into_inner()
-                .leader
-                != 0
-        );
+        assert!(status.status(StatusRequest {}).await.unwrap().into_inner().leader != 0);
         tokio::task::block_in_place(|| terminate(&mut second));
     })
     .await;
@@ -299,13 +276,8 @@ async fn bench_reports_every_operation_of_a_bounded_run() {
             .output()
             .await
             .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let report: serde_json::Value =
-            serde_json::from_slice(&output.stdout).expect("a JSON report");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("a JSON report");
         assert_eq!(report["operations"], 300, "{report}");
         assert_eq!(report["errors"], 0, "{report}");
         let per_op = report["per_op"].as_object().unwrap();

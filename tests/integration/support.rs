@@ -5,8 +5,7 @@
 #![allow(dead_code)]
 
 use shoal::proto::etcdserverpb::{
-    kv_client::KvClient, maintenance_client::MaintenanceClient, PutRequest, RangeRequest,
-    StatusRequest,
+    kv_client::KvClient, maintenance_client::MaintenanceClient, PutRequest, RangeRequest, StatusRequest,
 };
 use std::future::Future;
 use std::net::TcpListener;
@@ -124,10 +123,7 @@ impl Cluster {
                 "--listen-client-urls",
                 &format!("http://127.0.0.1:{}", node.client_port),
             ])
-            .args([
-                "--listen-peer-urls",
-                &format!("http://127.0.0.1:{}", node.peer_port),
-            ])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{}", node.peer_port)])
             .args([
                 "--listen-metrics-urls",
                 &format!("http://127.0.0.1:{}", node.metrics_port),
@@ -159,9 +155,7 @@ impl Cluster {
             loop {
                 self.assert_alive(index);
                 let port = self.nodes[index].metrics_port;
-                if let Some((200, _)) =
-                    shoal::http_probe::get(port, "/ready", Duration::from_secs(1)).await
-                {
+                if let Some((200, _)) = shoal::http_probe::get(port, "/ready", Duration::from_secs(1)).await {
                     break;
                 }
                 assert!(
@@ -189,8 +183,7 @@ impl Cluster {
     }
 
     pub async fn kv(&self, index: usize) -> KvClient<Channel> {
-        KvClient::new(channel(&self.nodes[index].client_url()).await)
-            .max_decoding_message_size(64 << 20)
+        KvClient::new(channel(&self.nodes[index].client_url()).await).max_decoding_message_size(64 << 20)
     }
 
     pub async fn maintenance(&self, index: usize) -> MaintenanceClient<Channel> {
@@ -214,10 +207,7 @@ impl Cluster {
             }
             let leader_id = named.first().map(|(leader, _, _)| *leader).unwrap_or(0);
             if leader_id != 0 && named.iter().all(|(leader, _, _)| *leader == leader_id) {
-                if let Some((_, _, index)) = named
-                    .iter()
-                    .find(|(_, member, _)| *member == Some(leader_id))
-                {
+                if let Some((_, _, index)) = named.iter().find(|(_, member, _)| *member == Some(leader_id)) {
                     return *index;
                 }
             }
@@ -244,20 +234,13 @@ impl Cluster {
             let deadline = Instant::now() + Duration::from_secs(15);
             loop {
                 if let Ok(Some(status)) = child.try_wait() {
-                    assert!(
-                        status.success(),
-                        "{} stopped with {status}",
-                        self.nodes[index].name
-                    );
+                    assert!(status.success(), "{} stopped with {status}", self.nodes[index].name);
                     return;
                 }
                 if Instant::now() > deadline {
                     let _ = child.kill();
                     let _ = child.wait();
-                    panic!(
-                        "{} did not stop within 15 s of SIGTERM",
-                        self.nodes[index].name
-                    );
+                    panic!("{} did not stop within 15 s of SIGTERM", self.nodes[index].name);
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -361,11 +344,7 @@ pub async fn get(client: &mut KvClient<Channel>, key: &str, serializable: bool) 
 }
 
 /// Every key/value under `prefix`.
-pub async fn scan(
-    client: &mut KvClient<Channel>,
-    prefix: &str,
-    serializable: bool,
-) -> Vec<(String, String)> {
+pub async fn scan(client: &mut KvClient<Channel>, prefix: &str, serializable: bool) -> Vec<(String, String)> {
     let response = client
         .range(RangeRequest {
             key: bytes(prefix),
@@ -420,11 +399,7 @@ pub fn etcdctl() -> PathBuf {
 }
 
 /// Runs etcdctl against `endpoints`; returns (success, stdout, stderr).
-pub fn run_etcdctl(
-    endpoints: &[String],
-    args: &[&str],
-    stdin: Option<&str>,
-) -> (bool, String, String) {
+pub fn run_etcdctl(endpoints: &[String], args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
     use std::io::Write;
     let mut command = Command::new(etcdctl());
     command
@@ -432,11 +407,7 @@ pub fn run_etcdctl(
         .arg(format!("--endpoints={}", endpoints.join(",")))
         .arg("--command-timeout=15s")
         .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = command.spawn().expect("starting etcdctl");

@@ -21,10 +21,7 @@ impl ClusterService {
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
-    async fn member_list(
-        &self,
-        request: Request<MemberListRequest>,
-    ) -> Result<Response<MemberListResponse>, Status> {
+    async fn member_list(&self, request: Request<MemberListRequest>) -> Result<Response<MemberListResponse>, Status> {
         observe("etcdserverpb.Cluster", "MemberList", async {
             if request.into_inner().linearizable {
                 self.context
@@ -48,9 +45,7 @@ impl Cluster for ClusterService {
                         id: member.id,
                         name: started.map(|known| known.name.clone()).unwrap_or_default(),
                         peer_ur_ls: member.peer_urls.clone(),
-                        client_ur_ls: started
-                            .map(|known| known.client_urls.clone())
-                            .unwrap_or_default(),
+                        client_ur_ls: started.map(|known| known.client_urls.clone()).unwrap_or_default(),
                         is_learner: false,
                     }
                 })

@@ -40,15 +40,12 @@ pub fn request_too_large() -> Status {
 
 pub fn kv(error: KvError) -> Status {
     match error {
-        KvError::Compacted => {
-            Status::out_of_range("etcdserver: mvcc: required revision has been compacted")
-        }
-        KvError::FutureRevision => {
-            Status::out_of_range("etcdserver: mvcc: required revision is a future revision")
-        }
+        KvError::Compacted => Status::out_of_range("etcdserver: mvcc: required revision has been compacted"),
+        KvError::FutureRevision => Status::out_of_range("etcdserver: mvcc: required revision is a future revision"),
         KvError::KeyNotFound => key_not_found(),
         KvError::LeaseNotFound => Status::not_found("etcdserver: requested lease not found"),
         KvError::UnknownMember => Status::not_found("etcdserver: member not found"),
+        KvError::LeaseExists => Status::failed_precondition("etcdserver: lease already exists"),
         KvError::Storage(error) => {
             tracing::error!(%error, "storage error serving a request");
             Status::internal(format!("etcdserver: storage: {error}"))
@@ -61,17 +58,12 @@ pub fn route(error: RouteError) -> Status {
         RouteError::NoLeader | RouteError::Range(RangeError::NotLeader { .. }) => {
             Status::unavailable("etcdserver: no leader")
         }
-        RouteError::Range(RangeError::Timeout) => {
-            Status::unavailable("etcdserver: request timed out")
-        }
-        RouteError::Range(RangeError::LeaderChanged) => {
-            Status::unavailable("etcdserver: leader changed")
-        }
+        RouteError::Range(RangeError::Timeout) => Status::unavailable("etcdserver: request timed out"),
+        RouteError::Range(RangeError::LeaderChanged) => Status::unavailable("etcdserver: leader changed"),
         RouteError::Range(RangeError::Stopped) => Status::unavailable("etcdserver: server stopped"),
-        RouteError::Range(RangeError::UnknownRange(range)) => Status::new(
-            Code::Internal,
-            format!("etcdserver: range {range} is not served here"),
-        ),
+        RouteError::Range(RangeError::UnknownRange(range)) => {
+            Status::new(Code::Internal, format!("etcdserver: range {range} is not served here"))
+        }
         RouteError::ConnectionLost(detail) => {
             tracing::debug!(%detail, "forwarded write lost its connection");
             Status::unavailable("etcdserver: request timed out, possibly due to connection lost")

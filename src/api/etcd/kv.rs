@@ -3,8 +3,8 @@
 use super::{errors, observe, validate, EtcdContext};
 use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::proto::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
 use crate::proto::shoal::command::{command_result, raft_command, RaftCommand};
 use crate::range::state_machine::refusal_from_proto;
@@ -29,11 +29,7 @@ impl KvService {
     }
 
     /// Replicates `op` through the key's range and returns what applying it produced.
-    async fn write(
-        &self,
-        key: &[u8],
-        op: raft_command::Op,
-    ) -> Result<command_result::Result, Status> {
+    async fn write(&self, key: &[u8], op: raft_command::Op) -> Result<command_result::Result, Status> {
         let command = RaftCommand {
             origin_node: 0,
             request_id: 0,
@@ -55,10 +51,7 @@ impl KvService {
 
     async fn linearize(&self, key: &[u8]) -> Result<(), Status> {
         let router = &self.context.router;
-        router
-            .linearize(router.range_of(key))
-            .await
-            .map_err(errors::route)
+        router.linearize(router.range_of(key)).await.map_err(errors::route)
     }
 }
 
@@ -68,10 +61,7 @@ fn unexpected(result: command_result::Result) -> Status {
 
 #[tonic::async_trait]
 impl Kv for KvService {
-    async fn range(
-        &self,
-        request: Request<RangeRequest>,
-    ) -> Result<Response<RangeResponse>, Status> {
+    async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         observe("etcdserverpb.KV", "Range", async {
             let request = request.into_inner();
             validate::range(&request)?;
@@ -117,10 +107,7 @@ impl Kv for KvService {
             validate::delete(&request)?;
             self.check_size(&request)?;
             let key = request.key.clone();
-            match self
-                .write(&key, raft_command::Op::DeleteRange(request))
-                .await?
-            {
+            match self.write(&key, raft_command::Op::DeleteRange(request)).await? {
                 command_result::Result::DeleteRange(mut response) => {
                     let revision = response.header.map_or(0, |header| header.revision);
                     response.header = Some(self.context.header(revision));
@@ -161,10 +148,7 @@ impl Kv for KvService {
         .await
     }
 
-    async fn compact(
-        &self,
-        request: Request<CompactionRequest>,
-    ) -> Result<Response<CompactionResponse>, Status> {
+    async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
         observe("etcdserverpb.KV", "Compact", async {
             let request = request.into_inner();
             match self.write(b"", raft_command::Op::Compact(request)).await? {

@@ -21,10 +21,7 @@ impl MaintenanceService {
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
-    async fn status(
-        &self,
-        _request: Request<StatusRequest>,
-    ) -> Result<Response<StatusResponse>, Status> {
+    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         observe("etcdserverpb.Maintenance", "Status", async {
             let router = &self.context.router;
             let status = router.status(FIRST_RANGE_ID);

@@ -3,11 +3,13 @@
 mod cluster;
 mod errors;
 mod kv;
+mod lease;
 mod maintenance;
 mod validate;
 
 pub use cluster::ClusterService;
 pub use kv::KvService;
+pub use lease::{LeaseIds, LeaseService};
 pub use maintenance::MaintenanceService;
 
 use crate::node::router::Router;
@@ -26,6 +28,8 @@ pub const ETCD_API_VERSION: &str = "3.5.0";
 pub struct Limits {
     pub max_txn_ops: usize,
     pub max_request_bytes: usize,
+    /// Shortest lease TTL granted: longer than an election takes.
+    pub min_lease_ttl_seconds: i64,
 }
 
 /// What every etcd handler needs.
@@ -36,6 +40,7 @@ pub struct EtcdContext {
     pub limits: Limits,
     /// Members with their peer URLs, as the cluster was created.
     pub initial_members: Vec<MemberInfo>,
+    pub lease_ids: LeaseIds,
 }
 
 impl EtcdContext {

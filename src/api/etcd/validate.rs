@@ -65,9 +65,7 @@ fn txn_shape(request: &TxnRequest, max_ops: usize) -> Result<(), Status> {
         match &op.request {
             Some(request_op::Request::RequestRange(range_request)) => range(range_request)?,
             Some(request_op::Request::RequestPut(put_request)) => put(put_request)?,
-            Some(request_op::Request::RequestDeleteRange(delete_request)) => {
-                delete(delete_request)?
-            }
+            Some(request_op::Request::RequestDeleteRange(delete_request)) => delete(delete_request)?,
             Some(request_op::Request::RequestTxn(nested)) => txn_shape(nested, max_ops - ops)?,
             None => return Err(errors::key_not_found()),
         }
@@ -180,13 +178,11 @@ mod tests {
 
     fn delete_op(key: &str, end: &str) -> RequestOp {
         RequestOp {
-            request: Some(request_op::Request::RequestDeleteRange(
-                DeleteRangeRequest {
-                    key: Bytes::copy_from_slice(key.as_bytes()),
-                    range_end: Bytes::copy_from_slice(end.as_bytes()),
-                    ..Default::default()
-                },
-            )),
+            request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
+                key: Bytes::copy_from_slice(key.as_bytes()),
+                range_end: Bytes::copy_from_slice(end.as_bytes()),
+                ..Default::default()
+            })),
         }
     }
 
@@ -242,9 +238,6 @@ mod tests {
             success: vec![RequestOp { request: None }],
             ..Default::default()
         };
-        assert_eq!(
-            txn(&empty_op, 8).unwrap_err().message(),
-            "etcdserver: key not found"
-        );
+        assert_eq!(txn(&empty_op, 8).unwrap_err().message(), "etcdserver: key not found");
     }
 }
