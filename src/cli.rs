@@ -104,6 +104,10 @@ pub struct ServerFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot_catchup_entries: Option<u64>,
+    /// Interval of watch progress notifications, e.g. 10s [default: 10m]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub experimental_watch_progress_notify_interval: Option<String>,
 }
 
 #[derive(Args, Debug)]

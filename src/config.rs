@@ -63,6 +63,8 @@ pub struct ServerSettings {
     pub snapshot_count: u64,
     /// Entries kept behind the applied index at truncation, for slow followers.
     pub snapshot_catchup_entries: u64,
+    /// How often watchers that asked for progress notifications get one (e.g. "10m").
+    pub experimental_watch_progress_notify_interval: String,
 }
 
 impl Default for ServerSettings {
@@ -84,6 +86,7 @@ impl Default for ServerSettings {
             max_request_bytes: 1536 * 1024,
             snapshot_count: 10_000,
             snapshot_catchup_entries: 5_000,
+            experimental_watch_progress_notify_interval: "10m".into(),
         }
     }
 }
@@ -105,6 +108,7 @@ const SETTING_NAMES: &[&str] = &[
     "max-request-bytes",
     "snapshot-count",
     "snapshot-catchup-entries",
+    "experimental-watch-progress-notify-interval",
 ];
 
 impl ServerSettings {
@@ -156,6 +160,7 @@ pub struct NodeConfig {
     pub max_request_bytes: usize,
     pub log_compaction_entries: u64,
     pub log_catchup_entries: u64,
+    pub watch_progress_notify_interval: Duration,
 }
 
 impl NodeConfig {
@@ -225,6 +230,21 @@ fn check_urls(setting: &'static str, urls: &[String]) -> Result<(), ConfigError>
         resolve_url(setting, url)?;
     }
     Ok(())
+}
+
+/// "250ms", "10s", "10m", "1h" (Go-style, one unit).
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    match unit {
+        "ms" => Some(Duration::from_millis(number)),
+        "s" => Some(Duration::from_secs(number)),
+        "m" => Some(Duration::from_secs(number.checked_mul(60)?)),
+        "h" => Some(Duration::from_secs(number.checked_mul(3600)?)),
+        _ => None,
+    }
 }
 
 pub fn parse_initial_cluster(value: &str) -> Result<Vec<InitialMember>, ConfigError> {
@@ -329,6 +349,17 @@ impl TryFrom<ServerSettings> for NodeConfig {
         if settings.snapshot_count == 0 {
             return Err(invalid("snapshot-count", "must be at least 1"));
         }
+        let watch_progress_notify_interval = parse_duration(&settings.experimental_watch_progress_notify_interval)
+            .filter(|interval| !interval.is_zero())
+            .ok_or_else(|| {
+                invalid(
+                    "experimental-watch-progress-notify-interval",
+                    format!(
+                        "{:?}: expected a duration such as 500ms, 10s or 10m",
+                        settings.experimental_watch_progress_notify_interval
+                    ),
+                )
+            })?;
         let data_dir = settings
             .data_dir
             .clone()
@@ -350,6 +381,7 @@ impl TryFrom<ServerSettings> for NodeConfig {
             max_request_bytes: settings.max_request_bytes,
             log_compaction_entries: settings.snapshot_count,
             log_catchup_entries: settings.snapshot_catchup_entries.min(settings.snapshot_count),
+            watch_progress_notify_interval,
         })
     }
 }

@@ -6,13 +6,15 @@ pub mod identity;
 pub mod router;
 pub mod store;
 
-use crate::api::etcd::{self, ClusterService, EtcdContext, KvService, LeaseService, Limits, MaintenanceService};
+use crate::api::etcd::{
+    self, ClusterService, EtcdContext, KvService, LeaseService, Limits, MaintenanceService, WatchService,
+};
 use crate::api::h2_authority::AuthorityRepair;
 use crate::api::oversize_status::OversizeStatusLayer;
 use crate::config::{ClusterState, NodeConfig};
 use crate::proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
-    maintenance_server::MaintenanceServer,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer, ResponseHeader,
 };
 use crate::proto::shoal::command::{raft_command, PublishMember, RaftCommand};
 use crate::proto::shoal::peer::peer_server::PeerServer;
@@ -20,6 +22,7 @@ use crate::proto::shoal::state::RangeDescriptor;
 use crate::range::reader::RangeReader;
 use crate::range::replica::{Replica, ReplicaConfig};
 use crate::range::snapshot::SnapshotRegistry;
+use crate::range::watch::WatchHub;
 use crate::range::FIRST_RANGE_ID;
 use crate::storage::{Engine, FjallEngine, StorageError};
 use crate::transport::{PeerIdentity, PeerService, PeerTransport, PEER_MESSAGE_BYTES_MAX};
@@ -163,6 +166,21 @@ pub async fn run(
         RangeReader::new(engine.clone()),
         config.request_timeout(),
     ));
+    let header_status = router.status(FIRST_RANGE_ID).clone_arc();
+    let (cluster_id, member_id) = (identity.cluster_id, me);
+    let watch_hub = WatchHub::start(
+        FIRST_RANGE_ID,
+        engine.clone(),
+        router.revision_changes(FIRST_RANGE_ID),
+        Arc::new(move |revision| ResponseHeader {
+            cluster_id,
+            member_id,
+            revision,
+            raft_term: header_status.term(),
+        }),
+        config.watch_progress_notify_interval,
+        config.max_request_bytes,
+    )?;
     let context = Arc::new(EtcdContext {
         router: router.clone(),
         cluster_id: identity.cluster_id,
@@ -174,6 +192,7 @@ pub async fn run(
         },
         initial_members: identity.initial_members.clone(),
         lease_ids: etcd::LeaseIds::new(me),
+        watch_hub,
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -215,6 +234,7 @@ pub async fn run(
                 .add_service(ClusterServer::new(ClusterService::new(context.clone())))
                 .add_service(MaintenanceServer::new(MaintenanceService::new(context.clone())))
                 .add_service(LeaseServer::new(LeaseService::new(context.clone())))
+                .add_service(WatchServer::new(WatchService::new(context.clone())))
                 .serve_with_incoming_shutdown(connections, stopped()),
         );
     }

@@ -97,8 +97,13 @@ impl Router {
         range_id.unwrap_or(FIRST_RANGE_ID)
     }
 
-    pub fn status(&self, range_id: u64) -> &RangeStatus {
+    pub fn status(&self, range_id: u64) -> &Arc<RangeStatus> {
         &self.view(range_id).status
+    }
+
+    /// Applied revisions of the local replica, as they change.
+    pub fn revision_changes(&self, range_id: u64) -> tokio::sync::watch::Receiver<i64> {
+        self.view(range_id).revision_changes.clone()
     }
 
     fn view(&self, range_id: u64) -> &RangeView {

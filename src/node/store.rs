@@ -73,6 +73,7 @@ pub trait RaftSender: Send + Sync {
 pub struct RangeView {
     pub status: Arc<RangeStatus>,
     pub leader_changes: watch::Receiver<u64>,
+    pub revision_changes: watch::Receiver<i64>,
 }
 
 /// Sends inputs to the store loop.
@@ -166,6 +167,7 @@ impl Store {
                     RangeView {
                         status: replica.status(),
                         leader_changes: replica.leader_changes(),
+                        revision_changes: replica.revision_changes(),
                     },
                 )
             })

@@ -11,6 +11,7 @@ pub mod reader;
 pub mod replica;
 pub mod snapshot;
 pub mod state_machine;
+pub mod watch;
 
 /// The first range, covering the whole key space until ranges split.
 pub const FIRST_RANGE_ID: u64 = 1;

@@ -68,6 +68,10 @@ pub struct RangeStatus {
 }
 
 impl RangeStatus {
+    pub fn clone_arc(self: &Arc<Self>) -> Arc<Self> {
+        Arc::clone(self)
+    }
+
     pub fn leader(&self) -> u64 {
         self.leader.load(Ordering::Acquire)
     }
@@ -113,6 +117,8 @@ pub struct Replica {
     staged_snapshots: HashMap<(u64, u64), PathBuf>,
     status: Arc<RangeStatus>,
     leader_watch: watch::Sender<u64>,
+    /// The revision this replica has applied, for watchers.
+    revision_watch: watch::Sender<i64>,
 }
 
 impl Replica {
@@ -173,6 +179,7 @@ impl Replica {
         status.revision.store(machine.revisions().current, Ordering::Release);
         status.applied_index.store(machine.applied_index(), Ordering::Release);
         let (leader_watch, _) = watch::channel(0);
+        let (revision_watch, _) = watch::channel(machine.revisions().current);
         Ok(Self {
             range_id,
             config,
@@ -190,6 +197,7 @@ impl Replica {
             staged_snapshots: HashMap::new(),
             status,
             leader_watch,
+            revision_watch,
         })
     }
 
@@ -199,6 +207,20 @@ impl Replica {
 
     pub fn leader_changes(&self) -> watch::Receiver<u64> {
         self.leader_watch.subscribe()
+    }
+
+    pub fn revision_changes(&self) -> watch::Receiver<i64> {
+        self.revision_watch.subscribe()
+    }
+
+    fn publish_revision(&self) {
+        let revision = self.machine.revisions().current;
+        self.status.revision.store(revision, Ordering::Release);
+        self.revision_watch.send_if_modified(|published| {
+            let changed = *published != revision;
+            *published = revision;
+            changed
+        });
     }
 
     pub fn range_id(&self) -> u64 {
@@ -519,9 +541,7 @@ impl Replica {
         }
         let applied = self.machine.applied_index();
         self.status.applied_index.store(applied, Ordering::Release);
-        self.status
-            .revision
-            .store(self.machine.revisions().current, Ordering::Release);
+        self.publish_revision();
         metrics::counter!("etcd_server_proposals_committed_total")
             .absolute(self.status.commit_index.load(Ordering::Acquire));
         while let Some(entry) = self.reads_waiting_apply.first_entry() {
@@ -618,9 +638,7 @@ impl Replica {
         }
         self.proposal_at_index = self.proposal_at_index.split_off(&(metadata.index + 1));
         self.status.applied_index.store(metadata.index, Ordering::Release);
-        self.status
-            .revision
-            .store(self.machine.revisions().current, Ordering::Release);
+        self.publish_revision();
         tracing::info!(
             range = self.range_id,
             index = metadata.index,

@@ -244,6 +244,69 @@ impl<W: Iterator<Item = (Vec<u8>, Option<Record>)>> Iterator for MergeOverlay<'_
     }
 }
 
+/// One change to one key, in revision order: a new version, or a deletion (a
+/// tombstone record).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub revision: i64,
+    pub sub: i64,
+    pub key: Vec<u8>,
+    pub record: Record,
+}
+
+/// Changes with revisions in `[from, to]`, in order, stopping after about `max_changes`
+/// but never inside a revision (a transaction's changes stay together). Returns them
+/// and the last revision fully covered.
+pub fn read_changes(view: &dyn ReadView, from: i64, to: i64, max_changes: usize) -> Result<(Vec<Change>, i64)> {
+    let mut changes: Vec<Change> = Vec::new();
+    if from > to {
+        return Ok((changes, to));
+    }
+    let range = KeyRange::new(keys::change_key(from, 0), Some(keys::change_key(to + 1, 0)));
+    for pair in view.scan(Space::KvChanges, &range, false) {
+        let (encoded, key) = pair?;
+        let Some((revision, sub)) = keys::parse_change_key(&encoded) else {
+            return Err(StorageError::Corrupt {
+                space: Space::KvChanges,
+                detail: "unparsable change key".into(),
+            });
+        };
+        if changes.len() >= max_changes && changes.last().is_some_and(|last| last.revision != revision) {
+            let covered = revision - 1;
+            return Ok((changes, covered));
+        }
+        let bytes = view
+            .get(Space::KvHistory, &keys::history_key(&key, revision))?
+            .ok_or_else(|| StorageError::Corrupt {
+                space: Space::KvHistory,
+                detail: format!("change at revision {revision} has no version"),
+            })?;
+        let record = Record::decode(Space::KvHistory, &bytes)?;
+        changes.push(Change {
+            revision,
+            sub,
+            key,
+            record,
+        });
+    }
+    Ok((changes, to))
+}
+
+/// The version of `key` just before `revision`, if it was live then.
+pub fn version_before(view: &dyn ReadView, key: &[u8], revision: i64) -> Result<Option<Record>> {
+    if revision <= 1 {
+        return Ok(None);
+    }
+    let range = KeyRange::new(keys::history_key(key, 1), Some(keys::history_key(key, revision)));
+    match view.scan(Space::KvHistory, &range, true).next() {
+        Some(pair) => {
+            let record = Record::decode(Space::KvHistory, &pair?.1)?;
+            Ok((!record.is_tombstone()).then_some(record))
+        }
+        None => Ok(None),
+    }
+}
+
 /// Writes `record` as the new newest version of `key`.
 pub fn write_put(batch: &mut WriteBatch, key: &[u8], record: &Record, sub: i64) {
     debug_assert!(!record.is_tombstone());
@@ -427,6 +490,40 @@ mod tests {
             .map(|pair| keys::parse_change_key(&pair.unwrap().0).unwrap().0)
             .collect();
         assert_eq!(changes, vec![4, 5]);
+    }
+
+    #[test]
+    fn changes_come_in_revision_order_without_splitting_a_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = FjallEngine::open(dir.path()).unwrap();
+        put(&engine, b"a", b"1", 2);
+        put(&engine, b"b", b"1", 3);
+        // One revision, two keys (a transaction).
+        let mut batch = WriteBatch::new();
+        for (sub, key) in [b"c", b"d"].iter().enumerate() {
+            let record = Record {
+                create_revision: 4,
+                mod_revision: 4,
+                version: 1,
+                lease: 0,
+                value: b"t".to_vec(),
+            };
+            write_put(&mut batch, *key, &record, sub as i64);
+        }
+        engine.write(batch, Durability::Buffered).unwrap();
+        delete(&engine, b"a", 5);
+
+        let (all, covered) = read_changes(&engine, 1, 5, 100).unwrap();
+        let order: Vec<(i64, i64)> = all.iter().map(|c| (c.revision, c.sub)).collect();
+        assert_eq!(order, [(2, 0), (3, 0), (4, 0), (4, 1), (5, 0)]);
+        assert_eq!(covered, 5);
+        assert!(all[4].record.is_tombstone());
+
+        let (first, covered) = read_changes(&engine, 3, 5, 2).unwrap();
+        assert_eq!(first.len(), 3, "revision 4 is not split");
+        assert_eq!(covered, 4);
+        assert_eq!(version_before(&engine, b"a", 5).unwrap().unwrap().value, b"1");
+        assert_eq!(version_before(&engine, b"a", 2).unwrap(), None);
     }
 
     #[test]

@@ -6,11 +6,13 @@ mod kv;
 mod lease;
 mod maintenance;
 mod validate;
+mod watch;
 
 pub use cluster::ClusterService;
 pub use kv::KvService;
 pub use lease::{LeaseIds, LeaseService};
 pub use maintenance::MaintenanceService;
+pub use watch::WatchService;
 
 use crate::node::router::Router;
 use crate::proto::etcdserverpb::ResponseHeader;
@@ -41,6 +43,7 @@ pub struct EtcdContext {
     /// Members with their peer URLs, as the cluster was created.
     pub initial_members: Vec<MemberInfo>,
     pub lease_ids: LeaseIds,
+    pub watch_hub: crate::range::watch::WatchHub,
 }
 
 impl EtcdContext {

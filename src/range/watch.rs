@@ -1,0 +1,529 @@
+//! Watches: streams of changes to keys, served by any member from its own replica.
+//!
+//! One hub task per range turns applied revisions into watch events. It reads the
+//! change log (`KvChanges`) from an engine snapshot once per batch of new revisions and
+//! hands each watcher the events in its key span, in revision order:
+//!
+//! - a **synced** watcher is up to date with the hub and gets new events pushed;
+//! - an **unsynced** watcher (it started in the past, or fell behind because its
+//!   client read too slowly) catches up from storage, a bounded chunk at a time, and
+//!   becomes synced when it reaches the hub.
+//!
+//! Each watcher tracks the next revision it needs, so every event goes out exactly
+//! once and none is skipped. Responses go to the stream's bounded channel; when it is
+//! full the watcher falls back to catching up from storage instead of queueing in
+//! memory. A watcher whose next revision was compacted away is cancelled with the
+//! compaction revision, as etcd does.
+
+use super::state_machine::StateMachine;
+use crate::proto::etcdserverpb::{ResponseHeader, WatchResponse};
+use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
+use crate::storage::mvcc::{self, Change};
+use crate::storage::{Engine, KeyRange, ReadView, StorageError};
+use bytes::Bytes;
+use prost::Message;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+use tonic::Status;
+
+/// Events read from storage per step (whole revisions are never split).
+const CHUNK_EVENTS: usize = 1024;
+/// How often unsynced watchers are advanced.
+const CATCH_UP_INTERVAL: Duration = Duration::from_millis(10);
+/// Watch id etcd uses for responses that belong to no single watcher.
+pub const NO_WATCH_ID: i64 = -1;
+
+pub type StreamId = u64;
+pub type Sink = mpsc::Sender<Result<WatchResponse, Status>>;
+pub type HeaderFn = Arc<dyn Fn(i64) -> ResponseHeader + Send + Sync>;
+
+/// What a client asked to watch.
+#[derive(Clone, Debug)]
+pub struct WatchSpec {
+    pub stream: StreamId,
+    pub watch_id: i64,
+    /// Internal keys.
+    pub span: KeyRange,
+    /// First revision whose events the watcher wants.
+    pub start_revision: i64,
+    pub no_put: bool,
+    pub no_delete: bool,
+    pub prev_kv: bool,
+    pub progress_notify: bool,
+    pub fragment: bool,
+}
+
+enum Command {
+    OpenStream {
+        stream: StreamId,
+        sink: Sink,
+    },
+    CloseStream {
+        stream: StreamId,
+    },
+    Watch {
+        spec: WatchSpec,
+    },
+    Cancel {
+        stream: StreamId,
+        watch_id: i64,
+        done: oneshot::Sender<()>,
+    },
+    Progress {
+        stream: StreamId,
+    },
+}
+
+/// Handle to a range's watch hub.
+#[derive(Clone)]
+pub struct WatchHub {
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl WatchHub {
+    /// Starts the hub of `range_id`; it runs until every handle is dropped.
+    pub fn start(
+        range_id: u64,
+        engine: Arc<dyn Engine>,
+        revisions: watch::Receiver<i64>,
+        header: HeaderFn,
+        progress_interval: Duration,
+        max_response_bytes: usize,
+    ) -> Result<Self, StorageError> {
+        let delivered = StateMachine::revisions_in(range_id, engine.as_ref())?.current;
+        let (commands, inbox) = mpsc::unbounded_channel();
+        let task = HubTask {
+            range_id,
+            engine,
+            header,
+            max_response_bytes,
+            delivered,
+            streams: HashMap::new(),
+            watchers: BTreeMap::new(),
+        };
+        tokio::spawn(task.run(inbox, revisions, progress_interval));
+        Ok(Self { commands })
+    }
+
+    pub fn open_stream(&self, stream: StreamId, sink: Sink) {
+        let _ = self.commands.send(Command::OpenStream { stream, sink });
+    }
+
+    pub fn close_stream(&self, stream: StreamId) {
+        let _ = self.commands.send(Command::CloseStream { stream });
+    }
+
+    pub fn watch(&self, spec: WatchSpec) {
+        let _ = self.commands.send(Command::Watch { spec });
+    }
+
+    /// Stops a watcher; once this returns no further event of it is sent.
+    pub async fn cancel(&self, stream: StreamId, watch_id: i64) {
+        let (done, finished) = oneshot::channel();
+        if self.commands.send(Command::Cancel { stream, watch_id, done }).is_ok() {
+            let _ = finished.await;
+        }
+    }
+
+    /// Asks for a progress notification on the stream (sent once all its watchers are
+    /// synced).
+    pub fn request_progress(&self, stream: StreamId) {
+        let _ = self.commands.send(Command::Progress { stream });
+    }
+}
+
+struct StreamState {
+    sink: Sink,
+    progress_requested: bool,
+}
+
+struct Watcher {
+    spec: WatchSpec,
+    /// The next revision whose events this watcher has not received.
+    next_revision: i64,
+    /// Events were sent since the last progress notification.
+    sent_since_progress: bool,
+}
+
+struct HubTask {
+    range_id: u64,
+    engine: Arc<dyn Engine>,
+    header: HeaderFn,
+    max_response_bytes: usize,
+    /// Every revision up to this one has been offered to the synced watchers.
+    delivered: i64,
+    streams: HashMap<StreamId, StreamState>,
+    watchers: BTreeMap<(StreamId, i64), Watcher>,
+}
+
+enum Delivery {
+    Sent,
+    Full,
+    Closed,
+}
+
+impl HubTask {
+    async fn run(
+        mut self,
+        mut inbox: mpsc::UnboundedReceiver<Command>,
+        mut revisions: watch::Receiver<i64>,
+        progress_interval: Duration,
+    ) {
+        let mut catch_up = tokio::time::interval(CATCH_UP_INTERVAL);
+        catch_up.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut progress = tokio::time::interval(progress_interval);
+        progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        progress.reset();
+        loop {
+            let outcome = tokio::select! {
+                command = inbox.recv() => match command {
+                    Some(command) => self.handle(command),
+                    None => return,
+                },
+                changed = revisions.changed() => {
+                    if changed.is_err() {
+                        return; // the replica is gone: the node is stopping
+                    }
+                    let revision = *revisions.borrow_and_update();
+                    self.advance(revision)
+                }
+                _ = catch_up.tick(), if self.has_unsynced() => self.catch_up(),
+                _ = progress.tick() => {
+                    self.notify_progress();
+                    Ok(())
+                }
+            };
+            if let Err(error) = outcome {
+                tracing::error!(range = self.range_id, %error, "watch hub cannot read storage; closing its streams");
+                for (_, stream) in self.streams.drain() {
+                    let _ = stream
+                        .sink
+                        .try_send(Err(Status::internal(format!("etcdserver: {error}"))));
+                }
+                self.watchers.clear();
+            }
+        }
+    }
+
+    fn handle(&mut self, command: Command) -> Result<(), StorageError> {
+        match command {
+            Command::OpenStream { stream, sink } => {
+                self.streams.insert(
+                    stream,
+                    StreamState {
+                        sink,
+                        progress_requested: false,
+                    },
+                );
+            }
+            Command::CloseStream { stream } => self.drop_stream(stream),
+            Command::Watch { spec } => {
+                let next_revision = spec.start_revision.max(1);
+                self.watchers.insert(
+                    (spec.stream, spec.watch_id),
+                    Watcher {
+                        spec,
+                        next_revision,
+                        sent_since_progress: false,
+                    },
+                );
+                // A watcher starting in the past catches up on the next tick.
+            }
+            Command::Cancel { stream, watch_id, done } => {
+                self.watchers.remove(&(stream, watch_id));
+                let _ = done.send(());
+            }
+            Command::Progress { stream } => {
+                if let Some(state) = self.streams.get_mut(&stream) {
+                    state.progress_requested = true;
+                }
+                self.answer_progress_requests();
+            }
+        }
+        Ok(())
+    }
+
+    fn drop_stream(&mut self, stream: StreamId) {
+        self.streams.remove(&stream);
+        self.watchers.retain(|(owner, _), _| *owner != stream);
+    }
+
+    fn is_synced(&self, watcher: &Watcher) -> bool {
+        watcher.next_revision > self.delivered
+    }
+
+    fn has_unsynced(&self) -> bool {
+        self.watchers.values().any(|watcher| !self.is_synced(watcher))
+    }
+
+    /// Offers the revisions after `delivered` up to `revision` to the synced watchers.
+    fn advance(&mut self, revision: i64) -> Result<(), StorageError> {
+        while self.delivered < revision {
+            let view = self.engine.snapshot();
+            let compact = StateMachine::revisions_in(self.range_id, view.as_ref())?.compact;
+            let from = self.delivered + 1;
+            let synced: Vec<(StreamId, i64)> = self
+                .watchers
+                .iter()
+                .filter(|(_, watcher)| self.is_synced(watcher))
+                .map(|(key, _)| *key)
+                .collect();
+            if from < compact {
+                // The hub fell behind a compaction: whoever needed what it missed is
+                // cancelled; everyone else goes on from the compaction point.
+                for key in synced {
+                    if self
+                        .watchers
+                        .get(&key)
+                        .is_some_and(|watcher| watcher.next_revision < compact)
+                    {
+                        self.cancel_compacted(key, compact);
+                    }
+                }
+                self.delivered = compact - 1;
+                continue;
+            }
+            let (changes, covered) = mvcc::read_changes(view.as_ref(), from, revision, CHUNK_EVENTS)?;
+            for key in synced {
+                self.offer(key, view.as_ref(), &changes, covered)?;
+            }
+            self.delivered = covered;
+        }
+        self.answer_progress_requests();
+        Ok(())
+    }
+
+    /// Moves every unsynced watcher one chunk closer to the hub.
+    fn catch_up(&mut self) -> Result<(), StorageError> {
+        let view = self.engine.snapshot();
+        let compact = StateMachine::revisions_in(self.range_id, view.as_ref())?.compact;
+        let behind: Vec<(StreamId, i64)> = self
+            .watchers
+            .iter()
+            .filter(|(_, watcher)| !self.is_synced(watcher))
+            .map(|(key, _)| *key)
+            .collect();
+        for key in behind {
+            let Some(watcher) = self.watchers.get(&key) else {
+                continue;
+            };
+            let from = watcher.next_revision;
+            if from < compact {
+                self.cancel_compacted(key, compact);
+                continue;
+            }
+            let (changes, covered) = mvcc::read_changes(view.as_ref(), from, self.delivered, CHUNK_EVENTS)?;
+            self.offer(key, view.as_ref(), &changes, covered)?;
+        }
+        self.answer_progress_requests();
+        Ok(())
+    }
+
+    /// Sends `key`'s watcher its events among `changes` (which cover up to `covered`).
+    fn offer(
+        &mut self,
+        key: (StreamId, i64),
+        view: &dyn ReadView,
+        changes: &[Change],
+        covered: i64,
+    ) -> Result<(), StorageError> {
+        let Some(watcher) = self.watchers.get(&key) else {
+            return Ok(());
+        };
+        let spec = &watcher.spec;
+        let mut events = Vec::new();
+        for change in changes {
+            if change.revision < watcher.next_revision || !spec.span.contains(&change.key) {
+                continue;
+            }
+            let deleted = change.record.is_tombstone();
+            if (deleted && spec.no_delete) || (!deleted && spec.no_put) {
+                continue;
+            }
+            let prev_kv = if spec.prev_kv {
+                mvcc::version_before(view, &change.key, change.revision)?.map(|record| key_value(&change.key, record))
+            } else {
+                None
+            };
+            events.push(to_event(change, prev_kv));
+        }
+        if events.is_empty() {
+            if let Some(watcher) = self.watchers.get_mut(&key) {
+                // A watcher that starts in the future keeps its start.
+                watcher.next_revision = watcher.next_revision.max(covered + 1);
+            }
+            return Ok(());
+        }
+        let responses = self.responses(key.1, spec.fragment, events, covered);
+        match self.deliver(key.0, responses) {
+            Delivery::Sent => {
+                if let Some(watcher) = self.watchers.get_mut(&key) {
+                    watcher.next_revision = covered + 1;
+                    watcher.sent_since_progress = true;
+                }
+            }
+            // Not one response went out; the watcher re-reads these revisions later.
+            Delivery::Full => {}
+            Delivery::Closed => self.drop_stream(key.0),
+        }
+        Ok(())
+    }
+
+    /// One response, or (if the client allows fragments and it is too large) several.
+    fn responses(&self, watch_id: i64, fragment: bool, events: Vec<Event>, revision: i64) -> Vec<WatchResponse> {
+        let whole = WatchResponse {
+            header: Some((self.header)(revision)),
+            watch_id,
+            events,
+            ..Default::default()
+        };
+        if !fragment || whole.encoded_len() <= self.max_response_bytes {
+            return vec![whole];
+        }
+        let mut pieces = Vec::new();
+        let mut current = Vec::new();
+        let mut size = 0;
+        for event in whole.events {
+            let event_size = event.encoded_len();
+            if !current.is_empty() && size + event_size > self.max_response_bytes {
+                pieces.push(std::mem::take(&mut current));
+                size = 0;
+            }
+            size += event_size;
+            current.push(event);
+        }
+        pieces.push(current);
+        let last = pieces.len() - 1;
+        pieces
+            .into_iter()
+            .enumerate()
+            .map(|(index, events)| WatchResponse {
+                header: Some((self.header)(revision)),
+                watch_id,
+                events,
+                fragment: index != last,
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    /// All of `responses` or none (so a watcher never receives half a batch).
+    fn deliver(&self, stream: StreamId, responses: Vec<WatchResponse>) -> Delivery {
+        let Some(state) = self.streams.get(&stream) else {
+            return Delivery::Closed;
+        };
+        let permits = match state.sink.try_reserve_many(responses.len()) {
+            Ok(permits) => permits,
+            Err(mpsc::error::TrySendError::Full(())) => return Delivery::Full,
+            Err(mpsc::error::TrySendError::Closed(())) => return Delivery::Closed,
+        };
+        for (permit, response) in permits.zip(responses) {
+            permit.send(Ok(response));
+        }
+        Delivery::Sent
+    }
+
+    fn cancel_compacted(&mut self, key: (StreamId, i64), compact: i64) {
+        if self.watchers.remove(&key).is_none() {
+            return;
+        }
+        let response = WatchResponse {
+            header: Some((self.header)(self.delivered)),
+            watch_id: key.1,
+            canceled: true,
+            compact_revision: compact,
+            cancel_reason: "etcdserver: mvcc: required revision has been compacted".into(),
+            ..Default::default()
+        };
+        if let Some(state) = self.streams.get(&key.0) {
+            // The stream may be full; the cancellation must still arrive.
+            let sink = state.sink.clone();
+            tokio::spawn(async move {
+                let _ = sink.send(Ok(response)).await;
+            });
+        }
+    }
+
+    /// Periodic progress for watchers that asked for it and had no events since.
+    fn notify_progress(&mut self) {
+        let due: Vec<(StreamId, i64)> = self
+            .watchers
+            .iter()
+            .filter(|(_, watcher)| watcher.spec.progress_notify && self.is_synced(watcher))
+            .map(|(key, _)| *key)
+            .collect();
+        for key in due {
+            let Some(watcher) = self.watchers.get_mut(&key) else {
+                continue;
+            };
+            if std::mem::take(&mut watcher.sent_since_progress) {
+                continue;
+            }
+            let response = WatchResponse {
+                header: Some((self.header)(self.delivered)),
+                watch_id: key.1,
+                ..Default::default()
+            };
+            if let Some(state) = self.streams.get(&key.0) {
+                let _ = state.sink.try_send(Ok(response));
+            }
+        }
+    }
+
+    /// A requested progress notification goes out once every watcher of the stream is
+    /// synced: its revision then promises that no earlier event is still to come.
+    fn answer_progress_requests(&mut self) {
+        let waiting: Vec<StreamId> = self
+            .streams
+            .iter()
+            .filter(|(_, state)| state.progress_requested)
+            .map(|(stream, _)| *stream)
+            .collect();
+        for stream in waiting {
+            let all_synced = self
+                .watchers
+                .iter()
+                .filter(|((owner, _), _)| *owner == stream)
+                .all(|(_, watcher)| self.is_synced(watcher));
+            if !all_synced {
+                continue;
+            }
+            let response = WatchResponse {
+                header: Some((self.header)(self.delivered)),
+                watch_id: NO_WATCH_ID,
+                ..Default::default()
+            };
+            if let Some(state) = self.streams.get_mut(&stream) {
+                if state.sink.try_send(Ok(response)).is_ok() {
+                    state.progress_requested = false;
+                }
+            }
+        }
+    }
+}
+
+fn key_value(internal: &[u8], record: mvcc::Record) -> KeyValue {
+    super::kv::to_key_value(internal, record)
+}
+
+fn to_event(change: &Change, prev_kv: Option<KeyValue>) -> Event {
+    if change.record.is_tombstone() {
+        Event {
+            r#type: EventType::Delete as i32,
+            kv: Some(KeyValue {
+                key: Bytes::copy_from_slice(change.key.get(1..).unwrap_or_default()),
+                mod_revision: change.revision,
+                ..Default::default()
+            }),
+            prev_kv,
+        }
+    } else {
+        Event {
+            r#type: EventType::Put as i32,
+            kv: Some(key_value(&change.key, change.record.clone())),
+            prev_kv,
+        }
+    }
+}
