@@ -7,7 +7,8 @@ pub mod router;
 pub mod store;
 
 use crate::api::etcd::{
-    self, ClusterService, EtcdContext, KvService, LeaseService, Limits, MaintenanceService, WatchService,
+    self, ClusterService, ElectionService, EtcdContext, KvService, LeaseService, Limits, LockService,
+    MaintenanceService, WatchService,
 };
 use crate::api::h2_authority::AuthorityRepair;
 use crate::api::oversize_status::OversizeStatusLayer;
@@ -19,6 +20,8 @@ use crate::proto::etcdserverpb::{
 use crate::proto::shoal::command::{raft_command, PublishMember, RaftCommand};
 use crate::proto::shoal::peer::peer_server::PeerServer;
 use crate::proto::shoal::state::RangeDescriptor;
+use crate::proto::v3electionpb::election_server::ElectionServer;
+use crate::proto::v3lockpb::lock_server::LockServer;
 use crate::range::reader::RangeReader;
 use crate::range::replica::{Replica, ReplicaConfig};
 use crate::range::snapshot::SnapshotRegistry;
@@ -235,6 +238,8 @@ pub async fn run(
                 .add_service(MaintenanceServer::new(MaintenanceService::new(context.clone())))
                 .add_service(LeaseServer::new(LeaseService::new(context.clone())))
                 .add_service(WatchServer::new(WatchService::new(context.clone())))
+                .add_service(LockServer::new(LockService::new(context.clone())))
+                .add_service(ElectionServer::new(ElectionService::new(context.clone())))
                 .serve_with_incoming_shutdown(connections, stopped()),
         );
     }

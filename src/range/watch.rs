@@ -80,6 +80,28 @@ enum Command {
 #[derive(Clone)]
 pub struct WatchHub {
     commands: mpsc::UnboundedSender<Command>,
+    next_stream: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// One watcher on a private stream, for code inside the node (lock and election
+/// waits). Dropping it ends the watch.
+pub struct Subscription {
+    hub: WatchHub,
+    stream: StreamId,
+    responses: mpsc::Receiver<Result<WatchResponse, Status>>,
+}
+
+impl Subscription {
+    /// The next response (events, or a cancellation); None once the hub is gone.
+    pub async fn next(&mut self) -> Option<Result<WatchResponse, Status>> {
+        self.responses.recv().await
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.hub.close_stream(self.stream);
+    }
 }
 
 impl WatchHub {
@@ -104,7 +126,38 @@ impl WatchHub {
             watchers: BTreeMap::new(),
         };
         tokio::spawn(task.run(inbox, revisions, progress_interval));
-        Ok(Self { commands })
+        Ok(Self {
+            commands,
+            next_stream: Arc::new(std::sync::atomic::AtomicU64::new(1)),
+        })
+    }
+
+    /// A stream id no other stream of this hub uses.
+    pub fn new_stream_id(&self) -> StreamId {
+        self.next_stream.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Watches `span` from `start_revision` on a private stream.
+    pub fn subscribe(&self, span: KeyRange, start_revision: i64, no_put: bool) -> Subscription {
+        let stream = self.new_stream_id();
+        let (sink, responses) = mpsc::channel(16);
+        self.open_stream(stream, sink);
+        self.watch(WatchSpec {
+            stream,
+            watch_id: 0,
+            span,
+            start_revision,
+            no_put,
+            no_delete: false,
+            prev_kv: false,
+            progress_notify: false,
+            fragment: false,
+        });
+        Subscription {
+            hub: self.clone(),
+            stream,
+            responses,
+        }
     }
 
     pub fn open_stream(&self, stream: StreamId, sink: Sink) {

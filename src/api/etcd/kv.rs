@@ -1,10 +1,11 @@
-//! etcd's KV service.
+//! etcd's KV service. The operations themselves are methods of [`EtcdContext`], so the
+//! lock and election services run the same validated, routed code.
 
 use super::{errors, observe, validate, EtcdContext};
 use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+    RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
 };
 use crate::proto::shoal::command::{command_result, raft_command, RaftCommand};
 use crate::range::state_machine::refusal_from_proto;
@@ -20,25 +21,36 @@ impl KvService {
     pub fn new(context: Arc<EtcdContext>) -> Self {
         Self { context }
     }
+}
 
+fn unexpected(result: command_result::Result) -> Status {
+    Status::internal(format!("etcdserver: unexpected apply result {result:?}"))
+}
+
+fn revision_of(header: Option<ResponseHeader>) -> i64 {
+    header.map_or(0, |header| header.revision)
+}
+
+impl EtcdContext {
     fn check_size(&self, request: &impl Message) -> Result<(), Status> {
-        if request.encoded_len() > self.context.limits.max_request_bytes {
+        if request.encoded_len() > self.limits.max_request_bytes {
             return Err(errors::request_too_large());
         }
         Ok(())
     }
 
-    /// Replicates `op` through the key's range and returns what applying it produced.
-    async fn write(&self, key: &[u8], op: raft_command::Op) -> Result<command_result::Result, Status> {
+    /// Replicates `op` through the range holding `key` and returns what applying it
+    /// produced (a refusal becomes etcd's error).
+    pub(super) async fn replicate(&self, key: &[u8], op: raft_command::Op) -> Result<command_result::Result, Status> {
         let command = RaftCommand {
             origin_node: 0,
             request_id: 0,
             op: Some(op),
         }
         .encode_to_vec();
-        let router = &self.context.router;
-        let result = router
-            .write(router.range_of(key), command)
+        let result = self
+            .router
+            .write(self.router.range_of(key), command)
             .await
             .map_err(errors::route)?
             .result
@@ -50,117 +62,123 @@ impl KvService {
     }
 
     async fn linearize(&self, key: &[u8]) -> Result<(), Status> {
-        let router = &self.context.router;
-        router.linearize(router.range_of(key)).await.map_err(errors::route)
+        self.router
+            .linearize(self.router.range_of(key))
+            .await
+            .map_err(errors::route)
     }
-}
 
-fn unexpected(result: command_result::Result) -> Status {
-    Status::internal(format!("etcdserver: unexpected apply result {result:?}"))
+    pub async fn range(&self, request: RangeRequest) -> Result<RangeResponse, Status> {
+        validate::range(&request)?;
+        if !request.serializable {
+            self.linearize(&request.key).await?;
+        }
+        let mut response = self
+            .router
+            .reader()
+            .range(self.router.range_of(&request.key), &request)
+            .map_err(errors::kv)?;
+        response.header = Some(self.header(revision_of(response.header)));
+        Ok(response)
+    }
+
+    pub async fn put(&self, request: PutRequest) -> Result<PutResponse, Status> {
+        validate::put(&request)?;
+        self.check_size(&request)?;
+        let key = request.key.clone();
+        match self.replicate(&key, raft_command::Op::Put(request)).await? {
+            command_result::Result::Put(mut response) => {
+                response.header = Some(self.header(revision_of(response.header)));
+                Ok(response)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn delete_range(&self, request: DeleteRangeRequest) -> Result<DeleteRangeResponse, Status> {
+        validate::delete(&request)?;
+        self.check_size(&request)?;
+        let key = request.key.clone();
+        match self.replicate(&key, raft_command::Op::DeleteRange(request)).await? {
+            command_result::Result::DeleteRange(mut response) => {
+                response.header = Some(self.header(revision_of(response.header)));
+                Ok(response)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn txn(&self, request: TxnRequest) -> Result<TxnResponse, Status> {
+        validate::txn(&request, self.limits.max_txn_ops)?;
+        self.check_size(&request)?;
+        // Until transactions span ranges, a txn runs in the range of its first key.
+        let key = first_key(&request);
+        let mut response = if validate::txn_is_read_only(&request) {
+            if !validate::txn_is_serializable(&request) {
+                self.linearize(&key).await?;
+            }
+            self.router
+                .reader()
+                .read_only_txn(self.router.range_of(&key), &request)
+                .map_err(errors::kv)?
+        } else {
+            match self.replicate(&key, raft_command::Op::Txn(request)).await? {
+                command_result::Result::Txn(response) => response,
+                other => return Err(unexpected(other)),
+            }
+        };
+        response.header = Some(self.header(revision_of(response.header)));
+        Ok(response)
+    }
+
+    pub async fn compact(&self, request: CompactionRequest) -> Result<CompactionResponse, Status> {
+        match self.replicate(b"", raft_command::Op::Compact(request)).await? {
+            command_result::Result::Compact(mut response) => {
+                response.header = Some(self.header(revision_of(response.header)));
+                Ok(response)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
 }
 
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
-        observe("etcdserverpb.KV", "Range", async {
-            let request = request.into_inner();
-            validate::range(&request)?;
-            if !request.serializable {
-                self.linearize(&request.key).await?;
-            }
-            let router = &self.context.router;
-            let mut response = router
-                .reader()
-                .range(router.range_of(&request.key), &request)
-                .map_err(errors::kv)?;
-            let revision = response.header.map_or(0, |header| header.revision);
-            response.header = Some(self.context.header(revision));
-            Ok(Response::new(response))
-        })
-        .await
+        observe("etcdserverpb.KV", "Range", self.context.range(request.into_inner()))
+            .await
+            .map(Response::new)
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        observe("etcdserverpb.KV", "Put", async {
-            let request = request.into_inner();
-            validate::put(&request)?;
-            self.check_size(&request)?;
-            let key = request.key.clone();
-            match self.write(&key, raft_command::Op::Put(request)).await? {
-                command_result::Result::Put(mut response) => {
-                    let revision = response.header.map_or(0, |header| header.revision);
-                    response.header = Some(self.context.header(revision));
-                    Ok(Response::new(response))
-                }
-                other => Err(unexpected(other)),
-            }
-        })
-        .await
+        observe("etcdserverpb.KV", "Put", self.context.put(request.into_inner()))
+            .await
+            .map(Response::new)
     }
 
     async fn delete_range(
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
-        observe("etcdserverpb.KV", "DeleteRange", async {
-            let request = request.into_inner();
-            validate::delete(&request)?;
-            self.check_size(&request)?;
-            let key = request.key.clone();
-            match self.write(&key, raft_command::Op::DeleteRange(request)).await? {
-                command_result::Result::DeleteRange(mut response) => {
-                    let revision = response.header.map_or(0, |header| header.revision);
-                    response.header = Some(self.context.header(revision));
-                    Ok(Response::new(response))
-                }
-                other => Err(unexpected(other)),
-            }
-        })
+        observe(
+            "etcdserverpb.KV",
+            "DeleteRange",
+            self.context.delete_range(request.into_inner()),
+        )
         .await
+        .map(Response::new)
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        observe("etcdserverpb.KV", "Txn", async {
-            let request = request.into_inner();
-            validate::txn(&request, self.context.limits.max_txn_ops)?;
-            self.check_size(&request)?;
-            // Until transactions span ranges, a txn runs in the range of its first key.
-            let key = first_key(&request);
-            let mut response = if validate::txn_is_read_only(&request) {
-                if !validate::txn_is_serializable(&request) {
-                    self.linearize(&key).await?;
-                }
-                let router = &self.context.router;
-                router
-                    .reader()
-                    .read_only_txn(router.range_of(&key), &request)
-                    .map_err(errors::kv)?
-            } else {
-                match self.write(&key, raft_command::Op::Txn(request)).await? {
-                    command_result::Result::Txn(response) => response,
-                    other => return Err(unexpected(other)),
-                }
-            };
-            let revision = response.header.map_or(0, |header| header.revision);
-            response.header = Some(self.context.header(revision));
-            Ok(Response::new(response))
-        })
-        .await
+        observe("etcdserverpb.KV", "Txn", self.context.txn(request.into_inner()))
+            .await
+            .map(Response::new)
     }
 
     async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
-        observe("etcdserverpb.KV", "Compact", async {
-            let request = request.into_inner();
-            match self.write(b"", raft_command::Op::Compact(request)).await? {
-                command_result::Result::Compact(mut response) => {
-                    let revision = response.header.map_or(0, |header| header.revision);
-                    response.header = Some(self.context.header(revision));
-                    Ok(Response::new(response))
-                }
-                other => Err(unexpected(other)),
-            }
-        })
-        .await
+        observe("etcdserverpb.KV", "Compact", self.context.compact(request.into_inner()))
+            .await
+            .map(Response::new)
     }
 }
 

@@ -8,13 +8,11 @@ use crate::proto::etcdserverpb::{
     LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest,
     LeaseTimeToLiveResponse,
 };
-use crate::proto::shoal::command::{command_result, raft_command, RaftCommand};
+use crate::proto::shoal::command::{command_result, raft_command};
 use crate::range::kv::KvError;
 use crate::range::lease::MAX_LEASE_TTL_SECONDS;
 use crate::range::replica::LeaseQueryKind;
-use crate::range::state_machine::refusal_from_proto;
 use crate::range::FIRST_RANGE_ID;
-use prost::Message;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -55,27 +53,6 @@ impl LeaseService {
     pub fn new(context: Arc<EtcdContext>) -> Self {
         Self { context }
     }
-
-    async fn propose(&self, op: raft_command::Op) -> Result<command_result::Result, Status> {
-        let command = RaftCommand {
-            origin_node: 0,
-            request_id: 0,
-            op: Some(op),
-        }
-        .encode_to_vec();
-        let result = self
-            .context
-            .router
-            .write(FIRST_RANGE_ID, command)
-            .await
-            .map_err(errors::route)?
-            .result
-            .ok_or_else(|| Status::internal("etcdserver: empty apply result"))?;
-        match result {
-            command_result::Result::Error(refusal) => Err(errors::kv(refusal_from_proto(&refusal))),
-            result => Ok(result),
-        }
-    }
 }
 
 fn storage(error: crate::storage::StorageError) -> Status {
@@ -98,7 +75,11 @@ impl Lease for LeaseService {
             if request.id == 0 {
                 request.id = self.context.lease_ids.next();
             }
-            match self.propose(raft_command::Op::LeaseGrant(request)).await? {
+            match self
+                .context
+                .replicate(b"", raft_command::Op::LeaseGrant(request))
+                .await?
+            {
                 command_result::Result::LeaseGrant(mut response) => {
                     let revision = response.header.map_or(0, |header| header.revision);
                     response.header = Some(self.context.header(revision));
@@ -118,7 +99,8 @@ impl Lease for LeaseService {
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
         observe("etcdserverpb.Lease", "LeaseRevoke", async {
             match self
-                .propose(raft_command::Op::LeaseRevoke(request.into_inner()))
+                .context
+                .replicate(b"", raft_command::Op::LeaseRevoke(request.into_inner()))
                 .await?
             {
                 command_result::Result::LeaseRevoke(mut response) => {

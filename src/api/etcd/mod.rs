@@ -1,16 +1,21 @@
 //! The etcd v3 gRPC API (wire-compatible with etcd's `etcdserverpb`).
 
 mod cluster;
+mod election;
 mod errors;
 mod kv;
 mod lease;
+mod lock;
 mod maintenance;
+mod recipe;
 mod validate;
 mod watch;
 
 pub use cluster::ClusterService;
+pub use election::ElectionService;
 pub use kv::KvService;
 pub use lease::{LeaseIds, LeaseService};
+pub use lock::LockService;
 pub use maintenance::MaintenanceService;
 pub use watch::WatchService;
 

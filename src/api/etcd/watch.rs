@@ -12,7 +12,6 @@ use crate::range::watch::{Sink, StreamId, WatchSpec, NO_WATCH_ID};
 use crate::range::FIRST_RANGE_ID;
 use std::collections::HashSet;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
@@ -24,15 +23,11 @@ const STREAM_BUFFER: usize = 256;
 
 pub struct WatchService {
     context: Arc<EtcdContext>,
-    next_stream: AtomicU64,
 }
 
 impl WatchService {
     pub fn new(context: Arc<EtcdContext>) -> Self {
-        Self {
-            context,
-            next_stream: AtomicU64::new(1),
-        }
+        Self { context }
     }
 }
 
@@ -41,7 +36,7 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Se
 #[tonic::async_trait]
 impl Watch for WatchService {
     async fn watch(&self, request: Request<Streaming<WatchRequest>>) -> Result<Response<WatchStream>, Status> {
-        let stream = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        let stream = self.context.watch_hub.new_stream_id();
         let (sink, responses) = tokio::sync::mpsc::channel(STREAM_BUFFER);
         self.context.watch_hub.open_stream(stream, sink.clone());
         let mut session = Session {
