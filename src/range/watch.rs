@@ -418,7 +418,7 @@ impl HubTask {
                 }
             }
             // Not one response went out; the watcher re-reads these revisions later.
-            Delivery::Full => {}
+            Delivery::Full => metrics::counter!("shoal_watch_deliveries_deferred_total").increment(1),
             Delivery::Closed => self.drop_stream(key.0),
         }
         Ok(())

@@ -1,0 +1,718 @@
+//! Watch, Lease, Lock and Election: etcd's semantics, and safety under failures.
+
+use crate::support::{bounded, bytes, etcdctl, get, put, Cluster};
+use shoal::client::Client;
+use shoal::proto::etcdserverpb::{
+    lease_client::LeaseClient, watch_client::WatchClient, watch_request, LeaseGrantRequest, LeaseKeepAliveRequest,
+    LeaseRevokeRequest, LeaseTimeToLiveRequest, PutRequest, WatchCreateRequest, WatchRequest,
+};
+use shoal::proto::mvccpb::event::EventType;
+use shoal::proto::v3electionpb::{election_client::ElectionClient, LeaderKey, LeaderRequest, ProclaimRequest};
+use shoal::proto::v3lockpb::{lock_client::LockClient, UnlockRequest};
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+use tonic::Code;
+
+/// A long-running etcdctl (watch, lock, elect) whose output is read line by line.
+struct Background {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Background {
+    fn start(endpoints: &[String], args: &[&str]) -> Self {
+        let mut child = Command::new(etcdctl())
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", endpoints.join(",")))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting etcdctl");
+        let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        Self { child, lines }
+    }
+
+    /// The next `count` lines, failing the test if they do not come within `timeout`.
+    async fn read(&mut self, count: usize, timeout: Duration) -> Vec<String> {
+        let mut read = Vec::new();
+        while read.len() < count {
+            match tokio::time::timeout(timeout, self.lines.next_line()).await {
+                Ok(Ok(Some(line))) => read.push(line),
+                other => panic!("etcdctl output ended or stalled after {read:?}: {other:?}"),
+            }
+        }
+        read
+    }
+
+    /// Whether a line arrives within `wait`.
+    async fn says_something_within(&mut self, wait: Duration) -> bool {
+        matches!(
+            tokio::time::timeout(wait, self.lines.next_line()).await,
+            Ok(Ok(Some(_)))
+        )
+    }
+
+    fn interrupt(&self) {
+        if let Some(pid) = self
+            .child
+            .id()
+            .and_then(|pid| rustix::process::Pid::from_raw(pid as i32))
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::INT);
+        }
+    }
+}
+
+#[tokio::test]
+async fn etcdctl_watches_leases_locks_and_elects() {
+    bounded(async {
+        let cluster = Cluster::start(3).await;
+        let endpoints = cluster.endpoints();
+        let run = |args: &[&str]| {
+            let (success, stdout, stderr) = crate::support::run_etcdctl(&endpoints, args, None);
+            assert!(success, "etcdctl {args:?}: {stdout}{stderr}");
+            stdout
+        };
+
+        // Watch: a prefix from revision 1 with previous values, served by a follower.
+        run(&["put", "w/a", "1"]);
+        let follower = (cluster.leader().await + 1) % 3;
+        let mut watch = Background::start(
+            &endpoints[follower..=follower],
+            &["watch", "w/", "--prefix", "--rev=1", "--prev-kv"],
+        );
+        assert_eq!(watch.read(3, Duration::from_secs(10)).await, ["PUT", "w/a", "1"]);
+        run(&["put", "w/a", "2"]);
+        run(&["put", "other", "x"]);
+        run(&["del", "w/a"]);
+        assert_eq!(
+            watch.read(10, Duration::from_secs(10)).await,
+            ["PUT", "w/a", "1", "w/a", "2", "DELETE", "w/a", "2", "w/a", ""]
+        );
+        let mut single = Background::start(&endpoints, &["watch", "k"]);
+        tokio::time::sleep(Duration::from_millis(300)).await; // etcdctl prints nothing when its watch is created
+        run(&["put", "k", "v"]);
+        assert_eq!(single.read(3, Duration::from_secs(10)).await, ["PUT", "k", "v"]);
+
+        // Leases.
+        let granted = run(&["lease", "grant", "30"]);
+        let lease = granted.split_whitespace().nth(1).expect("lease id").to_string();
+        run(&["put", "leased", "v", &format!("--lease={lease}")]);
+        let ttl = run(&["lease", "timetolive", &lease, "--keys"]);
+        assert!(
+            ttl.contains("granted with TTL(30s)") && ttl.contains("attached keys([leased])"),
+            "{ttl}"
+        );
+        assert!(run(&["lease", "list"]).contains(&lease));
+        assert!(run(&["lease", "keep-alive", "--once", &lease]).contains("keepalived with TTL(30)"));
+        assert!(run(&["lease", "revoke", &lease]).contains("revoked"));
+        assert_eq!(run(&["get", "leased"]).trim(), "");
+
+        // Lock: a second contender waits until the holder lets go.
+        let mut holder = Background::start(&endpoints, &["lock", "jobs"]);
+        let held = holder.read(1, Duration::from_secs(10)).await;
+        assert!(held[0].starts_with("jobs/"), "{held:?}");
+        let mut contender = Background::start(&endpoints, &["lock", "jobs", "--", "echo", "contender-got-it"]);
+        assert!(
+            !contender.says_something_within(Duration::from_secs(2)).await,
+            "the lock was handed out twice"
+        );
+        holder.interrupt();
+        assert_eq!(contender.read(1, Duration::from_secs(10)).await, ["contender-got-it"]);
+
+        // Election: a listener follows the leader as it changes.
+        let mut alpha = Background::start(&endpoints, &["elect", "chief", "alpha"]);
+        assert_eq!(alpha.read(2, Duration::from_secs(10)).await[1], "alpha");
+        let mut listener = Background::start(&endpoints, &["elect", "chief", "--listen"]);
+        assert_eq!(listener.read(2, Duration::from_secs(10)).await[1], "alpha");
+        let mut beta = Background::start(&endpoints, &["elect", "chief", "beta"]);
+        assert!(
+            !beta.says_something_within(Duration::from_secs(2)).await,
+            "two leaders at once"
+        );
+        alpha.interrupt();
+        assert_eq!(beta.read(2, Duration::from_secs(10)).await[1], "beta");
+        assert_eq!(listener.read(2, Duration::from_secs(10)).await[1], "beta");
+    })
+    .await;
+}
+
+/// One observed event, comparable with what a writer recorded.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Seen {
+    revision: i64,
+    key: String,
+    value: Option<String>,
+}
+
+fn seen_of(event: shoal::proto::mvccpb::Event) -> Seen {
+    let kv = event.kv.unwrap_or_default();
+    Seen {
+        revision: kv.mod_revision,
+        key: String::from_utf8_lossy(&kv.key).into_owned(),
+        value: (event.r#type == EventType::Put as i32).then(|| String::from_utf8_lossy(&kv.value).into_owned()),
+    }
+}
+
+/// Every event of `watch` until it has been quiet for 5 s.
+async fn collect(name: String, mut watch: shoal::client::Watch) -> (String, Vec<Seen>) {
+    let mut seen = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), watch.next()).await {
+            Ok(Ok(event)) => seen.push(seen_of(event)),
+            Ok(Err(error)) => panic!("watch {name} failed: {error}"),
+            Err(_) => return (name, seen),
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_watcher_sees_exactly_the_committed_history_of_its_keys() {
+    bounded(async {
+        let cluster = Cluster::start(3).await;
+        let start = put(&mut cluster.kv(0).await, "marker", "start").await;
+
+        // Watchers on overlapping spans, on different members.
+        let spans: [(&str, &str, &str); 4] = [
+            ("a/", "a0", "a/"),
+            ("b/", "b0", "b/"),
+            ("a/", "c", "a+b"),
+            ("a/1", "", "a/1"),
+        ];
+        let mut watchers = Vec::new();
+        for (index, (key, end, name)) in spans.iter().enumerate() {
+            let member = Client::connect(&cluster.endpoints()[index % 3..=index % 3])
+                .await
+                .unwrap();
+            let watch = member
+                .watch(key.to_string(), end.to_string(), start + 1, false)
+                .await
+                .unwrap();
+            watchers.push(tokio::spawn(collect(name.to_string(), watch)));
+        }
+        // A slow reader on a raw stream: it reads nothing while the writes happen, so its
+        // member must stop pushing to it and let it catch up from storage afterwards.
+        let slow_member = 1;
+        let (slow_requests, stream) = tokio::sync::mpsc::channel(1);
+        slow_requests
+            .send(WatchRequest {
+                request_union: Some(watch_request::RequestUnion::CreateRequest(WatchCreateRequest {
+                    key: bytes("a/"),
+                    range_end: bytes("c"),
+                    start_revision: start + 1,
+                    ..Default::default()
+                })),
+            })
+            .await
+            .unwrap();
+        let mut slow = WatchClient::new(crate::support::channel(&cluster.endpoints()[slow_member]).await)
+            .watch(tokio_stream::wrappers::ReceiverStream::new(stream))
+            .await
+            .unwrap()
+            .into_inner();
+
+        // Writers: puts and deletes on a/ and b/ keys through every member. In a healthy
+        // cluster every write succeeds, so the acknowledged writes are the committed
+        // history, each at the revision its response named.
+        let committed = Arc::new(Mutex::new(Vec::new()));
+        let mut writers = Vec::new();
+        for writer in 0..4usize {
+            let endpoint = cluster.endpoints()[writer % 3].clone();
+            let committed = committed.clone();
+            writers.push(tokio::spawn(async move {
+                let mut kv =
+                    shoal::proto::etcdserverpb::kv_client::KvClient::new(crate::support::channel(&endpoint).await);
+                for step in 0..300 {
+                    let key = format!(
+                        "{}/{}",
+                        if writer % 2 == 0 { "a" } else { "b" },
+                        (writer * 7 + step) % 13
+                    );
+                    if step % 5 == 4 {
+                        let response = kv
+                            .delete_range(shoal::proto::etcdserverpb::DeleteRangeRequest {
+                                key: bytes(&key),
+                                ..Default::default()
+                            })
+                            .await
+                            .expect("delete")
+                            .into_inner();
+                        if response.deleted > 0 {
+                            let revision = response.header.unwrap().revision;
+                            committed.lock().unwrap().push(Seen {
+                                revision,
+                                key,
+                                value: None,
+                            });
+                        }
+                    } else {
+                        // Large values fill the slow reader's flow-control window quickly.
+                        let value = format!("{writer}-{step}-{}", "x".repeat(4000));
+                        let revision = put(&mut kv, &key, &value).await;
+                        committed.lock().unwrap().push(Seen {
+                            revision,
+                            key,
+                            value: Some(value),
+                        });
+                    }
+                }
+            }));
+        }
+        for writer in writers {
+            writer.await.unwrap();
+        }
+        let mut results = BTreeMap::new();
+        for watcher in watchers {
+            let (name, seen) = watcher.await.unwrap();
+            results.insert(name, seen);
+        }
+        // The slow reader now reads everything.
+        let mut slow_seen = Vec::new();
+        while let Ok(Some(Ok(response))) = tokio::time::timeout(Duration::from_secs(5), slow.message())
+            .await
+            .map(|r| r.transpose())
+        {
+            for event in response.events {
+                slow_seen.push(seen_of(event));
+            }
+        }
+        results.insert("a+b slow".to_string(), slow_seen);
+        drop(slow_requests);
+        // A watcher created after the writes replays them from storage.
+        let late = Client::connect(&cluster.endpoints()[2..]).await.unwrap();
+        let late_watch = late.watch("a/", "c", start + 1, false).await.unwrap();
+        let (_, late_seen) = collect("a+b late".to_string(), late_watch).await;
+        results.insert("a+b late".to_string(), late_seen);
+        let (status, metrics) = shoal::http_probe::get(
+            cluster.nodes[slow_member].metrics_port,
+            "/metrics",
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 200);
+        assert!(
+            metrics.contains("shoal_watch_deliveries_deferred_total"),
+            "the slow reader never made its member fall back to catching up"
+        );
+        let mut everything = committed.lock().unwrap().clone();
+        everything.sort();
+        assert!(
+            everything.iter().any(|seen| seen.value.is_none()),
+            "the workload deleted nothing"
+        );
+        let checks = spans
+            .iter()
+            .copied()
+            .chain([("a/", "c", "a+b slow"), ("a/", "c", "a+b late")]);
+        for (key, end, name) in checks {
+            let in_span = |seen: &&Seen| {
+                if end.is_empty() {
+                    seen.key == key
+                } else {
+                    seen.key.as_str() >= key && seen.key.as_str() < end
+                }
+            };
+            let expected: Vec<Seen> = everything.iter().filter(in_span).cloned().collect();
+            let seen = &results[name];
+            assert!(!expected.is_empty(), "{name}: nothing to watch");
+            assert_eq!(seen, &expected, "watcher {name} differs from the committed history");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_watch_resumes_on_another_member_without_gaps_or_duplicates() {
+    bounded(async {
+        let mut cluster = Cluster::start(3).await;
+        let leader = cluster.leader().await;
+        let doomed = (leader + 1) % 3;
+        let survivor = (leader + 2) % 3;
+        // The watcher's first member is the one that will die.
+        let endpoints = cluster.endpoints();
+        let watcher = Client::connect(&[endpoints[doomed].clone(), endpoints[survivor].clone()])
+            .await
+            .unwrap();
+        let mut watch = watcher.watch("seq/", "seq0", 0, false).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut writer = cluster.kv(leader).await;
+        let mut written = Vec::new();
+        for step in 0..200 {
+            if step == 100 {
+                cluster.kill(doomed);
+            }
+            let key = format!("seq/{step:03}");
+            let revision = put(&mut writer, &key, "v").await;
+            written.push((key, revision));
+        }
+        let mut seen = Vec::new();
+        while seen.len() < written.len() {
+            let event = tokio::time::timeout(Duration::from_secs(15), watch.next())
+                .await
+                .expect("the watch stalled after its member died")
+                .expect("watch error");
+            let kv = event.kv.unwrap();
+            seen.push((String::from_utf8_lossy(&kv.key).into_owned(), kv.mod_revision));
+        }
+        assert_eq!(seen, written);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), watch.next())
+                .await
+                .is_err(),
+            "an event was delivered twice"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn leases_expire_without_keep_alives_and_survive_a_leader_kill_with_them() {
+    bounded(async {
+        let mut cluster = Cluster::start(3).await;
+        let client = Client::connect(&cluster.endpoints()).await.unwrap();
+        // A lease's deadline starts when the leader applies the grant: after this.
+        let granted_at = Instant::now();
+        let abandoned = client.grant(2).await.unwrap();
+        let kept = client.grant(2).await.unwrap();
+        client.put("lease/abandoned", "x", abandoned).await.unwrap();
+        client.put("lease/kept", "x", kept).await.unwrap();
+        let keep_alive = client.keep_alive(kept);
+
+        // The abandoned lease's key goes within TTL plus a bound (a tick, an election).
+        loop {
+            if client.get("lease/abandoned").await.unwrap().is_none() {
+                break;
+            }
+            assert!(
+                granted_at.elapsed() < Duration::from_secs(2 + 3),
+                "the lease outlived its TTL"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Never early.
+        assert!(granted_at.elapsed() >= Duration::from_secs(2), "a lease expired early");
+
+        // The kept-alive lease survives the leader's death and an election.
+        let leader = cluster.leader().await;
+        cluster.kill(leader);
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert!(keep_alive.is_alive());
+        assert!(
+            client.get("lease/kept").await.unwrap().is_some(),
+            "a kept-alive lease expired"
+        );
+
+        // Stop keeping it alive: it goes too, and a revoked lease cannot be kept alive.
+        drop(keep_alive);
+        let stopped_at = Instant::now();
+        while client.get("lease/kept").await.unwrap().is_some() {
+            assert!(
+                stopped_at.elapsed() < Duration::from_secs(2 + 3),
+                "the lease outlived its TTL"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut leases = LeaseClient::new(crate::support::channel(&cluster.endpoints()[(leader + 1) % 3]).await);
+        let ttl = leases
+            .lease_time_to_live(LeaseTimeToLiveRequest { id: kept, keys: false })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(ttl.ttl, -1, "an expired lease answers TTL -1");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn leases_survive_a_full_cluster_restart() {
+    bounded(async {
+        let mut cluster = Cluster::start(3).await;
+        let client = Client::connect(&cluster.endpoints()).await.unwrap();
+        let lease = client.grant(30).await.unwrap();
+        client.put("durable-lease", "x", lease).await.unwrap();
+        for node in 0..3 {
+            cluster.stop(node);
+        }
+        for node in 0..3 {
+            cluster.restart(node);
+        }
+        cluster.wait_ready(Duration::from_secs(30)).await;
+        let mut leases = LeaseClient::new(crate::support::channel(&cluster.endpoints()[0]).await);
+        let ttl = leases
+            .lease_time_to_live(LeaseTimeToLiveRequest { id: lease, keys: true })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(ttl.granted_ttl, 30);
+        assert!(
+            ttl.ttl > 20,
+            "a restart restarts the TTL, never shortens it: {}",
+            ttl.ttl
+        );
+        assert_eq!(ttl.keys, [bytes("durable-lease")]);
+        client.revoke(lease).await.unwrap();
+        assert!(client.get("durable-lease").await.unwrap().is_none());
+    })
+    .await;
+}
+
+/// Several clients contend for one lock while the leader is killed and a member is
+/// paused. Holders pass the lock's fencing token to a "protected resource" that
+/// remembers the largest token it accepted; no two acquisitions may share a token, and
+/// each client's tokens must grow.
+#[tokio::test]
+async fn the_lock_hands_out_unique_growing_fencing_tokens_through_failures() {
+    bounded(async {
+        let mut cluster = Cluster::start(3).await;
+        let endpoints = cluster.endpoints();
+        let acquisitions = Arc::new(Mutex::new(Vec::<(usize, i64, Instant, Instant)>::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut contenders = Vec::new();
+        for contender in 0..4usize {
+            let endpoints = endpoints.clone();
+            let acquisitions = acquisitions.clone();
+            let stop = stop.clone();
+            contenders.push(tokio::spawn(async move {
+                let mut rotated = endpoints.clone();
+                rotated.rotate_left(contender % 3);
+                let client = Client::connect(&rotated).await.unwrap();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let Ok(lease) = client.grant(3).await else {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    };
+                    let keep_alive = client.keep_alive(lease);
+                    let attempt = tokio::time::timeout(Duration::from_secs(10), client.lock("fenced", lease)).await;
+                    let Ok(Ok(lock)) = attempt else {
+                        continue;
+                    };
+                    let acquired = Instant::now();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let released = Instant::now();
+                    let _ = client.unlock(&lock).await;
+                    drop(keep_alive);
+                    if lock.fencing_token > 0 {
+                        acquisitions
+                            .lock()
+                            .unwrap()
+                            .push((contender, lock.fencing_token, acquired, released));
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let leader = cluster.leader().await;
+        cluster.kill(leader);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let paused = (leader + 1) % 3;
+        cluster.pause(paused);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        cluster.resume(paused);
+        cluster.restart(leader);
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for contender in contenders {
+            let _ = tokio::time::timeout(Duration::from_secs(30), contender).await;
+        }
+
+        let acquisitions = acquisitions.lock().unwrap().clone();
+        assert!(
+            acquisitions.len() >= 10,
+            "too few acquisitions to mean anything: {}",
+            acquisitions.len()
+        );
+        let mut tokens: Vec<i64> = acquisitions.iter().map(|(_, token, _, _)| *token).collect();
+        tokens.sort_unstable();
+        let before = tokens.len();
+        tokens.dedup();
+        assert_eq!(tokens.len(), before, "two acquisitions got the same fencing token");
+        for contender in 0..4 {
+            let mine: Vec<i64> = acquisitions
+                .iter()
+                .filter(|(who, _, _, _)| *who == contender)
+                .map(|(_, token, _, _)| *token)
+                .collect();
+            assert!(
+                mine.windows(2).all(|pair| pair[0] < pair[1]),
+                "contender {contender}: {mine:?}"
+            );
+        }
+        // Holds that did not overlap in time came in token order.
+        let mut by_time = acquisitions.clone();
+        by_time.sort_by_key(|(_, _, acquired, _)| *acquired);
+        for (index, earlier) in by_time.iter().enumerate() {
+            for later in &by_time[index + 1..] {
+                if later.2 > earlier.3 {
+                    assert!(
+                        later.1 > earlier.1,
+                        "a later holder got a smaller token: {earlier:?} then {later:?}"
+                    );
+                }
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn coordination_requests_refused_like_etcd() {
+    bounded(async {
+        let cluster = Cluster::start(3).await;
+        let channel = crate::support::channel(&cluster.endpoints()[1]).await;
+        let mut leases = LeaseClient::new(channel.clone());
+        let status = leases
+            .lease_revoke(LeaseRevokeRequest { id: 0x7777 })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (status.code(), status.message()),
+            (Code::NotFound, "etcdserver: requested lease not found")
+        );
+        let status = leases
+            .lease_grant(LeaseGrantRequest {
+                ttl: 9_000_000_001,
+                id: 0,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (status.code(), status.message()),
+            (Code::OutOfRange, "etcdserver: too large lease TTL")
+        );
+        let granted = leases
+            .lease_grant(LeaseGrantRequest { ttl: 60, id: 4242 })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((granted.id, granted.ttl), (4242, 60));
+        let status = leases
+            .lease_grant(LeaseGrantRequest { ttl: 60, id: 4242 })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (status.code(), status.message()),
+            (Code::FailedPrecondition, "etcdserver: lease already exists")
+        );
+        let short = leases
+            .lease_grant(LeaseGrantRequest { ttl: 0, id: 0 })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            short.ttl >= 1,
+            "a TTL below an election's length is raised: {}",
+            short.ttl
+        );
+        let unknown_ttl = leases
+            .lease_time_to_live(LeaseTimeToLiveRequest { id: 0x7777, keys: true })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(unknown_ttl.ttl, -1);
+        let (requests, stream) = tokio::sync::mpsc::channel(1);
+        requests.send(LeaseKeepAliveRequest { id: 0x7777 }).await.unwrap();
+        let mut answers = leases
+            .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(stream))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            answers.message().await.unwrap().unwrap().ttl,
+            0,
+            "an unknown lease keeps alive with TTL 0"
+        );
+        let mut kv = cluster.kv(0).await;
+        let status = kv
+            .put(PutRequest {
+                key: bytes("k"),
+                lease: 0x7777,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (status.code(), status.message()),
+            (Code::NotFound, "etcdserver: requested lease not found")
+        );
+
+        // A watch on an empty range, a negative start, a duplicate watch id.
+        let (requests, stream) = tokio::sync::mpsc::channel(4);
+        let mut watch = WatchClient::new(channel.clone())
+            .watch(tokio_stream::wrappers::ReceiverStream::new(stream))
+            .await
+            .unwrap()
+            .into_inner();
+        let create = |key: &str, end: &str, start_revision: i64, watch_id: i64| WatchRequest {
+            request_union: Some(watch_request::RequestUnion::CreateRequest(WatchCreateRequest {
+                key: bytes(key),
+                range_end: bytes(end),
+                start_revision,
+                watch_id,
+                ..Default::default()
+            })),
+        };
+        requests.send(create("b", "a", 0, 0)).await.unwrap();
+        let refused = watch.message().await.unwrap().unwrap();
+        assert!(
+            refused.created && refused.canceled && refused.watch_id == -1,
+            "{refused:?}"
+        );
+        assert_eq!(refused.cancel_reason, "mvcc: watcher range is empty");
+        requests.send(create("a", "", -1, 0)).await.unwrap();
+        let refused = watch.message().await.unwrap().unwrap();
+        assert!(
+            refused.canceled && refused.cancel_reason.contains("compacted"),
+            "{refused:?}"
+        );
+        requests.send(create("a", "", 0, 7)).await.unwrap();
+        let created = watch.message().await.unwrap().unwrap();
+        assert!(
+            created.created && !created.canceled && created.watch_id == 7,
+            "{created:?}"
+        );
+        requests.send(create("b", "", 0, 7)).await.unwrap();
+        let refused = watch.message().await.unwrap().unwrap();
+        assert_eq!(
+            refused.cancel_reason,
+            "mvcc: duplicate watch ID provided on the WatchStream"
+        );
+
+        // Unlocking a key not held succeeds, as in etcd; proclaiming without leading fails.
+        let mut locks = LockClient::new(channel.clone());
+        locks
+            .unlock(UnlockRequest {
+                key: bytes("never/locked"),
+            })
+            .await
+            .expect("etcd lets anyone unlock any key");
+        let mut elections = ElectionClient::new(channel.clone());
+        let status = elections
+            .proclaim(ProclaimRequest {
+                leader: Some(LeaderKey {
+                    name: bytes("nobody"),
+                    key: bytes("nobody/1"),
+                    rev: 1,
+                    lease: 1,
+                }),
+                value: bytes("x"),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.message(), "election: not leader");
+        let status = elections
+            .leader(LeaderRequest { name: bytes("nobody") })
+            .await
+            .unwrap_err();
+        assert_eq!(status.message(), "election: no leader");
+        assert_eq!(get(&mut kv, "k", false).await, None);
+    })
+    .await;
+}
