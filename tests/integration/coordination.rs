@@ -716,3 +716,60 @@ async fn coordination_requests_refused_like_etcd() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn watch_progress_is_reported_on_request_and_periodically() {
+    bounded(async {
+        let cluster = Cluster::start_with(3, &["--experimental-watch-progress-notify-interval", "300ms"]).await;
+        let revision = put(&mut cluster.kv(0).await, "p/k", "v").await;
+        let (requests, stream) = tokio::sync::mpsc::channel(4);
+        let mut watch = WatchClient::new(crate::support::channel(&cluster.endpoints()[2]).await)
+            .watch(tokio_stream::wrappers::ReceiverStream::new(stream))
+            .await
+            .unwrap()
+            .into_inner();
+        requests
+            .send(WatchRequest {
+                request_union: Some(watch_request::RequestUnion::CreateRequest(WatchCreateRequest {
+                    key: bytes("p/"),
+                    range_end: bytes("p0"),
+                    progress_notify: true,
+                    ..Default::default()
+                })),
+            })
+            .await
+            .unwrap();
+        let created = watch.message().await.unwrap().unwrap();
+        assert!(created.created);
+        // Periodic: an empty response for the quiet watcher, at the current revision.
+        let periodic = tokio::time::timeout(Duration::from_secs(5), watch.message())
+            .await
+            .expect("no progress notification")
+            .unwrap()
+            .unwrap();
+        assert!(
+            periodic.events.is_empty() && periodic.watch_id == created.watch_id,
+            "{periodic:?}"
+        );
+        assert!(periodic.header.unwrap().revision >= revision);
+        // On request: one response for the whole stream (watch id -1).
+        requests
+            .send(WatchRequest {
+                request_union: Some(watch_request::RequestUnion::ProgressRequest(Default::default())),
+            })
+            .await
+            .unwrap();
+        loop {
+            let response = tokio::time::timeout(Duration::from_secs(5), watch.message())
+                .await
+                .expect("no answer to the progress request")
+                .unwrap()
+                .unwrap();
+            if response.watch_id == -1 {
+                assert!(response.events.is_empty() && response.header.unwrap().revision >= revision);
+                break;
+            }
+        }
+    })
+    .await;
+}
