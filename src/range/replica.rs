@@ -12,7 +12,7 @@ use super::lease::LeaseTime;
 use super::log_store::LogStore;
 use super::raft_logger;
 use super::snapshot::{self, SnapshotRegistry};
-use super::state_machine::{Applied, StateMachine};
+use super::state_machine::{Applied, ApplyBatch, StateMachine};
 use super::RangeError;
 use crate::proto::shoal::command::CommandResult;
 use crate::proto::shoal::state::RangeDescriptor;
@@ -518,27 +518,42 @@ impl Replica {
         }
     }
 
+    /// Applies committed entries as one batch: clients are answered only once the batch
+    /// (data and apply state) is in the engine.
     fn apply_entries(&mut self, entries: &[raft::eraftpb::Entry]) -> Result<(), StorageError> {
         if entries.is_empty() {
             return Ok(());
         }
+        let started = Instant::now();
+        let mut pending = ApplyBatch::default();
+        let mut answers = Vec::with_capacity(entries.len());
         for entry in entries {
             if entry.index <= self.machine.applied_index() {
                 continue; // already applied before a restart; raft-rs may hand it again
             }
-            let started = Instant::now();
-            match entry.get_entry_type() {
-                EntryType::EntryNormal if entry.data.is_empty() => self.machine.apply_noop(entry.index, entry.term)?,
-                EntryType::EntryNormal => {
-                    let applied = self.machine.apply_command(entry.index, entry.term, &entry.data)?;
-                    metrics::counter!("etcd_server_proposals_applied_total").increment(1);
-                    self.answer_proposal(entry.index, applied);
+            let applied = match entry.get_entry_type() {
+                EntryType::EntryNormal if entry.data.is_empty() => {
+                    self.machine.apply_noop(entry.index, entry.term);
+                    None
                 }
-                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => self.apply_conf_change(entry)?,
-            }
+                EntryType::EntryNormal => {
+                    metrics::counter!("etcd_server_proposals_applied_total").increment(1);
+                    self.machine
+                        .apply_command(entry.index, entry.term, &entry.data, &mut pending)?
+                }
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    self.apply_conf_change(entry)?;
+                    None
+                }
+            };
+            answers.push((entry.index, applied));
             self.raw.mut_store().set_applied(entry.index, entry.term);
-            metrics::histogram!("shoal_apply_duration_seconds").record(started.elapsed().as_secs_f64());
         }
+        self.machine.flush(&mut pending)?;
+        for (index, applied) in answers {
+            self.answer_proposal(index, applied);
+        }
+        metrics::histogram!("shoal_apply_duration_seconds").record(started.elapsed().as_secs_f64());
         let applied = self.machine.applied_index();
         self.status.applied_index.store(applied, Ordering::Release);
         self.publish_revision();
@@ -595,7 +610,8 @@ impl Replica {
                 tracing::error!(range = self.range_id, index = entry.index, %error, "skipping bad conf change")
             }
         }
-        self.machine.apply_noop(entry.index, entry.term)
+        self.machine.apply_noop(entry.index, entry.term);
+        Ok(())
     }
 
     fn install_snapshot(&mut self, snapshot: raft::eraftpb::Snapshot) -> Result<(), StorageError> {

@@ -1,6 +1,7 @@
 //! A range's replicated state machine: applies committed commands to the MVCC data.
 //!
-//! Every command is applied in one engine batch together with the range's apply state
+//! Consecutive commands are applied into one engine batch (an [`ApplyBatch`]) committed
+//! together with the range's apply state
 //! (applied index, revision), so the data and the index that produced it never
 //! disagree, and a restart resumes right after the last applied command. Apply batches
 //! are not synced: the Raft log is the write-ahead log, and a lost batch is applied
@@ -38,6 +39,17 @@ pub struct Applied {
     pub request_id: u64,
     pub result: CommandResult,
 }
+
+/// Writes of consecutive applied commands, committed together with the apply state by
+/// [`StateMachine::flush`]. Later commands read earlier ones' writes through `overlay`.
+#[derive(Default)]
+pub struct ApplyBatch {
+    batch: WriteBatch,
+    overlay: Overlay,
+}
+
+/// Past this size an apply batch is committed early, to bound memory.
+const APPLY_BATCH_BYTES_MAX: usize = 8 << 20;
 
 pub struct StateMachine {
     range_id: u64,
@@ -162,9 +174,14 @@ impl StateMachine {
 
     /// Records that the entry at `index` was applied without changing data (an empty
     /// entry of a new leader, a configuration change).
-    pub fn apply_noop(&mut self, index: u64, term: u64) -> Result<(), StorageError> {
+    pub fn apply_noop(&mut self, index: u64, term: u64) {
         self.advance(index, term);
-        let mut batch = WriteBatch::new();
+    }
+
+    /// Commits the pending writes with the apply state that covers them.
+    pub fn flush(&mut self, pending: &mut ApplyBatch) -> Result<(), StorageError> {
+        let mut batch = std::mem::take(&mut pending.batch);
+        pending.overlay.clear();
         self.put_state(&mut batch);
         self.engine.write(batch, Durability::Buffered)
     }
@@ -182,17 +199,27 @@ impl StateMachine {
 
     /// Applies one committed command. A command that cannot be decoded is a bug or
     /// corruption upstream; it is skipped (identically on every replica) and logged.
-    pub fn apply_command(&mut self, index: u64, term: u64, data: &[u8]) -> Result<Option<Applied>, StorageError> {
+    pub fn apply_command(
+        &mut self,
+        index: u64,
+        term: u64,
+        data: &[u8],
+        pending: &mut ApplyBatch,
+    ) -> Result<Option<Applied>, StorageError> {
         let command = match RaftCommand::decode(data) {
             Ok(command) => command,
             Err(error) => {
                 tracing::error!(range = self.range_id, index, %error, "skipping undecodable log entry");
-                self.apply_noop(index, term)?;
+                self.apply_noop(index, term);
                 return Ok(None);
             }
         };
+        if reads_beyond_overlay(&command) {
+            self.flush(pending)?;
+        }
         self.advance(index, term);
-        let mut batch = WriteBatch::new();
+        let writes_before = pending.batch.len();
+        let batch = pending;
         let outcome = match command.op {
             Some(raft_command::Op::Put(put)) => self
                 .apply_txn_like(
@@ -202,7 +229,7 @@ impl StateMachine {
                         }],
                         ..Default::default()
                     },
-                    &mut batch,
+                    batch,
                 )
                 .map(
                     |mut response| match response.responses.pop().and_then(|op| op.response) {
@@ -218,7 +245,7 @@ impl StateMachine {
                         }],
                         ..Default::default()
                     },
-                    &mut batch,
+                    batch,
                 )
                 .map(
                     |mut response| match response.responses.pop().and_then(|op| op.response) {
@@ -228,12 +255,12 @@ impl StateMachine {
                         _ => unreachable!("a delete yields a delete response"),
                     },
                 ),
-            Some(raft_command::Op::Txn(txn)) => self.apply_txn_like(txn, &mut batch).map(command_result::Result::Txn),
-            Some(raft_command::Op::Compact(compact)) => self.apply_compact(&compact, &mut batch),
-            Some(raft_command::Op::LeaseGrant(grant)) => self.apply_lease_grant(&grant, &mut batch),
-            Some(raft_command::Op::LeaseRevoke(revoke)) => self.apply_lease_revoke(&revoke, &mut batch),
+            Some(raft_command::Op::Txn(txn)) => self.apply_txn_like(txn, batch).map(command_result::Result::Txn),
+            Some(raft_command::Op::Compact(compact)) => self.apply_compact(&compact, batch),
+            Some(raft_command::Op::LeaseGrant(grant)) => self.apply_lease_grant(&grant, &mut batch.batch),
+            Some(raft_command::Op::LeaseRevoke(revoke)) => self.apply_lease_revoke(&revoke, batch),
             Some(raft_command::Op::PublishMember(member)) => {
-                self.apply_publish(member, &mut batch);
+                self.apply_publish(member, &mut batch.batch);
                 Ok(command_result::Result::Empty(cmd::Empty {}))
             }
             None => Ok(command_result::Result::Empty(cmd::Empty {})),
@@ -242,13 +269,14 @@ impl StateMachine {
             Ok(result) => result,
             Err(KvError::Storage(error)) => return Err(error),
             Err(refusal) => {
-                // Nothing of the refused command may reach the engine.
-                batch = WriteBatch::new();
+                // Commands are checked whole before they write: a refusal left nothing.
+                assert_eq!(batch.batch.len(), writes_before, "a refused command wrote");
                 command_result::Result::Error(refusal_to_proto(&refusal))
             }
         };
-        self.put_state(&mut batch);
-        self.engine.write(batch, Durability::Buffered)?;
+        if batch.batch.size_bytes() > APPLY_BATCH_BYTES_MAX {
+            self.flush(batch)?;
+        }
         Ok(Some(Applied {
             origin_node: command.origin_node,
             request_id: command.request_id,
@@ -256,14 +284,13 @@ impl StateMachine {
         }))
     }
 
-    fn apply_txn_like(&mut self, request: TxnRequest, batch: &mut WriteBatch) -> Result<TxnResponse, KvError> {
+    fn apply_txn_like(&mut self, request: TxnRequest, pending: &mut ApplyBatch) -> Result<TxnResponse, KvError> {
         let revisions = self.revisions();
         let base: &dyn ReadView = self.engine.as_ref();
         let path = {
-            let overlay = Overlay::new();
             let view = Overlaid {
                 base,
-                overlay: &overlay,
+                overlay: &pending.overlay,
             };
             let path = compare_path(&view, &request)?;
             check_chosen(&view, &self.lessor, &request, &path, &mut 0, revisions)?;
@@ -272,26 +299,24 @@ impl StateMachine {
         let mut exec = TxnExec {
             range_id: self.range_id,
             base,
-            overlay: Overlay::new(),
-            batch,
+            overlay: &mut pending.overlay,
+            batch: &mut pending.batch,
             revisions,
             revision: revisions.current + 1,
             sub: 0,
         };
         let mut response = exec.txn(&request, &path, &mut 0)?;
-        let changed = exec.sub > 0;
-        if changed {
+        if exec.sub > 0 {
             self.state.revision += 1;
         }
-        let header_revision = self.state.revision;
-        response.header = Some(header(header_revision));
+        response.header = Some(header(self.state.revision));
         Ok(response)
     }
 
     fn apply_compact(
         &mut self,
         request: &CompactionRequest,
-        batch: &mut WriteBatch,
+        pending: &mut ApplyBatch,
     ) -> Result<command_result::Result, KvError> {
         if request.revision <= self.state.compact_revision {
             return Err(KvError::Compacted);
@@ -300,11 +325,10 @@ impl StateMachine {
             return Err(KvError::FutureRevision);
         }
         // The new compaction point is stored first: from then on no read can ask for
-        // what the deletes below remove, so they need not be atomic with it.
+        // what the deletes below remove, so they need not be atomic with it. (Earlier
+        // commands were flushed before this one, see `reads_beyond_overlay`.)
         self.state.compact_revision = request.revision;
-        let mut first = std::mem::take(batch);
-        self.put_state(&mut first);
-        self.engine.write(first, Durability::Buffered)?;
+        self.flush(pending)?;
         let engine = self.engine.clone();
         let removed = mvcc::compact(
             engine.as_ref(),
@@ -354,7 +378,7 @@ impl StateMachine {
     fn apply_lease_revoke(
         &mut self,
         request: &LeaseRevokeRequest,
-        batch: &mut WriteBatch,
+        pending: &mut ApplyBatch,
     ) -> Result<command_result::Result, KvError> {
         if !self.lessor.contains(request.id) {
             return Err(KvError::LeaseNotFound);
@@ -369,11 +393,12 @@ impl StateMachine {
             attached.push(entry[prefix_bytes..].to_vec());
         }
         let revisions = self.revisions();
+        // Earlier commands were flushed (see `reads_beyond_overlay`): the engine is current.
         let mut exec = TxnExec {
             range_id: self.range_id,
             base: self.engine.as_ref(),
-            overlay: Overlay::new(),
-            batch,
+            overlay: &mut pending.overlay,
+            batch: &mut pending.batch,
             revisions,
             revision: revisions.current + 1,
             sub: 0,
@@ -390,7 +415,9 @@ impl StateMachine {
         if exec.sub > 0 {
             self.state.revision += 1;
         }
-        batch.delete(Space::Leases, keys::lease_key(self.range_id, request.id));
+        pending
+            .batch
+            .delete(Space::Leases, keys::lease_key(self.range_id, request.id));
         self.lessor.remove(request.id);
         Ok(command_result::Result::LeaseRevoke(LeaseRevokeResponse {
             header: Some(header(self.state.revision)),
@@ -420,6 +447,28 @@ impl StateMachine {
     }
 }
 
+/// Whether applying `command` reads more than the newest versions of keys (history at
+/// a revision, the lease index, all of history for compaction). The overlay of an apply
+/// batch holds only newest versions, so the batch must be committed first.
+fn reads_beyond_overlay(command: &RaftCommand) -> bool {
+    fn txn_reads_history(request: &TxnRequest) -> bool {
+        request
+            .success
+            .iter()
+            .chain(&request.failure)
+            .any(|op| match &op.request {
+                Some(request_op::Request::RequestRange(range)) => range.revision > 0,
+                Some(request_op::Request::RequestTxn(nested)) => txn_reads_history(nested),
+                _ => false,
+            })
+    }
+    match &command.op {
+        Some(raft_command::Op::Txn(txn)) => txn_reads_history(txn),
+        Some(raft_command::Op::Compact(_)) | Some(raft_command::Op::LeaseRevoke(_)) => true,
+        _ => false,
+    }
+}
+
 /// Members as published through the log, as stored in `view`.
 pub fn members_in(range_id: u64, view: &dyn ReadView) -> Result<Vec<MemberInfo>, StorageError> {
     let members: Option<PublishedMembers> = decode(
@@ -441,10 +490,11 @@ pub fn read_only_txn(view: &dyn ReadView, revisions: Revisions, request: &TxnReq
     let path = compare_path(&view_now, request)?;
     check_chosen(&view_now, &Lessor::default(), request, &path, &mut 0, revisions)?;
     let mut unused = WriteBatch::new();
+    let mut unused_overlay = Overlay::new();
     let mut exec = TxnExec {
         range_id: 0,
         base: view,
-        overlay,
+        overlay: &mut unused_overlay,
         batch: &mut unused,
         revisions,
         revision: revisions.current + 1,
@@ -557,7 +607,8 @@ fn check_chosen(
 struct TxnExec<'a> {
     range_id: u64,
     base: &'a dyn ReadView,
-    overlay: Overlay,
+    /// Writes of this and earlier commands of the apply batch.
+    overlay: &'a mut Overlay,
     batch: &'a mut WriteBatch,
     revisions: Revisions,
     /// The revision every write of this transaction gets.
@@ -612,7 +663,7 @@ impl TxnExec<'_> {
     fn range(&self, request: &RangeRequest) -> Result<RangeResponse, KvError> {
         let view = Overlaid {
             base: self.base,
-            overlay: &self.overlay,
+            overlay: self.overlay,
         };
         let mut revisions = self.revisions;
         revisions.current = self.read_revision();
@@ -623,7 +674,7 @@ impl TxnExec<'_> {
         let key = kv::internal_key(&request.key);
         let previous = Overlaid {
             base: self.base,
-            overlay: &self.overlay,
+            overlay: self.overlay,
         }
         .latest(&key)?;
         let (value, lease) = match &previous {
@@ -690,7 +741,7 @@ impl TxnExec<'_> {
         let span = kv::key_span(&request.key, &request.range_end);
         let doomed: Vec<(Vec<u8>, Record)> = Overlaid {
             base: self.base,
-            overlay: &self.overlay,
+            overlay: self.overlay,
         }
         .scan_latest(&span)
         .collect::<Result<_, StorageError>>()?;
@@ -748,11 +799,13 @@ mod tests {
                 request_id: self.index,
                 op: Some(op),
             };
+            let mut pending = ApplyBatch::default();
             let applied = self
                 .machine
-                .apply_command(self.index, 1, &command.encode_to_vec())
+                .apply_command(self.index, 1, &command.encode_to_vec(), &mut pending)
                 .unwrap()
                 .unwrap();
+            self.machine.flush(&mut pending).unwrap();
             applied.result.result.unwrap()
         }
 
@@ -796,6 +849,71 @@ mod tests {
                 ..Default::default()
             })),
         }
+    }
+
+    #[test]
+    fn commands_of_one_batch_see_each_others_writes() {
+        let mut f = Fixture::new();
+        f.put("a", "0");
+        let mut pending = ApplyBatch::default();
+        let mut apply = |machine: &mut StateMachine, index: u64, op: raft_command::Op| {
+            let command = RaftCommand {
+                origin_node: 1,
+                request_id: index,
+                op: Some(op),
+            };
+            machine
+                .apply_command(index, 1, &command.encode_to_vec(), &mut pending)
+                .unwrap()
+                .unwrap()
+                .result
+                .result
+                .unwrap()
+        };
+        let put = |value: &str| {
+            raft_command::Op::Put(PutRequest {
+                key: b"a".to_vec().into(),
+                value: value.as_bytes().to_vec().into(),
+                prev_kv: true,
+                ..Default::default()
+            })
+        };
+        let first = apply(&mut f.machine, 2, put("1"));
+        let second = apply(&mut f.machine, 3, put("2"));
+        let command_result::Result::Put(second) = second else {
+            panic!()
+        };
+        assert_eq!(
+            second.prev_kv.unwrap().value.as_ref(),
+            b"1",
+            "the second put saw the first"
+        );
+        assert!(matches!(first, command_result::Result::Put(_)));
+        // A read at a past revision forces the batch out first, so it sees revision 3.
+        let txn = apply(
+            &mut f.machine,
+            4,
+            raft_command::Op::Txn(TxnRequest {
+                success: vec![RequestOp {
+                    request: Some(request_op::Request::RequestRange(RangeRequest {
+                        key: b"a".to_vec().into(),
+                        revision: 3,
+                        ..Default::default()
+                    })),
+                }],
+                ..Default::default()
+            }),
+        );
+        let command_result::Result::Txn(txn) = txn else {
+            panic!()
+        };
+        let Some(response_op::Response::ResponseRange(range)) = &txn.responses[0].response else {
+            panic!()
+        };
+        assert_eq!(range.kvs[0].value.as_ref(), b"1");
+        f.machine.flush(&mut pending).unwrap();
+        assert_eq!(f.get("a", 0).unwrap().kvs[0].value.as_ref(), b"2");
+        assert_eq!(f.machine.applied_index(), 4);
     }
 
     #[test]
