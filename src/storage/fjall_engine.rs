@@ -12,6 +12,8 @@ use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
 
+const MEMTABLE_BYTES_MAX: u64 = 16 << 20;
+
 pub struct FjallEngine {
     db: Database,
     spaces: Arc<HashMap<Space, Keyspace>>,
@@ -50,9 +52,10 @@ impl FjallEngine {
             .map_err(engine_error)?;
         let mut spaces = HashMap::new();
         for space in Space::ALL {
-            let keyspace = db
-                .keyspace(space.name(), KeyspaceCreateOptions::default)
-                .map_err(engine_error)?;
+            // fjall's default (64 MiB of memtable per keyspace, no total cap) let a busy
+            // node hold several hundred MiB of memtables; smaller ones flush sooner.
+            let options = || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES_MAX);
+            let keyspace = db.keyspace(space.name(), options).map_err(engine_error)?;
             spaces.insert(space, keyspace);
         }
         Ok(Self {
