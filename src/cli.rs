@@ -24,6 +24,8 @@ pub enum Command {
     Playground(PlaygroundArgs),
     /// Load-test an etcd v3 endpoint (Shoal or etcd) and report throughput and latency.
     Bench(crate::bench::BenchArgs),
+    /// Run a cluster under a seeded schedule of faults with checked client workloads.
+    Chaos(crate::chaos::ChaosArgs),
 }
 
 #[derive(Args, Debug)]
@@ -108,6 +110,10 @@ pub struct ServerFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub experimental_watch_progress_notify_interval: Option<String>,
+    /// Dial members at other URLs than they advertise: name=url[,name=url...]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub experimental_peer_dial_urls: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -65,6 +65,9 @@ pub struct ServerSettings {
     pub snapshot_catchup_entries: u64,
     /// How often watchers that asked for progress notifications get one (e.g. "10m").
     pub experimental_watch_progress_notify_interval: String,
+    /// `name=url,...`: dial these members at these URLs instead of their advertised peer
+    /// URLs (their identity is unchanged). For NAT and for fault-injecting proxies.
+    pub experimental_peer_dial_urls: Option<String>,
 }
 
 impl Default for ServerSettings {
@@ -87,6 +90,7 @@ impl Default for ServerSettings {
             snapshot_count: 10_000,
             snapshot_catchup_entries: 5_000,
             experimental_watch_progress_notify_interval: "10m".into(),
+            experimental_peer_dial_urls: None,
         }
     }
 }
@@ -109,6 +113,7 @@ const SETTING_NAMES: &[&str] = &[
     "snapshot-count",
     "snapshot-catchup-entries",
     "experimental-watch-progress-notify-interval",
+    "experimental-peer-dial-urls",
 ];
 
 impl ServerSettings {
@@ -161,6 +166,8 @@ pub struct NodeConfig {
     pub log_compaction_entries: u64,
     pub log_catchup_entries: u64,
     pub watch_progress_notify_interval: Duration,
+    /// Member name -> URL to dial it at, overriding its advertised peer URL.
+    pub peer_dial_urls: std::collections::HashMap<String, String>,
 }
 
 impl NodeConfig {
@@ -360,6 +367,14 @@ impl TryFrom<ServerSettings> for NodeConfig {
                     ),
                 )
             })?;
+        let mut peer_dial_urls = std::collections::HashMap::new();
+        if let Some(overrides) = &settings.experimental_peer_dial_urls {
+            for member in parse_initial_cluster(overrides)
+                .map_err(|error| invalid("experimental-peer-dial-urls", error.to_string()))?
+            {
+                peer_dial_urls.insert(member.name, member.peer_urls[0].clone());
+            }
+        }
         let data_dir = settings
             .data_dir
             .clone()
@@ -382,6 +397,7 @@ impl TryFrom<ServerSettings> for NodeConfig {
             log_compaction_entries: settings.snapshot_count,
             log_catchup_entries: settings.snapshot_catchup_entries.min(settings.snapshot_count),
             watch_progress_notify_interval,
+            peer_dial_urls,
         })
     }
 }

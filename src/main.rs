@@ -34,6 +34,20 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Playground(args) => runtime.block_on(playground::run(args)),
+        Command::Chaos(args) => {
+            // On a signal the run is dropped, which kills every server it started.
+            let report = runtime.block_on(async {
+                tokio::select! {
+                    report = shoal::chaos::run(&args) => Ok(report?),
+                    () = shutdown_signal() => Err(anyhow::anyhow!("interrupted; every node was stopped")),
+                }
+            })?;
+            print!("{report}");
+            if !report.passed() {
+                anyhow::bail!("a chaos check failed (seed {})", report.seed);
+            }
+            Ok(())
+        }
         Command::Bench(args) => {
             let report = runtime.block_on(shoal::bench::run(&args))?;
             if args.json {

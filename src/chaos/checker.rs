@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
 /// What a client asked for, on one key (a register).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum Input {
     Read,
     /// `None` deletes the key.
@@ -42,7 +42,7 @@ pub enum Input {
 }
 
 /// What the client observed.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum Output {
     /// The value seen (`None`: absent).
     Read(Option<String>),
@@ -53,7 +53,7 @@ pub enum Output {
     Unknown,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct Operation {
     /// Unique in the history.
     pub id: usize,

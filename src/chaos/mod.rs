@@ -1,5 +1,488 @@
 //! Fault injection with history checking (`shoal chaos`): real server processes,
-//! concurrent client workloads, a seeded schedule of faults, and checkers that judge
-//! the recorded histories.
+//! concurrent client workloads, a seeded schedule of faults (kill -9, SIGSTOP,
+//! partitions through per-link proxies, whole-cluster restarts), and checkers that judge
+//! the recorded histories. Everything it starts is stopped when it returns, also on
+//! failure.
 
 pub mod checker;
+pub mod cluster;
+pub mod nemesis;
+pub mod network;
+pub mod workload;
+
+use checker::{CheckOptions, Verdict};
+use cluster::{Cluster, ClusterError};
+use nemesis::{FaultKind, PlannedFault};
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use workload::{Hold, RegisterRecord, RunClock, SeenEvent, SetRecord};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ChaosArgs {
+    /// Nodes in the cluster (3 or 5).
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// Seconds of workload under faults.
+    #[arg(long, default_value_t = 30)]
+    pub duration: u64,
+    /// Seed of the fault schedule and the workloads; random if not given.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Faults to draw from (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub faults: Vec<FaultKind>,
+    /// Where histories, node logs and the report go (default: a new temporary folder).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// The `shoal` binary to run as servers (default: this one).
+    #[arg(long)]
+    pub server_binary: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChaosError {
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Counts of one workload's operations.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Counts {
+    pub attempted: usize,
+    pub ok: usize,
+    pub failed: usize,
+    pub indeterminate: usize,
+}
+
+/// The verdict on one workload.
+#[derive(Debug, serde::Serialize)]
+pub struct WorkloadVerdict {
+    pub workload: &'static str,
+    pub passed: bool,
+    pub counts: Counts,
+    pub detail: String,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct FaultRecord {
+    pub started_ms: u64,
+    pub ended_ms: u64,
+    pub description: String,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct Report {
+    pub seed: u64,
+    pub nodes: usize,
+    pub duration_s: u64,
+    pub faults: Vec<FaultRecord>,
+    pub verdicts: Vec<WorkloadVerdict>,
+    pub out: PathBuf,
+}
+
+impl Report {
+    pub fn passed(&self) -> bool {
+        self.verdicts.iter().all(|verdict| verdict.passed)
+    }
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "chaos run: seed {} ({} nodes, {} s); replay with --seed {}",
+            self.seed, self.nodes, self.duration_s, self.seed
+        )?;
+        writeln!(f, "faults:")?;
+        for fault in &self.faults {
+            writeln!(
+                f,
+                "  {:>7} ms - {:>7} ms  {}",
+                fault.started_ms, fault.ended_ms, fault.description
+            )?;
+        }
+        for verdict in &self.verdicts {
+            let counts = &verdict.counts;
+            writeln!(
+                f,
+                "{:<10} {}  attempted {} ok {} failed {} indeterminate {}",
+                verdict.workload,
+                if verdict.passed { "PASS" } else { "FAIL" },
+                counts.attempted,
+                counts.ok,
+                counts.failed,
+                counts.indeterminate
+            )?;
+            for line in verdict.detail.lines() {
+                writeln!(f, "           {line}")?;
+            }
+        }
+        writeln!(f, "histories and node logs: {}", self.out.display())
+    }
+}
+
+/// Clients per workload.
+const REGISTER_CLIENTS: u64 = 5;
+const REGISTER_KEYS: usize = 4;
+const SET_CLIENTS: u64 = 3;
+const WATCHERS: usize = 2;
+const LOCK_CONTENDERS: u64 = 3;
+/// Quiet time before the first fault (the cluster settles) and after the last.
+const SETTLE: Duration = Duration::from_secs(2);
+
+pub async fn run(args: &ChaosArgs) -> Result<Report, ChaosError> {
+    if args.nodes < 3 {
+        return Err(ChaosError::Setup("--nodes must be at least 3".into()));
+    }
+    let seed = args.seed.unwrap_or_else(rand::random);
+    let out = match &args.out {
+        Some(out) => out.clone(),
+        None => std::env::temp_dir().join(format!("shoal-chaos-{seed}")),
+    };
+    if out.exists() {
+        std::fs::remove_dir_all(&out)?;
+    }
+    std::fs::create_dir_all(&out)?;
+    let binary = match &args.server_binary {
+        Some(binary) => binary.clone(),
+        None => std::env::current_exe()?,
+    };
+    let kinds: Vec<FaultKind> = if args.faults.is_empty() {
+        FaultKind::ALL.to_vec()
+    } else {
+        args.faults.clone()
+    };
+    let duration = Duration::from_secs(args.duration);
+    let plan = nemesis::schedule(seed, args.nodes, &kinds, SETTLE, duration.saturating_sub(SETTLE));
+    eprintln!(
+        "chaos: seed {seed}, {} nodes, {} s, {} faults planned",
+        args.nodes,
+        args.duration,
+        plan.len()
+    );
+
+    let mut cluster = Cluster::start(&binary, args.nodes, &out).await?;
+    let endpoints = cluster.endpoints();
+    let start_revision = workload::current_revision(&endpoints[0])
+        .await
+        .map_err(|status| ChaosError::Setup(format!("reading the start revision: {status}")))?
+        + 1;
+    let clock = RunClock::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let registers = Arc::new(Mutex::new(RegisterRecord::default()));
+    let set = Arc::new(Mutex::new(SetRecord::default()));
+    let holds: Arc<Mutex<Vec<Hold>>> = Arc::new(Mutex::new(Vec::new()));
+    let watched: Vec<Arc<Mutex<Vec<SeenEvent>>>> = (0..WATCHERS).map(|_| Arc::new(Mutex::new(Vec::new()))).collect();
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let keys: Vec<String> = (0..REGISTER_KEYS).map(|key| format!("chaos/register/{key}")).collect();
+    for process in 0..REGISTER_CLIENTS {
+        tasks.spawn(workload::register_client(
+            process,
+            endpoints.clone(),
+            keys.clone(),
+            seed,
+            clock.clone(),
+            stop.clone(),
+            registers.clone(),
+        ));
+    }
+    for process in 0..SET_CLIENTS {
+        tasks.spawn(workload::set_client(
+            process,
+            endpoints.clone(),
+            stop.clone(),
+            set.clone(),
+        ));
+    }
+    for contender in 0..LOCK_CONTENDERS {
+        tasks.spawn(workload::lock_contender(
+            contender,
+            endpoints.clone(),
+            clock.clone(),
+            stop.clone(),
+            holds.clone(),
+        ));
+    }
+    // Watchers outlive the writers: they stop only after catching up with the end.
+    let stop_watching = Arc::new(AtomicBool::new(false));
+    let mut watch_tasks = Vec::new();
+    for (index, seen) in watched.iter().enumerate() {
+        let mut rotated = endpoints.clone();
+        rotated.rotate_left(index % endpoints.len());
+        watch_tasks.push(tokio::spawn(workload::watcher(
+            rotated,
+            start_revision,
+            stop_watching.clone(),
+            seen.clone(),
+        )));
+    }
+
+    let faults = run_faults(&mut cluster, &plan, &clock, duration).await?;
+    // Heal everything and let the cluster settle before the final reads.
+    cluster.heal_all()?;
+    cluster.wait_ready(Duration::from_secs(30)).await?;
+    tokio::time::sleep(SETTLE).await;
+    stop.store(true, Ordering::Relaxed);
+    let _ = tokio::time::timeout(Duration::from_secs(30), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+
+    let mut verdicts = Vec::new();
+    let register_record = std::mem::take(&mut *registers.lock().map_err(|_| ChaosError::Setup("poisoned".into()))?);
+    verdicts.push(check_registers(&register_record));
+    let set_record = std::mem::take(&mut *set.lock().map_err(|_| ChaosError::Setup("poisoned".into()))?);
+    let final_set = workload::read_set(&endpoints[0])
+        .await
+        .map_err(|status| ChaosError::Setup(format!("reading the final set: {status}")))?;
+    verdicts.push(check_set(&set_record, &final_set));
+    let history = workload::committed_history(&endpoints[0], start_revision)
+        .await
+        .map_err(ChaosError::Setup)?;
+    let mut watcher_histories = Vec::new();
+    for (index, seen) in watched.iter().enumerate() {
+        // Give the watcher time to catch up with the end of the history, then stop it.
+        let last = history.last().map_or(0, |event| event.revision);
+        for _ in 0..150 {
+            let caught_up = seen
+                .lock()
+                .map(|seen| seen.last().map_or(0, |event| event.revision) >= last)
+                .unwrap_or(true);
+            if caught_up {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let events = seen.lock().map(|seen| seen.clone()).unwrap_or_default();
+        watcher_histories.push((index, events));
+    }
+    stop_watching.store(true, Ordering::Relaxed);
+    for task in watch_tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+    verdicts.push(check_watchers(&history, &watcher_histories, &register_record));
+    let holds = holds.lock().map(|holds| holds.clone()).unwrap_or_default();
+    verdicts.push(check_locks(&holds));
+
+    write_json(&out.join("registers.json"), &register_record.operations)?;
+    write_json(&out.join("acked-writes.json"), &register_record.acked_writes)?;
+    write_json(&out.join("set.json"), &(&set_record, &final_set))?;
+    write_json(&out.join("committed-history.json"), &history)?;
+    write_json(&out.join("watchers.json"), &watcher_histories)?;
+    write_json(&out.join("locks.json"), &holds)?;
+    write_json(&out.join("faults.json"), &faults)?;
+    let report = Report {
+        seed,
+        nodes: args.nodes,
+        duration_s: args.duration,
+        faults,
+        verdicts,
+        out: out.clone(),
+    };
+    std::fs::File::create(out.join("report.txt"))?.write_all(report.to_string().as_bytes())?;
+    drop(cluster);
+    Ok(report)
+}
+
+fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> std::io::Result<()> {
+    let file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    serde_json::to_writer(file, value).map_err(std::io::Error::other)
+}
+
+async fn run_faults(
+    cluster: &mut Cluster,
+    plan: &[PlannedFault],
+    clock: &RunClock,
+    duration: Duration,
+) -> Result<Vec<FaultRecord>, ChaosError> {
+    let mut records = Vec::new();
+    for fault in plan {
+        tokio::time::sleep_until((clock.origin() + fault.start).into()).await;
+        let started_ms = clock.nanos() / 1_000_000;
+        let (active, description) = nemesis::inject(cluster, fault).await?;
+        eprintln!("chaos: {started_ms:>7} ms  {description}");
+        tokio::time::sleep(fault.duration).await;
+        nemesis::heal(cluster, active)?;
+        records.push(FaultRecord {
+            started_ms,
+            ended_ms: clock.nanos() / 1_000_000,
+            description,
+        });
+    }
+    tokio::time::sleep_until((clock.origin() + duration).into()).await;
+    Ok(records)
+}
+
+fn check_registers(record: &RegisterRecord) -> WorkloadVerdict {
+    let operations = &record.operations;
+    let counts = Counts {
+        attempted: operations.len() + record.definite_failures,
+        ok: operations.iter().filter(|operation| operation.ret.is_some()).count(),
+        failed: record.definite_failures,
+        indeterminate: operations.iter().filter(|operation| operation.ret.is_none()).count(),
+    };
+    let (passed, detail) = match checker::check(operations, &CheckOptions::default()) {
+        Verdict::Linearizable => (true, "linearizable".to_string()),
+        Verdict::Violation(violation) => (false, violation.to_string()),
+        Verdict::Inconclusive { key, steps } => (
+            false,
+            format!("inconclusive: the search for key {key} gave up after {steps} steps"),
+        ),
+    };
+    WorkloadVerdict {
+        workload: "registers",
+        passed,
+        counts,
+        detail,
+    }
+}
+
+fn check_set(record: &SetRecord, final_set: &[u64]) -> WorkloadVerdict {
+    let attempted: HashSet<u64> = record.attempted.iter().copied().collect();
+    let mut seen = HashSet::new();
+    let duplicates: Vec<u64> = final_set
+        .iter()
+        .filter(|element| !seen.insert(**element))
+        .copied()
+        .collect();
+    let lost: Vec<u64> = record
+        .acknowledged
+        .iter()
+        .filter(|element| !seen.contains(element))
+        .copied()
+        .collect();
+    let invented: Vec<u64> = final_set
+        .iter()
+        .filter(|element| !attempted.contains(element))
+        .copied()
+        .collect();
+    let passed = duplicates.is_empty() && lost.is_empty() && invented.is_empty();
+    let detail = if passed {
+        format!(
+            "{} elements in the final list; every acknowledged append is there, none twice",
+            final_set.len()
+        )
+    } else {
+        format!("lost acknowledged: {lost:?}; duplicated: {duplicates:?}; never attempted: {invented:?}")
+    };
+    WorkloadVerdict {
+        workload: "set",
+        passed,
+        counts: Counts {
+            attempted: record.attempted.len(),
+            ok: record.acknowledged.len(),
+            failed: record.attempted.len() - record.acknowledged.len() - record.unknown.len(),
+            indeterminate: record.unknown.len(),
+        },
+        detail,
+    }
+}
+
+fn check_watchers(
+    history: &[SeenEvent],
+    watchers: &[(usize, Vec<SeenEvent>)],
+    registers: &RegisterRecord,
+) -> WorkloadVerdict {
+    let mut problems = Vec::new();
+    // Every acknowledged register write is in the committed history, at its revision.
+    let committed: BTreeMap<(String, i64), Option<String>> = history
+        .iter()
+        .map(|event| ((event.key.clone(), event.revision), event.value.clone()))
+        .collect();
+    for write in &registers.acked_writes {
+        if committed.get(&(write.key.clone(), write.revision)) != Some(&Some(write.value.clone())) {
+            problems.push(format!(
+                "acknowledged write {}={} at revision {} is not in the history",
+                write.key, write.value, write.revision
+            ));
+        }
+    }
+    if history.windows(2).any(|pair| pair[0].revision > pair[1].revision) {
+        problems.push("the committed history goes backwards".to_string());
+    }
+    for (index, events) in watchers {
+        if events.len() != history.len() || events.iter().zip(history).any(|(seen, committed)| seen != committed) {
+            let first_difference = events
+                .iter()
+                .zip(history)
+                .position(|(seen, committed)| seen != committed);
+            problems.push(format!(
+                "watcher {index} saw {} events, the history has {}; first difference at {:?}",
+                events.len(),
+                history.len(),
+                first_difference.map(|position| (position, events.get(position), history.get(position)))
+            ));
+        }
+    }
+    let passed = problems.is_empty();
+    WorkloadVerdict {
+        workload: "watch",
+        passed,
+        counts: Counts {
+            attempted: history.len(),
+            ok: watchers.iter().map(|(_, events)| events.len()).sum(),
+            failed: 0,
+            indeterminate: 0,
+        },
+        detail: if passed {
+            format!(
+                "{} watchers saw the {} committed events exactly, in order; all {} acknowledged writes are in it",
+                watchers.len(),
+                history.len(),
+                registers.acked_writes.len()
+            )
+        } else {
+            problems.join("\n")
+        },
+    }
+}
+
+fn check_locks(holds: &[Hold]) -> WorkloadVerdict {
+    let mut problems = Vec::new();
+    let mut tokens: Vec<i64> = holds.iter().map(|hold| hold.fencing_token).collect();
+    tokens.sort_unstable();
+    for pair in tokens.windows(2) {
+        if pair[0] == pair[1] {
+            problems.push(format!("fencing token {} was handed out twice", pair[0]));
+        }
+    }
+    let contenders: HashSet<u64> = holds.iter().map(|hold| hold.contender).collect();
+    for contender in contenders {
+        let mine: Vec<i64> = holds
+            .iter()
+            .filter(|hold| hold.contender == contender)
+            .map(|hold| hold.fencing_token)
+            .collect();
+        if mine.windows(2).any(|pair| pair[0] >= pair[1]) {
+            problems.push(format!("contender {contender} saw tokens go backwards: {mine:?}"));
+        }
+    }
+    let passed = problems.is_empty();
+    WorkloadVerdict {
+        workload: "lock",
+        passed,
+        counts: Counts {
+            attempted: holds.len(),
+            ok: holds.len(),
+            failed: 0,
+            indeterminate: 0,
+        },
+        detail: if passed {
+            format!(
+                "{} acquisitions, every fencing token unique and growing per client",
+                holds.len()
+            )
+        } else {
+            problems.join("\n")
+        },
+    }
+}

@@ -150,7 +150,10 @@ pub async fn run(
     let peer_urls: HashMap<u64, String> = identity
         .initial_members
         .iter()
-        .filter_map(|member| member.peer_urls.first().map(|url| (member.id, url.clone())))
+        .filter_map(|member| {
+            let url = config.peer_dial_urls.get(&member.name).or(member.peer_urls.first())?;
+            Some((member.id, url.clone()))
+        })
         .collect();
     let transport = PeerTransport::start(peer_identity, &peer_urls, store_handle.clone(), snapshots)?;
     let (store, ranges) = Store::new(vec![replica], engine.clone(), inbox, transport.clone(), tick);

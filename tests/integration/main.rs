@@ -4,6 +4,7 @@
 mod support;
 
 mod bad_input;
+mod chaos;
 mod coordination;
 mod durability;
 mod etcdctl;

@@ -1,0 +1,268 @@
+//! Real `shoal server` processes for fault injection: loopback ports picked at run
+//! time, peer traffic routed through the [`Network`] proxies, and every process killed
+//! (and resumed first, if paused) when the cluster is dropped.
+
+use super::network::Network;
+use crate::proto::etcdserverpb::{maintenance_client::MaintenanceClient, StatusRequest};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("node {name} did not become ready within {waited:?} (log: {log})")]
+    NotReady {
+        name: String,
+        waited: Duration,
+        log: String,
+    },
+}
+
+pub struct Node {
+    pub name: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub metrics_port: u16,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+    paused: bool,
+}
+
+impl Node {
+    pub fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    pub network: Network,
+    binary: PathBuf,
+    initial_cluster: String,
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn signal(child: &Child, signal: rustix::process::Signal) {
+    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+        let _ = rustix::process::kill_process(pid, signal);
+    }
+}
+
+impl Cluster {
+    /// Starts `size` nodes of `binary` with data under `dir`, and waits until all are ready.
+    pub async fn start(binary: &Path, size: usize, dir: &Path) -> Result<Cluster, ClusterError> {
+        let mut nodes = Vec::new();
+        let mut taken = std::collections::HashSet::new();
+        let mut port = || loop {
+            // The kernel may hand back a port it just gave: each must be distinct.
+            let candidate = free_port()?;
+            if taken.insert(candidate) {
+                return Ok::<u16, std::io::Error>(candidate);
+            }
+        };
+        for index in 0..size {
+            let name = format!("n{}", index + 1);
+            nodes.push(Node {
+                client_port: port()?,
+                peer_port: port()?,
+                metrics_port: port()?,
+                data_dir: dir.join(&name),
+                log: dir.join(format!("{name}.log")),
+                name,
+                child: None,
+                paused: false,
+            });
+        }
+        let peers: Vec<SocketAddr> = nodes
+            .iter()
+            .map(|node| SocketAddr::from(([127, 0, 0, 1], node.peer_port)))
+            .collect();
+        let reserved: Vec<u16> = nodes
+            .iter()
+            .flat_map(|node| [node.client_port, node.peer_port, node.metrics_port])
+            .collect();
+        let network = Network::start(&peers, &reserved).await?;
+        let initial_cluster = nodes
+            .iter()
+            .map(|node| format!("{}=http://127.0.0.1:{}", node.name, node.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Cluster {
+            nodes,
+            network,
+            binary: binary.to_path_buf(),
+            initial_cluster,
+        };
+        for index in 0..size {
+            cluster.spawn(index)?;
+        }
+        cluster.wait_ready(Duration::from_secs(30)).await?;
+        Ok(cluster)
+    }
+
+    fn spawn(&mut self, index: usize) -> Result<(), ClusterError> {
+        let dial = (0..self.nodes.len())
+            .filter(|other| *other != index)
+            .map(|other| {
+                format!(
+                    "{}=http://127.0.0.1:{}",
+                    self.nodes[other].name,
+                    self.network.port(index, other)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        let node = &mut self.nodes[index];
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log)?;
+        let child = Command::new(&self.binary)
+            .arg("server")
+            .args(["--name", &node.name])
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .args([
+                "--listen-client-urls",
+                &format!("http://127.0.0.1:{}", node.client_port),
+            ])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{}", node.peer_port)])
+            .args([
+                "--listen-metrics-urls",
+                &format!("http://127.0.0.1:{}", node.metrics_port),
+            ])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-cluster-token", "shoal-chaos"])
+            .args(["--experimental-peer-dial-urls", &dial])
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info,raft=warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        node.child = Some(child);
+        node.paused = false;
+        Ok(())
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.iter().map(Node::client_url).collect()
+    }
+
+    /// Waits until every running node answers /ready.
+    pub async fn wait_ready(&mut self, timeout: Duration) -> Result<(), ClusterError> {
+        let deadline = Instant::now() + timeout;
+        for node in &self.nodes {
+            if !node.is_running() || node.paused {
+                continue;
+            }
+            while !matches!(
+                crate::http_probe::get(node.metrics_port, "/ready", Duration::from_secs(1)).await,
+                Some((200, _))
+            ) {
+                if Instant::now() > deadline {
+                    return Err(ClusterError::NotReady {
+                        name: node.name.clone(),
+                        waited: timeout,
+                        log: node.log.display().to_string(),
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// The node the running members agree leads, if they agree.
+    pub async fn leader(&self) -> Option<usize> {
+        // (node index, the leader it names, its own member id)
+        let mut named = Vec::new();
+        for (index, node) in self.nodes.iter().enumerate() {
+            if !node.is_running() || node.paused {
+                continue;
+            }
+            let channel = tonic::transport::Endpoint::from_shared(node.client_url())
+                .ok()?
+                .connect_timeout(Duration::from_millis(500))
+                .timeout(Duration::from_secs(1))
+                .connect_lazy();
+            if let Ok(status) = MaintenanceClient::new(channel).status(StatusRequest {}).await {
+                let status = status.into_inner();
+                named.push((index, status.leader, status.header.map_or(0, |header| header.member_id)));
+            }
+        }
+        let leader = named.first()?.1;
+        if leader == 0 || named.iter().any(|(_, other, _)| *other != leader) {
+            return None;
+        }
+        named
+            .iter()
+            .find(|(_, _, member)| *member == leader)
+            .map(|(index, _, _)| *index)
+    }
+
+    pub fn kill(&mut self, index: usize) {
+        if let Some(mut child) = self.nodes[index].child.take() {
+            signal(&child, rustix::process::Signal::CONT);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.nodes[index].paused = false;
+    }
+
+    pub fn restart(&mut self, index: usize) -> Result<(), ClusterError> {
+        if !self.nodes[index].is_running() {
+            self.spawn(index)?;
+        }
+        Ok(())
+    }
+
+    pub fn pause(&mut self, index: usize) {
+        if let Some(child) = &self.nodes[index].child {
+            signal(child, rustix::process::Signal::STOP);
+            self.nodes[index].paused = true;
+        }
+    }
+
+    pub fn resume(&mut self, index: usize) {
+        if let Some(child) = &self.nodes[index].child {
+            signal(child, rustix::process::Signal::CONT);
+        }
+        self.nodes[index].paused = false;
+    }
+
+    /// Resumes, restarts and reconnects everything.
+    pub fn heal_all(&mut self) -> Result<(), ClusterError> {
+        self.network.heal();
+        for index in 0..self.nodes.len() {
+            self.resume(index);
+            self.restart(index)?;
+        }
+        Ok(())
+    }
+
+    pub fn running(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|index| self.nodes[*index].is_running())
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for index in 0..self.nodes.len() {
+            self.kill(index);
+        }
+    }
+}
