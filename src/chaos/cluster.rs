@@ -40,6 +40,10 @@ impl Node {
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
 }
 
 pub struct Cluster {
@@ -47,6 +51,7 @@ pub struct Cluster {
     pub network: Network,
     binary: PathBuf,
     initial_cluster: String,
+    extra_args: Vec<String>,
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -60,8 +65,9 @@ fn signal(child: &Child, signal: rustix::process::Signal) {
 }
 
 impl Cluster {
-    /// Starts `size` nodes of `binary` with data under `dir`, and waits until all are ready.
-    pub async fn start(binary: &Path, size: usize, dir: &Path) -> Result<Cluster, ClusterError> {
+    /// Starts `size` nodes of `binary` with data under `dir` (and `extra_args` on every
+    /// node's command line), and waits until all are ready.
+    pub async fn start(binary: &Path, size: usize, dir: &Path, extra_args: &[String]) -> Result<Cluster, ClusterError> {
         let mut nodes = Vec::new();
         let mut taken = std::collections::HashSet::new();
         let mut port = || loop {
@@ -103,6 +109,7 @@ impl Cluster {
             network,
             binary: binary.to_path_buf(),
             initial_cluster,
+            extra_args: extra_args.to_vec(),
         };
         for index in 0..size {
             cluster.spawn(index)?;
@@ -143,6 +150,7 @@ impl Cluster {
             .args(["--initial-cluster-token", "shoal-chaos"])
             .args(["--experimental-peer-dial-urls", &dial])
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(&self.extra_args)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info,raft=warn".into()),
@@ -219,6 +227,37 @@ impl Cluster {
             let _ = child.wait();
         }
         self.nodes[index].paused = false;
+    }
+
+    /// SIGTERM, and waits (up to 15 s) for a clean exit.
+    pub fn stop(&mut self, index: usize) -> Result<(), ClusterError> {
+        let Some(mut child) = self.nodes[index].child.take() else {
+            return Ok(());
+        };
+        signal(&child, rustix::process::Signal::CONT);
+        signal(&child, rustix::process::Signal::TERM);
+        self.nodes[index].paused = false;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                if status.success() {
+                    return Ok(());
+                }
+                return Err(ClusterError::Io(std::io::Error::other(format!(
+                    "{} stopped with {status}",
+                    self.nodes[index].name
+                ))));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(ClusterError::Io(std::io::Error::other(format!(
+                    "{} did not stop within 15 s of SIGTERM",
+                    self.nodes[index].name
+                ))));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn restart(&mut self, index: usize) -> Result<(), ClusterError> {

@@ -169,7 +169,7 @@ pub async fn run(args: &ChaosArgs) -> Result<Report, ChaosError> {
         plan.len()
     );
 
-    let mut cluster = Cluster::start(&binary, args.nodes, &out).await?;
+    let mut cluster = Cluster::start(&binary, args.nodes, &out, &[]).await?;
     let endpoints = cluster.endpoints();
     let start_revision = workload::current_revision(&endpoints[0])
         .await

@@ -3,6 +3,9 @@
 //! can cut any link. A cut link drops its open connections and black-holes new ones
 //! (accepted, never answered), as a real partition does; healing drops the black-holed
 //! connections so both sides reconnect cleanly.
+//!
+//! The proxies run on a runtime of their own, so nothing the caller's runtime does (a
+//! test blocking on a child process, a busy harness) can stall the cluster's traffic.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -23,12 +26,18 @@ struct Link {
 /// Proxies for every ordered pair of nodes.
 pub struct Network {
     links: BTreeMap<(usize, usize), Link>,
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl Network {
     /// Starts a proxy for every ordered pair (from, to), forwarding to `peers[to]`. The
     /// proxies never take a port in `reserved` (ports the nodes will bind).
     pub async fn start(peers: &[SocketAddr], reserved: &[u16]) -> std::io::Result<Network> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("chaos-network")
+            .enable_all()
+            .build()?;
         let mut links = BTreeMap::new();
         for from in 0..peers.len() {
             for (to, target) in peers.iter().enumerate() {
@@ -36,15 +45,20 @@ impl Network {
                     continue;
                 }
                 let listener = loop {
-                    let listener = TcpListener::bind("127.0.0.1:0").await?;
+                    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
                     if !reserved.contains(&listener.local_addr()?.port()) {
                         break listener;
                     }
                 };
+                listener.set_nonblocking(true)?;
                 let port = listener.local_addr()?.port();
+                let listener = {
+                    let _inside = runtime.enter();
+                    TcpListener::from_std(listener)?
+                };
                 let cut = Arc::new(AtomicBool::new(false));
                 let (generation, _) = watch::channel(0u64);
-                let accept_task = tokio::spawn(accept(listener, *target, cut.clone(), generation.subscribe()));
+                let accept_task = runtime.spawn(accept(listener, *target, cut.clone(), generation.subscribe()));
                 links.insert(
                     (from, to),
                     Link {
@@ -56,7 +70,10 @@ impl Network {
                 );
             }
         }
-        Ok(Network { links })
+        Ok(Network {
+            links,
+            runtime: Some(runtime),
+        })
     }
 
     /// The port node `from` dials to reach node `to`.
@@ -100,6 +117,10 @@ impl Drop for Network {
         for link in self.links.values() {
             link.accept_task.abort();
             link.generation.send_modify(|generation| *generation += 1);
+        }
+        if let Some(runtime) = self.runtime.take() {
+            // Dropping a runtime may block; this may run inside another runtime.
+            runtime.shutdown_background();
         }
     }
 }

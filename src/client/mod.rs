@@ -140,6 +140,7 @@ impl Client {
                 let key = key.clone();
                 async move {
                     KvClient::new(channel)
+                        .max_decoding_message_size(usize::MAX)
                         .range(RangeRequest {
                             key,
                             ..Default::default()
@@ -356,7 +357,10 @@ async fn watch_loop(client: Client, mut spec: WatchCreateRequest, events: mpsc::
                 request_union: Some(watch_request::RequestUnion::CreateRequest(spec.clone())),
             })
             .await;
+        // etcd sends a revision's events in one response, however large: accept them
+        // (as etcdctl does) instead of failing on gRPC's default 4 MiB limit.
         let response = WatchClient::new(client.channel())
+            .max_decoding_message_size(usize::MAX)
             .watch(tokio_stream::wrappers::ReceiverStream::new(stream))
             .await;
         let Ok(response) = response else {

@@ -103,22 +103,14 @@ fn push_record(chunk: &mut Vec<u8>, space: Space, key: &[u8], value: &[u8]) {
     chunk.extend_from_slice(value);
 }
 
-/// Streams every record of the range's state out of `view`, one chunk at a time, to
-/// `send`; stops early (returning Ok) if `send` returns false.
-pub fn stream_range(
+/// Visits every record of the range's state in `view`, in a fixed order, until `visit`
+/// returns false.
+fn for_each_record(
     view: &dyn ReadView,
     descriptor: &RangeDescriptor,
-    send: &mut dyn FnMut(Vec<u8>) -> bool,
+    visit: &mut dyn FnMut(Space, Vec<u8>, Vec<u8>) -> bool,
 ) -> Result<(), StorageError> {
     let span = descriptor_span(descriptor);
-    let mut chunk = Vec::with_capacity(CHUNK_BYTES);
-    let mut emit = |space: Space, key: &[u8], value: &[u8], chunk: &mut Vec<u8>| {
-        push_record(chunk, space, key, value);
-        if chunk.len() >= CHUNK_BYTES {
-            return send(std::mem::replace(chunk, Vec::with_capacity(CHUNK_BYTES)));
-        }
-        true
-    };
     for space in DATA_SPACES {
         for pair in view.scan(space, &space_scan(space, &span), false) {
             let (key, value) = pair?;
@@ -126,7 +118,7 @@ pub fn stream_range(
                 Space::KvChanges => span.contains(&value),
                 _ => in_data_span(space, &key, &span),
             };
-            if belongs && !emit(space, &key, &value, &mut chunk) {
+            if belongs && !visit(space, key, value) {
                 return Ok(());
             }
         }
@@ -134,12 +126,31 @@ pub fn stream_range(
     for space in RANGE_RECORD_SPACES {
         for pair in view.scan(space, &keys::range_records(descriptor.id), false) {
             let (key, value) = pair?;
-            if !emit(space, &key, &value, &mut chunk) {
+            if !visit(space, key, value) {
                 return Ok(());
             }
         }
     }
-    if !chunk.is_empty() {
+    Ok(())
+}
+
+/// Streams every record of the range's state out of `view`, one chunk at a time, to
+/// `send`; stops early (returning Ok) if `send` returns false.
+pub fn stream_range(
+    view: &dyn ReadView,
+    descriptor: &RangeDescriptor,
+    send: &mut dyn FnMut(Vec<u8>) -> bool,
+) -> Result<(), StorageError> {
+    let mut chunk = Vec::with_capacity(CHUNK_BYTES);
+    let mut open = true;
+    for_each_record(view, descriptor, &mut |space, key, value| {
+        push_record(&mut chunk, space, &key, &value);
+        if chunk.len() >= CHUNK_BYTES {
+            open = send(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK_BYTES)));
+        }
+        open
+    })?;
+    if open && !chunk.is_empty() {
         send(chunk);
     }
     Ok(())
@@ -151,25 +162,10 @@ pub fn clear_range(
     descriptor: &RangeDescriptor,
     batch: &mut WriteBatch,
 ) -> Result<(), StorageError> {
-    let span = descriptor_span(descriptor);
-    for space in DATA_SPACES {
-        for pair in view.scan(space, &space_scan(space, &span), false) {
-            let (key, value) = pair?;
-            let belongs = match space {
-                Space::KvChanges => span.contains(&value),
-                _ => in_data_span(space, &key, &span),
-            };
-            if belongs {
-                batch.delete(space, key);
-            }
-        }
-    }
-    for space in RANGE_RECORD_SPACES {
-        for pair in view.scan(space, &keys::range_records(descriptor.id), false) {
-            batch.delete(space, pair?.0);
-        }
-    }
-    Ok(())
+    for_each_record(view, descriptor, &mut |space, key, _| {
+        batch.delete(space, key);
+        true
+    })
 }
 
 /// Adds every record of a staged snapshot stream to `batch`.

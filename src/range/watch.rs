@@ -28,8 +28,13 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::Status;
 
-/// Events read from storage per step (whole revisions are never split).
-const CHUNK_EVENTS: usize = 1024;
+/// Events read from storage per step, and so per response to one watcher (whole
+/// revisions are never split). The byte bound keeps responses under gRPC clients'
+/// default 4 MiB receive limit unless a single revision is larger.
+const CHUNK: mvcc::ChangeLimit = mvcc::ChangeLimit {
+    changes: 1024,
+    bytes: 1 << 20,
+};
 /// How often unsynced watchers are advanced.
 const CATCH_UP_INTERVAL: Duration = Duration::from_millis(10);
 /// Watch id etcd uses for responses that belong to no single watcher.
@@ -338,7 +343,7 @@ impl HubTask {
                 self.delivered = compact - 1;
                 continue;
             }
-            let (changes, covered) = mvcc::read_changes(view.as_ref(), from, revision, CHUNK_EVENTS)?;
+            let (changes, covered) = mvcc::read_changes(view.as_ref(), from, revision, CHUNK)?;
             for key in synced {
                 self.offer(key, view.as_ref(), &changes, covered)?;
             }
@@ -367,7 +372,7 @@ impl HubTask {
                 self.cancel_compacted(key, compact);
                 continue;
             }
-            let (changes, covered) = mvcc::read_changes(view.as_ref(), from, self.delivered, CHUNK_EVENTS)?;
+            let (changes, covered) = mvcc::read_changes(view.as_ref(), from, self.delivered, CHUNK)?;
             self.offer(key, view.as_ref(), &changes, covered)?;
         }
         self.answer_progress_requests();

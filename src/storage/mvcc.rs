@@ -254,10 +254,19 @@ pub struct Change {
     pub record: Record,
 }
 
-/// Changes with revisions in `[from, to]`, in order, stopping after about `max_changes`
-/// but never inside a revision (a transaction's changes stay together). Returns them
-/// and the last revision fully covered.
-pub fn read_changes(view: &dyn ReadView, from: i64, to: i64, max_changes: usize) -> Result<(Vec<Change>, i64)> {
+/// How much [`read_changes`] may return at once.
+#[derive(Clone, Copy, Debug)]
+pub struct ChangeLimit {
+    pub changes: usize,
+    /// Bytes of keys and values.
+    pub bytes: usize,
+}
+
+/// Changes with revisions in `[from, to]`, in order, stopping once past either limit but
+/// never inside a revision (a transaction's changes stay together). Returns them and the
+/// last revision fully covered.
+pub fn read_changes(view: &dyn ReadView, from: i64, to: i64, limit: ChangeLimit) -> Result<(Vec<Change>, i64)> {
+    let mut bytes_read = 0usize;
     let mut changes: Vec<Change> = Vec::new();
     if from > to {
         return Ok((changes, to));
@@ -271,7 +280,8 @@ pub fn read_changes(view: &dyn ReadView, from: i64, to: i64, max_changes: usize)
                 detail: "unparsable change key".into(),
             });
         };
-        if changes.len() >= max_changes && changes.last().is_some_and(|last| last.revision != revision) {
+        let full = changes.len() >= limit.changes || bytes_read >= limit.bytes;
+        if full && changes.last().is_some_and(|last| last.revision != revision) {
             let covered = revision - 1;
             return Ok((changes, covered));
         }
@@ -282,6 +292,7 @@ pub fn read_changes(view: &dyn ReadView, from: i64, to: i64, max_changes: usize)
                 detail: format!("change at revision {revision} has no version"),
             })?;
         let record = Record::decode(Space::KvHistory, &bytes)?;
+        bytes_read += key.len() + record.value.len();
         changes.push(Change {
             revision,
             sub,
@@ -513,15 +524,30 @@ mod tests {
         engine.write(batch, Durability::Buffered).unwrap();
         delete(&engine, b"a", 5);
 
-        let (all, covered) = read_changes(&engine, 1, 5, 100).unwrap();
+        let many = ChangeLimit {
+            changes: 100,
+            bytes: 1 << 20,
+        };
+        let (all, covered) = read_changes(&engine, 1, 5, many).unwrap();
         let order: Vec<(i64, i64)> = all.iter().map(|c| (c.revision, c.sub)).collect();
         assert_eq!(order, [(2, 0), (3, 0), (4, 0), (4, 1), (5, 0)]);
         assert_eq!(covered, 5);
         assert!(all[4].record.is_tombstone());
 
-        let (first, covered) = read_changes(&engine, 3, 5, 2).unwrap();
+        let two = ChangeLimit {
+            changes: 2,
+            bytes: 1 << 20,
+        };
+        let (first, covered) = read_changes(&engine, 3, 5, two).unwrap();
         assert_eq!(first.len(), 3, "revision 4 is not split");
         assert_eq!(covered, 4);
+        let tiny = ChangeLimit { changes: 100, bytes: 1 };
+        let (one, covered) = read_changes(&engine, 2, 5, tiny).unwrap();
+        assert_eq!(
+            (one.len(), covered),
+            (1, 2),
+            "the byte limit cuts after the first revision"
+        );
         assert_eq!(version_before(&engine, b"a", 5).unwrap().unwrap().value, b"1");
         assert_eq!(version_before(&engine, b"a", 2).unwrap(), None);
     }

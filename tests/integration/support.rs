@@ -5,12 +5,11 @@
 #![allow(dead_code)]
 
 use shoal::proto::etcdserverpb::{
-    kv_client::KvClient, maintenance_client::MaintenanceClient, PutRequest, RangeRequest, StatusRequest,
+    kv_client::KvClient, maintenance_client::MaintenanceClient, PutRequest, RangeRequest,
 };
 use std::future::Future;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
@@ -25,45 +24,25 @@ pub async fn bounded<T>(body: impl Future<Output = T>) -> T {
     }
 }
 
-fn free_port() -> u16 {
-    // Bind port 0, read what the kernel chose, release it for the node to take.
-    let listener = TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral port");
-    listener.local_addr().expect("local address").port()
-}
-
-pub struct Node {
-    pub name: String,
-    pub client_port: u16,
-    pub peer_port: u16,
-    pub metrics_port: u16,
-    pub data_dir: PathBuf,
-    pub log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Node {
-    pub fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
-    }
-
-    pub fn is_running(&self) -> bool {
-        self.child.is_some()
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
+/// A cluster for one test (`shoal::chaos::cluster::Cluster`, so peers talk through
+/// proxies), its data in a temporary folder; its processes die with it, and their logs
+/// are printed if the test failed.
 pub struct Cluster {
-    pub nodes: Vec<Node>,
-    initial_cluster: String,
-    extra_args: Vec<String>,
+    inner: shoal::chaos::cluster::Cluster,
     _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Cluster {
+    type Target = shoal::chaos::cluster::Cluster;
+    fn deref(&self) -> &Self::Target {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.inner
+    }
 }
 
 impl Cluster {
@@ -74,111 +53,17 @@ impl Cluster {
 
     pub async fn start_with(size: usize, extra_args: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("temporary folder");
-        let nodes: Vec<Node> = (0..size)
-            .map(|index| {
-                let name = format!("n{}", index + 1);
-                Node {
-                    client_port: free_port(),
-                    peer_port: free_port(),
-                    metrics_port: free_port(),
-                    data_dir: dir.path().join(&name),
-                    log: dir.path().join(format!("{name}.log")),
-                    name,
-                    child: None,
-                }
-            })
-            .collect();
-        let initial_cluster = nodes
-            .iter()
-            .map(|node| format!("{}=http://127.0.0.1:{}", node.name, node.peer_port))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut cluster = Cluster {
-            nodes,
-            initial_cluster,
-            extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
-            _dir: dir,
-        };
-        for index in 0..size {
-            cluster.spawn(index);
-        }
-        cluster.wait_ready(Duration::from_secs(30)).await;
-        cluster
+        let extra: Vec<String> = extra_args.iter().map(|arg| arg.to_string()).collect();
+        let binary = Path::new(env!("CARGO_BIN_EXE_shoal"));
+        let inner = shoal::chaos::cluster::Cluster::start(binary, size, dir.path(), &extra)
+            .await
+            .unwrap_or_else(|error| panic!("starting a cluster: {error}"));
+        Cluster { inner, _dir: dir }
     }
 
-    fn spawn(&mut self, index: usize) {
-        let node = &mut self.nodes[index];
-        assert!(node.child.is_none(), "{} is already running", node.name);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&node.log)
-            .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_shoal"))
-            .arg("server")
-            .args(["--name", &node.name])
-            .arg("--data-dir")
-            .arg(&node.data_dir)
-            .args([
-                "--listen-client-urls",
-                &format!("http://127.0.0.1:{}", node.client_port),
-            ])
-            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{}", node.peer_port)])
-            .args([
-                "--listen-metrics-urls",
-                &format!("http://127.0.0.1:{}", node.metrics_port),
-            ])
-            .args(["--initial-cluster", &self.initial_cluster])
-            .args(["--initial-cluster-token", "shoal-test"])
-            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
-            .args(&self.extra_args)
-            .env("RUST_LOG", "info,raft=warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .expect("starting shoal server");
-        node.child = Some(child);
-    }
-
-    pub fn endpoints(&self) -> Vec<String> {
-        self.nodes.iter().map(Node::client_url).collect()
-    }
-
-    /// Waits until every running node answers /ready.
     pub async fn wait_ready(&mut self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        for index in 0..self.nodes.len() {
-            if !self.nodes[index].is_running() {
-                continue;
-            }
-            loop {
-                self.assert_alive(index);
-                let port = self.nodes[index].metrics_port;
-                if let Some((200, _)) = shoal::http_probe::get(port, "/ready", Duration::from_secs(1)).await {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "{} not ready within {timeout:?}",
-                    self.nodes[index].name
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-
-    fn assert_alive(&mut self, index: usize) {
-        let node = &mut self.nodes[index];
-        if let Some(child) = node.child.as_mut() {
-            if let Ok(Some(status)) = child.try_wait() {
-                node.child = None;
-                panic!(
-                    "{} exited unexpectedly ({status}); log:\n{}",
-                    node.name,
-                    node.log_text()
-                );
-            }
+        if let Err(error) = self.inner.wait_ready(timeout).await {
+            panic!("{error}");
         }
     }
 
@@ -194,100 +79,31 @@ impl Cluster {
     pub async fn leader(&self) -> usize {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let mut named = Vec::new();
-            for (index, node) in self.nodes.iter().enumerate() {
-                if !node.is_running() {
-                    continue;
-                }
-                let mut client = self.maintenance(index).await;
-                if let Ok(status) = client.status(StatusRequest {}).await {
-                    let status = status.into_inner();
-                    named.push((status.leader, status.header.map(|h| h.member_id), index));
-                }
+            if let Some(leader) = self.inner.leader().await {
+                return leader;
             }
-            let leader_id = named.first().map(|(leader, _, _)| *leader).unwrap_or(0);
-            if leader_id != 0 && named.iter().all(|(leader, _, _)| *leader == leader_id) {
-                if let Some((_, _, index)) = named.iter().find(|(_, member, _)| *member == Some(leader_id)) {
-                    return *index;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the cluster did not agree on a leader: {named:?}"
-            );
+            assert!(Instant::now() < deadline, "the cluster did not agree on a leader");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
-    /// kill -9, and reap.
-    pub fn kill(&mut self, index: usize) {
-        if let Some(mut child) = self.nodes[index].child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// SIGTERM and wait for a clean exit.
     pub fn stop(&mut self, index: usize) {
-        if let Some(mut child) = self.nodes[index].child.take() {
-            signal(&child, rustix::process::Signal::TERM);
-            let deadline = Instant::now() + Duration::from_secs(15);
-            loop {
-                if let Ok(Some(status)) = child.try_wait() {
-                    assert!(status.success(), "{} stopped with {status}", self.nodes[index].name);
-                    return;
-                }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("{} did not stop within 15 s of SIGTERM", self.nodes[index].name);
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+        if let Err(error) = self.inner.stop(index) {
+            panic!("{error}");
         }
     }
 
-    pub fn pause(&self, index: usize) {
-        if let Some(child) = &self.nodes[index].child {
-            signal(child, rustix::process::Signal::STOP);
-        }
-    }
-
-    pub fn resume(&self, index: usize) {
-        if let Some(child) = &self.nodes[index].child {
-            signal(child, rustix::process::Signal::CONT);
-        }
-    }
-
-    /// Starts a stopped or killed node again with the same data and ports.
     pub fn restart(&mut self, index: usize) {
-        self.spawn(index);
-    }
-
-    pub fn data_dir(&self, index: usize) -> &Path {
-        &self.nodes[index].data_dir
-    }
-}
-
-fn signal(child: &Child, signal: rustix::process::Signal) {
-    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
-        let _ = rustix::process::kill_process(pid, signal);
+        if let Err(error) = self.inner.restart(index) {
+            panic!("restarting {}: {error}", self.nodes[index].name);
+        }
     }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for node in &mut self.nodes {
-            if let Some(mut child) = node.child.take() {
-                // A paused process must be resumed to die of SIGKILL promptly? SIGKILL works on
-                // stopped processes too; resume anyway so nothing lingers.
-                signal(&child, rustix::process::Signal::CONT);
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
         if std::thread::panicking() {
-            for node in &self.nodes {
+            for node in &self.inner.nodes {
                 let text = node.log_text();
                 let tail: Vec<&str> = text.lines().rev().take(40).collect();
                 eprintln!("---- last lines of {} ----", node.name);
