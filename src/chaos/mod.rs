@@ -229,7 +229,8 @@ pub async fn run(args: &ChaosArgs) -> Result<Report, ChaosError> {
     let faults = run_faults(&mut cluster, &plan, &clock, duration).await?;
     // Heal everything and let the cluster settle before the final reads.
     cluster.heal_all()?;
-    cluster.wait_ready(Duration::from_secs(30)).await?;
+    // A node that fell far behind may need a large snapshot first.
+    cluster.wait_ready(Duration::from_secs(120)).await?;
     tokio::time::sleep(SETTLE).await;
     stop.store(true, Ordering::Relaxed);
     let _ = tokio::time::timeout(Duration::from_secs(30), async {

@@ -258,7 +258,22 @@ pub struct SetRecord {
     pub unknown: Vec<u64>,
 }
 
-pub const SET_KEY: &str = "chaos/set";
+/// The set is spread over lists of this many elements (`chaos/set/0`, `/1`, ...), so no
+/// value, and no history of values, grows without bound.
+const SET_ELEMENTS_PER_KEY: usize = 200;
+const SET_PREFIX: &str = "chaos/set/";
+
+fn set_key(index: usize) -> Bytes {
+    Bytes::from(format!("{SET_PREFIX}{index:06}"))
+}
+
+enum Append {
+    Done,
+    /// Someone else appended first: read again.
+    Conflict,
+    /// The list is full: move to the next one.
+    Full,
+}
 
 /// Appends unique elements to one list through compare-and-set on its mod revision.
 /// An append whose outcome is unknown is not retried (a retry could add it twice
@@ -267,6 +282,7 @@ pub async fn set_client(process: u64, endpoints: Vec<String>, stop: Arc<AtomicBo
     let mut member = process as usize % endpoints.len();
     let mut kv = KvClient::new(channel(&endpoints[member]));
     let mut next = process * 1_000_000;
+    let mut list = 0usize;
     'elements: while !stop.load(Ordering::Relaxed) {
         next += 1;
         let element = next;
@@ -277,20 +293,21 @@ pub async fn set_client(process: u64, endpoints: Vec<String>, stop: Arc<AtomicBo
             if stop.load(Ordering::Relaxed) {
                 break 'elements;
             }
-            let attempt = tokio::time::timeout(OPERATION_TIMEOUT, append(&mut kv, element)).await;
+            let attempt = tokio::time::timeout(OPERATION_TIMEOUT, append(&mut kv, list, element)).await;
             let outcome = match attempt {
                 Ok(Ok(appended)) => Ok(appended),
                 Ok(Err(status)) => Err(classify(&status)),
                 Err(_) => Err(Failure::Unknown),
             };
             match outcome {
-                Ok(true) => {
+                Ok(Append::Done) => {
                     if let Ok(mut record) = record.lock() {
                         record.acknowledged.push(element);
                     }
                     continue 'elements;
                 }
-                Ok(false) => continue, // someone else appended first: read again
+                Ok(Append::Conflict) => continue,
+                Ok(Append::Full) => list += 1,
                 Err(failure) => {
                     member = (member + 1) % endpoints.len();
                     kv = KvClient::new(channel(&endpoints[member]));
@@ -307,36 +324,40 @@ pub async fn set_client(process: u64, endpoints: Vec<String>, stop: Arc<AtomicBo
     }
 }
 
-/// Reads the list and tries once to append `element`; false if the list changed.
-async fn append(kv: &mut KvClient<Channel>, element: u64) -> Result<bool, tonic::Status> {
+/// Reads list `list` and tries once to append `element` to it.
+async fn append(kv: &mut KvClient<Channel>, list: usize, element: u64) -> Result<Append, tonic::Status> {
+    let key = set_key(list);
     let current = kv
         .range(RangeRequest {
-            key: Bytes::from_static(SET_KEY.as_bytes()),
+            key: key.clone(),
             ..Default::default()
         })
         .await?
         .into_inner();
-    let (list, mod_revision) = match current.kvs.first() {
+    let (elements, mod_revision) = match current.kvs.first() {
         Some(kv) => (text(&kv.value), kv.mod_revision),
         None => (String::new(), 0),
     };
-    let appended = if list.is_empty() {
+    if elements.split(',').filter(|item| !item.is_empty()).count() >= SET_ELEMENTS_PER_KEY {
+        return Ok(Append::Full);
+    }
+    let appended = if elements.is_empty() {
         element.to_string()
     } else {
-        format!("{list},{element}")
+        format!("{elements},{element}")
     };
     let response = kv
         .txn(TxnRequest {
             compare: vec![Compare {
                 result: compare::CompareResult::Equal as i32,
                 target: compare::CompareTarget::Mod as i32,
-                key: Bytes::from_static(SET_KEY.as_bytes()),
+                key: key.clone(),
                 target_union: Some(compare::TargetUnion::ModRevision(mod_revision)),
                 ..Default::default()
             }],
             success: vec![RequestOp {
                 request: Some(request_op::Request::RequestPut(PutRequest {
-                    key: Bytes::from_static(SET_KEY.as_bytes()),
+                    key,
                     value: Bytes::from(appended),
                     ..Default::default()
                 })),
@@ -345,23 +366,34 @@ async fn append(kv: &mut KvClient<Channel>, element: u64) -> Result<bool, tonic:
         })
         .await?
         .into_inner();
-    Ok(response.succeeded)
+    Ok(if response.succeeded {
+        Append::Done
+    } else {
+        Append::Conflict
+    })
 }
 
-/// The final list, read linearizably.
+/// Every element of every list, read linearizably (duplicates kept: they are a failure).
 pub async fn read_set(endpoint: &str) -> Result<Vec<u64>, tonic::Status> {
     let response = KvClient::new(channel(endpoint))
+        .max_decoding_message_size(usize::MAX)
         .range(RangeRequest {
-            key: Bytes::from_static(SET_KEY.as_bytes()),
+            key: Bytes::from_static(SET_PREFIX.as_bytes()),
+            range_end: crate::range::kv::prefix_range_end(SET_PREFIX.as_bytes()).into(),
             ..Default::default()
         })
         .await?
         .into_inner();
-    let list = response.kvs.first().map(|kv| text(&kv.value)).unwrap_or_default();
-    Ok(list
-        .split(',')
-        .filter(|item| !item.is_empty())
-        .filter_map(|item| item.parse().ok())
+    Ok(response
+        .kvs
+        .iter()
+        .flat_map(|kv| {
+            text(&kv.value)
+                .split(',')
+                .filter(|item| !item.is_empty())
+                .filter_map(|item| item.parse().ok())
+                .collect::<Vec<u64>>()
+        })
         .collect())
 }
 

@@ -97,9 +97,6 @@ pub async fn run(
 ) -> Result<(), NodeError> {
     std::fs::create_dir_all(&config.data_dir)?;
     let snapshot_dir = config.data_dir.join("snap");
-    if snapshot_dir.exists() {
-        std::fs::remove_dir_all(&snapshot_dir)?; // leftovers of transfers that never installed
-    }
     std::fs::create_dir_all(&snapshot_dir)?;
     let engine: Arc<dyn Engine> = Arc::new(FjallEngine::open(&config.data_dir.join("db"))?);
     let loaded = identity::load_or_create(engine.as_ref(), &config)?;
@@ -141,6 +138,11 @@ pub async fn run(
         first_range(),
         bootstrap,
     )?;
+
+    // Opening the replica finished any install a crash interrupted; what is left in the
+    // staging folder are transfers that never got installed.
+    std::fs::remove_dir_all(&snapshot_dir)?;
+    std::fs::create_dir_all(&snapshot_dir)?;
 
     let (store_handle, inbox) = StoreHandle::channel();
     let peer_identity = PeerIdentity {

@@ -8,7 +8,7 @@
 //! an entry that is not on disk.
 
 use super::snapshot::SnapshotRegistry;
-use crate::proto::shoal::state::{RangeDescriptor, TruncatedState};
+use crate::proto::shoal::state::{RangeDescriptor, SnapshotInstall, TruncatedState};
 use crate::storage::{keys, Engine, KeyRange, Result as StorageResult, Space, StorageError, WriteBatch};
 use prost::Message as _;
 use protobuf::Message as _;
@@ -20,6 +20,7 @@ use std::sync::Arc;
 const HARD_STATE: u8 = b'h';
 const CONF_STATE: u8 = b'c';
 const TRUNCATED: u8 = b't';
+const INSTALLING: u8 = b'i';
 
 /// Recent entries are served from memory: followers are usually sent, and the state
 /// machine applies, entries that were appended moments ago.
@@ -131,6 +132,26 @@ impl LogStore {
     /// The span snapshots of this range cover.
     pub fn set_descriptor(&mut self, descriptor: RangeDescriptor) {
         self.descriptor = descriptor;
+    }
+
+    /// A snapshot install a crash interrupted, if any.
+    pub fn pending_install(&self) -> StorageResult<Option<SnapshotInstall>> {
+        let key = keys::range_record_key(self.range_id, INSTALLING);
+        match self.engine.get(Space::RaftState, &key)? {
+            Some(bytes) => Ok(Some(
+                SnapshotInstall::decode(bytes.as_slice()).map_err(|e| corrupt(format!("snapshot install: {e}")))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Records (synced by the caller) that an install is starting.
+    pub fn begin_install(&self, install: &SnapshotInstall, batch: &mut WriteBatch) {
+        batch.put(
+            Space::RaftState,
+            keys::range_record_key(self.range_id, INSTALLING),
+            install.encode_to_vec(),
+        );
     }
 
     pub fn hard_state(&self) -> &HardState {
@@ -247,8 +268,9 @@ impl LogStore {
         Ok(())
     }
 
-    /// Resets the log to start right after an installed snapshot.
+    /// Resets the log to start right after an installed snapshot, and ends the install.
     pub fn install_snapshot(&mut self, metadata: &SnapshotMetadata, batch: &mut WriteBatch) {
+        batch.delete(Space::RaftState, keys::range_record_key(self.range_id, INSTALLING));
         for stale in self.truncated.index + 1..=self.last_index {
             batch.delete(Space::RaftLog, keys::raft_log_key(self.range_id, stale));
         }

@@ -16,9 +16,10 @@ use super::state_machine::{Applied, ApplyBatch, StateMachine};
 use super::RangeError;
 use crate::proto::shoal::command::CommandResult;
 use crate::proto::shoal::state::RangeDescriptor;
+use crate::proto::shoal::state::SnapshotInstall;
 use crate::storage::{Durability, Engine, StorageError, WriteBatch};
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeV2, EntryType, Message, MessageType};
+use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, EntryType, Message, MessageType};
 use raft::{RawNode, Ready, StateRole};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -26,6 +27,50 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{oneshot, watch};
+
+/// Installs the staged snapshot `install` names (its start already recorded) and brings
+/// the log store and state machine in line with it. Also what a restart runs when a
+/// crash interrupted an install: every step can be repeated.
+fn complete_install(
+    engine: &Arc<dyn Engine>,
+    log_store: &mut LogStore,
+    machine: &mut StateMachine,
+    install: &SnapshotInstall,
+) -> Result<u64, StorageError> {
+    let mut metadata = raft::eraftpb::SnapshotMetadata::default();
+    metadata.index = install.index;
+    metadata.term = install.term;
+    metadata.set_conf_state(ConfState::parse_from_bytes(&install.conf_state).map_err(|error| {
+        StorageError::Corrupt {
+            space: crate::storage::Space::RaftState,
+            detail: format!("snapshot install conf state: {error}"),
+        }
+    })?);
+    let file = std::fs::File::open(&install.staged_file).map_err(|error| {
+        StorageError::Io(std::io::Error::new(
+            error.kind(),
+            format!("staged snapshot {}: {error}", install.staged_file),
+        ))
+    })?;
+    let mut reader = std::io::BufReader::new(file);
+    let records = snapshot::install(engine.as_ref(), machine.descriptor(), &mut reader, |batch| {
+        log_store.install_snapshot(&metadata, batch)
+    })?;
+    machine.reload()?;
+    assert_eq!(
+        machine.applied_index(),
+        install.index,
+        "snapshot data does not match its metadata"
+    );
+    let _ = std::fs::remove_file(&install.staged_file);
+    Ok(records)
+}
+
+fn encode_conf_state(conf_state: &ConfState) -> Vec<u8> {
+    conf_state
+        .write_to_bytes()
+        .unwrap_or_else(|error| panic!("encoding a conf state: {error}"))
+}
 
 pub type ProposalResponder = oneshot::Sender<Result<CommandResult, RangeError>>;
 pub type ReadResponder = oneshot::Sender<Result<(), RangeError>>;
@@ -133,7 +178,15 @@ impl Replica {
         bootstrap_voters: Option<Vec<u64>>,
     ) -> Result<Self, StorageError> {
         let mut log_store = LogStore::load(range_id, engine.clone(), snapshots)?;
-        let machine = StateMachine::load(range_id, engine.clone(), descriptor)?;
+        let mut machine = StateMachine::load(range_id, engine.clone(), descriptor)?;
+        if let Some(install) = log_store.pending_install()? {
+            tracing::warn!(
+                range = range_id,
+                index = install.index,
+                "finishing a snapshot install a crash interrupted"
+            );
+            complete_install(&engine, &mut log_store, &mut machine, &install)?;
+        }
         if let Some(voters) = bootstrap_voters {
             if log_store.conf_state().voters.is_empty() && log_store.last_index() == 0 {
                 let mut batch = WriteBatch::new();
@@ -624,20 +677,16 @@ impl Replica {
             );
         };
         let started = Instant::now();
-        let mut batch = WriteBatch::new();
-        snapshot::clear_range(self.engine.as_ref(), self.machine.descriptor(), &mut batch)?;
-        let mut file = std::io::BufReader::new(std::fs::File::open(&path)?);
-        let records = snapshot::load_records(&mut file, self.machine.descriptor(), &mut batch)?;
-        self.raw.mut_store().install_snapshot(&metadata, &mut batch);
-        self.engine.write(batch, Durability::Sync)?;
-        self.machine.reload()?;
-        assert_eq!(
-            self.machine.applied_index(),
-            metadata.index,
-            "range {}: snapshot data does not match its metadata",
-            self.range_id
-        );
-        let _ = std::fs::remove_file(&path);
+        let install = SnapshotInstall {
+            index: metadata.index,
+            term: metadata.term,
+            conf_state: encode_conf_state(metadata.get_conf_state()).into(),
+            staged_file: path.to_string_lossy().into_owned(),
+        };
+        let mut marker = WriteBatch::new();
+        self.raw.mut_store().begin_install(&install, &mut marker);
+        self.engine.write(marker, Durability::Sync)?;
+        let records = complete_install(&self.engine, self.raw.mut_store(), &mut self.machine, &install)?;
         for (_, stale) in self.staged_snapshots.drain() {
             let _ = std::fs::remove_file(stale);
         }
@@ -710,5 +759,131 @@ impl Replica {
 
     pub fn machine(&self) -> &StateMachine {
         &self.machine
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::etcdserverpb::PutRequest;
+    use crate::proto::shoal::command::{raft_command, RaftCommand};
+    use crate::storage::{FjallEngine, KeyRange, ReadView, Space};
+    use prost::Message as _;
+
+    fn config() -> ReplicaConfig {
+        ReplicaConfig {
+            node_id: 1,
+            election_ticks: 10,
+            heartbeat_ticks: 1,
+            request_timeout_ticks: 100,
+            read_retry_ticks: 2,
+            log_compaction_entries: 1000,
+            log_catchup_entries: 100,
+        }
+    }
+
+    fn descriptor() -> RangeDescriptor {
+        RangeDescriptor {
+            id: 1,
+            ..Default::default()
+        }
+    }
+
+    fn open(engine: &Arc<dyn Engine>) -> Replica {
+        Replica::open(
+            1,
+            config(),
+            engine.clone(),
+            Arc::new(SnapshotRegistry::default()),
+            descriptor(),
+            Some(vec![1]),
+        )
+        .unwrap()
+    }
+
+    fn all(view: &dyn ReadView, space: Space) -> Vec<(Vec<u8>, Vec<u8>)> {
+        view.scan(space, &KeyRange::new(Vec::new(), None), false)
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    /// A crash in the middle of installing a snapshot leaves a marker; the next start
+    /// finishes the install from the staged file, so the range is never half replaced.
+    #[test]
+    fn an_interrupted_snapshot_install_is_finished_at_start() {
+        // A source range with ten applied puts, streamed to a staged file.
+        let source_dir = tempfile::tempdir().unwrap();
+        let source: Arc<dyn Engine> = Arc::new(FjallEngine::open(source_dir.path()).unwrap());
+        let mut machine = StateMachine::load(1, source.clone(), descriptor()).unwrap();
+        let mut pending = ApplyBatch::default();
+        for index in 1..=10u64 {
+            let command = RaftCommand {
+                origin_node: 1,
+                request_id: index,
+                op: Some(raft_command::Op::Put(PutRequest {
+                    key: format!("key{index}").into_bytes().into(),
+                    value: b"from the snapshot".to_vec().into(),
+                    ..Default::default()
+                })),
+            };
+            machine
+                .apply_command(index, 2, &command.encode_to_vec(), &mut pending)
+                .unwrap();
+        }
+        machine.flush(&mut pending).unwrap();
+        let staged_dir = tempfile::tempdir().unwrap();
+        let staged = staged_dir.path().join("range-1.snap");
+        let mut stream = Vec::new();
+        snapshot::stream_range(source.snapshot().as_ref(), &descriptor(), &mut |chunk| {
+            stream.extend_from_slice(&chunk);
+            true
+        })
+        .unwrap();
+        std::fs::write(&staged, &stream).unwrap();
+
+        // A target with other data, whose install of that file stopped half way.
+        let target_dir = tempfile::tempdir().unwrap();
+        let target: Arc<dyn Engine> = Arc::new(FjallEngine::open(target_dir.path()).unwrap());
+        {
+            let replica = open(&target);
+            let mut stale = WriteBatch::new();
+            stale.put(Space::KvLatest, b"\x01stale".to_vec(), b"x".to_vec());
+            target.write(stale, Durability::Sync).unwrap();
+            let conf_state = ConfState {
+                voters: vec![1],
+                ..Default::default()
+            };
+            let install = SnapshotInstall {
+                index: 10,
+                term: 2,
+                conf_state: encode_conf_state(&conf_state).into(),
+                staged_file: staged.to_string_lossy().into_owned(),
+            };
+            let mut marker = WriteBatch::new();
+            replica.raw.store().begin_install(&install, &mut marker);
+            target.write(marker, Durability::Sync).unwrap();
+            // Half of the install: the stale key is gone, nothing new is there yet.
+            let mut half = WriteBatch::new();
+            half.delete(Space::KvLatest, b"\x01stale".to_vec());
+            target.write(half, Durability::Sync).unwrap();
+        }
+
+        let replica = open(&target);
+        assert_eq!(replica.machine().applied_index(), 10);
+        assert_eq!(replica.raw.store().first_index(), 11);
+        assert!(
+            replica.raw.store().pending_install().unwrap().is_none(),
+            "the marker is gone"
+        );
+        assert!(!staged.exists(), "the staged file is removed once installed");
+        let target_view = target.snapshot();
+        let source_view = source.snapshot();
+        for space in [Space::KvLatest, Space::KvHistory, Space::KvChanges] {
+            assert_eq!(
+                all(target_view.as_ref(), space),
+                all(source_view.as_ref(), space),
+                "{space:?}"
+            );
+        }
     }
 }

@@ -156,27 +156,48 @@ pub fn stream_range(
     Ok(())
 }
 
-/// Adds to `batch` the removal of every record of the range currently in `view`.
-pub fn clear_range(
-    view: &dyn ReadView,
-    descriptor: &RangeDescriptor,
-    batch: &mut WriteBatch,
-) -> Result<(), StorageError> {
-    for_each_record(view, descriptor, &mut |space, key, _| {
-        batch.delete(space, key);
-        true
-    })
-}
+/// Bytes written per batch while a snapshot is installed: memory stays bounded however
+/// large the range is.
+const INSTALL_BATCH_BYTES: usize = 16 << 20;
 
-/// Adds every record of a staged snapshot stream to `batch`.
-pub fn load_records(
-    reader: &mut dyn Read,
+/// Replaces the range's records in `engine` with those of a staged snapshot stream, in
+/// bounded batches, then commits `finish` (the Raft-side records) with a sync. Until
+/// that last batch the range is neither old nor new; the caller makes that recoverable
+/// (see `SnapshotInstall`).
+pub fn install(
+    engine: &dyn crate::storage::Engine,
     descriptor: &RangeDescriptor,
-    batch: &mut WriteBatch,
+    reader: &mut dyn Read,
+    finish: impl FnOnce(&mut WriteBatch),
 ) -> Result<u64, StorageError> {
-    read_records(reader, descriptor, &mut |space, key, value| {
-        batch.put(space, key, value)
-    })
+    use crate::storage::Durability;
+    let mut batch = WriteBatch::new();
+    let mut failure = None;
+    let old = engine.snapshot();
+    for_each_record(old.as_ref(), descriptor, &mut |space, key, _| {
+        batch.delete(space, key);
+        if batch.size_bytes() >= INSTALL_BATCH_BYTES {
+            if let Err(error) = engine.write(std::mem::take(&mut batch), Durability::Buffered) {
+                failure = Some(error);
+                return false;
+            }
+        }
+        true
+    })?;
+    drop(old);
+    if let Some(error) = failure {
+        return Err(error);
+    }
+    let records = read_records(reader, descriptor, &mut |space, key, value| {
+        batch.put(space, key, value);
+        if batch.size_bytes() >= INSTALL_BATCH_BYTES {
+            engine.write(std::mem::take(&mut batch), Durability::Buffered)?;
+        }
+        Ok(())
+    })?;
+    finish(&mut batch);
+    engine.write(batch, Durability::Sync)?;
+    Ok(records)
 }
 
 /// Reads a whole snapshot stream, checking that every record is well formed and
@@ -184,7 +205,7 @@ pub fn load_records(
 pub fn read_records(
     reader: &mut dyn Read,
     descriptor: &RangeDescriptor,
-    visit: &mut dyn FnMut(Space, Vec<u8>, Vec<u8>),
+    visit: &mut dyn FnMut(Space, Vec<u8>, Vec<u8>) -> Result<(), StorageError>,
 ) -> Result<u64, StorageError> {
     let span = descriptor_span(descriptor);
     let own_meta = keys::range_records(descriptor.id);
@@ -209,7 +230,7 @@ pub fn read_records(
         if !belongs {
             return Err(corrupt(format!("record of {space:?} outside range {}", descriptor.id)));
         }
-        visit(space, key, value);
+        visit(space, key, value)?;
         records += 1;
     }
 }
@@ -279,10 +300,11 @@ mod tests {
         stale.put(Space::KvLatest, b"stale".to_vec(), b"x".to_vec());
         target.write(stale, Durability::Buffered).unwrap();
 
-        let mut batch = WriteBatch::new();
-        clear_range(target.snapshot().as_ref(), &descriptor, &mut batch).unwrap();
-        let records = load_records(&mut stream.as_slice(), &descriptor, &mut batch).unwrap();
-        target.write(batch, Durability::Sync).unwrap();
+        let records = install(&target, &descriptor, &mut stream.as_slice(), |batch| {
+            batch.put(Space::RaftState, b"finished".to_vec(), Vec::new());
+        })
+        .unwrap();
+        assert!(target.get(Space::RaftState, b"finished").unwrap().is_some());
         assert_eq!(records, 3 * 2000 + 1);
         assert_eq!(target.get(Space::KvLatest, b"stale").unwrap(), None);
         for space in [Space::KvLatest, Space::KvHistory, Space::KvChanges] {
@@ -306,7 +328,7 @@ mod tests {
         let mut stream = Vec::new();
         push_record(&mut stream, Space::KvLatest, b"key", b"value");
         stream.truncate(stream.len() - 2);
-        let mut batch = WriteBatch::new();
-        assert!(load_records(&mut stream.as_slice(), &descriptor, &mut batch).is_err());
+        let records = read_records(&mut stream.as_slice(), &descriptor, &mut |_, _, _| Ok(()));
+        assert!(records.is_err());
     }
 }

@@ -133,7 +133,7 @@ impl Peer for PeerService {
             // Checked whole before Raft sees it: once Raft accepts a snapshot, installing
             // it must not fail on bad data.
             let mut reader = std::io::BufReader::new(std::fs::File::open(&path).map_err(|e| e.to_string())?);
-            snapshot::read_records(&mut reader, &descriptor, &mut |_, _, _| {}).map_err(|e| e.to_string())
+            snapshot::read_records(&mut reader, &descriptor, &mut |_, _, _| Ok(())).map_err(|e| e.to_string())
         });
         let records = match checked {
             Ok(records) => records,
