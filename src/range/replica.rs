@@ -37,9 +37,11 @@ fn complete_install(
     machine: &mut StateMachine,
     install: &SnapshotInstall,
 ) -> Result<u64, StorageError> {
-    let mut metadata = raft::eraftpb::SnapshotMetadata::default();
-    metadata.index = install.index;
-    metadata.term = install.term;
+    let mut metadata = raft::eraftpb::SnapshotMetadata {
+        index: install.index,
+        term: install.term,
+        ..Default::default()
+    };
     metadata.set_conf_state(ConfState::parse_from_bytes(&install.conf_state).map_err(|error| {
         StorageError::Corrupt {
             space: crate::storage::Space::RaftState,
