@@ -299,6 +299,7 @@ async fn publish_member(router: Arc<Router>, member_id: u64, name: String, clien
     let command = RaftCommand {
         origin_node: 0,
         request_id: 0,
+        proposed_term: 0,
         op: Some(raft_command::Op::PublishMember(PublishMember {
             member_id,
             name: name.clone(),

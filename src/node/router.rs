@@ -1,6 +1,7 @@
-//! key -> range -> leader. Writes go to the range's leader: proposed here when this
-//! node leads, forwarded over the peer port otherwise, and retried while the cluster has
-//! no leader (nothing was proposed yet, so a retry cannot apply a command twice).
+//! key -> range -> leader. Writes are proposed to the local replica, which hands them to
+//! the range's leader inside the Raft stream when it does not lead, and retried while
+//! the cluster has no leader or the proposal is known never to apply (so a retry cannot
+//! apply a command twice). Lease queries go to the leader over the peer port.
 //! Linearizable reads get a read index from the local replica.
 
 use super::store::{RangeView, StoreHandle};
@@ -27,7 +28,7 @@ pub enum RouteError {
     Range(#[from] RangeError),
     #[error("no leader")]
     NoLeader,
-    /// A forwarded write lost its connection: it may or may not have applied.
+    /// A question forwarded to the leader lost its connection.
     #[error("connection to the leader lost: {0}")]
     ConnectionLost(String),
 }
@@ -122,11 +123,12 @@ impl Router {
     /// Runs a write (an encoded `RaftCommand`) on the range's leader and returns what
     /// applying it produced.
     pub async fn write(&self, range_id: u64, command: Vec<u8>) -> Result<CommandResult, RouteError> {
-        self.on_leader(
-            range_id,
-            || self.store.propose(range_id, command.clone()),
-            |leader| self.peers.forward(leader, range_id, command.clone()),
-        )
+        self.retry_until_leader(range_id, |_leader| async {
+            self.store
+                .propose(range_id, command.clone())
+                .await
+                .map_err(ForwardError::Range)
+        })
         .await
     }
 
@@ -137,44 +139,48 @@ impl Router {
         lease_id: i64,
         kind: LeaseQueryKind,
     ) -> Result<Option<LeaseTime>, RouteError> {
-        self.on_leader(
-            range_id,
-            || self.store.lease_query(range_id, lease_id, kind),
-            |leader| self.peers.lease_query(leader, range_id, lease_id, kind),
-        )
+        self.retry_until_leader(range_id, |leader| async move {
+            if leader == self.node_id {
+                self.store
+                    .lease_query(range_id, lease_id, kind)
+                    .await
+                    .map_err(ForwardError::Range)
+            } else {
+                self.peers.lease_query(leader, range_id, lease_id, kind).await
+            }
+        })
         .await
     }
 
-    /// Runs `local` if this node leads the range, `remote(leader)` otherwise, waiting
-    /// for a leader while there is none. Retries only when the callee said it is not
-    /// the leader: then nothing ran.
-    async fn on_leader<T, Local, Remote>(
+    /// Runs `attempt(leader)` once the range has a leader, waiting for one while there
+    /// is none. Retries only when the attempt is known to have done nothing: the callee
+    /// was not the leader, or the proposal can never apply.
+    async fn retry_until_leader<T, Attempt>(
         &self,
         range_id: u64,
-        local: impl Fn() -> Local,
-        remote: impl Fn(u64) -> Remote,
+        attempt: impl Fn(u64) -> Attempt,
     ) -> Result<T, RouteError>
     where
-        Local: Future<Output = Result<T, RangeError>>,
-        Remote: Future<Output = Result<T, ForwardError>>,
+        Attempt: Future<Output = Result<T, ForwardError>>,
     {
         let deadline = Instant::now() + self.request_timeout;
         let view = self.view(range_id);
         let mut leader_changes = view.leader_changes.clone();
         loop {
             let leader = view.status.leader();
-            let outcome = if leader == self.node_id {
-                local().await.map_err(ForwardError::Range)
-            } else if leader != 0 {
-                remote(leader).await
+            let outcome = if leader != 0 {
+                attempt(leader).await
             } else {
                 Err(ForwardError::Range(RangeError::NotLeader { leader: 0 }))
             };
             match outcome {
                 Ok(value) => return Ok(value),
-                Err(ForwardError::Range(RangeError::NotLeader { .. })) => {
+                Err(ForwardError::Range(error @ (RangeError::NotLeader { .. } | RangeError::LeaderChanged))) => {
                     if Instant::now() >= deadline {
-                        return Err(RouteError::NoLeader);
+                        return Err(match error {
+                            RangeError::LeaderChanged => error.into(),
+                            _ => RouteError::NoLeader,
+                        });
                     }
                     let wait = LEADER_POLL.min(deadline - Instant::now());
                     let _ = tokio::time::timeout(wait, leader_changes.changed()).await;

@@ -130,6 +130,8 @@ impl RangeStatus {
 struct PendingProposal {
     responder: ProposalResponder,
     deadline_tick: u64,
+    /// The term it was proposed in: it applies in that term or never.
+    term: u64,
 }
 
 struct PendingRead {
@@ -348,6 +350,7 @@ impl Replica {
             let command = crate::proto::shoal::command::RaftCommand {
                 origin_node: 0,
                 request_id: 0,
+                proposed_term: 0,
                 op: Some(crate::proto::shoal::command::raft_command::Op::LeaseRevoke(
                     crate::proto::etcdserverpb::LeaseRevokeRequest { id },
                 )),
@@ -387,22 +390,28 @@ impl Replica {
         self.step(message);
     }
 
-    /// Proposes `command` (an encoded `RaftCommand` without origin and request id). Only
-    /// the leader proposes; followers forward to it through the router instead of
-    /// letting raft-rs forward, so that a lost proposal is noticed instead of waited out.
+    /// Proposes `command` (an encoded `RaftCommand` without origin, request id and
+    /// term). On a follower raft-rs hands the proposal to the leader inside the Raft
+    /// stream; the follower answers once it applies the entry itself. A proposal is
+    /// answered with its result, with `LeaderChanged` once it is known never to apply
+    /// (another entry took its index, or an entry of a later term applied first), or
+    /// with `Timeout`.
     pub fn propose(&mut self, mut command: Vec<u8>, responder: ProposalResponder) {
         let raft = &self.raw.raft;
-        if raft.state != StateRole::Leader || raft.lead_transferee.is_some() {
+        if raft.leader_id == raft::INVALID_ID || raft.lead_transferee.is_some() {
             let _ = responder.send(Err(RangeError::NotLeader { leader: raft.leader_id }));
             return;
         }
+        let is_leader = raft.state == StateRole::Leader;
+        let term = raft.term;
         let request_id = self.next_request_id;
         self.next_request_id += 1;
-        // Protobuf merges concatenated messages: appending the header fields fills in
-        // origin and request id without decoding the command.
+        // Protobuf merges concatenated messages: appending the header fields fills them
+        // in without decoding the command.
         let header = crate::proto::shoal::command::RaftCommand {
             origin_node: self.config.node_id,
             request_id,
+            proposed_term: term,
             op: None,
         };
         prost::Message::encode(&header, &mut command).unwrap_or_else(|_| unreachable!("a Vec grows as needed"));
@@ -413,13 +422,16 @@ impl Replica {
             }));
             return;
         }
-        let index = self.raw.raft.raft_log.last_index();
-        self.proposal_at_index.insert(index, request_id);
+        if is_leader {
+            let index = self.raw.raft.raft_log.last_index();
+            self.proposal_at_index.insert(index, request_id);
+        }
         self.proposals.insert(
             request_id,
             PendingProposal {
                 responder,
                 deadline_tick: self.ticks + self.config.request_timeout_ticks,
+                term,
             },
         );
         metrics::gauge!("etcd_server_proposals_pending").set(self.proposals.len() as f64);
@@ -582,6 +594,7 @@ impl Replica {
         let started = Instant::now();
         let mut pending = ApplyBatch::default();
         let mut answers = Vec::with_capacity(entries.len());
+        let term_before = self.machine.applied_term();
         for entry in entries {
             if entry.index <= self.machine.applied_index() {
                 continue; // already applied before a restart; raft-rs may hand it again
@@ -608,6 +621,10 @@ impl Replica {
         for (index, applied) in answers {
             self.answer_proposal(index, applied);
         }
+        let term_now = self.machine.applied_term();
+        if term_now > term_before {
+            self.drop_proposals_before(term_now);
+        }
         metrics::histogram!("shoal_apply_duration_seconds").record(started.elapsed().as_secs_f64());
         let applied = self.machine.applied_index();
         self.status.applied_index.store(applied, Ordering::Release);
@@ -631,18 +648,44 @@ impl Replica {
         if let Some(expected) = expected {
             if own.as_ref().map(|own| own.request_id) != Some(expected) {
                 // Another leader's entry took this index: the proposal is gone for good.
-                if let Some(proposal) = self.proposals.remove(&expected) {
-                    metrics::counter!("etcd_server_proposals_failed_total").increment(1);
-                    let _ = proposal.responder.send(Err(RangeError::LeaderChanged));
-                }
+                self.fail_proposal(expected);
             }
         }
         if let Some(own) = own {
-            if let Some(proposal) = self.proposals.remove(&own.request_id) {
-                let _ = proposal.responder.send(Ok(own.result));
+            match own.result {
+                Some(result) => {
+                    if let Some(proposal) = self.proposals.remove(&own.request_id) {
+                        let _ = proposal.responder.send(Ok(result));
+                    }
+                }
+                None => self.fail_proposal(own.request_id),
             }
         }
         metrics::gauge!("etcd_server_proposals_pending").set(self.proposals.len() as f64);
+    }
+
+    /// Answers a proposal that will never apply; the router may safely retry it.
+    fn fail_proposal(&mut self, request_id: u64) {
+        if let Some(proposal) = self.proposals.remove(&request_id) {
+            metrics::counter!("etcd_server_proposals_failed_total").increment(1);
+            let _ = proposal.responder.send(Err(RangeError::LeaderChanged));
+        }
+    }
+
+    /// An entry of `term` has applied: every entry of an earlier term that will ever
+    /// commit lies before it, so pending proposals of earlier terms never apply (an
+    /// older-term proposal appended in a later term is skipped by the state machine).
+    fn drop_proposals_before(&mut self, term: u64) {
+        let dropped: Vec<u64> = self
+            .proposals
+            .iter()
+            .filter(|(_, proposal)| proposal.term < term)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in dropped {
+            self.fail_proposal(id);
+        }
+        self.proposal_at_index.retain(|_, id| self.proposals.contains_key(id));
     }
 
     fn apply_conf_change(&mut self, entry: &raft::eraftpb::Entry) -> Result<(), StorageError> {
@@ -822,6 +865,7 @@ mod tests {
             let command = RaftCommand {
                 origin_node: 1,
                 request_id: index,
+                proposed_term: 2,
                 op: Some(raft_command::Op::Put(PutRequest {
                     key: format!("key{index}").into_bytes().into(),
                     value: b"from the snapshot".to_vec().into(),

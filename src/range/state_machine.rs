@@ -37,7 +37,9 @@ const COMPACTION_BATCH_OPS: usize = 10_000;
 pub struct Applied {
     pub origin_node: u64,
     pub request_id: u64,
-    pub result: CommandResult,
+    /// `None`: the entry was committed in another term than it was proposed in, and
+    /// skipped; the command did nothing.
+    pub result: Option<CommandResult>,
 }
 
 /// Writes of consecutive applied commands, committed together with the apply state by
@@ -214,6 +216,17 @@ impl StateMachine {
                 return Ok(None);
             }
         };
+        if command.proposed_term != 0 && command.proposed_term != term {
+            // A proposal that reached a leader of a later term (raft-rs forwards
+            // proposals without a term). Skipping it lets its proposer treat every
+            // proposal of an older term that has not applied by now as dropped.
+            self.apply_noop(index, term);
+            return Ok(Some(Applied {
+                origin_node: command.origin_node,
+                request_id: command.request_id,
+                result: None,
+            }));
+        }
         if reads_beyond_overlay(&command) {
             self.flush(pending)?;
         }
@@ -280,7 +293,7 @@ impl StateMachine {
         Ok(Some(Applied {
             origin_node: command.origin_node,
             request_id: command.request_id,
-            result: CommandResult { result: Some(result) },
+            result: Some(CommandResult { result: Some(result) }),
         }))
     }
 
@@ -797,6 +810,7 @@ mod tests {
             let command = RaftCommand {
                 origin_node: 1,
                 request_id: self.index,
+                proposed_term: 1,
                 op: Some(op),
             };
             let mut pending = ApplyBatch::default();
@@ -806,7 +820,7 @@ mod tests {
                 .unwrap()
                 .unwrap();
             self.machine.flush(&mut pending).unwrap();
-            applied.result.result.unwrap()
+            applied.result.unwrap().result.unwrap()
         }
 
         fn put(&mut self, key: &str, value: &str) -> PutResponse {
@@ -860,6 +874,7 @@ mod tests {
             let command = RaftCommand {
                 origin_node: 1,
                 request_id: index,
+                proposed_term: 1,
                 op: Some(op),
             };
             machine
@@ -867,6 +882,7 @@ mod tests {
                 .unwrap()
                 .unwrap()
                 .result
+                .unwrap()
                 .result
                 .unwrap()
         };
@@ -914,6 +930,35 @@ mod tests {
         f.machine.flush(&mut pending).unwrap();
         assert_eq!(f.get("a", 0).unwrap().kvs[0].value.as_ref(), b"2");
         assert_eq!(f.machine.applied_index(), 4);
+    }
+
+    #[test]
+    fn a_command_committed_in_another_term_than_proposed_is_skipped() {
+        let mut f = Fixture::new();
+        f.put("a", "1");
+        let stale = RaftCommand {
+            origin_node: 2,
+            request_id: 7,
+            proposed_term: 1,
+            op: Some(raft_command::Op::Put(PutRequest {
+                key: b"a".to_vec().into(),
+                value: b"stale".to_vec().into(),
+                ..Default::default()
+            })),
+        };
+        let mut pending = ApplyBatch::default();
+        let applied = f
+            .machine
+            .apply_command(2, 2, &stale.encode_to_vec(), &mut pending)
+            .unwrap()
+            .unwrap();
+        f.machine.flush(&mut pending).unwrap();
+        assert_eq!((applied.origin_node, applied.request_id), (2, 7));
+        assert!(applied.result.is_none(), "a skipped command has no result");
+        assert_eq!(f.machine.applied_index(), 2, "the entry still counts as applied");
+        let now = f.get("a", 0).unwrap();
+        assert_eq!(now.kvs[0].value.as_ref(), b"1");
+        assert_eq!(now.header.unwrap().revision, 2, "a skipped command takes no revision");
     }
 
     #[test]

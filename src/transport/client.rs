@@ -4,10 +4,9 @@
 
 use super::{PeerIdentity, PEER_MESSAGE_BYTES_MAX};
 use crate::node::store::{RaftSender, StoreHandle, StoreInput};
-use crate::proto::shoal::command::CommandResult;
 use crate::proto::shoal::peer::{
-    forward_failure, forward_response, lease_answer, lease_query, peer_client::PeerClient, ForwardRequest, LeaseQuery,
-    RaftBatch, RaftEnvelope, SnapshotChunk,
+    leader_failure, lease_answer, lease_query, peer_client::PeerClient, LeaderFailure, LeaseQuery, RaftBatch,
+    RaftEnvelope, SnapshotChunk,
 };
 use crate::range::lease::LeaseTime;
 use crate::range::replica::LeaseQueryKind;
@@ -35,7 +34,7 @@ struct PeerLink {
     channel: Channel,
 }
 
-/// Sends Raft messages, snapshots and forwarded writes to the other members.
+/// Sends Raft messages, snapshots and lease questions to the other members.
 pub struct PeerTransport {
     identity: PeerIdentity,
     links: HashMap<u64, PeerLink>,
@@ -44,12 +43,12 @@ pub struct PeerTransport {
     runtime: tokio::runtime::Handle,
 }
 
-/// Why a forwarded write has no outcome.
+/// Why a question forwarded to the leader has no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
     #[error(transparent)]
     Range(#[from] RangeError),
-    /// The call failed in transport: the leader may or may not have run the command.
+    /// The call failed in transport: the leader may or may not have acted on it.
     #[error("connection to the leader lost: {0}")]
     ConnectionLost(String),
 }
@@ -90,31 +89,6 @@ impl PeerTransport {
             snapshots,
             runtime,
         }))
-    }
-
-    /// Runs a write on the range's leader `leader`.
-    pub async fn forward(&self, leader: u64, range_id: u64, command: Vec<u8>) -> Result<CommandResult, ForwardError> {
-        let link = self.links.get(&leader).ok_or(RangeError::NotLeader { leader: 0 })?;
-        let mut client = PeerClient::new(link.channel.clone()).max_decoding_message_size(PEER_MESSAGE_BYTES_MAX);
-        let mut request = tonic::Request::new(ForwardRequest {
-            range_id,
-            command: command.into(),
-        });
-        self.identity.stamp(request.metadata_mut());
-        let response = client
-            .forward(request)
-            .await
-            .map_err(|status| ForwardError::ConnectionLost(status.message().to_string()))?
-            .into_inner();
-        match response.outcome {
-            Some(forward_response::Outcome::Result(result)) => Ok(result),
-            Some(forward_response::Outcome::NotLeader(not_leader)) => Err(RangeError::NotLeader {
-                leader: not_leader.leader_id,
-            }
-            .into()),
-            Some(forward_response::Outcome::Failure(failure)) => Err(failure_to_error(&failure, range_id).into()),
-            None => Err(ForwardError::ConnectionLost("empty forward response".into())),
-        }
     }
 }
 
@@ -158,12 +132,12 @@ impl PeerTransport {
     }
 }
 
-fn failure_to_error(failure: &crate::proto::shoal::peer::ForwardFailure, range_id: u64) -> RangeError {
+fn failure_to_error(failure: &LeaderFailure, range_id: u64) -> RangeError {
     match failure.kind() {
-        forward_failure::Kind::LeaderChanged => RangeError::LeaderChanged,
-        forward_failure::Kind::Stopped => RangeError::Stopped,
-        forward_failure::Kind::UnknownRange => RangeError::UnknownRange(range_id),
-        forward_failure::Kind::Timeout | forward_failure::Kind::Unspecified => RangeError::Timeout,
+        leader_failure::Kind::LeaderChanged => RangeError::LeaderChanged,
+        leader_failure::Kind::Stopped => RangeError::Stopped,
+        leader_failure::Kind::UnknownRange => RangeError::UnknownRange(range_id),
+        leader_failure::Kind::Timeout | leader_failure::Kind::Unspecified => RangeError::Timeout,
     }
 }
 

@@ -1,5 +1,6 @@
-//! Node-to-node traffic on the peer port: Raft messages, snapshots and forwarded
-//! writes, over gRPC (HTTP/2). Every call carries the sender's cluster id and member id;
+//! Node-to-node traffic on the peer port: Raft messages (client writes that reach a
+//! follower ride in them as raft-rs proposals), snapshots and lease questions for the
+//! leader, over gRPC (HTTP/2). Every call carries the sender's cluster id and member id;
 //! a node refuses calls from another cluster.
 
 mod client;

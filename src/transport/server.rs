@@ -1,11 +1,11 @@
 //! Incoming peer traffic: hands Raft messages and staged snapshots to the store loop,
-//! and runs writes forwarded by followers.
+//! and answers lease questions for the ranges this node leads.
 
 use super::PeerIdentity;
 use crate::node::store::{StoreHandle, StoreInput};
 use crate::proto::shoal::peer::{
-    forward_failure, forward_response, lease_answer, lease_query, peer_server::Peer, ForwardFailure, ForwardRequest,
-    ForwardResponse, LeaseAnswer, LeaseQuery, LeaseState, NotLeader, RaftAck, RaftBatch, SnapshotAck, SnapshotChunk,
+    leader_failure, lease_answer, lease_query, peer_server::Peer, LeaderFailure, LeaseAnswer, LeaseQuery, LeaseState,
+    NotLeader, RaftAck, RaftBatch, SnapshotAck, SnapshotChunk,
 };
 use crate::proto::shoal::state::RangeDescriptor;
 use crate::range::replica::LeaseQueryKind;
@@ -44,14 +44,14 @@ impl PeerService {
     }
 }
 
-fn failure(error: &RangeError) -> ForwardFailure {
+fn failure(error: &RangeError) -> LeaderFailure {
     let kind = match error {
-        RangeError::LeaderChanged => forward_failure::Kind::LeaderChanged,
-        RangeError::Stopped => forward_failure::Kind::Stopped,
-        RangeError::UnknownRange(_) => forward_failure::Kind::UnknownRange,
-        RangeError::Timeout | RangeError::NotLeader { .. } => forward_failure::Kind::Timeout,
+        RangeError::LeaderChanged => leader_failure::Kind::LeaderChanged,
+        RangeError::Stopped => leader_failure::Kind::Stopped,
+        RangeError::UnknownRange(_) => leader_failure::Kind::UnknownRange,
+        RangeError::Timeout | RangeError::NotLeader { .. } => leader_failure::Kind::Timeout,
     };
-    ForwardFailure { kind: kind as i32 }
+    LeaderFailure { kind: kind as i32 }
 }
 
 fn decode_message(bytes: &[u8]) -> Result<Message, Status> {
@@ -177,26 +177,5 @@ impl Peer for PeerService {
             Err(error) => lease_answer::Outcome::Failure(failure(&error)),
         };
         Ok(Response::new(LeaseAnswer { outcome: Some(outcome) }))
-    }
-
-    async fn forward(&self, request: Request<ForwardRequest>) -> Result<Response<ForwardResponse>, Status> {
-        self.identity.verify(request.metadata())?;
-        let request = request.into_inner();
-        let outcome = match self.store.propose(request.range_id, request.command.to_vec()).await {
-            Ok(result) => forward_response::Outcome::Result(result),
-            Err(RangeError::NotLeader { leader }) => {
-                forward_response::Outcome::NotLeader(NotLeader { leader_id: leader })
-            }
-            Err(error) => {
-                let kind = match error {
-                    RangeError::LeaderChanged => forward_failure::Kind::LeaderChanged,
-                    RangeError::Stopped => forward_failure::Kind::Stopped,
-                    RangeError::UnknownRange(_) => forward_failure::Kind::UnknownRange,
-                    RangeError::Timeout | RangeError::NotLeader { .. } => forward_failure::Kind::Timeout,
-                };
-                forward_response::Outcome::Failure(ForwardFailure { kind: kind as i32 })
-            }
-        };
-        Ok(Response::new(ForwardResponse { outcome: Some(outcome) }))
     }
 }

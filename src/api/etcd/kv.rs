@@ -45,6 +45,7 @@ impl EtcdContext {
         let command = RaftCommand {
             origin_node: 0,
             request_id: 0,
+            proposed_term: 0,
             op: Some(op),
         }
         .encode_to_vec();
