@@ -5,7 +5,7 @@
 use crate::proto::etcdserverpb::{compare, range_request, Compare, RangeRequest, RangeResponse, ResponseHeader};
 use crate::proto::mvccpb::KeyValue;
 use crate::storage::keys::{self, namespace};
-use crate::storage::mvcc::{MvccRead, Record};
+use crate::storage::mvcc::{MvccRead, Record, RecordIter};
 use crate::storage::{KeyRange, StorageError};
 use bytes::Bytes;
 
@@ -118,7 +118,12 @@ pub fn range(
     revisions.check(request.revision)?;
     let span = key_span(&request.key, &request.range_end);
     let at_newest = request.revision <= 0 || request.revision == revisions.current;
-    let records = if at_newest {
+    let records: RecordIter<'_> = if at_newest && request.range_end.is_empty() {
+        // One key: a point lookup stops at the newest table holding it and skips the
+        // others by their bloom filters, where a scan merges every table it overlaps.
+        let key = span.start.clone();
+        Box::new(view.latest(&key).transpose().map(|record| record.map(|record| (key, record))).into_iter())
+    } else if at_newest {
         view.scan_latest(&span)
     } else {
         view.scan_at(&span, request.revision)
