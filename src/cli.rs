@@ -114,6 +114,15 @@ pub struct ServerFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub experimental_peer_dial_urls: Option<String>,
+    /// How --auto-compaction-retention is read: periodic or revision [default: periodic]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auto_compaction_mode: Option<String>,
+    /// History kept: a duration (30m, 1h) or hours in periodic mode, revisions in
+    /// revision mode; 0 keeps everything [default: 0]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auto_compaction_retention: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -2,6 +2,7 @@
 //! environment variables and flags (each overriding the one before), checked into a
 //! typed [`NodeConfig`].
 
+use crate::node::compactor::Retention;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
@@ -68,6 +69,11 @@ pub struct ServerSettings {
     /// `name=url,...`: dial these members at these URLs instead of their advertised peer
     /// URLs (their identity is unchanged). For NAT and for fault-injecting proxies.
     pub experimental_peer_dial_urls: Option<String>,
+    /// `periodic` or `revision`: how `auto-compaction-retention` is read.
+    pub auto_compaction_mode: String,
+    /// History kept by automatic compaction; "0" keeps everything. Periodic mode: a
+    /// duration ("30m", "1h") or a number of hours; revision mode: a number of revisions.
+    pub auto_compaction_retention: String,
 }
 
 impl Default for ServerSettings {
@@ -91,6 +97,8 @@ impl Default for ServerSettings {
             snapshot_catchup_entries: 5_000,
             experimental_watch_progress_notify_interval: "10m".into(),
             experimental_peer_dial_urls: None,
+            auto_compaction_mode: "periodic".into(),
+            auto_compaction_retention: "0".into(),
         }
     }
 }
@@ -114,6 +122,8 @@ const SETTING_NAMES: &[&str] = &[
     "snapshot-catchup-entries",
     "experimental-watch-progress-notify-interval",
     "experimental-peer-dial-urls",
+    "auto-compaction-mode",
+    "auto-compaction-retention",
 ];
 
 impl ServerSettings {
@@ -168,6 +178,7 @@ pub struct NodeConfig {
     pub watch_progress_notify_interval: Duration,
     /// Member name -> URL to dial it at, overriding its advertised peer URL.
     pub peer_dial_urls: std::collections::HashMap<String, String>,
+    pub auto_compaction: Retention,
 }
 
 impl NodeConfig {
@@ -251,6 +262,46 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         "m" => Some(Duration::from_secs(number.checked_mul(60)?)),
         "h" => Some(Duration::from_secs(number.checked_mul(3600)?)),
         _ => None,
+    }
+}
+
+/// etcd's `--auto-compaction-mode` and `--auto-compaction-retention`.
+pub fn parse_auto_compaction(mode: &str, retention: &str) -> Result<Retention, ConfigError> {
+    let retention = retention.trim();
+    let parsed = match mode {
+        "periodic" => match retention.parse::<u64>() {
+            Ok(hours) => hours
+                .checked_mul(3600)
+                .map(|secs| Retention::Period(Duration::from_secs(secs))),
+            Err(_) => parse_duration(retention).map(Retention::Period),
+        },
+        "revision" => retention
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .map(Retention::Revisions),
+        _ => {
+            return Err(invalid(
+                "auto-compaction-mode",
+                format!("{mode:?}: expected periodic or revision"),
+            ))
+        }
+    };
+    match parsed {
+        Some(Retention::Period(period)) if period.is_zero() => Ok(Retention::Forever),
+        Some(Retention::Revisions(0)) => Ok(Retention::Forever),
+        Some(retention) => Ok(retention),
+        None => Err(invalid(
+            "auto-compaction-retention",
+            format!(
+                "{retention:?}: expected {} in {mode} mode",
+                if mode == "periodic" {
+                    "a duration such as 30m or 1h, or a number of hours"
+                } else {
+                    "a number of revisions"
+                }
+            ),
+        )),
     }
 }
 
@@ -375,6 +426,8 @@ impl TryFrom<ServerSettings> for NodeConfig {
                 peer_dial_urls.insert(member.name, member.peer_urls[0].clone());
             }
         }
+        let auto_compaction =
+            parse_auto_compaction(&settings.auto_compaction_mode, &settings.auto_compaction_retention)?;
         let data_dir = settings
             .data_dir
             .clone()
@@ -398,6 +451,7 @@ impl TryFrom<ServerSettings> for NodeConfig {
             log_catchup_entries: settings.snapshot_catchup_entries.min(settings.snapshot_count),
             watch_progress_notify_interval,
             peer_dial_urls,
+            auto_compaction,
         })
     }
 }
@@ -410,6 +464,26 @@ mod tests {
     struct Flags {
         #[serde(skip_serializing_if = "Option::is_none")]
         name: Option<String>,
+    }
+
+    #[test]
+    fn auto_compaction_reads_etcd_forms() {
+        let hour = Duration::from_secs(3600);
+        assert_eq!(parse_auto_compaction("periodic", "0").unwrap(), Retention::Forever);
+        assert_eq!(parse_auto_compaction("periodic", "1").unwrap(), Retention::Period(hour));
+        assert_eq!(
+            parse_auto_compaction("periodic", "30m").unwrap(),
+            Retention::Period(hour / 2)
+        );
+        assert_eq!(
+            parse_auto_compaction("revision", "1000").unwrap(),
+            Retention::Revisions(1000)
+        );
+        assert_eq!(parse_auto_compaction("revision", "0").unwrap(), Retention::Forever);
+        let error = parse_auto_compaction("revision", "1h").unwrap_err().to_string();
+        assert!(error.contains("a number of revisions"), "{error}");
+        let error = parse_auto_compaction("hourly", "1").unwrap_err().to_string();
+        assert!(error.contains("expected periodic or revision"), "{error}");
     }
 
     #[test]

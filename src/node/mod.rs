@@ -1,6 +1,7 @@
 //! A Shoal node: wires storage, the store loop, the peer transport, the router and the
 //! client protocols together, and runs them until shutdown.
 
+pub mod compactor;
 pub mod http;
 pub mod identity;
 pub mod router;
@@ -261,6 +262,12 @@ pub async fn run(
         "serving"
     );
 
+    let compactor = tokio::spawn(compactor::run(
+        router.clone(),
+        me,
+        FIRST_RANGE_ID,
+        config.auto_compaction,
+    ));
     let publisher = tokio::spawn(publish_member(
         router.clone(),
         me,
@@ -279,6 +286,7 @@ pub async fn run(
     };
     tracing::info!("shutting down");
     publisher.abort();
+    compactor.abort();
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
         while servers.join_next().await.is_some() {}

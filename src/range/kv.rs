@@ -122,7 +122,12 @@ pub fn range(
         // One key: a point lookup stops at the newest table holding it and skips the
         // others by their bloom filters, where a scan merges every table it overlaps.
         let key = span.start.clone();
-        Box::new(view.latest(&key).transpose().map(|record| record.map(|record| (key, record))).into_iter())
+        Box::new(
+            view.latest(&key)
+                .transpose()
+                .map(|record| record.map(|record| (key, record)))
+                .into_iter(),
+        )
     } else if at_newest {
         view.scan_latest(&span)
     } else {
