@@ -7,17 +7,20 @@ use crate::proto::etcdserverpb::{maintenance_client::MaintenanceClient, StatusRe
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
-    #[error("node {name} did not become ready within {waited:?} (log: {log})")]
+    #[error("node {name} did not become ready within {waited:?} (log: {log}); its log ends:\n{tail}")]
     NotReady {
         name: String,
         waited: Duration,
         log: String,
+        tail: String,
     },
 }
 
@@ -54,8 +57,44 @@ pub struct Cluster {
     extra_args: Vec<String>,
 }
 
-fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// A free loopback port for a test server. See [`free_ports`].
+pub fn free_port() -> std::io::Result<u16> {
+    free_ports(1)
+}
+
+/// The first of `count` consecutive free loopback ports. They come from below Linux's
+/// ephemeral range (32768 and up), so no outgoing connection can be holding a port a
+/// server is about to bind or, after a restart, bind again. A process-wide counter
+/// keeps concurrent clusters of one test process apart, and its random start keeps
+/// concurrent test processes apart.
+pub fn free_ports(count: u16) -> std::io::Result<u16> {
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: LazyLock<AtomicU32> = LazyLock::new(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.subsec_nanos());
+        AtomicU32::new(nanos ^ std::process::id().wrapping_mul(7919))
+    });
+    let count = u32::from(count.max(1));
+    for _ in 0..SPAN {
+        let offset = NEXT.fetch_add(count, Ordering::Relaxed) % SPAN;
+        if offset + count > SPAN {
+            continue; // the block would run past the span
+        }
+        let first = FIRST + offset;
+        if (first..first + count).all(|port| TcpListener::bind(("127.0.0.1", port as u16)).is_ok()) {
+            return Ok(first as u16);
+        }
+    }
+    Err(std::io::Error::other("no free loopback ports between 20000 and 32000"))
+}
+
+/// The last lines of a node's log, for error messages.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
 fn signal(child: &Child, signal: rustix::process::Signal) {
@@ -184,6 +223,7 @@ impl Cluster {
                         name: node.name.clone(),
                         waited: timeout,
                         log: node.log.display().to_string(),
+                        tail: log_tail(&node.log),
                     });
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;

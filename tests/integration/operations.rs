@@ -54,11 +54,7 @@ async fn health_turns_false_without_a_quorum() {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    shoal::chaos::cluster::free_port().expect("a free port")
 }
 
 #[tokio::test]
@@ -169,16 +165,9 @@ async fn bad_settings_stop_the_server_with_a_message_naming_them() {
 async fn playground_runs_stops_and_restarts_with_its_data() {
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
-        // Ports: client/peer bases interleave (base + 2i), so pick a free pair region.
-        let base = loop {
-            let candidate = free_port();
-            if candidate < 60_000
-                && (0..6).all(|offset| std::net::TcpListener::bind(("127.0.0.1", candidate + offset)).is_ok())
-            {
-                break candidate;
-            }
-        };
-        let metrics_base = free_port();
+        // Ports: client/peer bases interleave (base + 2i) over six ports; metrics take three.
+        let base = shoal::chaos::cluster::free_ports(6).expect("free ports");
+        let metrics_base = shoal::chaos::cluster::free_ports(3).expect("free ports");
         let start = || {
             Command::new(env!("CARGO_BIN_EXE_shoal"))
                 .arg("playground")
