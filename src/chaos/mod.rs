@@ -41,6 +41,10 @@ pub struct ChaosArgs {
     /// The `shoal` binary to run as servers (default: this one).
     #[arg(long)]
     pub server_binary: Option<PathBuf>,
+    /// An extra `shoal server` argument for every node, repeatable; e.g.
+    /// `--server-arg=--snapshot-count=200` makes lagging nodes catch up by snapshot.
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    pub server_args: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -169,7 +173,7 @@ pub async fn run(args: &ChaosArgs) -> Result<Report, ChaosError> {
         plan.len()
     );
 
-    let mut cluster = Cluster::start(&binary, args.nodes, &out, &[]).await?;
+    let mut cluster = Cluster::start(&binary, args.nodes, &out, &args.server_args).await?;
     let endpoints = cluster.endpoints();
     let start_revision = workload::current_revision(&endpoints[0])
         .await

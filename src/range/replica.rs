@@ -735,18 +735,25 @@ impl Replica {
         for (_, stale) in self.staged_snapshots.drain() {
             let _ = std::fs::remove_file(stale);
         }
-        // Our own proposals up to the snapshot may or may not be in it.
-        let covered: Vec<u64> = self
-            .proposal_at_index
-            .range(..=metadata.index)
-            .map(|(_, id)| *id)
+        // Proposals that may be in the snapshot have an unknown outcome: this leader's
+        // up to its index, and those proposed without a known index (on a follower) in
+        // its term or before. Left waiting, a later term's entries would wrongly mark
+        // them as never applied.
+        let after = self.proposal_at_index.split_off(&(metadata.index + 1));
+        let indexed: std::collections::HashSet<u64> = self.proposal_at_index.values().copied().collect();
+        let kept: std::collections::HashSet<u64> = after.values().copied().collect();
+        let unknown: Vec<u64> = self
+            .proposals
+            .iter()
+            .filter(|(id, proposal)| indexed.contains(*id) || (!kept.contains(*id) && proposal.term <= metadata.term))
+            .map(|(id, _)| *id)
             .collect();
-        for id in covered {
+        for id in unknown {
             if let Some(proposal) = self.proposals.remove(&id) {
                 let _ = proposal.responder.send(Err(RangeError::Timeout));
             }
         }
-        self.proposal_at_index = self.proposal_at_index.split_off(&(metadata.index + 1));
+        self.proposal_at_index = after;
         self.status.applied_index.store(metadata.index, Ordering::Release);
         self.publish_revision();
         tracing::info!(

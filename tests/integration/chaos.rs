@@ -1,6 +1,8 @@
 //! A bounded chaos run on every change: three schedules of 30 s on 3 nodes, every fault
 //! kind, every checker. Seeds are random (new schedules each run) and printed: a
-//! failure names the seed that replays it (`shoal chaos --seed <seed>`).
+//! failure names the seed that replays it (`shoal chaos --seed <seed>`). The last
+//! schedule keeps a short Raft log, so nodes that fall behind catch up by snapshot
+//! while faults go on.
 
 use std::process::Command;
 use std::time::Duration;
@@ -10,10 +12,22 @@ fn three_fault_schedules_find_no_violation() {
     for run in 0..3 {
         let seed: u64 = rand::random();
         let out = tempfile::tempdir().unwrap();
-        eprintln!("chaos schedule {run}: seed {seed}");
+        eprintln!(
+            "chaos schedule {run}: seed {seed}{}",
+            if run == 2 { " (short log)" } else { "" }
+        );
+        let short_log: &[&str] = if run == 2 {
+            &[
+                "--server-arg=--snapshot-count=300",
+                "--server-arg=--snapshot-catchup-entries=50",
+            ]
+        } else {
+            &[]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
             .args(["chaos", "--nodes", "3", "--duration", "30"])
             .args(["--seed", &seed.to_string()])
+            .args(short_log)
             .arg("--out")
             .arg(out.path())
             .spawn()
