@@ -11,8 +11,7 @@
 
 use super::router::Router;
 use crate::proto::etcdserverpb::CompactionRequest;
-use crate::proto::shoal::command::{command_result, raft_command, ErrorKind, RaftCommand};
-use prost::Message as _;
+use crate::proto::shoal::command::{command_result, raft_command, ErrorKind};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -134,16 +133,10 @@ enum CompactFailure {
 }
 
 async fn compact(router: &Router, range_id: u64, revision: i64) -> Result<(), CompactFailure> {
-    let command = RaftCommand {
-        origin_node: 0,
-        request_id: 0,
-        proposed_term: 0,
-        op: Some(raft_command::Op::Compact(CompactionRequest {
-            revision,
-            physical: false,
-        })),
-    }
-    .encode_to_vec();
+    let command = crate::range::encode_command(raft_command::Op::Compact(CompactionRequest {
+        revision,
+        physical: false,
+    }));
     let result = router
         .write(range_id, command)
         .await

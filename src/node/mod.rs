@@ -18,7 +18,7 @@ use crate::proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer, ResponseHeader,
 };
-use crate::proto::shoal::command::{raft_command, PublishMember, RaftCommand};
+use crate::proto::shoal::command::{raft_command, PublishMember};
 use crate::proto::shoal::peer::peer_server::PeerServer;
 use crate::proto::shoal::state::RangeDescriptor;
 use crate::proto::v3electionpb::election_server::ElectionServer;
@@ -31,7 +31,6 @@ use crate::range::FIRST_RANGE_ID;
 use crate::storage::{Engine, FjallEngine, StorageError};
 use crate::transport::{PeerIdentity, PeerService, PeerTransport, PEER_MESSAGE_BYTES_MAX};
 use metrics_exporter_prometheus::PrometheusHandle;
-use prost::Message;
 use router::Router;
 use std::collections::HashMap;
 use std::future::Future;
@@ -304,17 +303,11 @@ pub async fn run(
 /// Announces this member's name and client URLs through the log once per start, as
 /// etcd members do, so every member lists them in MemberList. Retries until it lands.
 async fn publish_member(router: Arc<Router>, member_id: u64, name: String, client_urls: Vec<String>) {
-    let command = RaftCommand {
-        origin_node: 0,
-        request_id: 0,
-        proposed_term: 0,
-        op: Some(raft_command::Op::PublishMember(PublishMember {
-            member_id,
-            name: name.clone(),
-            client_urls: client_urls.clone(),
-        })),
-    }
-    .encode_to_vec();
+    let command = crate::range::encode_command(raft_command::Op::PublishMember(PublishMember {
+        member_id,
+        name: name.clone(),
+        client_urls: client_urls.clone(),
+    }));
     let mut delay = Duration::from_millis(100);
     loop {
         if let Ok(published) = router.reader().members(FIRST_RANGE_ID) {

@@ -16,6 +16,17 @@ pub mod watch;
 /// The first range, covering the whole key space until ranges split.
 pub const FIRST_RANGE_ID: u64 = 1;
 
+/// `op` as a `RaftCommand` ready to propose: origin, request id and term are left out
+/// for the proposing replica to stamp.
+pub fn encode_command(op: crate::proto::shoal::command::raft_command::Op) -> Vec<u8> {
+    prost::Message::encode_to_vec(&crate::proto::shoal::command::RaftCommand {
+        origin_node: 0,
+        request_id: 0,
+        proposed_term: 0,
+        op: Some(op),
+    })
+}
+
 /// Why a proposal or a read could not be served by this replica.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RangeError {

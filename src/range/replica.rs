@@ -347,17 +347,12 @@ impl Replica {
                 lease = format!("{id:x}"),
                 "lease expired; revoking"
             );
-            let command = crate::proto::shoal::command::RaftCommand {
-                origin_node: 0,
-                request_id: 0,
-                proposed_term: 0,
-                op: Some(crate::proto::shoal::command::raft_command::Op::LeaseRevoke(
-                    crate::proto::etcdserverpb::LeaseRevokeRequest { id },
-                )),
-            };
+            let command = super::encode_command(crate::proto::shoal::command::raft_command::Op::LeaseRevoke(
+                crate::proto::etcdserverpb::LeaseRevokeRequest { id },
+            ));
             // Nobody waits for the outcome: a lost proposal is proposed again later.
             let (responder, _) = oneshot::channel();
-            self.propose(prost::Message::encode_to_vec(&command), responder);
+            self.propose(command, responder);
         }
     }
 

@@ -7,7 +7,7 @@ use crate::proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
     RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
 };
-use crate::proto::shoal::command::{command_result, raft_command, RaftCommand};
+use crate::proto::shoal::command::{command_result, raft_command};
 use crate::range::state_machine::refusal_from_proto;
 use prost::Message;
 use std::sync::Arc;
@@ -42,16 +42,9 @@ impl EtcdContext {
     /// Replicates `op` through the range holding `key` and returns what applying it
     /// produced (a refusal becomes etcd's error).
     pub(super) async fn replicate(&self, key: &[u8], op: raft_command::Op) -> Result<command_result::Result, Status> {
-        let command = RaftCommand {
-            origin_node: 0,
-            request_id: 0,
-            proposed_term: 0,
-            op: Some(op),
-        }
-        .encode_to_vec();
         let result = self
             .router
-            .write(self.router.range_of(key), command)
+            .write(self.router.range_of(key), crate::range::encode_command(op))
             .await
             .map_err(errors::route)?
             .result
