@@ -10,6 +10,7 @@ pub mod client;
 pub mod config;
 pub mod http_probe;
 pub mod node;
+pub mod parent_watch;
 pub mod proto;
 pub mod range;
 pub mod storage;

@@ -27,6 +27,7 @@ fn main() -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     match cli.command {
         Command::Server(args) => {
+            shoal::parent_watch::arm().context("arming the parent-death signal")?;
             let settings = ServerSettings::load(args.config.as_deref(), &args.flags)?;
             let config = NodeConfig::try_from(settings)?;
             let metrics = shoal::telemetry::install().context("installing the metrics recorder")?;

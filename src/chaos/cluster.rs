@@ -171,6 +171,7 @@ impl Cluster {
             .join(",");
         let node = &mut self.nodes[index];
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log)?;
+        let parent_env = crate::parent_watch::child_env();
         let child = Command::new(&self.binary)
             .arg("server")
             .args(["--name", &node.name])
@@ -194,6 +195,7 @@ impl Cluster {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info,raft=warn".into()),
             )
+            .env(parent_env.0, parent_env.1)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

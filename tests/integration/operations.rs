@@ -160,7 +160,7 @@ async fn bad_settings_stop_the_server_with_a_message_naming_them() {
 }
 
 /// The README's first command: a local cluster that prints its endpoints, stops on a
-/// signal and comes back with its data.
+/// signal and comes back with its data; its nodes never outlive it.
 #[tokio::test(flavor = "multi_thread")]
 async fn playground_runs_stops_and_restarts_with_its_data() {
     bounded(async {
@@ -233,7 +233,20 @@ async fn playground_runs_stops_and_restarts_with_its_data() {
         }
         let mut status = MaintenanceClient::new(channel(&first_endpoint).await);
         assert!(status.status(StatusRequest {}).await.unwrap().into_inner().leader != 0);
-        tokio::task::block_in_place(|| terminate(&mut second));
+
+        // A playground killed outright cannot stop its nodes: they die with it anyway.
+        second.kill().unwrap();
+        second.wait().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for port in (base..base + 6).chain(metrics_base..metrics_base + 3) {
+            while std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "a node outlived a SIGKILLed playground (port {port})"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     })
     .await;
 }
