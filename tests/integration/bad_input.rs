@@ -2,7 +2,8 @@
 
 use crate::support::{bounded, bytes, get, put, Cluster};
 use shoal::proto::etcdserverpb::{
-    request_op, CompactionRequest, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+    alarm_request, request_op, AlarmRequest, AlarmType, CompactionRequest, Compare, DeleteRangeRequest, PutRequest,
+    RangeRequest, RequestOp, TxnRequest,
 };
 use tonic::Code;
 
@@ -237,6 +238,19 @@ async fn refused_requests_name_their_problem_like_etcd() {
                 .await,
             Code::InvalidArgument,
             "etcdserver: invalid sort option",
+        );
+
+        let mut maintenance = cluster.maintenance(1).await;
+        assert_status(
+            maintenance
+                .alarm(AlarmRequest {
+                    action: alarm_request::AlarmAction::Activate as i32,
+                    member_id: 0,
+                    alarm: AlarmType::Nospace as i32,
+                })
+                .await,
+            Code::Unimplemented,
+            "etcdserver: raising alarms is not supported",
         );
 
         // Every node is still up and serving.

@@ -114,6 +114,16 @@ async fn etcdctl_sees_a_truthful_cluster() {
             assert!(row.contains(&format!("http://127.0.0.1:{}", node.peer_port)), "{row}");
         }
 
+        // Housekeeping that etcd operators script.
+        let defrag = ok(&endpoints, &["defrag", "--cluster"]);
+        assert_eq!(
+            defrag.matches("Finished defragmenting etcd member").count(),
+            3,
+            "{defrag}"
+        );
+        assert_eq!(ok(&endpoints, &["alarm", "list"]).trim(), "");
+        assert_eq!(ok(&endpoints, &["alarm", "disarm"]).trim(), "");
+
         // etcdctl 3.4 reports health on stderr.
         let (success, stdout, stderr) = run_etcdctl(&endpoints, &["endpoint", "health", "--cluster"], None);
         let health = stdout + &stderr;

@@ -1,8 +1,11 @@
-//! etcd's Maintenance service: the member's own status.
+//! etcd's Maintenance service: the member's own status, and the housekeeping calls
+//! etcd's operators script (`etcdctl defrag`, `etcdctl alarm list|disarm`).
 
 use super::{errors, observe, EtcdContext, ETCD_API_VERSION};
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
-use crate::proto::etcdserverpb::{StatusRequest, StatusResponse};
+use crate::proto::etcdserverpb::{
+    alarm_request, AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, StatusRequest, StatusResponse,
+};
 use crate::range::kv::KvError;
 use crate::range::FIRST_RANGE_ID;
 use std::sync::atomic::Ordering;
@@ -19,8 +22,47 @@ impl MaintenanceService {
     }
 }
 
+impl MaintenanceService {
+    fn current_header(&self) -> Result<crate::proto::etcdserverpb::ResponseHeader, Status> {
+        let revision = self
+            .context
+            .router
+            .reader()
+            .revision(FIRST_RANGE_ID)
+            .map_err(|error| errors::kv(KvError::Storage(error)))?;
+        Ok(self.context.header(revision))
+    }
+}
+
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
+    /// Shoal raises no alarms (there is no space quota yet), so there is never one to
+    /// list or disarm; raising one by hand would promise a read-only mode Shoal lacks.
+    async fn alarm(&self, request: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        observe("etcdserverpb.Maintenance", "Alarm", async {
+            if request.get_ref().action() == alarm_request::AlarmAction::Activate {
+                return Err(Status::unimplemented("etcdserver: raising alarms is not supported"));
+            }
+            Ok(Response::new(AlarmResponse {
+                header: Some(self.current_header()?),
+                alarms: Vec::new(),
+            }))
+        })
+        .await
+    }
+
+    /// Nothing to do: an LSM has no free pages to hand back, and its background
+    /// compaction already rewrites tables without the versions `Compact` dropped.
+    /// Answering keeps the usual `etcdctl compact` + `etcdctl defrag` scripts working.
+    async fn defragment(&self, _request: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
+        observe("etcdserverpb.Maintenance", "Defragment", async {
+            Ok(Response::new(DefragmentResponse {
+                header: Some(self.current_header()?),
+            }))
+        })
+        .await
+    }
+
     async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         observe("etcdserverpb.Maintenance", "Status", async {
             let router = &self.context.router;
