@@ -191,6 +191,17 @@ impl Router {
         }
     }
 
+    /// The range's leader as this node knows it (0: none), as it changes.
+    pub fn leader_changes(&self, range_id: u64) -> tokio::sync::watch::Receiver<u64> {
+        self.view(range_id).leader_changes.clone()
+    }
+
+    /// Has this node, the range's leader, hand leadership to `target`; the change shows
+    /// in [`Router::leader_changes`] once it happened.
+    pub async fn transfer_leader(&self, range_id: u64, target: u64) -> Result<(), RouteError> {
+        Ok(self.store.transfer_leader(range_id, target).await?)
+    }
+
     /// Waits until this node's replica reflects every write acknowledged before the call.
     pub async fn linearize(&self, range_id: u64) -> Result<(), RouteError> {
         Ok(self.store.read_index(range_id).await?)

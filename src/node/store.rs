@@ -44,6 +44,11 @@ pub enum StoreInput {
         kind: LeaseQueryKind,
         responder: oneshot::Sender<Result<Option<LeaseTime>, RangeError>>,
     },
+    TransferLeader {
+        range_id: u64,
+        target: u64,
+        responder: oneshot::Sender<Result<(), RangeError>>,
+    },
     InstallSnapshot {
         range_id: u64,
         message: Message,
@@ -126,6 +131,20 @@ impl StoreHandle {
                 range_id,
                 lease_id,
                 kind,
+                responder,
+            })
+            .await
+            .map_err(|_| RangeError::Stopped)?;
+        outcome.await.map_err(|_| RangeError::Stopped)?
+    }
+
+    /// Asks the range's leader (this node) to hand leadership to `target`.
+    pub async fn transfer_leader(&self, range_id: u64, target: u64) -> Result<(), RangeError> {
+        let (responder, outcome) = oneshot::channel();
+        self.inbox
+            .send_async(StoreInput::TransferLeader {
+                range_id,
+                target,
                 responder,
             })
             .await
@@ -269,6 +288,17 @@ impl Store {
             } => {
                 let answer = match replica_of(&mut self.replicas, range_id) {
                     Some(replica) => replica.lease_query(lease_id, kind),
+                    None => Err(RangeError::UnknownRange(range_id)),
+                };
+                let _ = responder.send(answer);
+            }
+            StoreInput::TransferLeader {
+                range_id,
+                target,
+                responder,
+            } => {
+                let answer = match replica_of(&mut self.replicas, range_id) {
+                    Some(replica) => replica.transfer_leader(target),
                     None => Err(RangeError::UnknownRange(range_id)),
                 };
                 let _ = responder.send(answer);

@@ -44,4 +44,7 @@ pub enum RangeError {
     Stopped,
     #[error("range {0} is not on this node")]
     UnknownRange(u64),
+    /// Leadership cannot go to this member: it does not replicate the range.
+    #[error("{0:x} is not a member of the range")]
+    BadTransferee(u64),
 }

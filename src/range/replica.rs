@@ -371,6 +371,27 @@ impl Replica {
         })
     }
 
+    /// Starts handing leadership to `target` (etcd's MoveLeader); only the leader can.
+    /// Whether it worked shows in the leader this replica reports next.
+    pub fn transfer_leader(&mut self, target: u64) -> Result<(), RangeError> {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader {
+            return Err(RangeError::NotLeader { leader: raft.leader_id });
+        }
+        if raft.prs().get(target).is_none() {
+            return Err(RangeError::BadTransferee(target));
+        }
+        if target != self.config.node_id {
+            tracing::info!(
+                range = self.range_id,
+                to = format!("{target:x}"),
+                "transferring leadership"
+            );
+            self.raw.transfer_leader(target);
+        }
+        Ok(())
+    }
+
     pub fn step(&mut self, message: Message) {
         if let Err(error) = self.raw.step(message) {
             tracing::debug!(range = self.range_id, %error, "raft refused a message");

@@ -1,6 +1,7 @@
 //! The unchanged etcdctl (etcd's own client) against a Shoal cluster.
 
 use crate::support::{bounded, run_etcdctl, Cluster};
+use shoal::proto::etcdserverpb::StatusRequest;
 
 fn ok(endpoints: &[String], args: &[&str]) -> String {
     let (success, stdout, stderr) = run_etcdctl(endpoints, args, None);
@@ -123,6 +124,23 @@ async fn etcdctl_sees_a_truthful_cluster() {
         );
         assert_eq!(ok(&endpoints, &["alarm", "list"]).trim(), "");
         assert_eq!(ok(&endpoints, &["alarm", "disarm"]).trim(), "");
+
+        // Leadership moves on request (before maintenance on the leader's machine).
+        let target = (leader + 1) % 3;
+        let mut status = cluster.maintenance(target).await;
+        let target_id = status
+            .status(StatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .header
+            .unwrap()
+            .member_id;
+        let moved = ok(&endpoints, &["move-leader", &format!("{target_id:x}")]);
+        assert!(moved.contains("Leadership transferred"), "{moved}");
+        assert_eq!(cluster.leader().await, target);
+        let (success, _, stderr) = run_etcdctl(&endpoints, &["move-leader", "ffff"], None);
+        assert!(!success && stderr.contains("bad leader transferee"), "{stderr}");
 
         // etcdctl 3.4 reports health on stderr.
         let (success, stdout, stderr) = run_etcdctl(&endpoints, &["endpoint", "health", "--cluster"], None);

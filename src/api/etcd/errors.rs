@@ -61,11 +61,14 @@ pub fn route(error: RouteError) -> Status {
         RouteError::Range(RangeError::Timeout) => Status::unavailable("etcdserver: request timed out"),
         RouteError::Range(RangeError::LeaderChanged) => Status::unavailable("etcdserver: leader changed"),
         RouteError::Range(RangeError::Stopped) => Status::unavailable("etcdserver: server stopped"),
+        RouteError::Range(RangeError::BadTransferee(_)) => {
+            Status::failed_precondition("etcdserver: bad leader transferee")
+        }
         RouteError::Range(RangeError::UnknownRange(range)) => {
             Status::new(Code::Internal, format!("etcdserver: range {range} is not served here"))
         }
         RouteError::ConnectionLost(detail) => {
-            tracing::debug!(%detail, "forwarded write lost its connection");
+            tracing::debug!(%detail, "a question to the leader lost its connection");
             Status::unavailable("etcdserver: request timed out, possibly due to connection lost")
         }
     }

@@ -4,7 +4,8 @@
 use super::{errors, observe, EtcdContext, ETCD_API_VERSION};
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
 use crate::proto::etcdserverpb::{
-    alarm_request, AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, StatusRequest, StatusResponse,
+    alarm_request, AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, MoveLeaderRequest,
+    MoveLeaderResponse, StatusRequest, StatusResponse,
 };
 use crate::range::kv::KvError;
 use crate::range::FIRST_RANGE_ID;
@@ -47,6 +48,37 @@ impl Maintenance for MaintenanceService {
                 header: Some(self.current_header()?),
                 alarms: Vec::new(),
             }))
+        })
+        .await
+    }
+
+    /// Hands leadership to another member (`etcdctl move-leader`, before maintenance on
+    /// the leader's machine) and answers once it has moved.
+    async fn move_leader(&self, request: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
+        observe("etcdserverpb.Maintenance", "MoveLeader", async {
+            let target = request.into_inner().target_id;
+            let router = &self.context.router;
+            if router.status(FIRST_RANGE_ID).leader() != self.context.member_id {
+                return Err(Status::failed_precondition("etcdserver: not leader"));
+            }
+            let mut leader = router.leader_changes(FIRST_RANGE_ID);
+            router
+                .transfer_leader(FIRST_RANGE_ID, target)
+                .await
+                .map_err(errors::route)?;
+            let moved = tokio::time::timeout(router.request_timeout(), async {
+                leader.wait_for(|leader| *leader == target).await.map(|_| ())
+            })
+            .await;
+            match moved {
+                Ok(Ok(())) => Ok(Response::new(MoveLeaderResponse {
+                    header: Some(self.current_header()?),
+                })),
+                Ok(Err(_)) => Err(Status::unavailable("etcdserver: server stopped")),
+                Err(_) => Err(Status::unavailable(
+                    "etcdserver: request timed out, leader transfer took too long",
+                )),
+            }
         })
         .await
     }
