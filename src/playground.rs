@@ -48,6 +48,8 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
         .collect::<Vec<_>>()
         .join(",");
 
+    // The nodes die with this process even if it is killed before it can stop them.
+    let parent_env = shoal::parent_watch::child_env();
     let mut nodes = Vec::new();
     for (name, client_url, peer_url, metrics_port) in plan {
         let log = data_dir.join(format!("{name}.log"));
@@ -66,6 +68,7 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
             .args(["--listen-metrics-urls", &format!("http://127.0.0.1:{metrics_port}")])
             .args(["--initial-cluster", &initial_cluster])
             .args(["--initial-cluster-token", "shoal-playground"])
+            .env(parent_env.0, &parent_env.1)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file)

@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::LazyLock;
+use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
@@ -64,9 +64,9 @@ pub fn free_port() -> std::io::Result<u16> {
 
 /// The first of `count` consecutive free loopback ports. They come from below Linux's
 /// ephemeral range (32768 and up), so no outgoing connection can be holding a port a
-/// server is about to bind or, after a restart, bind again. A process-wide counter
-/// keeps concurrent clusters of one test process apart, and its random start keeps
-/// concurrent test processes apart.
+/// server is about to bind or, after a restart, bind again. Each port handed out is
+/// reserved for the life of this process with a lock file, so concurrent test
+/// processes (a test binary and the `shoal chaos` runs it starts) never share one.
 pub fn free_ports(count: u16) -> std::io::Result<u16> {
     const FIRST: u32 = 20_000;
     const SPAN: u32 = 12_000;
@@ -76,6 +76,15 @@ pub fn free_ports(count: u16) -> std::io::Result<u16> {
             .map_or(0, |since| since.subsec_nanos());
         AtomicU32::new(nanos ^ std::process::id().wrapping_mul(7919))
     });
+    static HELD: Mutex<Vec<std::fs::File>> = Mutex::new(Vec::new());
+    let locks = std::env::temp_dir().join("shoal-test-ports");
+    std::fs::create_dir_all(&locks)?;
+    let reserve = |port: u32| -> Option<std::fs::File> {
+        let file = std::fs::File::create(locks.join(format!("{port}.lock"))).ok()?;
+        file.try_lock().ok()?;
+        TcpListener::bind(("127.0.0.1", port as u16)).ok()?;
+        Some(file)
+    };
     let count = u32::from(count.max(1));
     for _ in 0..SPAN {
         let offset = NEXT.fetch_add(count, Ordering::Relaxed) % SPAN;
@@ -83,7 +92,11 @@ pub fn free_ports(count: u16) -> std::io::Result<u16> {
             continue; // the block would run past the span
         }
         let first = FIRST + offset;
-        if (first..first + count).all(|port| TcpListener::bind(("127.0.0.1", port as u16)).is_ok()) {
+        let reserved: Option<Vec<std::fs::File>> = (first..first + count).map(reserve).collect();
+        if let Some(files) = reserved {
+            HELD.lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .extend(files);
             return Ok(first as u16);
         }
     }

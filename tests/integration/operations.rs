@@ -53,6 +53,24 @@ async fn health_turns_false_without_a_quorum() {
     .await;
 }
 
+/// The processes `pid` started (Linux's /proc/<pid>/task/*/children).
+fn child_processes(pid: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let listed = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        children.extend(listed.split_whitespace().filter_map(|child| child.parse::<u32>().ok()));
+    }
+    children
+}
+
+/// Whether a process runs (a zombie, dead but not yet reaped, does not).
+fn is_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().chars().next()))
+        .is_some_and(|state| state != Some('Z'))
+}
+
 fn free_port() -> u16 {
     shoal::chaos::cluster::free_port().expect("a free port")
 }
@@ -235,14 +253,16 @@ async fn playground_runs_stops_and_restarts_with_its_data() {
         assert!(status.status(StatusRequest {}).await.unwrap().into_inner().leader != 0);
 
         // A playground killed outright cannot stop its nodes: they die with it anyway.
+        let nodes = child_processes(second.id());
+        assert_eq!(nodes.len(), 3, "the playground runs three node processes: {nodes:?}");
         second.kill().unwrap();
         second.wait().unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
-        for port in (base..base + 6).chain(metrics_base..metrics_base + 3) {
-            while std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+        for node in nodes {
+            while is_alive(node) {
                 assert!(
                     Instant::now() < deadline,
-                    "a node outlived a SIGKILLed playground (port {port})"
+                    "node process {node} outlived a SIGKILLed playground"
                 );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
