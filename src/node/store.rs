@@ -94,28 +94,29 @@ impl StoreHandle {
         (StoreHandle { inbox }, receiver)
     }
 
-    pub async fn propose(&self, range_id: u64, command: Vec<u8>) -> Result<CommandResult, RangeError> {
+    /// Sends the input `make` builds around a responder and waits for its answer.
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, RangeError>>) -> StoreInput,
+    ) -> Result<T, RangeError> {
         let (responder, outcome) = oneshot::channel();
-        self.inbox
-            .send_async(StoreInput::Propose {
-                range_id,
-                command,
-                responder,
-            })
-            .await
-            .map_err(|_| RangeError::Stopped)?;
+        self.send(make(responder)).await?;
         outcome.await.map_err(|_| RangeError::Stopped)?
+    }
+
+    pub async fn propose(&self, range_id: u64, command: Vec<u8>) -> Result<CommandResult, RangeError> {
+        self.ask(|responder| StoreInput::Propose {
+            range_id,
+            command,
+            responder,
+        })
+        .await
     }
 
     /// Resolves once this node's replica of the range has applied everything that was
     /// committed when the call was made.
     pub async fn read_index(&self, range_id: u64) -> Result<(), RangeError> {
-        let (responder, outcome) = oneshot::channel();
-        self.inbox
-            .send_async(StoreInput::Read { range_id, responder })
-            .await
-            .map_err(|_| RangeError::Stopped)?;
-        outcome.await.map_err(|_| RangeError::Stopped)?
+        self.ask(|responder| StoreInput::Read { range_id, responder }).await
     }
 
     /// Asks this node's replica (which must lead the range) about a lease.
@@ -125,31 +126,23 @@ impl StoreHandle {
         lease_id: i64,
         kind: LeaseQueryKind,
     ) -> Result<Option<LeaseTime>, RangeError> {
-        let (responder, outcome) = oneshot::channel();
-        self.inbox
-            .send_async(StoreInput::LeaseQuery {
-                range_id,
-                lease_id,
-                kind,
-                responder,
-            })
-            .await
-            .map_err(|_| RangeError::Stopped)?;
-        outcome.await.map_err(|_| RangeError::Stopped)?
+        self.ask(|responder| StoreInput::LeaseQuery {
+            range_id,
+            lease_id,
+            kind,
+            responder,
+        })
+        .await
     }
 
     /// Asks the range's leader (this node) to hand leadership to `target`.
     pub async fn transfer_leader(&self, range_id: u64, target: u64) -> Result<(), RangeError> {
-        let (responder, outcome) = oneshot::channel();
-        self.inbox
-            .send_async(StoreInput::TransferLeader {
-                range_id,
-                target,
-                responder,
-            })
-            .await
-            .map_err(|_| RangeError::Stopped)?;
-        outcome.await.map_err(|_| RangeError::Stopped)?
+        self.ask(|responder| StoreInput::TransferLeader {
+            range_id,
+            target,
+            responder,
+        })
+        .await
     }
 
     pub async fn send(&self, input: StoreInput) -> Result<(), RangeError> {

@@ -21,9 +21,8 @@ impl MaintenanceService {
     pub fn new(context: Arc<EtcdContext>) -> Self {
         Self { context }
     }
-}
 
-impl MaintenanceService {
+    /// A response header at the member's applied revision.
     fn current_header(&self) -> Result<crate::proto::etcdserverpb::ResponseHeader, Status> {
         let revision = self
             .context
@@ -99,11 +98,8 @@ impl Maintenance for MaintenanceService {
         observe("etcdserverpb.Maintenance", "Status", async {
             let router = &self.context.router;
             let status = router.status(FIRST_RANGE_ID);
-            let reader = router.reader();
-            let revision = reader
-                .revision(FIRST_RANGE_ID)
-                .map_err(|error| errors::kv(KvError::Storage(error)))?;
-            let db_size = i64::try_from(reader.disk_space_bytes()).unwrap_or(i64::MAX);
+            let header = self.current_header()?;
+            let db_size = i64::try_from(router.reader().disk_space_bytes()).unwrap_or(i64::MAX);
             let leader = status.leader();
             let errors = if leader == 0 {
                 vec!["etcdserver: no leader".to_string()]
@@ -111,7 +107,7 @@ impl Maintenance for MaintenanceService {
                 Vec::new()
             };
             Ok(Response::new(StatusResponse {
-                header: Some(self.context.header(revision)),
+                header: Some(header),
                 version: ETCD_API_VERSION.to_string(),
                 db_size,
                 leader,
