@@ -78,7 +78,7 @@ pub struct ServerFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub initial_cluster_token: Option<String>,
-    /// URLs for HTTP /metrics, /health and /ready; empty to disable [default: http://127.0.0.1:9090]
+    /// URLs for HTTP /metrics, /health and /ready [default: none, no metrics listener]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen_metrics_urls: Option<String>,

@@ -52,7 +52,8 @@ pub struct ServerSettings {
     pub initial_cluster: Option<String>,
     pub initial_cluster_state: ClusterState,
     pub initial_cluster_token: String,
-    /// HTTP for /metrics, /health, /ready; empty to disable.
+    /// HTTP for /metrics, /health, /ready; empty (the default) opens no such listener, so
+    /// members started with etcd's flags alone never compete for one port.
     pub listen_metrics_urls: String,
     /// Milliseconds between leader heartbeats (one Raft tick).
     pub heartbeat_interval: u64,
@@ -88,7 +89,7 @@ impl Default for ServerSettings {
             initial_cluster: None,
             initial_cluster_state: ClusterState::New,
             initial_cluster_token: "shoal-cluster".into(),
-            listen_metrics_urls: "http://127.0.0.1:9090".into(),
+            listen_metrics_urls: String::new(),
             heartbeat_interval: 100,
             election_timeout: 1000,
             max_txn_ops: 128,

@@ -311,3 +311,100 @@ async fn bench_reports_every_operation_of_a_bounded_run() {
     })
     .await;
 }
+
+/// Processes a test started; killed when it ends, also when it fails.
+struct Children(Vec<std::process::Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Three members on one host started with etcd's own flags and nothing else (no
+/// `--listen-metrics-urls`): etcd runs like this, so Shoal must too.
+#[tokio::test]
+async fn three_members_on_one_host_start_with_etcd_flags_alone() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        let initial_cluster = ports
+            .iter()
+            .enumerate()
+            .map(|(index, (_, peer))| format!("m{index}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut children = Children(Vec::new());
+        for (index, (client, peer)) in ports.iter().enumerate() {
+            let client_url = format!("http://127.0.0.1:{client}");
+            let peer_url = format!("http://127.0.0.1:{peer}");
+            let child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+                .arg("server")
+                .args(["--name", &format!("m{index}")])
+                .arg("--data-dir")
+                .arg(dir.path().join(format!("m{index}")))
+                .args([
+                    "--listen-client-urls",
+                    &client_url,
+                    "--advertise-client-urls",
+                    &client_url,
+                ])
+                .args([
+                    "--listen-peer-urls",
+                    &peer_url,
+                    "--initial-advertise-peer-urls",
+                    &peer_url,
+                ])
+                .args(["--initial-cluster", &initial_cluster])
+                .args([
+                    "--initial-cluster-token",
+                    "etcd-flags-only",
+                    "--initial-cluster-state",
+                    "new",
+                ])
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.path().join(format!("m{index}.log"))).unwrap())
+                .spawn()
+                .unwrap();
+            children.0.push(child);
+        }
+        // Every member serves, and a write through one is read through the others.
+        let urls: Vec<String> = ports
+            .iter()
+            .map(|(client, _)| format!("http://127.0.0.1:{client}"))
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut writer = KvClient::new(channel(&urls[0]).await);
+        loop {
+            let written = writer
+                .put(shoal::proto::etcdserverpb::PutRequest {
+                    key: bytes("etcd-flags"),
+                    value: bytes("work"),
+                    ..Default::default()
+                })
+                .await;
+            if written.is_ok() {
+                break;
+            }
+            for (index, child) in children.0.iter_mut().enumerate() {
+                if let Some(status) = child.try_wait().unwrap() {
+                    let log = std::fs::read_to_string(dir.path().join(format!("m{index}.log"))).unwrap_or_default();
+                    panic!("member m{index} exited with {status}:\n{log}");
+                }
+            }
+            assert!(Instant::now() < deadline, "the cluster never took a write: {written:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for url in &urls[1..] {
+            let mut reader = KvClient::new(channel(url).await);
+            assert_eq!(get(&mut reader, "etcd-flags", false).await.as_deref(), Some("work"));
+        }
+        for (index, child) in children.0.iter_mut().enumerate() {
+            assert!(child.try_wait().unwrap().is_none(), "member m{index} exited");
+        }
+    })
+    .await;
+}
