@@ -8,6 +8,7 @@ use crate::storage::{Durability, Engine, Space, StorageError, WriteBatch};
 use prost::Message;
 
 const IDENTITY_KEY: &[u8] = b"identity";
+const INCARNATION_KEY: &[u8] = b"incarnation";
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -102,9 +103,48 @@ pub fn load_or_create(engine: &dyn Engine, config: &NodeConfig) -> Result<Loaded
     })
 }
 
+/// Raises the node's incarnation, persisted before anything is proposed, and returns
+/// it: every start gets a number no earlier start had, so proposal ids (incarnation,
+/// request) never repeat across restarts, even when a crash lost everything else.
+pub fn next_incarnation(engine: &dyn Engine) -> Result<u64, StorageError> {
+    let previous = match engine.get(Space::NodeMeta, INCARNATION_KEY)? {
+        None => 0,
+        Some(bytes) => {
+            let raw: [u8; 8] = bytes.as_slice().try_into().map_err(|_| StorageError::Corrupt {
+                space: Space::NodeMeta,
+                detail: format!("incarnation is {} bytes, not 8", bytes.len()),
+            })?;
+            u64::from_be_bytes(raw)
+        }
+    };
+    let next = previous.checked_add(1).ok_or_else(|| StorageError::Corrupt {
+        space: Space::NodeMeta,
+        detail: "incarnation at its maximum".to_string(),
+    })?;
+    let mut batch = WriteBatch::new();
+    batch.put(Space::NodeMeta, INCARNATION_KEY.to_vec(), next.to_be_bytes().to_vec());
+    engine.write(batch, Durability::Sync)?;
+    Ok(next)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_start_gets_a_higher_incarnation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let first = {
+            let engine = crate::storage::FjallEngine::open(&path).unwrap();
+            let a = next_incarnation(&engine).unwrap();
+            let b = next_incarnation(&engine).unwrap();
+            assert_eq!((a, b), (1, 2));
+            b
+        };
+        let engine = crate::storage::FjallEngine::open(&path).unwrap();
+        assert_eq!(next_incarnation(&engine).unwrap(), first + 1, "survives a reopen");
+    }
 
     #[test]
     fn ids_do_not_depend_on_url_order_and_differ_per_token() {

@@ -102,11 +102,13 @@ pub async fn run(
     let loaded = identity::load_or_create(engine.as_ref(), &config)?;
     let identity = loaded.identity;
     let me = identity.member_id;
+    let incarnation = identity::next_incarnation(engine.as_ref())?;
     tracing::info!(
         name = %identity.name,
         member = format!("{me:x}"),
         cluster = format!("{:x}", identity.cluster_id),
         data_dir = %config.data_dir.display(),
+        incarnation,
         "starting"
     );
 
@@ -118,6 +120,7 @@ pub async fn run(
     let ticks = |duration: Duration| (duration.as_millis() / tick.as_millis().max(1)).max(1) as u64;
     let replica_config = ReplicaConfig {
         node_id: me,
+        incarnation,
         election_ticks: ticks(config.election_timeout) as usize,
         heartbeat_ticks: 1,
         request_timeout_ticks: ticks(config.request_timeout()),

@@ -214,6 +214,8 @@ impl Store {
                 Err(flume::RecvTimeoutError::Disconnected) => break Ok(()),
             };
             let mut stop = false;
+            // One clock reading per turn: the replicas' logic takes time as an input.
+            let now = Instant::now();
             let inputs: Vec<StoreInput> = first
                 .into_iter()
                 .chain(self.inbox.try_iter().take(INPUTS_PER_TURN_MAX))
@@ -223,18 +225,17 @@ impl Store {
                     stop = true;
                     break;
                 }
-                self.handle(input);
+                self.handle(input, now);
             }
             if stop {
                 break Ok(());
             }
-            if Instant::now() >= next_tick {
+            if now >= next_tick {
                 for replica in self.replicas.values_mut() {
-                    replica.tick();
+                    replica.tick(now);
                 }
                 next_tick += self.tick_interval;
                 // After a stall (a long fsync), do not fire a burst of catch-up ticks.
-                let now = Instant::now();
                 if next_tick < now {
                     next_tick = now + self.tick_interval;
                 }
@@ -242,7 +243,7 @@ impl Store {
             for replica in self.replicas.values_mut() {
                 replica.flush_reads();
             }
-            if let Err(error) = self.process_output() {
+            if let Err(error) = self.process_output(now) {
                 break Err(error);
             }
         };
@@ -252,7 +253,7 @@ impl Store {
         outcome
     }
 
-    fn handle(&mut self, input: StoreInput) {
+    fn handle(&mut self, input: StoreInput, now: Instant) {
         fn replica_of(replicas: &mut BTreeMap<u64, Replica>, range_id: u64) -> Option<&mut Replica> {
             replicas.get_mut(&range_id)
         }
@@ -278,13 +279,12 @@ impl Store {
                 lease_id,
                 kind,
                 responder,
-            } => {
-                let answer = match replica_of(&mut self.replicas, range_id) {
-                    Some(replica) => replica.lease_query(lease_id, kind),
-                    None => Err(RangeError::UnknownRange(range_id)),
-                };
-                let _ = responder.send(answer);
-            }
+            } => match replica_of(&mut self.replicas, range_id) {
+                Some(replica) => replica.lease_query(lease_id, kind, now, responder),
+                None => {
+                    let _ = responder.send(Err(RangeError::UnknownRange(range_id)));
+                }
+            },
             StoreInput::TransferLeader {
                 range_id,
                 target,
@@ -325,14 +325,14 @@ impl Store {
         }
     }
 
-    fn process_output(&mut self) -> Result<(), StorageError> {
+    fn process_output(&mut self, now: Instant) -> Result<(), StorageError> {
         let mut outbox: Outbox = Vec::new();
         let mut log_batch = WriteBatch::new();
         let mut must_sync = false;
         let mut readies = Vec::new();
         for (range_id, replica) in self.replicas.iter_mut() {
             if replica.has_ready() {
-                let (ready, sync) = replica.collect_ready(&mut outbox, &mut log_batch)?;
+                let (ready, sync) = replica.collect_ready(now, &mut outbox, &mut log_batch)?;
                 must_sync |= sync;
                 readies.push((*range_id, ready));
             }

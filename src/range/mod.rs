@@ -6,8 +6,10 @@
 pub mod kv;
 pub mod lease;
 pub mod log_store;
+pub mod proposals;
 mod raft_logger;
 pub mod reader;
+pub mod reads;
 pub mod replica;
 pub mod snapshot;
 pub mod state_machine;
@@ -16,13 +18,14 @@ pub mod watch;
 /// The first range, covering the whole key space until ranges split.
 pub const FIRST_RANGE_ID: u64 = 1;
 
-/// `op` as a `RaftCommand` ready to propose: origin, request id and term are left out
+/// `op` as a `RaftCommand` ready to propose: origin, incarnation, request id and term are left out
 /// for the proposing replica to stamp.
 pub fn encode_command(op: crate::proto::shoal::command::raft_command::Op) -> Vec<u8> {
     prost::Message::encode_to_vec(&crate::proto::shoal::command::RaftCommand {
         origin_node: 0,
         request_id: 0,
         proposed_term: 0,
+        origin_incarnation: 0,
         op: Some(op),
     })
 }

@@ -10,9 +10,11 @@
 
 use super::lease::LeaseTime;
 use super::log_store::LogStore;
+use super::proposals::ProposalTracker;
 use super::raft_logger;
+use super::reads::ReadQueue;
 use super::snapshot::{self, SnapshotRegistry};
-use super::state_machine::{Applied, ApplyBatch, StateMachine};
+use super::state_machine::{ApplyBatch, StateMachine};
 use super::RangeError;
 use crate::proto::shoal::command::CommandResult;
 use crate::proto::shoal::state::RangeDescriptor;
@@ -21,7 +23,7 @@ use crate::storage::{Durability, Engine, StorageError, WriteBatch};
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, EntryType, Message, MessageType};
 use raft::{RawNode, Ready, StateRole};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -76,6 +78,11 @@ fn encode_conf_state(conf_state: &ConfState) -> Vec<u8> {
 
 pub type ProposalResponder = oneshot::Sender<Result<CommandResult, RangeError>>;
 pub type ReadResponder = oneshot::Sender<Result<(), RangeError>>;
+pub type LeaseResponder = oneshot::Sender<Result<Option<LeaseTime>, RangeError>>;
+
+/// Linearizable reads and lease renewals waiting on one replica, beyond which new ones
+/// are refused as if the replica had no leader (the router waits and retries).
+const READ_WAITERS_MAX: usize = 100_000;
 
 /// What a lease question asks of the leader.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,6 +97,9 @@ pub enum LeaseQueryKind {
 #[derive(Clone, Debug)]
 pub struct ReplicaConfig {
     pub node_id: u64,
+    /// This start of the node (persisted, raised at every start): part of every
+    /// proposal's id, so entries proposed before a restart never answer new waiters.
+    pub incarnation: u64,
     pub election_ticks: usize,
     pub heartbeat_ticks: usize,
     /// A proposal or read without an outcome after this long fails with `Timeout`.
@@ -127,21 +137,22 @@ impl RangeStatus {
     }
 }
 
-struct PendingProposal {
-    responder: ProposalResponder,
-    deadline_tick: u64,
-    /// The term it was proposed in: it applies in that term or never.
-    term: u64,
-}
-
-struct PendingRead {
-    responder: ReadResponder,
-    deadline_tick: u64,
-}
-
-struct ReadBatch {
-    reads: Vec<PendingRead>,
-    issued_tick: u64,
+/// What waits for a read index.
+enum ReadWaiter {
+    /// A linearizable read: answered once this replica has applied what was committed
+    /// when it arrived.
+    Client(ReadResponder),
+    /// A lease keep-alive on the leader. It renews only once a read index has shown a
+    /// quorum still follows this leader in the term it was asked in, and renews from
+    /// the time it was asked: a new leader can only have been elected after that
+    /// quorum answered, and it restarts every deadline at the full TTL when promoted,
+    /// so the deadline the client is told never runs out before the new leader's.
+    LeaseRenew {
+        lease_id: i64,
+        asked_at: Instant,
+        term: u64,
+        responder: LeaseResponder,
+    },
 }
 
 /// Messages a replica wants sent, tagged with its range.
@@ -154,14 +165,8 @@ pub struct Replica {
     machine: StateMachine,
     engine: Arc<dyn Engine>,
     ticks: u64,
-    next_request_id: u64,
-    proposals: HashMap<u64, PendingProposal>,
-    /// Index each of this leader's proposals got, to tell when another entry took it.
-    proposal_at_index: BTreeMap<u64, u64>,
-    read_queue: Vec<PendingRead>,
-    reads_in_flight: HashMap<u64, ReadBatch>,
-    reads_waiting_apply: BTreeMap<u64, Vec<PendingRead>>,
-    next_read_context: u64,
+    proposals: ProposalTracker,
+    reads: ReadQueue<ReadWaiter>,
     /// Snapshot data received and staged on disk, by (index, term).
     staged_snapshots: HashMap<(u64, u64), PathBuf>,
     status: Arc<RangeStatus>,
@@ -181,6 +186,7 @@ impl Replica {
         descriptor: RangeDescriptor,
         bootstrap_voters: Option<Vec<u64>>,
     ) -> Result<Self, StorageError> {
+        let (node_id, incarnation) = (config.node_id, config.incarnation);
         let mut log_store = LogStore::load(range_id, engine.clone(), snapshots)?;
         let mut machine = StateMachine::load(range_id, engine.clone(), descriptor)?;
         if let Some(install) = log_store.pending_install()? {
@@ -244,13 +250,8 @@ impl Replica {
             machine,
             engine,
             ticks: 0,
-            next_request_id: 1,
-            proposals: HashMap::new(),
-            proposal_at_index: BTreeMap::new(),
-            read_queue: Vec::new(),
-            reads_in_flight: HashMap::new(),
-            reads_waiting_apply: BTreeMap::new(),
-            next_read_context: 1,
+            proposals: ProposalTracker::new(node_id, incarnation),
+            reads: ReadQueue::new(READ_WAITERS_MAX),
             staged_snapshots: HashMap::new(),
             status,
             leader_watch,
@@ -284,63 +285,21 @@ impl Replica {
         self.range_id
     }
 
-    pub fn tick(&mut self) {
+    pub fn tick(&mut self, now: Instant) {
         self.ticks += 1;
         self.raw.tick();
         if self.raw.raft.state == StateRole::Leader {
-            self.revoke_expired_leases();
+            self.revoke_expired_leases(now);
         }
-        let now = self.ticks;
-
-        let expired: Vec<u64> = self
-            .proposals
-            .iter()
-            .filter(|(_, proposal)| proposal.deadline_tick <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in expired {
-            if let Some(proposal) = self.proposals.remove(&id) {
-                metrics::counter!("etcd_server_proposals_failed_total").increment(1);
-                let _ = proposal.responder.send(Err(RangeError::Timeout));
-            }
+        self.proposals.expire(self.ticks);
+        for waiter in self.reads.tick(self.ticks, self.config.read_retry_ticks) {
+            Self::refuse_read(waiter, RangeError::Timeout);
         }
-        self.proposal_at_index.retain(|_, id| self.proposals.contains_key(id));
-
-        // Reads whose read index never came back are asked again.
-        let retry = self.config.read_retry_ticks;
-        let stale: Vec<u64> = self
-            .reads_in_flight
-            .iter()
-            .filter(|(_, batch)| now - batch.issued_tick >= retry)
-            .map(|(context, _)| *context)
-            .collect();
-        for context in stale {
-            if let Some(batch) = self.reads_in_flight.remove(&context) {
-                self.read_queue.extend(batch.reads);
-            }
-        }
-        let (expired, live): (Vec<_>, Vec<_>) = std::mem::take(&mut self.read_queue)
-            .into_iter()
-            .partition(|read| read.deadline_tick <= now);
-        self.read_queue = live;
-        for read in expired {
-            let _ = read.responder.send(Err(RangeError::Timeout));
-        }
-        for reads in self.reads_waiting_apply.values_mut() {
-            let (expired, live): (Vec<_>, Vec<_>) = std::mem::take(reads)
-                .into_iter()
-                .partition(|read| read.deadline_tick <= now);
-            *reads = live;
-            for read in expired {
-                let _ = read.responder.send(Err(RangeError::Timeout));
-            }
-        }
-        self.reads_waiting_apply.retain(|_, reads| !reads.is_empty());
     }
 
     /// Only the leader expires leases, by proposing their revocation through the log.
-    fn revoke_expired_leases(&mut self) {
-        let expired = self.machine.lessor_mut().take_expired(Instant::now());
+    fn revoke_expired_leases(&mut self, now: Instant) {
+        let expired = self.machine.lessor_mut().take_expired(now);
         for id in expired {
             tracing::info!(
                 range = self.range_id,
@@ -357,18 +316,28 @@ impl Replica {
     }
 
     /// Answers a keep-alive or time-to-live question; only the leader knows deadlines.
-    /// `Ok(None)`: no such lease (or it has expired and is being revoked).
-    pub fn lease_query(&mut self, lease_id: i64, kind: LeaseQueryKind) -> Result<Option<LeaseTime>, RangeError> {
+    /// `Ok(None)`: no such lease (or it has expired and is being revoked). A keep-alive
+    /// is answered once leadership is confirmed (see [`ReadWaiter::LeaseRenew`]).
+    pub fn lease_query(&mut self, lease_id: i64, kind: LeaseQueryKind, now: Instant, responder: LeaseResponder) {
         let raft = &self.raw.raft;
         if raft.state != StateRole::Leader {
-            return Err(RangeError::NotLeader { leader: raft.leader_id });
+            let _ = responder.send(Err(RangeError::NotLeader { leader: raft.leader_id }));
+            return;
         }
-        let now = Instant::now();
-        let lessor = self.machine.lessor_mut();
-        Ok(match kind {
-            LeaseQueryKind::Renew => lessor.renew(lease_id, now).and_then(|_| lessor.time(lease_id, now)),
-            LeaseQueryKind::TimeToLive => lessor.time(lease_id, now),
-        })
+        match kind {
+            LeaseQueryKind::TimeToLive => {
+                let _ = responder.send(Ok(self.machine.lessor().time(lease_id, now)));
+            }
+            LeaseQueryKind::Renew => {
+                let waiter = ReadWaiter::LeaseRenew {
+                    lease_id,
+                    asked_at: now,
+                    term: raft.term,
+                    responder,
+                };
+                self.queue_read(waiter);
+            }
+        }
     }
 
     /// Starts handing leadership to `target` (etcd's MoveLeader); only the leader can.
@@ -420,14 +389,14 @@ impl Replica {
         }
         let is_leader = raft.state == StateRole::Leader;
         let term = raft.term;
-        let request_id = self.next_request_id;
-        self.next_request_id += 1;
+        let id = self.proposals.next_id();
         // Protobuf merges concatenated messages: appending the header fields fills them
         // in without decoding the command.
         let header = crate::proto::shoal::command::RaftCommand {
-            origin_node: self.config.node_id,
-            request_id,
+            origin_node: id.node,
+            request_id: id.request,
             proposed_term: term,
+            origin_incarnation: id.incarnation,
             op: None,
         };
         prost::Message::encode(&header, &mut command).unwrap_or_else(|_| unreachable!("a Vec grows as needed"));
@@ -438,45 +407,68 @@ impl Replica {
             }));
             return;
         }
-        if is_leader {
-            let index = self.raw.raft.raft_log.last_index();
-            self.proposal_at_index.insert(index, request_id);
-        }
-        self.proposals.insert(
-            request_id,
-            PendingProposal {
-                responder,
-                deadline_tick: self.ticks + self.config.request_timeout_ticks,
-                term,
-            },
-        );
-        metrics::gauge!("etcd_server_proposals_pending").set(self.proposals.len() as f64);
+        let index = is_leader.then(|| self.raw.raft.raft_log.last_index());
+        let deadline_tick = self.ticks + self.config.request_timeout_ticks;
+        self.proposals.track(id, term, index, responder, deadline_tick);
     }
 
     /// Queues a linearizable read: it is answered once this replica has applied
     /// everything the leader had committed when the read arrived.
     pub fn read(&mut self, responder: ReadResponder) {
-        self.read_queue.push(PendingRead {
-            responder,
-            deadline_tick: self.ticks + self.config.request_timeout_ticks,
-        });
+        self.queue_read(ReadWaiter::Client(responder));
+    }
+
+    fn queue_read(&mut self, waiter: ReadWaiter) {
+        let deadline_tick = self.ticks + self.config.request_timeout_ticks;
+        if let Err(full) = self.reads.push(waiter, deadline_tick) {
+            tracing::warn!(range = self.range_id, "read queue full; refusing a read");
+            let leader = self.raw.raft.leader_id;
+            Self::refuse_read(full.0, RangeError::NotLeader { leader });
+        }
     }
 
     /// Sends one read index request for all queued reads.
     pub fn flush_reads(&mut self) {
-        if self.read_queue.is_empty() {
-            return;
+        if let Some(context) = self.reads.take_batch(self.ticks) {
+            self.raw.read_index(context);
         }
-        let context = self.next_read_context;
-        self.next_read_context += 1;
-        self.raw.read_index(context.to_be_bytes().to_vec());
-        self.reads_in_flight.insert(
-            context,
-            ReadBatch {
-                reads: std::mem::take(&mut self.read_queue),
-                issued_tick: self.ticks,
-            },
-        );
+    }
+
+    fn refuse_read(waiter: ReadWaiter, error: RangeError) {
+        match waiter {
+            ReadWaiter::Client(responder) => {
+                let _ = responder.send(Err(error));
+            }
+            ReadWaiter::LeaseRenew { responder, .. } => {
+                let _ = responder.send(Err(error));
+            }
+        }
+    }
+
+    /// A read index this replica asked for is confirmed and applied.
+    fn complete_read(&mut self, waiter: ReadWaiter) {
+        match waiter {
+            ReadWaiter::Client(responder) => {
+                let _ = responder.send(Ok(()));
+            }
+            ReadWaiter::LeaseRenew {
+                lease_id,
+                asked_at,
+                term,
+                responder,
+            } => {
+                let raft = &self.raw.raft;
+                let answer = if raft.state == StateRole::Leader && raft.term == term {
+                    let lessor = self.machine.lessor_mut();
+                    Ok(lessor
+                        .renew(lease_id, asked_at)
+                        .and_then(|_| lessor.time(lease_id, asked_at)))
+                } else {
+                    Err(RangeError::NotLeader { leader: raft.leader_id })
+                };
+                let _ = responder.send(answer);
+            }
+        }
     }
 
     pub fn report_unreachable(&mut self, node_id: u64) {
@@ -502,12 +494,13 @@ impl Replica {
     /// committed, and whether that commit must be synced.
     pub fn collect_ready(
         &mut self,
+        now: Instant,
         outbox: &mut Outbox,
         log_batch: &mut WriteBatch,
     ) -> Result<(Ready, bool), StorageError> {
         let mut ready = self.raw.ready();
         if let Some(soft_state) = ready.ss() {
-            self.on_soft_state(soft_state.leader_id, soft_state.raft_state);
+            self.on_soft_state(soft_state.leader_id, soft_state.raft_state, now);
         }
         for message in ready.take_messages() {
             outbox.push((self.range_id, message));
@@ -551,14 +544,14 @@ impl Replica {
         self.maybe_truncate_log()
     }
 
-    fn on_soft_state(&mut self, leader: u64, role: StateRole) {
+    fn on_soft_state(&mut self, leader: u64, role: StateRole, now: Instant) {
         let previous = self.status.leader.swap(leader, Ordering::AcqRel);
         let is_leader = role == StateRole::Leader;
         let was_leader = self.status.is_leader.swap(is_leader, Ordering::AcqRel);
         if is_leader && !was_leader {
             // The previous leader's renewals are unknown here: restart every lease's
             // deadline rather than risk expiring one that was kept alive.
-            self.machine.lessor_mut().promote(Instant::now());
+            self.machine.lessor_mut().promote(now);
         }
         metrics::gauge!("etcd_server_is_leader").set(if is_leader { 1.0 } else { 0.0 });
         metrics::gauge!("etcd_server_has_leader").set(if leader != 0 { 1.0 } else { 0.0 });
@@ -574,7 +567,7 @@ impl Replica {
             );
             self.leader_watch.send_replace(leader);
         }
-        if !is_leader && !self.proposal_at_index.is_empty() {
+        if !is_leader && self.proposals.has_indexed() {
             // Entries this node proposed as leader may still commit under the new leader;
             // whether they did is learned when their index applies (or they time out).
             tracing::debug!(
@@ -586,18 +579,8 @@ impl Replica {
     }
 
     fn on_read_state(&mut self, context: &[u8], index: u64) {
-        let Some(context) = context.try_into().ok().map(u64::from_be_bytes) else {
-            return;
-        };
-        let Some(batch) = self.reads_in_flight.remove(&context) else {
-            return;
-        };
-        if self.machine.applied_index() >= index {
-            for read in batch.reads {
-                let _ = read.responder.send(Ok(()));
-            }
-        } else {
-            self.reads_waiting_apply.entry(index).or_default().extend(batch.reads);
+        for waiter in self.reads.on_read_state(context, index, self.machine.applied_index()) {
+            self.complete_read(waiter);
         }
     }
 
@@ -635,11 +618,11 @@ impl Replica {
         }
         self.machine.flush(&mut pending)?;
         for (index, applied) in answers {
-            self.answer_proposal(index, applied);
+            self.proposals.on_applied(index, applied);
         }
         let term_now = self.machine.applied_term();
         if term_now > term_before {
-            self.drop_proposals_before(term_now);
+            self.proposals.on_term_applied(term_now);
         }
         metrics::histogram!("shoal_apply_duration_seconds").record(started.elapsed().as_secs_f64());
         let applied = self.machine.applied_index();
@@ -647,61 +630,10 @@ impl Replica {
         self.publish_revision();
         metrics::counter!("etcd_server_proposals_committed_total")
             .absolute(self.status.commit_index.load(Ordering::Acquire));
-        while let Some(entry) = self.reads_waiting_apply.first_entry() {
-            if *entry.key() > applied {
-                break;
-            }
-            for read in entry.remove() {
-                let _ = read.responder.send(Ok(()));
-            }
+        for waiter in self.reads.on_applied(applied) {
+            self.complete_read(waiter);
         }
         Ok(())
-    }
-
-    fn answer_proposal(&mut self, index: u64, applied: Option<Applied>) {
-        let expected = self.proposal_at_index.remove(&index);
-        let own = applied.filter(|applied| applied.origin_node == self.config.node_id);
-        if let Some(expected) = expected {
-            if own.as_ref().map(|own| own.request_id) != Some(expected) {
-                // Another leader's entry took this index: the proposal is gone for good.
-                self.fail_proposal(expected);
-            }
-        }
-        if let Some(own) = own {
-            match own.result {
-                Some(result) => {
-                    if let Some(proposal) = self.proposals.remove(&own.request_id) {
-                        let _ = proposal.responder.send(Ok(result));
-                    }
-                }
-                None => self.fail_proposal(own.request_id),
-            }
-        }
-        metrics::gauge!("etcd_server_proposals_pending").set(self.proposals.len() as f64);
-    }
-
-    /// Answers a proposal that will never apply; the router may safely retry it.
-    fn fail_proposal(&mut self, request_id: u64) {
-        if let Some(proposal) = self.proposals.remove(&request_id) {
-            metrics::counter!("etcd_server_proposals_failed_total").increment(1);
-            let _ = proposal.responder.send(Err(RangeError::LeaderChanged));
-        }
-    }
-
-    /// An entry of `term` has applied: every entry of an earlier term that will ever
-    /// commit lies before it, so pending proposals of earlier terms never apply (an
-    /// older-term proposal appended in a later term is skipped by the state machine).
-    fn drop_proposals_before(&mut self, term: u64) {
-        let dropped: Vec<u64> = self
-            .proposals
-            .iter()
-            .filter(|(_, proposal)| proposal.term < term)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in dropped {
-            self.fail_proposal(id);
-        }
-        self.proposal_at_index.retain(|_, id| self.proposals.contains_key(id));
     }
 
     fn apply_conf_change(&mut self, entry: &raft::eraftpb::Entry) -> Result<(), StorageError> {
@@ -751,25 +683,7 @@ impl Replica {
         for (_, stale) in self.staged_snapshots.drain() {
             let _ = std::fs::remove_file(stale);
         }
-        // Proposals that may be in the snapshot have an unknown outcome: this leader's
-        // up to its index, and those proposed without a known index (on a follower) in
-        // its term or before. Left waiting, a later term's entries would wrongly mark
-        // them as never applied.
-        let after = self.proposal_at_index.split_off(&(metadata.index + 1));
-        let indexed: std::collections::HashSet<u64> = self.proposal_at_index.values().copied().collect();
-        let kept: std::collections::HashSet<u64> = after.values().copied().collect();
-        let unknown: Vec<u64> = self
-            .proposals
-            .iter()
-            .filter(|(id, proposal)| indexed.contains(*id) || (!kept.contains(*id) && proposal.term <= metadata.term))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in unknown {
-            if let Some(proposal) = self.proposals.remove(&id) {
-                let _ = proposal.responder.send(Err(RangeError::Timeout));
-            }
-        }
-        self.proposal_at_index = after;
+        self.proposals.on_snapshot(metadata.index, metadata.term);
         self.status.applied_index.store(metadata.index, Ordering::Release);
         self.publish_revision();
         tracing::info!(
@@ -807,16 +721,9 @@ impl Replica {
 
     /// Fails every waiting client; the node is stopping.
     pub fn shutdown(&mut self) {
-        for (_, proposal) in self.proposals.drain() {
-            let _ = proposal.responder.send(Err(RangeError::Stopped));
-        }
-        let reads = self
-            .read_queue
-            .drain(..)
-            .chain(self.reads_in_flight.drain().flat_map(|(_, batch)| batch.reads))
-            .chain(std::mem::take(&mut self.reads_waiting_apply).into_values().flatten());
-        for read in reads {
-            let _ = read.responder.send(Err(RangeError::Stopped));
+        self.proposals.shutdown();
+        for waiter in self.reads.drain() {
+            Self::refuse_read(waiter, RangeError::Stopped);
         }
     }
 
@@ -841,6 +748,7 @@ mod tests {
     fn config() -> ReplicaConfig {
         ReplicaConfig {
             node_id: 1,
+            incarnation: 1,
             election_ticks: 10,
             heartbeat_ticks: 1,
             request_timeout_ticks: 100,
@@ -858,9 +766,16 @@ mod tests {
     }
 
     fn open(engine: &Arc<dyn Engine>) -> Replica {
+        open_as(engine, 1)
+    }
+
+    fn open_as(engine: &Arc<dyn Engine>, incarnation: u64) -> Replica {
         Replica::open(
             1,
-            config(),
+            ReplicaConfig {
+                incarnation,
+                ..config()
+            },
             engine.clone(),
             Arc::new(SnapshotRegistry::default()),
             descriptor(),
@@ -889,6 +804,7 @@ mod tests {
                 origin_node: 1,
                 request_id: index,
                 proposed_term: 2,
+                origin_incarnation: 1,
                 op: Some(raft_command::Op::Put(PutRequest {
                     key: format!("key{index}").into_bytes().into(),
                     value: b"from the snapshot".to_vec().into(),
@@ -954,5 +870,102 @@ mod tests {
                 "{space:?}"
             );
         }
+    }
+
+    fn put_command(key: &str) -> Vec<u8> {
+        super::super::encode_command(raft_command::Op::Put(PutRequest {
+            key: key.as_bytes().to_vec().into(),
+            value: b"v".to_vec().into(),
+            ..Default::default()
+        }))
+    }
+
+    /// Runs readies to completion, committing each one's log writes as the store does.
+    fn drive(replica: &mut Replica, engine: &Arc<dyn Engine>, now: Instant) {
+        while replica.has_ready() {
+            let mut outbox = Vec::new();
+            let mut log_batch = WriteBatch::new();
+            let (ready, _) = replica.collect_ready(now, &mut outbox, &mut log_batch).unwrap();
+            engine.write(log_batch, Durability::Sync).unwrap();
+            replica.finish_ready(ready, &mut outbox).unwrap();
+        }
+    }
+
+    fn revision_of(answer: Result<CommandResult, RangeError>) -> i64 {
+        match answer.expect("the proposal applied").result {
+            Some(crate::proto::shoal::command::command_result::Result::Put(put)) => {
+                put.header.expect("a put has a header").revision
+            }
+            other => panic!("not a put result: {other:?}"),
+        }
+    }
+
+    /// Entry X is on disk but not applied when the node crashes; after the restart the
+    /// node proposes Y before it applies X. X's id (node, incarnation 1, request 1) must
+    /// not answer Y (node, incarnation 2, request 1): Y gets its own revision, once.
+    #[test]
+    fn an_entry_from_before_a_crash_never_answers_a_proposal_made_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine: Arc<dyn Engine> = Arc::new(FjallEngine::open(dir.path()).unwrap());
+        let now = Instant::now();
+        let mut replica = open_as(&engine, 1);
+        for _ in 0..100 {
+            if replica.raw.raft.state == StateRole::Leader {
+                break;
+            }
+            replica.tick(now);
+            drive(&mut replica, &engine, now);
+        }
+        assert_eq!(replica.raw.raft.state, StateRole::Leader);
+        let (x_sender, mut x_answer) = oneshot::channel();
+        replica.propose(put_command("x"), x_sender);
+        // The crash: X's log entry is durable, nothing after that ran.
+        let mut outbox = Vec::new();
+        let mut log_batch = WriteBatch::new();
+        let (ready, _) = replica.collect_ready(now, &mut outbox, &mut log_batch).unwrap();
+        assert_eq!(ready.entries().len(), 1, "X is appended");
+        engine.write(log_batch, Durability::Sync).unwrap();
+        drop(ready);
+        drop(replica);
+        assert!(
+            !matches!(x_answer.try_recv(), Ok(Ok(_))),
+            "X never applied before the crash"
+        );
+        let revision_before = {
+            let machine = StateMachine::load(1, engine.clone(), descriptor()).unwrap();
+            machine.revisions().current
+        };
+
+        let mut replica = open_as(&engine, 2);
+        for _ in 0..100 {
+            if replica.raw.raft.state == StateRole::Leader {
+                break;
+            }
+            replica.tick(now);
+        }
+        assert_eq!(
+            replica.raw.raft.state,
+            StateRole::Leader,
+            "a single voter elects itself"
+        );
+        // Y is proposed before the readies that commit and apply X are handled.
+        let (y_sender, mut y_answer) = oneshot::channel();
+        replica.propose(put_command("y"), y_sender);
+        drive(&mut replica, &engine, now);
+
+        let y_revision = revision_of(y_answer.try_recv().expect("Y is answered"));
+        assert_eq!(
+            y_revision,
+            revision_before + 2,
+            "Y's revision is its own, after X's (X took {})",
+            revision_before + 1
+        );
+        assert!(y_answer.try_recv().is_err(), "answered once");
+        let machine = replica.machine();
+        assert_eq!(
+            machine.revisions().current,
+            revision_before + 2,
+            "both X and Y applied, once each"
+        );
     }
 }

@@ -13,6 +13,7 @@
 
 use super::kv::{self, KvError, Revisions};
 use super::lease::Lessor;
+use super::proposals::{Applied, ProposalId};
 use crate::proto::etcdserverpb::{
     request_op, response_op, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
     LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse, PutRequest, PutResponse,
@@ -31,16 +32,6 @@ const MEMBERS: u8 = b'm';
 const DESCRIPTOR: u8 = b'd';
 /// Deletes per batch when compaction removes history.
 const COMPACTION_BATCH_OPS: usize = 10_000;
-
-/// The outcome of one applied command, for the node that proposed it.
-#[derive(Debug)]
-pub struct Applied {
-    pub origin_node: u64,
-    pub request_id: u64,
-    /// `None`: the entry was committed in another term than it was proposed in, and
-    /// skipped; the command did nothing.
-    pub result: Option<CommandResult>,
-}
 
 /// Writes of consecutive applied commands, committed together with the apply state by
 /// [`StateMachine::flush`]. Later commands read earlier ones' writes through `overlay`.
@@ -222,14 +213,14 @@ impl StateMachine {
             // proposal of an older term that has not applied by now as dropped.
             self.apply_noop(index, term);
             return Ok(Some(Applied {
-                origin_node: command.origin_node,
-                request_id: command.request_id,
+                id: proposal_id(&command),
                 result: None,
             }));
         }
         if reads_beyond_overlay(&command) {
             self.flush(pending)?;
         }
+        let id = proposal_id(&command);
         self.advance(index, term);
         let writes_before = pending.batch.len();
         let batch = pending;
@@ -291,8 +282,7 @@ impl StateMachine {
             self.flush(batch)?;
         }
         Ok(Some(Applied {
-            origin_node: command.origin_node,
-            request_id: command.request_id,
+            id,
             result: Some(CommandResult { result: Some(result) }),
         }))
     }
@@ -463,6 +453,14 @@ impl StateMachine {
 /// Whether applying `command` reads more than the newest versions of keys (history at
 /// a revision, the lease index, all of history for compaction). The overlay of an apply
 /// batch holds only newest versions, so the batch must be committed first.
+fn proposal_id(command: &RaftCommand) -> ProposalId {
+    ProposalId {
+        node: command.origin_node,
+        incarnation: command.origin_incarnation,
+        request: command.request_id,
+    }
+}
+
 fn reads_beyond_overlay(command: &RaftCommand) -> bool {
     fn txn_reads_history(request: &TxnRequest) -> bool {
         request
@@ -811,6 +809,7 @@ mod tests {
                 origin_node: 1,
                 request_id: self.index,
                 proposed_term: 1,
+                origin_incarnation: 1,
                 op: Some(op),
             };
             let mut pending = ApplyBatch::default();
@@ -875,6 +874,7 @@ mod tests {
                 origin_node: 1,
                 request_id: index,
                 proposed_term: 1,
+                origin_incarnation: 1,
                 op: Some(op),
             };
             machine
@@ -940,6 +940,7 @@ mod tests {
             origin_node: 2,
             request_id: 7,
             proposed_term: 1,
+            origin_incarnation: 3,
             op: Some(raft_command::Op::Put(PutRequest {
                 key: b"a".to_vec().into(),
                 value: b"stale".to_vec().into(),
@@ -953,7 +954,14 @@ mod tests {
             .unwrap()
             .unwrap();
         f.machine.flush(&mut pending).unwrap();
-        assert_eq!((applied.origin_node, applied.request_id), (2, 7));
+        assert_eq!(
+            applied.id,
+            ProposalId {
+                node: 2,
+                incarnation: 3,
+                request: 7
+            }
+        );
         assert!(applied.result.is_none(), "a skipped command has no result");
         assert_eq!(f.machine.applied_index(), 2, "the entry still counts as applied");
         let now = f.get("a", 0).unwrap();
