@@ -31,6 +31,9 @@ pub struct Node {
     pub metrics_port: u16,
     pub data_dir: PathBuf,
     pub log: PathBuf,
+    /// Flags for this node only, after the cluster's; they take effect at its next
+    /// (re)start.
+    pub args: Vec<String>,
     child: Option<Child>,
     paused: bool,
 }
@@ -138,6 +141,7 @@ impl Cluster {
                 data_dir: dir.join(&name),
                 log: dir.join(format!("{name}.log")),
                 name,
+                args: Vec::new(),
                 child: None,
                 paused: false,
             });
@@ -183,6 +187,17 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join(",");
         let node = &mut self.nodes[index];
+        // Fast elections unless the test chose its own timing (clap refuses a flag twice).
+        let timing_chosen = self
+            .extra_args
+            .iter()
+            .chain(&node.args)
+            .any(|arg| arg.starts_with("--heartbeat-interval") || arg.starts_with("--election-timeout"));
+        let timing: &[&str] = if timing_chosen {
+            &[]
+        } else {
+            &["--heartbeat-interval", "50", "--election-timeout", "500"]
+        };
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log)?;
         let parent_env = crate::parent_watch::child_env();
         let child = Command::new(&self.binary)
@@ -202,8 +217,9 @@ impl Cluster {
             .args(["--initial-cluster", &self.initial_cluster])
             .args(["--initial-cluster-token", "shoal-chaos"])
             .args(["--experimental-peer-dial-urls", &dial])
-            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(timing)
             .args(&self.extra_args)
+            .args(&node.args)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info,raft=warn".into()),

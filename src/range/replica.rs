@@ -241,6 +241,13 @@ impl Replica {
         let status = Arc::new(RangeStatus::default());
         status.revision.store(machine.revisions().current, Ordering::Release);
         status.applied_index.store(machine.applied_index(), Ordering::Release);
+        // What the log says was committed before this start: a follower restarted into
+        // an idle cluster may get no new hard state for a long time, and must not look
+        // as if it had never caught up.
+        status
+            .commit_index
+            .store(raw.raft.raft_log.committed, Ordering::Release);
+        status.term.store(raw.raft.term, Ordering::Release);
         let (leader_watch, _) = watch::channel(0);
         let (revision_watch, _) = watch::channel(machine.revisions().current);
         Ok(Self {

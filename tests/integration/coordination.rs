@@ -773,3 +773,142 @@ async fn watch_progress_is_reported_on_request_and_periodically() {
     })
     .await;
 }
+
+/// A leader cut off from the others must not renew leases it may no longer lead: the
+/// others elect a new leader, which counts each lease's TTL from its own promotion.
+/// Node 1 leads with a long election timeout (so it notices the cut-off only seconds
+/// after the others replaced it) and is the only member the keep-alives go to. The
+/// lease's key may go only once every successful keep-alive's TTL has run out.
+#[tokio::test]
+async fn a_cut_off_leader_does_not_keep_leases_alive() {
+    bounded(async {
+        const TTL: u64 = 3;
+        let mut cluster = Cluster::start(3).await;
+        cluster.stop(0);
+        cluster.nodes[0].args = ["--heartbeat-interval", "50", "--election-timeout", "5000"]
+            .map(String::from)
+            .to_vec();
+        cluster.restart(0);
+        cluster.wait_ready(Duration::from_secs(30)).await;
+        let slow_id = cluster
+            .maintenance(0)
+            .await
+            .status(shoal::proto::etcdserverpb::StatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .header
+            .unwrap()
+            .member_id;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while cluster.leader().await != 0 {
+            let leader = cluster.leader().await;
+            let _ = cluster
+                .maintenance(leader)
+                .await
+                .move_leader(shoal::proto::etcdserverpb::MoveLeaderRequest { target_id: slow_id })
+                .await;
+            assert!(Instant::now() < deadline, "leadership did not move to the slow member");
+        }
+
+        let mut fast = LeaseClient::new(crate::support::channel(&cluster.endpoints()[1]).await);
+        let lease = fast
+            .lease_grant(LeaseGrantRequest { ttl: TTL as i64, id: 0 })
+            .await
+            .unwrap()
+            .into_inner()
+            .id;
+        let mut kv = cluster.kv(1).await;
+        kv.put(PutRequest {
+            key: bytes("kept"),
+            value: bytes("x"),
+            lease,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let mut watches = WatchClient::new(crate::support::channel(&cluster.endpoints()[2]).await);
+        let (watch_requests, watch_stream) = tokio::sync::mpsc::channel(1);
+        watch_requests
+            .send(WatchRequest {
+                request_union: Some(watch_request::RequestUnion::CreateRequest(WatchCreateRequest {
+                    key: bytes("kept"),
+                    ..Default::default()
+                })),
+            })
+            .await
+            .unwrap();
+        let mut events = watches
+            .watch(tokio_stream::wrappers::ReceiverStream::new(watch_stream))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(events.message().await.unwrap().unwrap().created);
+
+        // Keep-alives through the slow leader only; each success's send time is kept.
+        let renewed: Arc<Mutex<Vec<Instant>>> = Arc::default();
+        let keeper = {
+            let renewed = renewed.clone();
+            let mut slow = LeaseClient::new(crate::support::channel(&cluster.endpoints()[0]).await);
+            tokio::spawn(async move {
+                let (requests, stream) = tokio::sync::mpsc::channel(1);
+                let mut answers = match slow
+                    .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(stream))
+                    .await
+                {
+                    Ok(answers) => answers.into_inner(),
+                    Err(_) => return,
+                };
+                loop {
+                    let sent = Instant::now();
+                    if requests.send(LeaseKeepAliveRequest { id: lease }).await.is_err() {
+                        return;
+                    }
+                    match answers.message().await {
+                        Ok(Some(answer)) if answer.ttl > 0 => renewed.lock().unwrap().push(sent),
+                        _ => return,
+                    }
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+            })
+        };
+        let started = Instant::now();
+        while renewed.lock().unwrap().len() < 3 {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "keep-alives through the leader failed"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        cluster.network.partition(&[vec![0], vec![1, 2]]);
+        let cut_at = Instant::now();
+
+        // The others elect a leader and, with no renewals reaching it, expire the lease.
+        let deleted_at = loop {
+            let message = tokio::time::timeout(Duration::from_secs(30), events.message())
+                .await
+                .expect("the lease expires once keep-alives stop reaching a leader")
+                .unwrap()
+                .unwrap();
+            if message
+                .events
+                .iter()
+                .any(|event| event.r#type == EventType::Delete as i32)
+            {
+                break Instant::now();
+            }
+        };
+        keeper.abort();
+        let renewed = renewed.lock().unwrap().clone();
+        let last = *renewed.last().unwrap();
+        let after_cut = renewed.iter().filter(|sent| **sent > cut_at).count();
+        assert!(
+            deleted_at >= last + Duration::from_secs(TTL),
+            "the lease expired {:?} after a keep-alive sent {:?} after the cut-off succeeded \
+             ({after_cut} keep-alives succeeded after it)",
+            deleted_at - last,
+            last.saturating_duration_since(cut_at),
+        );
+    })
+    .await;
+}
