@@ -98,6 +98,11 @@ pub struct ServerFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_request_bytes: Option<usize>,
+    /// Most watches open at once on one Watch stream; a create beyond it is refused
+    /// [default: 1000]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_watches_per_stream: Option<usize>,
     /// Applied Raft log entries kept before the log is truncated [default: 10000]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

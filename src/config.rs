@@ -61,6 +61,7 @@ pub struct ServerSettings {
     pub election_timeout: u64,
     pub max_txn_ops: usize,
     pub max_request_bytes: usize,
+    pub max_watches_per_stream: usize,
     /// Applied log entries kept before the log is truncated.
     pub snapshot_count: u64,
     /// Entries kept behind the applied index at truncation, for slow followers.
@@ -94,6 +95,7 @@ impl Default for ServerSettings {
             election_timeout: 1000,
             max_txn_ops: 128,
             max_request_bytes: 1536 * 1024,
+            max_watches_per_stream: 1000,
             snapshot_count: 10_000,
             snapshot_catchup_entries: 5_000,
             experimental_watch_progress_notify_interval: "10m".into(),
@@ -119,6 +121,7 @@ const SETTING_NAMES: &[&str] = &[
     "election-timeout",
     "max-txn-ops",
     "max-request-bytes",
+    "max-watches-per-stream",
     "snapshot-count",
     "snapshot-catchup-entries",
     "experimental-watch-progress-notify-interval",
@@ -174,6 +177,7 @@ pub struct NodeConfig {
     pub election_timeout: Duration,
     pub max_txn_ops: usize,
     pub max_request_bytes: usize,
+    pub max_watches_per_stream: usize,
     pub log_compaction_entries: u64,
     pub log_catchup_entries: u64,
     pub watch_progress_notify_interval: Duration,
@@ -405,6 +409,9 @@ impl TryFrom<ServerSettings> for NodeConfig {
         if settings.max_request_bytes == 0 || settings.max_request_bytes > 64 << 20 {
             return Err(invalid("max-request-bytes", "must be between 1 byte and 64 MiB"));
         }
+        if settings.max_watches_per_stream == 0 {
+            return Err(invalid("max-watches-per-stream", "must be at least 1"));
+        }
         if settings.snapshot_count == 0 {
             return Err(invalid("snapshot-count", "must be at least 1"));
         }
@@ -448,6 +455,7 @@ impl TryFrom<ServerSettings> for NodeConfig {
             election_timeout: Duration::from_millis(settings.election_timeout),
             max_txn_ops: settings.max_txn_ops,
             max_request_bytes: settings.max_request_bytes,
+            max_watches_per_stream: settings.max_watches_per_stream,
             log_compaction_entries: settings.snapshot_count,
             log_catchup_entries: settings.snapshot_catchup_entries.min(settings.snapshot_count),
             watch_progress_notify_interval,

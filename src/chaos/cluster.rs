@@ -216,7 +216,11 @@ impl Cluster {
             ])
             .args(["--initial-cluster", &self.initial_cluster])
             .args(["--initial-cluster-token", "shoal-chaos"])
-            .args(["--experimental-peer-dial-urls", &dial])
+            .args(if dial.is_empty() {
+                Vec::new()
+            } else {
+                vec!["--experimental-peer-dial-urls".to_string(), dial.clone()]
+            })
             .args(timing)
             .args(&self.extra_args)
             .args(&node.args)

@@ -161,7 +161,8 @@ pub async fn run(
         })
         .collect();
     let transport = PeerTransport::start(peer_identity, &peer_urls, store_handle.clone(), snapshots)?;
-    let (store, ranges) = Store::new(vec![replica], engine.clone(), inbox, transport.clone(), tick);
+    let worker = crate::range::background::BackgroundWorker::start(engine.clone())?;
+    let (store, ranges) = Store::new(vec![replica], engine.clone(), inbox, transport.clone(), tick, worker);
     let (store_done_tx, store_done) = tokio::sync::oneshot::channel();
     let store_thread = std::thread::Builder::new().name("shoal-store".into()).spawn(move || {
         let outcome = store.run();
@@ -199,6 +200,7 @@ pub async fn run(
         limits: Limits {
             max_txn_ops: config.max_txn_ops,
             max_request_bytes: config.max_request_bytes,
+            max_watches_per_stream: config.max_watches_per_stream,
             min_lease_ttl_seconds: config.min_lease_ttl_seconds(),
         },
         initial_members: identity.initial_members.clone(),

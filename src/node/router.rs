@@ -107,6 +107,18 @@ impl Router {
         self.view(range_id).revision_changes.clone()
     }
 
+    /// Waits until this node's replica of the range has physically removed history
+    /// through `revision` (etcd's `physical` compaction waits for the local backend).
+    /// `Stopped` if the node stops first.
+    pub async fn wait_compacted(&self, range_id: u64, revision: i64) -> Result<(), RangeError> {
+        let mut compacted = self.view(range_id).compacted.clone();
+        compacted
+            .wait_for(|through| *through >= revision)
+            .await
+            .map(|_| ())
+            .map_err(|_| RangeError::Stopped)
+    }
+
     fn view(&self, range_id: u64) -> &RangeView {
         // Every range id handed out by `range_of` is local.
         &self.ranges[&range_id]

@@ -7,6 +7,7 @@
 //! fsync: this is the group commit that keeps throughput high at full durability.
 
 use crate::proto::shoal::command::CommandResult;
+use crate::range::background::BackgroundWorker;
 use crate::range::lease::LeaseTime;
 use crate::range::replica::{LeaseQueryKind, Outbox, ProposalResponder, RangeStatus, ReadResponder, Replica};
 use crate::range::RangeError;
@@ -77,6 +78,8 @@ pub trait RaftSender: Send + Sync {
 #[derive(Clone)]
 pub struct RangeView {
     pub status: Arc<RangeStatus>,
+    /// Through which revision history is physically gone on this node.
+    pub compacted: watch::Receiver<i64>,
     pub leader_changes: watch::Receiver<u64>,
     pub revision_changes: watch::Receiver<i64>,
 }
@@ -161,6 +164,7 @@ pub struct Store {
     inbox: flume::Receiver<StoreInput>,
     sender: Arc<dyn RaftSender>,
     tick_interval: Duration,
+    worker: BackgroundWorker,
 }
 
 impl Store {
@@ -170,6 +174,7 @@ impl Store {
         inbox: flume::Receiver<StoreInput>,
         sender: Arc<dyn RaftSender>,
         tick_interval: Duration,
+        worker: BackgroundWorker,
     ) -> (Self, BTreeMap<u64, RangeView>) {
         let views = replicas
             .iter()
@@ -178,6 +183,7 @@ impl Store {
                     replica.range_id(),
                     RangeView {
                         status: replica.status(),
+                        compacted: replica.compacted_changes(),
                         leader_changes: replica.leader_changes(),
                         revision_changes: replica.revision_changes(),
                     },
@@ -193,6 +199,7 @@ impl Store {
             inbox,
             sender,
             tick_interval,
+            worker,
         };
         (store, views)
     }
@@ -245,6 +252,11 @@ impl Store {
             }
             if let Err(error) = self.process_output(now) {
                 break Err(error);
+            }
+            for replica in self.replicas.values_mut() {
+                if let Some(job) = replica.take_compaction() {
+                    self.worker.compact(job);
+                }
             }
         };
         for replica in self.replicas.values_mut() {

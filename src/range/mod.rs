@@ -3,6 +3,7 @@
 //! proposals and linearizable reads. The layer does no I/O of its own besides the
 //! engine: the node's store loop feeds it messages and ticks and sends what it emits.
 
+pub mod background;
 pub mod kv;
 pub mod lease;
 pub mod log_store;

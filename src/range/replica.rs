@@ -8,6 +8,7 @@
 //! `finish_ready` (phase 2: emit messages that needed the log on disk, apply what that
 //! committed).
 
+use super::background::CompactionJob;
 use super::lease::LeaseTime;
 use super::log_store::LogStore;
 use super::proposals::ProposalTracker;
@@ -79,6 +80,9 @@ fn encode_conf_state(conf_state: &ConfState) -> Vec<u8> {
 pub type ProposalResponder = oneshot::Sender<Result<CommandResult, RangeError>>;
 pub type ReadResponder = oneshot::Sender<Result<(), RangeError>>;
 pub type LeaseResponder = oneshot::Sender<Result<Option<LeaseTime>, RangeError>>;
+
+/// Revocations of expired leases proposed per tick at most; the rest wait a tick.
+const LEASE_REVOKES_PER_TICK: usize = 100;
 
 /// Linearizable reads and lease renewals waiting on one replica, beyond which new ones
 /// are refused as if the replica had no leader (the router waits and retries).
@@ -173,6 +177,8 @@ pub struct Replica {
     leader_watch: watch::Sender<u64>,
     /// The revision this replica has applied, for watchers.
     revision_watch: watch::Sender<i64>,
+    /// Through which revision history is physically removed (told by the worker).
+    compacted_watch: Arc<watch::Sender<i64>>,
 }
 
 impl Replica {
@@ -250,6 +256,7 @@ impl Replica {
         status.term.store(raw.raft.term, Ordering::Release);
         let (leader_watch, _) = watch::channel(0);
         let (revision_watch, _) = watch::channel(machine.revisions().current);
+        let (compacted_watch, _) = watch::channel(machine.compacted_through());
         Ok(Self {
             range_id,
             config,
@@ -263,6 +270,7 @@ impl Replica {
             status,
             leader_watch,
             revision_watch,
+            compacted_watch: Arc::new(compacted_watch),
         })
     }
 
@@ -272,6 +280,22 @@ impl Replica {
 
     pub fn leader_changes(&self) -> watch::Receiver<u64> {
         self.leader_watch.subscribe()
+    }
+
+    pub fn compacted_changes(&self) -> watch::Receiver<i64> {
+        self.compacted_watch.subscribe()
+    }
+
+    /// History removal for the background worker, after a compaction applied or when
+    /// the range loaded with one unfinished.
+    pub fn take_compaction(&mut self) -> Option<CompactionJob> {
+        let revision = self.machine.take_compaction()?;
+        Some(CompactionJob {
+            range_id: self.range_id,
+            span: super::kv::etcd_span(),
+            revision,
+            done: self.compacted_watch.clone(),
+        })
     }
 
     pub fn revision_changes(&self) -> watch::Receiver<i64> {
@@ -306,7 +330,7 @@ impl Replica {
 
     /// Only the leader expires leases, by proposing their revocation through the log.
     fn revoke_expired_leases(&mut self, now: Instant) {
-        let expired = self.machine.lessor_mut().take_expired(now);
+        let expired = self.machine.lessor_mut().take_expired(now, LEASE_REVOKES_PER_TICK);
         for id in expired {
             tracing::info!(
                 range = self.range_id,

@@ -30,8 +30,17 @@ use std::time::Instant;
 const APPLY_STATE: u8 = b's';
 const MEMBERS: u8 = b'm';
 const DESCRIPTOR: u8 = b'd';
-/// Deletes per batch when compaction removes history.
-const COMPACTION_BATCH_OPS: usize = 10_000;
+/// The revision through which history is physically removed (a u64, big-endian).
+const COMPACTED_THROUGH: u8 = b'p';
+
+/// Records that history of `range_id` through `revision` is physically removed.
+pub fn mark_compacted(range_id: u64, revision: i64, batch: &mut WriteBatch) {
+    batch.put(
+        Space::RangeMeta,
+        keys::range_record_key(range_id, COMPACTED_THROUGH),
+        revision.to_be_bytes().to_vec(),
+    );
+}
 
 /// Writes of consecutive applied commands, committed together with the apply state by
 /// [`StateMachine::flush`]. Later commands read earlier ones' writes through `overlay`.
@@ -51,6 +60,11 @@ pub struct StateMachine {
     state: RangeApplyState,
     members: PublishedMembers,
     lessor: Lessor,
+    /// History at or below this revision is physically gone (see `COMPACTED_THROUGH`).
+    compacted_through: i64,
+    /// A compaction applied (or found unfinished at load) whose history removal is yet
+    /// to be handed to the background worker.
+    compaction_due: Option<i64>,
 }
 
 fn decode<M: Message + Default>(space: Space, bytes: Option<Vec<u8>>, what: &str) -> Result<Option<M>, StorageError> {
@@ -79,6 +93,18 @@ impl StateMachine {
         });
         let members = decode(Space::RangeMeta, record(MEMBERS)?, "members")?.unwrap_or_default();
         let descriptor = decode(Space::RangeMeta, record(DESCRIPTOR)?, "descriptor")?.unwrap_or(default_descriptor);
+        let compacted_through = match record(COMPACTED_THROUGH)? {
+            None => 0,
+            Some(bytes) => {
+                let raw: [u8; 8] = bytes.as_slice().try_into().map_err(|_| StorageError::Corrupt {
+                    space: Space::RangeMeta,
+                    detail: format!("compacted-through marker is {} bytes, not 8", bytes.len()),
+                })?;
+                i64::from_be_bytes(raw)
+            }
+        };
+        // A crash (or a snapshot taken) before the worker finished: finish it.
+        let compaction_due = (state.compact_revision > compacted_through).then_some(state.compact_revision);
         let mut lessor = Lessor::default();
         let now = Instant::now();
         for pair in engine.scan(Space::Leases, &keys::range_records(range_id), false) {
@@ -93,7 +119,20 @@ impl StateMachine {
             state,
             members,
             lessor,
+            compacted_through,
+            compaction_due,
         })
+    }
+
+    /// The compaction whose history removal should start now, if any: the caller hands
+    /// it to the background worker, which records it done with [`mark_compacted`].
+    pub fn take_compaction(&mut self) -> Option<i64> {
+        self.compaction_due.take()
+    }
+
+    /// Through which revision history was physically removed when this was loaded.
+    pub fn compacted_through(&self) -> i64 {
+        self.compacted_through
     }
 
     /// Reloads everything from the engine, after a snapshot replaced the range's data.
@@ -328,24 +367,12 @@ impl StateMachine {
             return Err(KvError::FutureRevision);
         }
         // The new compaction point is stored first: from then on no read can ask for
-        // what the deletes below remove, so they need not be atomic with it. (Earlier
-        // commands were flushed before this one, see `reads_beyond_overlay`.)
+        // what the history removal takes, so it need not be atomic with it, and it runs
+        // on the background worker, never holding up the log. (Earlier commands were
+        // flushed before this one, see `reads_beyond_overlay`.)
         self.state.compact_revision = request.revision;
         self.flush(pending)?;
-        let engine = self.engine.clone();
-        let removed = mvcc::compact(
-            engine.as_ref(),
-            &kv::etcd_span(),
-            request.revision,
-            COMPACTION_BATCH_OPS,
-            &mut |chunk| engine.write(chunk, Durability::Buffered),
-        )?;
-        tracing::info!(
-            range = self.range_id,
-            revision = request.revision,
-            removed,
-            "compacted history"
-        );
+        self.compaction_due = Some(request.revision);
         Ok(command_result::Result::Compact(CompactionResponse {
             header: Some(header(self.state.revision)),
         }))

@@ -22,7 +22,7 @@ use crate::storage::mvcc::{self, Change};
 use crate::storage::{Engine, KeyRange, ReadView, StorageError};
 use bytes::Bytes;
 use prost::Message;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -37,6 +37,11 @@ const CHUNK: mvcc::ChangeLimit = mvcc::ChangeLimit {
 };
 /// How often unsynced watchers are advanced.
 const CATCH_UP_INTERVAL: Duration = Duration::from_millis(10);
+/// How often streams whose client went away are looked for (in case the close command
+/// found the hub's inbox full).
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// Commands waiting for the hub; senders wait when it is full.
+const COMMANDS_MAX: usize = 4096;
 /// Watch id etcd uses for responses that belong to no single watcher.
 pub const NO_WATCH_ID: i64 = -1;
 
@@ -84,7 +89,7 @@ enum Command {
 /// Handle to a range's watch hub.
 #[derive(Clone)]
 pub struct WatchHub {
-    commands: mpsc::UnboundedSender<Command>,
+    commands: mpsc::Sender<Command>,
     next_stream: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -110,7 +115,9 @@ impl Drop for Subscription {
 }
 
 impl WatchHub {
-    /// Starts the hub of `range_id`; it runs until every handle is dropped.
+    /// Starts the hub of `range_id` on a thread of its own (its storage reads block, so
+    /// they must not hold up the node's async workers); it runs until every handle is
+    /// dropped or the range's revisions stop.
     pub fn start(
         range_id: u64,
         engine: Arc<dyn Engine>,
@@ -120,7 +127,7 @@ impl WatchHub {
         max_response_bytes: usize,
     ) -> Result<Self, StorageError> {
         let delivered = StateMachine::revisions_in(range_id, engine.as_ref())?.current;
-        let (commands, inbox) = mpsc::unbounded_channel();
+        let (commands, inbox) = mpsc::channel(COMMANDS_MAX);
         let task = HubTask {
             range_id,
             engine,
@@ -130,7 +137,14 @@ impl WatchHub {
             streams: HashMap::new(),
             watchers: BTreeMap::new(),
         };
-        tokio::spawn(task.run(inbox, revisions, progress_interval));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|error| StorageError::Engine(format!("starting the watch hub: {error}")))?;
+        std::thread::Builder::new()
+            .name(format!("shoal-watch-{range_id}"))
+            .spawn(move || runtime.block_on(task.run(inbox, revisions, progress_interval)))
+            .map_err(|error| StorageError::Engine(format!("starting the watch hub: {error}")))?;
         Ok(Self {
             commands,
             next_stream: Arc::new(std::sync::atomic::AtomicU64::new(1)),
@@ -143,10 +157,10 @@ impl WatchHub {
     }
 
     /// Watches `span` from `start_revision` on a private stream.
-    pub fn subscribe(&self, span: KeyRange, start_revision: i64, no_put: bool) -> Subscription {
+    pub async fn subscribe(&self, span: KeyRange, start_revision: i64, no_put: bool) -> Subscription {
         let stream = self.new_stream_id();
         let (sink, responses) = mpsc::channel(16);
-        self.open_stream(stream, sink);
+        self.open_stream(stream, sink).await;
         self.watch(WatchSpec {
             stream,
             watch_id: 0,
@@ -157,7 +171,8 @@ impl WatchHub {
             prev_kv: false,
             progress_notify: false,
             fragment: false,
-        });
+        })
+        .await;
         Subscription {
             hub: self.clone(),
             stream,
@@ -165,30 +180,37 @@ impl WatchHub {
         }
     }
 
-    pub fn open_stream(&self, stream: StreamId, sink: Sink) {
-        let _ = self.commands.send(Command::OpenStream { stream, sink });
+    pub async fn open_stream(&self, stream: StreamId, sink: Sink) {
+        let _ = self.commands.send(Command::OpenStream { stream, sink }).await;
     }
 
+    /// Never waits (it runs from `Drop`): if the hub's inbox is full, the hub still
+    /// finds the stream gone once its receiver is dropped.
     pub fn close_stream(&self, stream: StreamId) {
-        let _ = self.commands.send(Command::CloseStream { stream });
+        let _ = self.commands.try_send(Command::CloseStream { stream });
     }
 
-    pub fn watch(&self, spec: WatchSpec) {
-        let _ = self.commands.send(Command::Watch { spec });
+    pub async fn watch(&self, spec: WatchSpec) {
+        let _ = self.commands.send(Command::Watch { spec }).await;
     }
 
     /// Stops a watcher; once this returns no further event of it is sent.
     pub async fn cancel(&self, stream: StreamId, watch_id: i64) {
         let (done, finished) = oneshot::channel();
-        if self.commands.send(Command::Cancel { stream, watch_id, done }).is_ok() {
+        if self
+            .commands
+            .send(Command::Cancel { stream, watch_id, done })
+            .await
+            .is_ok()
+        {
             let _ = finished.await;
         }
     }
 
     /// Asks for a progress notification on the stream (sent once all its watchers are
     /// synced).
-    pub fn request_progress(&self, stream: StreamId) {
-        let _ = self.commands.send(Command::Progress { stream });
+    pub async fn request_progress(&self, stream: StreamId) {
+        let _ = self.commands.send(Command::Progress { stream }).await;
     }
 }
 
@@ -203,6 +225,11 @@ struct Watcher {
     next_revision: i64,
     /// Events were sent since the last progress notification.
     sent_since_progress: bool,
+    /// The rest of a fragmented batch that did not fit the stream's channel, sent as
+    /// room frees; the batch covers revisions up to `pending_covered`. Until it is
+    /// empty the watcher gets nothing new.
+    pending: VecDeque<WatchResponse>,
+    pending_covered: i64,
 }
 
 struct HubTask {
@@ -218,6 +245,8 @@ struct HubTask {
 
 enum Delivery {
     Sent,
+    /// Some went out; these did not fit.
+    Partly(VecDeque<WatchResponse>),
     Full,
     Closed,
 }
@@ -225,7 +254,7 @@ enum Delivery {
 impl HubTask {
     async fn run(
         mut self,
-        mut inbox: mpsc::UnboundedReceiver<Command>,
+        mut inbox: mpsc::Receiver<Command>,
         mut revisions: watch::Receiver<i64>,
         progress_interval: Duration,
     ) {
@@ -234,6 +263,8 @@ impl HubTask {
         let mut progress = tokio::time::interval(progress_interval);
         progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         progress.reset();
+        let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let outcome = tokio::select! {
                 command = inbox.recv() => match command {
@@ -247,7 +278,11 @@ impl HubTask {
                     let revision = *revisions.borrow_and_update();
                     self.advance(revision)
                 }
-                _ = catch_up.tick(), if self.has_unsynced() => self.catch_up(),
+                _ = catch_up.tick(), if self.has_unsynced() || self.has_pending() => self.catch_up(),
+                _ = sweep.tick() => {
+                    self.sweep_closed_streams();
+                    Ok(())
+                }
                 _ = progress.tick() => {
                     self.notify_progress();
                     Ok(())
@@ -285,6 +320,8 @@ impl HubTask {
                         spec,
                         next_revision,
                         sent_since_progress: false,
+                        pending: VecDeque::new(),
+                        pending_covered: 0,
                     },
                 );
                 // A watcher starting in the past catches up on the next tick.
@@ -314,6 +351,55 @@ impl HubTask {
 
     fn has_unsynced(&self) -> bool {
         self.watchers.values().any(|watcher| !self.is_synced(watcher))
+    }
+
+    fn has_pending(&self) -> bool {
+        self.watchers.values().any(|watcher| !watcher.pending.is_empty())
+    }
+
+    /// Streams whose client is gone: their watchers go with them.
+    fn sweep_closed_streams(&mut self) {
+        let closed: Vec<StreamId> = self
+            .streams
+            .iter()
+            .filter(|(_, state)| state.sink.is_closed())
+            .map(|(stream, _)| *stream)
+            .collect();
+        for stream in closed {
+            self.drop_stream(stream);
+        }
+    }
+
+    /// Sends what fits of `key`'s pending fragments; once they are all out, the watcher
+    /// moves past the batch they belong to.
+    fn flush_pending(&mut self, key: (StreamId, i64)) {
+        let Some(state) = self.streams.get(&key.0) else {
+            self.drop_stream(key.0);
+            return;
+        };
+        let Some(watcher) = self.watchers.get_mut(&key) else {
+            return;
+        };
+        let mut closed = false;
+        while let Some(response) = watcher.pending.pop_front() {
+            match state.sink.try_reserve() {
+                Ok(permit) => permit.send(Ok(response)),
+                Err(mpsc::error::TrySendError::Full(())) => {
+                    watcher.pending.push_front(response);
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(())) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        if closed {
+            self.drop_stream(key.0);
+            return;
+        }
+        watcher.next_revision = watcher.pending_covered + 1;
+        watcher.sent_since_progress = true;
     }
 
     /// Offers the revisions after `delivered` up to `revision` to the synced watchers.
@@ -353,14 +439,24 @@ impl HubTask {
         Ok(())
     }
 
-    /// Moves every unsynced watcher one chunk closer to the hub.
+    /// Sends pending fragments, and moves every other unsynced watcher one chunk closer
+    /// to the hub.
     fn catch_up(&mut self) -> Result<(), StorageError> {
+        let with_pending: Vec<(StreamId, i64)> = self
+            .watchers
+            .iter()
+            .filter(|(_, watcher)| !watcher.pending.is_empty())
+            .map(|(key, _)| *key)
+            .collect();
+        for key in with_pending {
+            self.flush_pending(key);
+        }
         let view = self.engine.snapshot();
         let compact = StateMachine::revisions_in(self.range_id, view.as_ref())?.compact;
         let behind: Vec<(StreamId, i64)> = self
             .watchers
             .iter()
-            .filter(|(_, watcher)| !self.is_synced(watcher))
+            .filter(|(_, watcher)| !self.is_synced(watcher) && watcher.pending.is_empty())
             .map(|(key, _)| *key)
             .collect();
         for key in behind {
@@ -390,6 +486,9 @@ impl HubTask {
         let Some(watcher) = self.watchers.get(&key) else {
             return Ok(());
         };
+        if !watcher.pending.is_empty() {
+            return Ok(());
+        }
         let spec = &watcher.spec;
         let mut events = Vec::new();
         for change in changes {
@@ -419,6 +518,13 @@ impl HubTask {
             Delivery::Sent => {
                 if let Some(watcher) = self.watchers.get_mut(&key) {
                     watcher.next_revision = covered + 1;
+                    watcher.sent_since_progress = true;
+                }
+            }
+            Delivery::Partly(rest) => {
+                if let Some(watcher) = self.watchers.get_mut(&key) {
+                    watcher.pending = rest;
+                    watcher.pending_covered = covered;
                     watcher.sent_since_progress = true;
                 }
             }
@@ -467,20 +573,34 @@ impl HubTask {
             .collect()
     }
 
-    /// All of `responses` or none (so a watcher never receives half a batch).
+    /// Sends what fits. Nothing fitting is `Full` (the watcher re-reads the revisions
+    /// later, holding no memory); the fragments of one batch that did not fit come back
+    /// in `Partly`, to follow as room frees, so a batch of more fragments than the
+    /// channel holds still goes out whole, in order.
     fn deliver(&self, stream: StreamId, responses: Vec<WatchResponse>) -> Delivery {
         let Some(state) = self.streams.get(&stream) else {
             return Delivery::Closed;
         };
-        let permits = match state.sink.try_reserve_many(responses.len()) {
-            Ok(permits) => permits,
-            Err(mpsc::error::TrySendError::Full(())) => return Delivery::Full,
-            Err(mpsc::error::TrySendError::Closed(())) => return Delivery::Closed,
-        };
-        for (permit, response) in permits.zip(responses) {
-            permit.send(Ok(response));
+        let mut responses: VecDeque<WatchResponse> = responses.into();
+        let mut sent = 0;
+        while let Some(response) = responses.pop_front() {
+            match state.sink.try_reserve() {
+                Ok(permit) => {
+                    permit.send(Ok(response));
+                    sent += 1;
+                }
+                Err(mpsc::error::TrySendError::Full(())) => {
+                    responses.push_front(response);
+                    break;
+                }
+                Err(mpsc::error::TrySendError::Closed(())) => return Delivery::Closed,
+            }
         }
-        Delivery::Sent
+        match (sent, responses.is_empty()) {
+            (_, true) => Delivery::Sent,
+            (0, false) => Delivery::Full,
+            (_, false) => Delivery::Partly(responses),
+        }
     }
 
     fn cancel_compacted(&mut self, key: (StreamId, i64), compact: i64) {

@@ -912,3 +912,101 @@ async fn a_cut_off_leader_does_not_keep_leases_alive() {
     })
     .await;
 }
+
+/// One revision whose events need more fragments than a stream buffers (a delete of
+/// 600 keys with their previous values, at most ~1 KiB per response) still arrives,
+/// whole and in order, as the client reads; and a stream holds a bounded number of
+/// watches, refusing the next with a reason.
+#[tokio::test]
+async fn a_revision_of_more_fragments_than_a_stream_buffers_arrives_whole() {
+    bounded(async {
+        const KEYS: usize = 600;
+        let cluster = Cluster::start_with(1, &["--max-request-bytes", "1024", "--max-watches-per-stream", "3"]).await;
+        let value = "v".repeat(900);
+        let mut writers = Vec::new();
+        for writer in 0..8 {
+            let mut kv = cluster.kv(0).await;
+            let value = value.clone();
+            writers.push(tokio::spawn(async move {
+                for index in (writer..KEYS).step_by(8) {
+                    put(&mut kv, &format!("f/{index:04}"), &value).await;
+                }
+            }));
+        }
+        for writer in writers {
+            writer.await.unwrap();
+        }
+        let (requests, stream) = tokio::sync::mpsc::channel(4);
+        let mut watch = WatchClient::new(crate::support::channel(&cluster.endpoints()[0]).await)
+            .watch(tokio_stream::wrappers::ReceiverStream::new(stream))
+            .await
+            .unwrap()
+            .into_inner();
+        let create = |key: &str, end: &str| WatchRequest {
+            request_union: Some(watch_request::RequestUnion::CreateRequest(WatchCreateRequest {
+                key: bytes(key),
+                range_end: bytes(end),
+                prev_kv: true,
+                fragment: true,
+                ..Default::default()
+            })),
+        };
+        requests.send(create("f/", "f0")).await.unwrap();
+        assert!(watch.message().await.unwrap().unwrap().created);
+        cluster
+            .kv(0)
+            .await
+            .delete_range(shoal::proto::etcdserverpb::DeleteRangeRequest {
+                key: bytes("f/"),
+                range_end: bytes("f0"),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+
+        let mut events = Vec::new();
+        let mut responses = 0;
+        loop {
+            let response = tokio::time::timeout(Duration::from_secs(20), watch.message())
+                .await
+                .expect("the fragments keep coming")
+                .unwrap()
+                .unwrap();
+            responses += 1;
+            events.extend(response.events);
+            if !response.fragment {
+                break;
+            }
+        }
+        assert!(
+            responses > 256,
+            "the revision took {responses} responses, more than a stream buffers"
+        );
+        assert_eq!(events.len(), KEYS);
+        let revisions: std::collections::BTreeSet<i64> = events
+            .iter()
+            .map(|event| event.kv.as_ref().unwrap().mod_revision)
+            .collect();
+        assert_eq!(revisions.len(), 1, "one revision");
+        for (index, event) in events.iter().enumerate() {
+            assert_eq!(event.r#type, EventType::Delete as i32);
+            assert_eq!(event.kv.as_ref().unwrap().key, bytes(&format!("f/{index:04}")));
+            assert_eq!(event.prev_kv.as_ref().unwrap().value.len(), 900);
+        }
+
+        // Two more watches fit on the stream; the fourth is refused, with the reason.
+        for key in ["a", "b"] {
+            requests.send(create(key, "")).await.unwrap();
+            let created = watch.message().await.unwrap().unwrap();
+            assert!(created.created && !created.canceled, "{created:?}");
+        }
+        requests.send(create("c", "")).await.unwrap();
+        let refused = watch.message().await.unwrap().unwrap();
+        assert!(refused.created && refused.canceled, "{refused:?}");
+        assert_eq!(
+            refused.cancel_reason,
+            "etcdserver: too many watches on one stream (at most 3, see --max-watches-per-stream)"
+        );
+    })
+    .await;
+}

@@ -169,11 +169,15 @@ impl Election for ElectionService {
                     }
                 }
                 // Wait for any change under the election's prefix after `revision`.
-                let mut changes = service.context.watch_hub.subscribe(
-                    kv::key_span(&prefix, &kv::prefix_range_end(&prefix)),
-                    revision + 1,
-                    false,
-                );
+                let mut changes = service
+                    .context
+                    .watch_hub
+                    .subscribe(
+                        kv::key_span(&prefix, &kv::prefix_range_end(&prefix)),
+                        revision + 1,
+                        false,
+                    )
+                    .await;
                 loop {
                     tokio::select! {
                         () = sender.closed() => return,

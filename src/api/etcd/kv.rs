@@ -126,8 +126,15 @@ impl EtcdContext {
     }
 
     pub async fn compact(&self, request: CompactionRequest) -> Result<CompactionResponse, Status> {
+        let (revision, physical) = (request.revision, request.physical);
         match self.replicate(b"", raft_command::Op::Compact(request)).await? {
             command_result::Result::Compact(mut response) => {
+                if physical {
+                    self.router
+                        .wait_compacted(crate::range::FIRST_RANGE_ID, revision)
+                        .await
+                        .map_err(|error| errors::route(error.into()))?;
+                }
                 response.header = Some(self.header(revision_of(response.header)));
                 Ok(response)
             }

@@ -35,6 +35,7 @@ pub const ETCD_API_VERSION: &str = "3.5.0";
 pub struct Limits {
     pub max_txn_ops: usize,
     pub max_request_bytes: usize,
+    pub max_watches_per_stream: usize,
     /// Shortest lease TTL granted: longer than an election takes.
     pub min_lease_ttl_seconds: i64,
 }

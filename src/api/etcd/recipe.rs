@@ -119,7 +119,10 @@ pub async fn wait_deletes(context: &EtcdContext, prefix: &Bytes, max_create_revi
 
 /// Waits until `key` is deleted after `revision`.
 pub async fn wait_delete(context: &EtcdContext, key: &[u8], revision: i64) -> Result<(), Status> {
-    let mut subscription = context.watch_hub.subscribe(kv::key_span(key, b""), revision + 1, true);
+    let mut subscription = context
+        .watch_hub
+        .subscribe(kv::key_span(key, b""), revision + 1, true)
+        .await;
     while let Some(response) = subscription.next().await {
         let response = response?;
         if response.canceled {

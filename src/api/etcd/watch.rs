@@ -38,7 +38,7 @@ impl Watch for WatchService {
     async fn watch(&self, request: Request<Streaming<WatchRequest>>) -> Result<Response<WatchStream>, Status> {
         let stream = self.context.watch_hub.new_stream_id();
         let (sink, responses) = tokio::sync::mpsc::channel(STREAM_BUFFER);
-        self.context.watch_hub.open_stream(stream, sink.clone());
+        self.context.watch_hub.open_stream(stream, sink.clone()).await;
         let mut session = Session {
             context: self.context.clone(),
             stream,
@@ -120,7 +120,7 @@ impl Session {
                 Ok(())
             }
             Some(watch_request::RequestUnion::ProgressRequest(_)) => {
-                self.context.watch_hub.request_progress(self.stream);
+                self.context.watch_hub.request_progress(self.stream).await;
                 Ok(())
             }
             None => Ok(()),
@@ -139,6 +139,14 @@ impl Session {
         let end = create.range_end.as_ref();
         if !end.is_empty() && end != [0] && end <= create.key.as_ref() {
             return self.refuse("mvcc: watcher range is empty").await;
+        }
+        let limit = self.context.limits.max_watches_per_stream;
+        if self.active.len() >= limit {
+            return self
+                .refuse(&format!(
+                    "etcdserver: too many watches on one stream (at most {limit}, see --max-watches-per-stream)"
+                ))
+                .await;
         }
         let watch_id = if create.watch_id != 0 {
             if self.active.contains(&create.watch_id) {
@@ -172,17 +180,20 @@ impl Session {
             ..Default::default()
         })
         .await?;
-        self.context.watch_hub.watch(WatchSpec {
-            stream: self.stream,
-            watch_id,
-            span: kv::key_span(&create.key, &create.range_end),
-            start_revision,
-            no_put: filters.contains(&watch_create_request::FilterType::Noput),
-            no_delete: filters.contains(&watch_create_request::FilterType::Nodelete),
-            prev_kv: create.prev_kv,
-            progress_notify: create.progress_notify,
-            fragment: create.fragment,
-        });
+        self.context
+            .watch_hub
+            .watch(WatchSpec {
+                stream: self.stream,
+                watch_id,
+                span: kv::key_span(&create.key, &create.range_end),
+                start_revision,
+                no_put: filters.contains(&watch_create_request::FilterType::Noput),
+                no_delete: filters.contains(&watch_create_request::FilterType::Nodelete),
+                prev_kv: create.prev_kv,
+                progress_notify: create.progress_notify,
+                fragment: create.fragment,
+            })
+            .await;
         Ok(())
     }
 }
