@@ -62,11 +62,18 @@ fn complete_install(
         log_store.install_snapshot(&metadata, batch)
     })?;
     machine.reload()?;
-    assert_eq!(
-        machine.applied_index(),
-        install.index,
-        "snapshot data does not match its metadata"
-    );
+    if machine.applied_index() != install.index {
+        // The peer server checks this before Raft sees the snapshot; reaching here
+        // means the staged file changed on disk. Stop rather than run on it.
+        return Err(StorageError::Corrupt {
+            space: crate::storage::Space::RangeMeta,
+            detail: format!(
+                "installed snapshot is applied through {}, its metadata says {}",
+                machine.applied_index(),
+                install.index
+            ),
+        });
+    }
     let _ = std::fs::remove_file(&install.staged_file);
     Ok(records)
 }
@@ -393,8 +400,67 @@ impl Replica {
     }
 
     pub fn step(&mut self, message: Message) {
+        if let Err(reason) = self.check_peer_message(&message) {
+            tracing::warn!(
+                range = self.range_id,
+                from = format!("{:x}", message.from),
+                kind = ?message.get_msg_type(),
+                %reason,
+                "dropped a raft message no correct peer sends"
+            );
+            return;
+        }
         if let Err(error) = self.raw.step(message) {
             tracing::debug!(range = self.range_id, %error, "raft refused a message");
+        }
+    }
+
+    /// What raft-rs would take on trust and stop the process over (it treats a broken
+    /// invariant as fatal): a sender outside the range, a heartbeat committing past the
+    /// end of our log, entries that are not a run or that contradict committed ones.
+    /// Correct peers never send these; a confused or hostile one must not crash us.
+    fn check_peer_message(&self, message: &Message) -> Result<(), String> {
+        let raft = &self.raw.raft;
+        if raft.prs().get(message.from).is_none() {
+            return Err("the sender is not a member of the range".into());
+        }
+        if message.term < raft.term {
+            return Ok(()); // stale: raft-rs ignores it
+        }
+        let log = &raft.raft_log;
+        match message.get_msg_type() {
+            MessageType::MsgHeartbeat if message.commit > log.last_index() => Err(format!(
+                "heartbeat commits {} past the log's end {}",
+                message.commit,
+                log.last_index()
+            )),
+            MessageType::MsgAppend => {
+                if message.log_term > message.term {
+                    return Err("previous entry's term is past the message's".into());
+                }
+                let mut previous_term = message.log_term;
+                for (offset, entry) in message.entries.iter().enumerate() {
+                    if entry.index != message.index + 1 + offset as u64 {
+                        return Err(format!("entry {} out of sequence", entry.index));
+                    }
+                    if entry.term < previous_term || entry.term > message.term {
+                        return Err(format!("entry {} has term {} out of order", entry.index, entry.term));
+                    }
+                    previous_term = entry.term;
+                    if entry.index <= log.committed {
+                        if let Ok(ours) = log.term(entry.index) {
+                            if ours != 0 && ours != entry.term {
+                                return Err(format!(
+                                    "entry {} (term {}) contradicts the committed one (term {ours})",
+                                    entry.index, entry.term
+                                ));
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            }
+            _ => Ok(()),
         }
     }
 

@@ -33,6 +33,18 @@ const DESCRIPTOR: u8 = b'd';
 /// The revision through which history is physically removed (a u64, big-endian).
 const COMPACTED_THROUGH: u8 = b'p';
 
+/// Where a range's apply state is kept (snapshots carry it).
+pub fn apply_state_key(range_id: u64) -> Vec<u8> {
+    keys::range_record_key(range_id, APPLY_STATE)
+}
+
+pub fn decode_apply_state(bytes: &[u8]) -> Result<RangeApplyState, StorageError> {
+    RangeApplyState::decode(bytes).map_err(|error| StorageError::Corrupt {
+        space: Space::RangeMeta,
+        detail: format!("apply state: {error}"),
+    })
+}
+
 /// Records that history of `range_id` through `revision` is physically removed.
 pub fn mark_compacted(range_id: u64, revision: i64, batch: &mut WriteBatch) {
     batch.put(

@@ -9,13 +9,14 @@ use crate::proto::shoal::peer::{
 };
 use crate::proto::shoal::state::RangeDescriptor;
 use crate::range::replica::LeaseQueryKind;
-use crate::range::{snapshot, RangeError};
+use crate::range::{snapshot, state_machine, RangeError};
+use crate::storage::Space;
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
 
 pub struct PeerService {
@@ -60,6 +61,59 @@ fn decode_message(bytes: &[u8]) -> Result<Message, Status> {
     Message::parse_from_bytes(bytes).map_err(|error| Status::invalid_argument(format!("bad raft message: {error}")))
 }
 
+/// A refusal of bad peer input: logged here (the peer may not log what it sent) and
+/// returned to the caller.
+fn refuse(from: u64, status: Status) -> Status {
+    tracing::warn!(from = format!("{from:x}"), code = ?status.code(), message = status.message(), "refused peer input");
+    status
+}
+
+impl PeerService {
+    /// Checks what every message from `from` must satisfy before the store sees it.
+    fn check_message(&self, from: u64, range_id: u64, message: &Message) -> Result<(), Status> {
+        if message.from != from {
+            return Err(Status::invalid_argument(format!(
+                "raft message from {:x} on a connection of {from:x}",
+                message.from
+            )));
+        }
+        if message.to != self.identity.member_id {
+            return Err(Status::invalid_argument(format!(
+                "raft message for member {:x} sent to {:x}",
+                message.to, self.identity.member_id
+            )));
+        }
+        if !self.descriptors.contains_key(&range_id) {
+            return Err(Status::not_found(format!("range {range_id} is not on this node")));
+        }
+        Ok(())
+    }
+}
+
+/// Checks a staged snapshot whole before Raft sees it (once Raft accepts a snapshot,
+/// installing it must not fail on bad data): every record well formed and in the range,
+/// and the range's apply state in it at the index and term its metadata claims.
+fn check_staged(path: &std::path::Path, descriptor: &RangeDescriptor, expected: (u64, u64)) -> Result<u64, String> {
+    let mut reader = std::io::BufReader::new(std::fs::File::open(path).map_err(|e| e.to_string())?);
+    let apply_state_key = state_machine::apply_state_key(descriptor.id);
+    let mut applied = None;
+    let records = snapshot::read_records(&mut reader, descriptor, &mut |space, key, value| {
+        if space == Space::RangeMeta && key == apply_state_key {
+            applied = Some(state_machine::decode_apply_state(&value)?);
+        }
+        Ok(())
+    })
+    .map_err(|e| e.to_string())?;
+    match applied {
+        None => Err("it holds no apply state for the range".to_string()),
+        Some(state) if (state.applied_index, state.applied_term) != expected => Err(format!(
+            "its data is applied through index {} term {}, its metadata says index {} term {}",
+            state.applied_index, state.applied_term, expected.0, expected.1
+        )),
+        Some(_) => Ok(records),
+    }
+}
+
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn raft(&self, request: Request<Streaming<RaftBatch>>) -> Result<Response<RaftAck>, Status> {
@@ -67,12 +121,9 @@ impl Peer for PeerService {
         let mut stream = request.into_inner();
         while let Some(batch) = stream.message().await? {
             for envelope in batch.messages {
-                let message = decode_message(&envelope.message)?;
-                if message.from != from {
-                    return Err(Status::invalid_argument(
-                        "raft message from another member than the caller",
-                    ));
-                }
+                let message = decode_message(&envelope.message).map_err(|status| refuse(from, status))?;
+                self.check_message(from, envelope.range_id, &message)
+                    .map_err(|status| refuse(from, status))?;
                 if message.get_msg_type() == MessageType::MsgSnapshot {
                     // Snapshot data comes only through InstallSnapshot.
                     continue;
@@ -99,49 +150,70 @@ impl Peer for PeerService {
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
-        let message = decode_message(&first.raft_message)?;
-        if message.get_msg_type() != MessageType::MsgSnapshot || message.from != from {
-            return Err(Status::invalid_argument(
-                "snapshot stream must start with the caller's MsgSnapshot",
+        let message = decode_message(&first.raft_message).map_err(|status| refuse(from, status))?;
+        if message.get_msg_type() != MessageType::MsgSnapshot {
+            return Err(refuse(
+                from,
+                Status::invalid_argument("snapshot stream must start with a MsgSnapshot"),
             ));
         }
         let range_id = first.range_id;
-        let descriptor = self
-            .descriptors
-            .get(&range_id)
-            .cloned()
-            .ok_or_else(|| Status::not_found(format!("range {range_id} is not on this node")))?;
-        let metadata = message.get_snapshot().get_metadata();
+        self.check_message(from, range_id, &message)
+            .map_err(|status| refuse(from, status))?;
+        let descriptor = self.descriptors[&range_id].clone();
+        let metadata = message.get_snapshot().get_metadata().clone();
+        if metadata.index == 0 || metadata.term == 0 || metadata.get_conf_state().voters.is_empty() {
+            return Err(refuse(
+                from,
+                Status::invalid_argument(format!(
+                    "snapshot metadata without an index, a term or voters (index {}, term {}, voters {:?})",
+                    metadata.index,
+                    metadata.term,
+                    metadata.get_conf_state().voters
+                )),
+            ));
+        }
         let nonce = self.staged_files.fetch_add(1, Ordering::Relaxed);
         let path = self.snapshot_dir.join(format!(
             "range-{range_id}-{}-{}-{nonce}.snap",
             metadata.index, metadata.term
         ));
-        let mut file = std::io::BufWriter::new(
-            std::fs::File::create(&path).map_err(|e| Status::internal(format!("staging snapshot: {e}")))?,
+        // Written with async file I/O and checked on a blocking thread: staging a large
+        // snapshot must not hold up the node's async workers.
+        let mut file = tokio::io::BufWriter::new(
+            tokio::fs::File::create(&path)
+                .await
+                .map_err(|e| Status::internal(format!("staging snapshot: {e}")))?,
         );
         let mut bytes = first.data.len() as u64;
         let written = async {
-            file.write_all(&first.data)?;
+            file.write_all(&first.data).await?;
             while let Some(chunk) = stream.message().await.map_err(std::io::Error::other)? {
                 bytes += chunk.data.len() as u64;
-                file.write_all(&chunk.data)?;
+                file.write_all(&chunk.data).await?;
             }
-            file.flush()
+            file.flush().await
         }
         .await;
         drop(file);
-        let checked = written.map_err(|e| e.to_string()).and_then(|()| {
-            // Checked whole before Raft sees it: once Raft accepts a snapshot, installing
-            // it must not fail on bad data.
-            let mut reader = std::io::BufReader::new(std::fs::File::open(&path).map_err(|e| e.to_string())?);
-            snapshot::read_records(&mut reader, &descriptor, &mut |_, _, _| Ok(())).map_err(|e| e.to_string())
-        });
+        let checked = match written {
+            Err(error) => Err(error.to_string()),
+            Ok(()) => {
+                let path = path.clone();
+                let expected = (metadata.index, metadata.term);
+                tokio::task::spawn_blocking(move || check_staged(&path, &descriptor, expected))
+                    .await
+                    .unwrap_or_else(|error| Err(format!("checking the snapshot: {error}")))
+            }
+        };
         let records = match checked {
             Ok(records) => records,
             Err(error) => {
-                let _ = std::fs::remove_file(&path);
-                return Err(Status::data_loss(format!("snapshot stream rejected: {error}")));
+                let _ = tokio::fs::remove_file(&path).await;
+                return Err(refuse(
+                    from,
+                    Status::data_loss(format!("snapshot stream rejected: {error}")),
+                ));
             }
         };
         tracing::info!(

@@ -261,3 +261,243 @@ async fn refused_requests_name_their_problem_like_etcd() {
     })
     .await;
 }
+
+/// Peers are checked before the node acts on what they send: malformed or impossible
+/// Raft messages and snapshots get an error (and a log line), never a crash, and the
+/// node keeps serving.
+#[tokio::test]
+async fn malformed_peer_input_is_refused_and_the_node_keeps_serving() {
+    use protobuf::Message as _;
+    use raft::eraftpb::{Entry, Message, MessageType, Snapshot};
+    use shoal::proto::etcdserverpb::StatusRequest;
+    use shoal::proto::shoal::peer::{peer_client::PeerClient, RaftBatch, RaftEnvelope, SnapshotChunk};
+    use shoal::proto::shoal::state::RangeApplyState;
+
+    bounded(async {
+        let mut cluster = Cluster::start(3).await;
+        let leader = cluster.leader().await;
+        let target = (leader + 1) % 3;
+        let urls: Vec<String> = cluster.endpoints();
+        let status = |index: usize| {
+            let url = urls[index].clone();
+            async move {
+                shoal::proto::etcdserverpb::maintenance_client::MaintenanceClient::new(
+                    crate::support::channel(&url).await,
+                )
+                .status(StatusRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+            }
+        };
+        let target_status = status(target).await;
+        let header = target_status.header.unwrap();
+        let (cluster_id, target_id, term) = (header.cluster_id, header.member_id, header.raft_term);
+        let sender_id = status(leader).await.header.unwrap().member_id;
+        let peer_url = format!("http://127.0.0.1:{}", cluster.nodes[target].peer_port);
+        let mut peer = PeerClient::new(crate::support::channel(&peer_url).await);
+        fn stamped<T>(body: T, cluster_id: u64, sender_id: u64) -> tonic::Request<T> {
+            let mut request = tonic::Request::new(body);
+            request
+                .metadata_mut()
+                .insert("shoal-cluster-id", format!("{cluster_id:x}").parse().unwrap());
+            request
+                .metadata_mut()
+                .insert("shoal-member-id", format!("{sender_id:x}").parse().unwrap());
+            request
+        }
+        let message = |kind: MessageType| {
+            let mut message = Message::default();
+            message.set_msg_type(kind);
+            message.from = sender_id;
+            message.to = target_id;
+            message.term = term;
+            message
+        };
+        let batch = |range_id: u64, bytes: Vec<u8>| {
+            tokio_stream::iter(vec![RaftBatch {
+                messages: vec![RaftEnvelope {
+                    range_id,
+                    message: bytes.into(),
+                }],
+            }])
+        };
+
+        let outcome = peer
+            .raft(stamped(
+                batch(1, b"\xff\xffnot a message".to_vec()),
+                cluster_id,
+                sender_id,
+            ))
+            .await;
+        let refused = outcome.expect_err("garbage is refused");
+        assert_eq!(refused.code(), Code::InvalidArgument);
+        assert!(
+            refused.message().starts_with("bad raft message"),
+            "{}",
+            refused.message()
+        );
+
+        let mut elsewhere = message(MessageType::MsgHeartbeat);
+        elsewhere.to = 0x3039;
+        assert_status(
+            peer.raft(stamped(
+                batch(1, elsewhere.write_to_bytes().unwrap()),
+                cluster_id,
+                sender_id,
+            ))
+            .await,
+            Code::InvalidArgument,
+            &format!("raft message for member 3039 sent to {target_id:x}"),
+        );
+        let mut impostor = message(MessageType::MsgHeartbeat);
+        impostor.from = 0x77;
+        assert_status(
+            peer.raft(stamped(
+                batch(1, impostor.write_to_bytes().unwrap()),
+                cluster_id,
+                sender_id,
+            ))
+            .await,
+            Code::InvalidArgument,
+            &format!("raft message from 77 on a connection of {sender_id:x}"),
+        );
+        let heartbeat = message(MessageType::MsgHeartbeat).write_to_bytes().unwrap();
+        assert_status(
+            peer.raft(stamped(batch(99, heartbeat), cluster_id, sender_id)).await,
+            Code::NotFound,
+            "range 99 is not on this node",
+        );
+
+        // Well formed, impossible from a correct peer: raft-rs would stop the process.
+        let mut past_the_end = message(MessageType::MsgHeartbeat);
+        past_the_end.commit = 1 << 40;
+        let mut contradicting = message(MessageType::MsgAppend);
+        contradicting.term = term + 1;
+        let entry = Entry {
+            index: 1,
+            term: term + 1,
+            ..Default::default()
+        };
+        contradicting.entries = vec![entry].into();
+        contradicting.commit = 1;
+        for impossible in [past_the_end, contradicting] {
+            peer.raft(stamped(
+                batch(1, impossible.write_to_bytes().unwrap()),
+                cluster_id,
+                sender_id,
+            ))
+            .await
+            .expect("delivered: the store loop drops it");
+        }
+
+        // Snapshots: checked whole before Raft sees them.
+        let snapshot_stream = |index: u64, voters: Vec<u64>, data: Vec<u8>| {
+            let mut message = message(MessageType::MsgSnapshot);
+            let mut snapshot = Snapshot::default();
+            snapshot.mut_metadata().index = index;
+            snapshot.mut_metadata().term = term;
+            snapshot.mut_metadata().mut_conf_state().voters = voters;
+            message.set_snapshot(snapshot);
+            tokio_stream::iter(vec![SnapshotChunk {
+                range_id: 1,
+                raft_message: message.write_to_bytes().unwrap().into(),
+                data: data.into(),
+            }])
+        };
+        let record = |space: shoal::storage::Space, key: &[u8], value: &[u8]| {
+            let mut out = vec![space.tag()];
+            out.extend_from_slice(&(key.len() as u32).to_be_bytes());
+            out.extend_from_slice(key);
+            out.extend_from_slice(&(value.len() as u32).to_be_bytes());
+            out.extend_from_slice(value);
+            out
+        };
+        let apply_state = |index: u64| {
+            record(
+                shoal::storage::Space::RangeMeta,
+                &shoal::range::state_machine::apply_state_key(1),
+                &prost::Message::encode_to_vec(&RangeApplyState {
+                    applied_index: index,
+                    applied_term: term,
+                    revision: 1,
+                    ..Default::default()
+                }),
+            )
+        };
+        let voters = vec![target_id, sender_id];
+        assert_status(
+            peer.install_snapshot(stamped(
+                snapshot_stream(0, voters.clone(), Vec::new()),
+                cluster_id,
+                sender_id,
+            ))
+            .await,
+            Code::InvalidArgument,
+            &format!("snapshot metadata without an index, a term or voters (index 0, term {term}, voters {voters:?})"),
+        );
+        let garbage = peer
+            .install_snapshot(stamped(
+                snapshot_stream(1000, voters.clone(), b"\x63garbage".to_vec()),
+                cluster_id,
+                sender_id,
+            ))
+            .await
+            .expect_err("garbage data is refused");
+        assert_eq!(garbage.code(), Code::DataLoss);
+        assert!(
+            garbage.message().starts_with("snapshot stream rejected"),
+            "{}",
+            garbage.message()
+        );
+        let no_state = record(shoal::storage::Space::KvLatest, b"\x01k", b"v");
+        assert_status(
+            peer.install_snapshot(stamped(
+                snapshot_stream(1000, voters.clone(), no_state),
+                cluster_id,
+                sender_id,
+            ))
+            .await,
+            Code::DataLoss,
+            "snapshot stream rejected: it holds no apply state for the range",
+        );
+        assert_status(
+            peer.install_snapshot(stamped(
+                snapshot_stream(1000, voters.clone(), apply_state(5)),
+                cluster_id,
+                sender_id,
+            ))
+            .await,
+            Code::DataLoss,
+            &format!(
+                "snapshot stream rejected: its data is applied through index 5 term {term}, its metadata says index \
+                 1000 term {term}"
+            ),
+        );
+
+        // The node dropped the impossible messages (and said so) and still serves.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while cluster.nodes[target]
+            .log_text()
+            .matches("dropped a raft message no correct peer sends")
+            .count()
+            < 2
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the impossible messages were not dropped"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        cluster.wait_ready(std::time::Duration::from_secs(30)).await;
+        let mut kv = cluster.kv(target).await;
+        put(&mut kv, "after-bad-peers", "v").await;
+        assert_eq!(get(&mut kv, "after-bad-peers", false).await.as_deref(), Some("v"));
+        assert_eq!(
+            status(target).await.header.unwrap().member_id,
+            target_id,
+            "the same process answers"
+        );
+    })
+    .await;
+}
