@@ -2,13 +2,22 @@
 //! environment variables and flags (each overriding the one before), checked into a
 //! typed [`NodeConfig`].
 
-use crate::node::compactor::Retention;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// What history to keep.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retention {
+    Forever,
+    /// Revisions committed within this much wall time.
+    Period(Duration),
+    /// This many revisions before the current one.
+    Revisions(i64),
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

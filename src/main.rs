@@ -31,7 +31,7 @@ fn main() -> anyhow::Result<()> {
             let settings = ServerSettings::load(args.config.as_deref(), &args.flags)?;
             let config = NodeConfig::try_from(settings)?;
             let metrics = shoal::telemetry::install().context("installing the metrics recorder")?;
-            runtime.block_on(shoal::node::run(config, Some(metrics), shutdown_signal()))?;
+            runtime.block_on(shoal::server::run(config, Some(metrics), shutdown_signal()))?;
             Ok(())
         }
         Command::Playground(args) => runtime.block_on(playground::run(args)),

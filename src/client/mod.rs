@@ -26,12 +26,13 @@ use bytes::Bytes;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
 /// Pause between attempts on another member after a failure.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
+const WATCH_CREATE_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -195,7 +196,9 @@ impl Client {
 
     /// A watch on `key` (or `[key, range_end)`) from `start_revision` (0: from now) that
     /// reconnects to another member when its member fails and resumes after the last
-    /// revision it delivered: no event is lost or repeated.
+    /// revision it delivered: no event is lost or repeated. Returns once a member
+    /// confirmed the watch (so a write made after this returns is seen), or with
+    /// `DEADLINE_EXCEEDED` if none did within 30 s.
     pub async fn watch(
         &self,
         key: impl Into<Bytes>,
@@ -211,8 +214,18 @@ impl Client {
             prev_kv,
             ..Default::default()
         };
-        let task = tokio::spawn(watch_loop(self.clone(), spec, events));
-        Ok(Watch { receiver, task })
+        let (created, confirmed) = oneshot::channel();
+        let task = tokio::spawn(watch_loop(self.clone(), spec, events, created));
+        match tokio::time::timeout(WATCH_CREATE_TIMEOUT, confirmed).await {
+            Ok(Ok(())) => Ok(Watch { receiver, task }),
+            Ok(Err(_)) => Err(ClientError::WatchEnded),
+            Err(_) => {
+                task.abort();
+                Err(ClientError::Status(tonic::Status::deadline_exceeded(format!(
+                    "no member confirmed the watch within {WATCH_CREATE_TIMEOUT:?}"
+                ))))
+            }
+        }
     }
 
     /// Waits until this client holds lock `name` through `lease`.
@@ -344,7 +357,13 @@ impl Drop for Watch {
     }
 }
 
-async fn watch_loop(client: Client, mut spec: WatchCreateRequest, events: mpsc::Sender<Result<Event, ClientError>>) {
+async fn watch_loop(
+    client: Client,
+    mut spec: WatchCreateRequest,
+    events: mpsc::Sender<Result<Event, ClientError>>,
+    created: oneshot::Sender<()>,
+) {
+    let mut created = Some(created);
     // After the first connection, resume right after the last delivered revision.
     let mut last_revision: Option<i64> = None;
     loop {
@@ -370,6 +389,11 @@ async fn watch_loop(client: Client, mut spec: WatchCreateRequest, events: mpsc::
         };
         let mut responses = response.into_inner();
         while let Ok(Some(response)) = responses.message().await {
+            if response.created {
+                if let Some(created) = created.take() {
+                    let _ = created.send(());
+                }
+            }
             if response.compact_revision != 0 {
                 let _ = events
                     .send(Err(ClientError::Compacted {

@@ -3,7 +3,6 @@
 //! snapshots go on their own streams so they never hold up heartbeats.
 
 use super::{PeerIdentity, PEER_MESSAGE_BYTES_MAX};
-use crate::node::store::{RaftSender, StoreHandle, StoreInput};
 use crate::proto::shoal::peer::{
     leader_failure, lease_answer, lease_query, peer_client::PeerClient, LeaderFailure, LeaseQuery, RaftBatch,
     RaftEnvelope, SnapshotChunk,
@@ -12,6 +11,7 @@ use crate::range::lease::LeaseTime;
 use crate::range::replica::LeaseQueryKind;
 use crate::range::snapshot::{self, SnapshotRegistry};
 use crate::range::RangeError;
+use crate::store::{RaftSender, StoreHandle, StoreInput};
 use protobuf::Message as _;
 use raft::eraftpb::Message;
 use std::collections::HashMap;

@@ -2,7 +2,6 @@
 //! and answers lease questions for the ranges this node leads.
 
 use super::PeerIdentity;
-use crate::node::store::{StoreHandle, StoreInput};
 use crate::proto::shoal::peer::{
     leader_failure, lease_answer, lease_query, peer_server::Peer, LeaderFailure, LeaseAnswer, LeaseQuery, LeaseState,
     NotLeader, RaftAck, RaftBatch, SnapshotAck, SnapshotChunk,
@@ -11,6 +10,7 @@ use crate::proto::shoal::state::RangeDescriptor;
 use crate::range::replica::LeaseQueryKind;
 use crate::range::{snapshot, state_machine, RangeError};
 use crate::storage::Space;
+use crate::store::{StoreHandle, StoreInput};
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
 use std::collections::HashMap;

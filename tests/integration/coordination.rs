@@ -96,8 +96,10 @@ async fn etcdctl_watches_leases_locks_and_elects() {
             watch.read(10, Duration::from_secs(10)).await,
             ["PUT", "w/a", "1", "w/a", "2", "DELETE", "w/a", "2", "w/a", ""]
         );
-        let mut single = Background::start(&endpoints, &["watch", "k"]);
-        tokio::time::sleep(Duration::from_millis(300)).await; // etcdctl prints nothing when its watch is created
+        // etcdctl prints nothing when its watch is created: start it at a revision to
+        // come, so the put is seen however late the watch is set up.
+        let now = put(&mut cluster.kv(0).await, "before-k", "x").await;
+        let mut single = Background::start(&endpoints, &["watch", "k", &format!("--rev={}", now + 1)]);
         run(&["put", "k", "v"]);
         assert_eq!(single.read(3, Duration::from_secs(10)).await, ["PUT", "k", "v"]);
 
@@ -341,8 +343,8 @@ async fn a_watch_resumes_on_another_member_without_gaps_or_duplicates() {
         let watcher = Client::connect(&[endpoints[doomed].clone(), endpoints[survivor].clone()])
             .await
             .unwrap();
+        // Returns once the member confirmed the watch: every later write is seen.
         let mut watch = watcher.watch("seq/", "seq0", 0, false).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
         let mut writer = cluster.kv(leader).await;
         let mut written = Vec::new();
         for step in 0..200 {
@@ -485,7 +487,9 @@ async fn the_lock_hands_out_unique_growing_fencing_tokens_through_failures() {
                 rotated.rotate_left(contender % 3);
                 let client = Client::connect(&rotated).await.unwrap();
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let Ok(lease) = client.grant(3).await else {
+                    // Long enough that a 50 ms hold never outlives its lease: an overlap
+                    // below is then a broken lock, not an expired holder.
+                    let Ok(lease) = client.grant(10).await else {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     };
@@ -508,16 +512,30 @@ async fn the_lock_hands_out_unique_growing_fencing_tokens_through_failures() {
                 }
             }));
         }
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        // Each phase lasts until the lock changed hands a few more times.
+        let more_acquisitions = |count: usize| {
+            let acquisitions = acquisitions.clone();
+            async move {
+                let target = acquisitions.lock().unwrap().len() + count;
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while acquisitions.lock().unwrap().len() < target {
+                    assert!(Instant::now() < deadline, "the lock stopped changing hands");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        more_acquisitions(5).await;
         let leader = cluster.leader().await;
         cluster.kill(leader);
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        more_acquisitions(5).await;
+        cluster.restart(leader);
+        cluster.wait_ready(Duration::from_secs(30)).await;
+        // Another member frozen mid-flight (its holders' keep-alives stall with it).
         let paused = (leader + 1) % 3;
         cluster.pause(paused);
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        more_acquisitions(3).await;
         cluster.resume(paused);
-        cluster.restart(leader);
-        tokio::time::sleep(Duration::from_secs(4)).await;
+        more_acquisitions(5).await;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         for contender in contenders {
             let _ = tokio::time::timeout(Duration::from_secs(30), contender).await;
@@ -545,18 +563,17 @@ async fn the_lock_hands_out_unique_growing_fencing_tokens_through_failures() {
                 "contender {contender}: {mine:?}"
             );
         }
-        // Holds that did not overlap in time came in token order.
-        let mut by_time = acquisitions.clone();
-        by_time.sort_by_key(|(_, _, acquired, _)| *acquired);
-        for (index, earlier) in by_time.iter().enumerate() {
-            for later in &by_time[index + 1..] {
-                if later.2 > earlier.3 {
-                    assert!(
-                        later.1 > earlier.1,
-                        "a later holder got a smaller token: {earlier:?} then {later:?}"
-                    );
-                }
-            }
+        // Mutual exclusion: in token order, each hold began after the one before ended
+        // (a holder takes its release time before it unlocks, its acquire time after
+        // the lock was granted), so no two holders' intervals overlap.
+        let mut by_token = acquisitions.clone();
+        by_token.sort_by_key(|(_, token, _, _)| *token);
+        for pair in by_token.windows(2) {
+            let (earlier, later) = (&pair[0], &pair[1]);
+            assert!(
+                later.2 > earlier.3,
+                "two holders at once: {earlier:?} still held the lock when {later:?} got it"
+            );
         }
     })
     .await;

@@ -59,6 +59,28 @@ impl Writers {
         }
     }
 
+    /// Waits until at least `count` writes were acknowledged after `since`.
+    async fn wait_for(&self, count: usize, since: Instant) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let done = self
+                .acknowledged
+                .lock()
+                .unwrap()
+                .values()
+                .filter(|(_, at)| *at > since)
+                .count();
+            if done >= count {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {done} of {count} writes acknowledged within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn finish(self) -> BTreeMap<String, (String, Instant)> {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         for task in self.tasks {
@@ -103,11 +125,13 @@ async fn killing_the_leader_loses_no_acknowledged_write() {
     bounded(async {
         let mut cluster = Cluster::start(3).await;
         let leader = cluster.leader().await;
+        let started = Instant::now();
         let writers = Writers::start(cluster.endpoints(), 6);
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        writers.wait_for(100, started).await;
         cluster.kill(leader);
         let killed_at = Instant::now();
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        // The survivors elect a leader and take writes again.
+        writers.wait_for(100, killed_at).await;
         let acknowledged = writers.finish().await;
 
         let after_kill = acknowledged.values().filter(|(_, at)| *at > killed_at).count();
@@ -188,7 +212,13 @@ async fn a_restarted_cluster_keeps_data_revisions_and_compaction() {
                 })
                 .await
                 .unwrap_err();
-            assert_eq!(compacted.code(), tonic::Code::OutOfRange);
+            assert_eq!(
+                (compacted.code(), compacted.message()),
+                (
+                    tonic::Code::OutOfRange,
+                    "etcdserver: mvcc: required revision has been compacted"
+                )
+            );
             let past = client
                 .range(RangeRequest {
                     key: bytes("r/a"),
@@ -248,8 +278,9 @@ async fn a_node_behind_the_truncated_log_catches_up_from_a_snapshot() {
 async fn kill_9_of_every_node_mid_write_loses_no_acknowledged_write() {
     bounded(async {
         let mut cluster = Cluster::start(3).await;
+        let started = Instant::now();
         let writers = Writers::start(cluster.endpoints(), 6);
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        writers.wait_for(100, started).await;
         for node in 0..3 {
             cluster.kill(node);
         }

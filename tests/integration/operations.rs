@@ -153,7 +153,14 @@ async fn settings_come_from_file_then_environment_then_flags() {
                 ..Default::default()
             };
             assert!(kv.txn(ops(3)).await.is_ok());
-            assert!(kv.txn(ops(4)).await.is_err());
+            let refused = kv.txn(ops(4)).await.expect_err("over --max-txn-ops");
+            assert_eq!(
+                (refused.code(), refused.message()),
+                (
+                    tonic::Code::InvalidArgument,
+                    "etcdserver: too many operations in txn request"
+                )
+            );
         }
         .await;
         let _ = child.kill();

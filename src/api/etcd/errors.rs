@@ -1,9 +1,9 @@
 //! Shoal's errors as the gRPC statuses etcd returns for the same conditions, with etcd's
 //! message texts: clients (etcdctl, clientv3) match on them.
 
-use crate::node::router::RouteError;
 use crate::range::kv::KvError;
 use crate::range::RangeError;
+use crate::router::RouteError;
 use tonic::{Code, Status};
 
 pub fn empty_key() -> Status {

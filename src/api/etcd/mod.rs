@@ -19,10 +19,10 @@ pub use lock::LockService;
 pub use maintenance::MaintenanceService;
 pub use watch::WatchService;
 
-use crate::node::router::Router;
 use crate::proto::etcdserverpb::ResponseHeader;
 use crate::proto::shoal::state::MemberInfo;
 use crate::range::FIRST_RANGE_ID;
+use crate::router::Router;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;

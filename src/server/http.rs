@@ -1,8 +1,8 @@
 //! The metrics listener: Prometheus `/metrics`, `/health` (can this member serve a
 //! linearizable read now?) and `/ready` (has it joined and caught up?).
 
-use super::router::Router;
 use crate::range::FIRST_RANGE_ID;
+use crate::router::Router;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;

@@ -4,8 +4,6 @@
 pub mod compactor;
 pub mod http;
 pub mod identity;
-pub mod router;
-pub mod store;
 
 use crate::api::etcd::{
     self, ClusterService, ElectionService, EtcdContext, KvService, LeaseService, Limits, LockService,
@@ -28,16 +26,16 @@ use crate::range::replica::{Replica, ReplicaConfig};
 use crate::range::snapshot::SnapshotRegistry;
 use crate::range::watch::WatchHub;
 use crate::range::FIRST_RANGE_ID;
+use crate::router::Router;
 use crate::storage::{Engine, FjallEngine, StorageError};
+use crate::store::{Store, StoreHandle, StoreInput};
 use crate::transport::{PeerIdentity, PeerService, PeerTransport, PEER_MESSAGE_BYTES_MAX};
 use metrics_exporter_prometheus::PrometheusHandle;
-use router::Router;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use store::{Store, StoreHandle, StoreInput};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
@@ -172,7 +170,7 @@ pub async fn run(
     let router = Arc::new(Router::new(
         me,
         store_handle.clone(),
-        router::RangeMap::new(&[first_range()]),
+        crate::router::RangeMap::new(&[first_range()]),
         ranges,
         transport,
         RangeReader::new(engine.clone()),

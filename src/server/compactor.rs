@@ -9,23 +9,14 @@
 //!   older than the retention.
 //! - revision: keep the last `retention` revisions; checked every five minutes.
 
-use super::router::Router;
+use crate::config::Retention;
 use crate::proto::etcdserverpb::CompactionRequest;
 use crate::proto::shoal::command::{command_result, raft_command, ErrorKind};
+use crate::router::Router;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-
-/// What history to keep.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Retention {
-    Forever,
-    /// Revisions committed within this much wall time.
-    Period(Duration),
-    /// This many revisions before the current one.
-    Revisions(i64),
-}
 
 const HOUR: Duration = Duration::from_secs(3600);
 /// How often the revision mode looks (etcd's interval).

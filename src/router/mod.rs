@@ -4,7 +4,6 @@
 //! apply a command twice). Lease queries go to the leader over the peer port.
 //! Linearizable reads get a read index from the local replica.
 
-use super::store::{RangeView, StoreHandle};
 use crate::proto::shoal::command::CommandResult;
 use crate::proto::shoal::state::RangeDescriptor;
 use crate::range::kv;
@@ -12,6 +11,7 @@ use crate::range::lease::LeaseTime;
 use crate::range::reader::RangeReader;
 use crate::range::replica::{LeaseQueryKind, RangeStatus};
 use crate::range::{RangeError, FIRST_RANGE_ID};
+use crate::store::{RangeView, StoreHandle};
 use crate::transport::{ForwardError, PeerTransport};
 use std::collections::BTreeMap;
 use std::future::Future;
