@@ -103,6 +103,12 @@ pub struct ServerFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_watches_per_stream: Option<usize>,
+    /// Largest Range response in bytes (Shoal only; etcd's fixed limit is the default): a
+    /// Range with a limit is cut short there with `more`, one without is refused
+    /// [default: 2147483647]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_response_bytes: Option<usize>,
     /// Applied Raft log entries kept before the log is truncated [default: 10000]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -71,6 +71,7 @@ pub struct ServerSettings {
     pub max_txn_ops: usize,
     pub max_request_bytes: usize,
     pub max_watches_per_stream: usize,
+    pub max_response_bytes: usize,
     /// Applied log entries kept before the log is truncated.
     pub snapshot_count: u64,
     /// Entries kept behind the applied index at truncation, for slow followers.
@@ -105,6 +106,8 @@ impl Default for ServerSettings {
             max_txn_ops: 128,
             max_request_bytes: 1536 * 1024,
             max_watches_per_stream: 1000,
+            // etcd's gRPC send limit (math.MaxInt32).
+            max_response_bytes: i32::MAX as usize,
             snapshot_count: 10_000,
             snapshot_catchup_entries: 5_000,
             experimental_watch_progress_notify_interval: "10m".into(),
@@ -131,6 +134,7 @@ const SETTING_NAMES: &[&str] = &[
     "max-txn-ops",
     "max-request-bytes",
     "max-watches-per-stream",
+    "max-response-bytes",
     "snapshot-count",
     "snapshot-catchup-entries",
     "experimental-watch-progress-notify-interval",
@@ -187,6 +191,7 @@ pub struct NodeConfig {
     pub max_txn_ops: usize,
     pub max_request_bytes: usize,
     pub max_watches_per_stream: usize,
+    pub max_response_bytes: usize,
     pub log_compaction_entries: u64,
     pub log_catchup_entries: u64,
     pub watch_progress_notify_interval: Duration,
@@ -418,6 +423,9 @@ impl TryFrom<ServerSettings> for NodeConfig {
         if settings.max_request_bytes == 0 || settings.max_request_bytes > 64 << 20 {
             return Err(invalid("max-request-bytes", "must be between 1 byte and 64 MiB"));
         }
+        if settings.max_response_bytes < 1024 || settings.max_response_bytes > i32::MAX as usize {
+            return Err(invalid("max-response-bytes", "must be between 1 KiB and 2 GiB - 1"));
+        }
         if settings.max_watches_per_stream == 0 {
             return Err(invalid("max-watches-per-stream", "must be at least 1"));
         }
@@ -465,6 +473,7 @@ impl TryFrom<ServerSettings> for NodeConfig {
             max_txn_ops: settings.max_txn_ops,
             max_request_bytes: settings.max_request_bytes,
             max_watches_per_stream: settings.max_watches_per_stream,
+            max_response_bytes: settings.max_response_bytes,
             log_compaction_entries: settings.snapshot_count,
             log_catchup_entries: settings.snapshot_catchup_entries.min(settings.snapshot_count),
             watch_progress_notify_interval,

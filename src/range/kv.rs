@@ -25,6 +25,9 @@ pub enum KvError {
     UnknownMember,
     #[error("lease already exists")]
     LeaseExists,
+    /// A Range whose response would be `size` bytes, over the `limit` a response may be.
+    #[error("response of {size} bytes is over the limit of {limit}")]
+    ResponseTooLarge { size: usize, limit: usize },
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -108,12 +111,15 @@ fn has_revision_filters(request: &RangeRequest) -> bool {
 
 /// Runs a Range at `revisions` (the view's state). `header_revision` is what the
 /// response reports: the store revision, or inside a transaction the revision the
-/// transaction is building.
+/// transaction is building. A response is kept under `max_response_bytes`: when the
+/// client set a limit (keys in key order, no filters) it is cut short with `more`, as
+/// a page; otherwise it is refused with its size, before it is built whole.
 pub fn range(
     view: &dyn MvccRead,
     request: &RangeRequest,
     revisions: Revisions,
     header_revision: i64,
+    max_response_bytes: usize,
 ) -> Result<RangeResponse, KvError> {
     revisions.check(request.revision)?;
     let span = key_span(&request.key, &request.range_end);
@@ -141,23 +147,47 @@ pub fn range(
     } else {
         usize::try_from(request.limit).unwrap_or(usize::MAX).saturating_add(1)
     };
+    let pageable = fetch_limit != usize::MAX;
     let mut count = 0i64;
     let mut kvs = Vec::new();
+    // Encoded size of the kvs so far, and whether a page was cut for size.
+    let mut size = 0usize;
+    let mut cut_for_size = false;
+    let mut too_large = false;
     for item in records {
         let (key, mut record) = item?;
         count += 1;
-        if request.count_only || kvs.len() >= fetch_limit {
+        if request.count_only || kvs.len() >= fetch_limit || cut_for_size {
             continue;
         }
         if request.keys_only && request.sort_target() != range_request::SortTarget::Value {
             record.value = Vec::new();
         }
-        kvs.push(to_key_value(&key, record));
+        let kv = to_key_value(&key, record);
+        // A repeated field costs a tag and a length besides the message.
+        size += prost::Message::encoded_len(&kv) + 6;
+        if size > max_response_bytes {
+            if pageable && !kvs.is_empty() {
+                cut_for_size = true;
+                continue;
+            }
+            // Only the size is counted on from here, for the error.
+            too_large = true;
+        }
+        if !too_large {
+            kvs.push(kv);
+        }
+    }
+    if too_large {
+        return Err(KvError::ResponseTooLarge {
+            size,
+            limit: max_response_bytes,
+        });
     }
 
     prune(&mut kvs, request);
     sort(&mut kvs, request);
-    let mut more = false;
+    let mut more = cut_for_size;
     if request.limit > 0 && kvs.len() as i64 > request.limit {
         kvs.truncate(request.limit as usize);
         more = true;

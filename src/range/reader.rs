@@ -20,10 +20,17 @@ impl RangeReader {
         Self { engine }
     }
 
-    pub fn range(&self, range_id: u64, request: &RangeRequest) -> Result<RangeResponse, KvError> {
+    /// A Range at the newest applied state, its response kept under `max_response_bytes`
+    /// (see [`kv::range`]).
+    pub fn range(
+        &self,
+        range_id: u64,
+        request: &RangeRequest,
+        max_response_bytes: usize,
+    ) -> Result<RangeResponse, KvError> {
         let view = self.engine.snapshot();
         let revisions = StateMachine::revisions_in(range_id, view.as_ref())?;
-        kv::range(&view, request, revisions, revisions.current)
+        kv::range(&view, request, revisions, revisions.current, max_response_bytes)
     }
 
     pub fn read_only_txn(&self, range_id: u64, request: &TxnRequest) -> Result<TxnResponse, KvError> {

@@ -571,7 +571,8 @@ pub fn refusal_to_proto(error: &KvError) -> cmd::CommandError {
         KvError::LeaseNotFound => cmd::ErrorKind::LeaseNotFound,
         KvError::UnknownMember => cmd::ErrorKind::UnknownMember,
         KvError::LeaseExists => cmd::ErrorKind::LeaseExists,
-        KvError::Storage(_) => cmd::ErrorKind::Unspecified,
+        // Applying never bounds a response; a replicated refusal cannot carry it.
+        KvError::Storage(_) | KvError::ResponseTooLarge { .. } => cmd::ErrorKind::Unspecified,
     };
     cmd::CommandError {
         kind: kind as i32,
@@ -717,7 +718,7 @@ impl TxnExec<'_> {
         };
         let mut revisions = self.revisions;
         revisions.current = self.read_revision();
-        kv::range(&view, request, revisions, self.read_revision())
+        kv::range(&view, request, revisions, self.read_revision(), usize::MAX)
     }
 
     fn put(&mut self, request: &PutRequest) -> Result<PutResponse, KvError> {
@@ -880,7 +881,13 @@ mod tests {
                 ..Default::default()
             };
             let revisions = self.machine.revisions();
-            kv::range(&self.machine.engine.snapshot(), &request, revisions, revisions.current)
+            kv::range(
+                &self.machine.engine.snapshot(),
+                &request,
+                revisions,
+                revisions.current,
+                usize::MAX,
+            )
         }
     }
 

@@ -199,6 +199,7 @@ pub async fn run(
             max_txn_ops: config.max_txn_ops,
             max_request_bytes: config.max_request_bytes,
             max_watches_per_stream: config.max_watches_per_stream,
+            max_response_bytes: config.max_response_bytes,
             min_lease_ttl_seconds: config.min_lease_ttl_seconds(),
         },
         initial_members: identity.initial_members.clone(),

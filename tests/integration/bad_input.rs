@@ -501,3 +501,66 @@ async fn malformed_peer_input_is_refused_and_the_node_keeps_serving() {
     })
     .await;
 }
+
+/// A Range response stays under `--max-response-bytes`: a Range with a limit comes back
+/// as a shorter page with `more` (so a client paging by last key sees every key once),
+/// one without is refused with grpc's message, as etcd at its own send limit.
+#[tokio::test]
+async fn range_responses_over_the_size_limit_are_paged_or_refused() {
+    bounded(async {
+        let cluster = Cluster::start_with(1, &["--max-response-bytes", "4096"]).await;
+        let mut client = cluster.kv(0).await;
+        let value = "v".repeat(500);
+        for index in 0..20 {
+            put(&mut client, &format!("big/{index:02}"), &value).await;
+        }
+        let whole = client
+            .range(RangeRequest {
+                key: bytes("big/"),
+                range_end: bytes("big0"),
+                ..Default::default()
+            })
+            .await
+            .expect_err("20 values of 500 bytes are over 4096 bytes");
+        assert_eq!(whole.code(), Code::ResourceExhausted);
+        let message = whole.message();
+        let size: usize = message
+            .strip_prefix("grpc: trying to send message larger than max (")
+            .and_then(|rest| rest.strip_suffix(" vs. 4096)"))
+            .and_then(|size| size.parse().ok())
+            .unwrap_or_else(|| panic!("not grpc's message: {message}"));
+        assert!(size > 20 * 500, "the size counts every value: {size}");
+
+        let mut seen = Vec::new();
+        let mut start = bytes("big/");
+        loop {
+            let page = client
+                .range(RangeRequest {
+                    key: start.clone(),
+                    range_end: bytes("big0"),
+                    limit: 15,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(
+                !page.kvs.is_empty() && page.kvs.len() < 15,
+                "a page cut for size: {}",
+                page.kvs.len()
+            );
+            let encoded: usize = page.kvs.iter().map(prost::Message::encoded_len).sum();
+            assert!(encoded <= 4096, "{encoded}");
+            seen.extend(page.kvs.iter().map(|kv| String::from_utf8_lossy(&kv.key).into_owned()));
+            if !page.more {
+                break;
+            }
+            let mut next = page.kvs.last().unwrap().key.to_vec();
+            next.push(0);
+            start = next.into();
+        }
+        let expected: Vec<String> = (0..20).map(|index| format!("big/{index:02}")).collect();
+        assert_eq!(seen, expected, "every key once, in order");
+    })
+    .await;
+}

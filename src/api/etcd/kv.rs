@@ -70,7 +70,11 @@ impl EtcdContext {
         let mut response = self
             .router
             .reader()
-            .range(self.router.range_of(&request.key), &request)
+            .range(
+                self.router.range_of(&request.key),
+                &request,
+                self.limits.max_response_bytes,
+            )
             .map_err(errors::kv)?;
         response.header = Some(self.header(revision_of(response.header)));
         Ok(response)

@@ -36,6 +36,8 @@ pub struct Limits {
     pub max_txn_ops: usize,
     pub max_request_bytes: usize,
     pub max_watches_per_stream: usize,
+    /// Largest Range response; beyond it a Range is paged (client set a limit) or refused.
+    pub max_response_bytes: usize,
     /// Shortest lease TTL granted: longer than an election takes.
     pub min_lease_ttl_seconds: i64,
 }
