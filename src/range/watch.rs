@@ -26,7 +26,6 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
-use tonic::Status;
 
 /// Events read from storage per step, and so per response to one watcher (whole
 /// revisions are never split). The byte bound keeps responses under gRPC clients'
@@ -46,7 +45,15 @@ const COMMANDS_MAX: usize = 4096;
 pub const NO_WATCH_ID: i64 = -1;
 
 pub type StreamId = u64;
-pub type Sink = mpsc::Sender<Result<WatchResponse, Status>>;
+pub type Sink = mpsc::Sender<Result<WatchResponse, WatchError>>;
+
+/// Why a hub ended a stream: its storage could not be read. The client protocol's edge
+/// decides how to say so.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("{0}")]
+    Storage(String),
+}
 pub type HeaderFn = Arc<dyn Fn(i64) -> ResponseHeader + Send + Sync>;
 
 /// What a client asked to watch.
@@ -98,12 +105,12 @@ pub struct WatchHub {
 pub struct Subscription {
     hub: WatchHub,
     stream: StreamId,
-    responses: mpsc::Receiver<Result<WatchResponse, Status>>,
+    responses: mpsc::Receiver<Result<WatchResponse, WatchError>>,
 }
 
 impl Subscription {
     /// The next response (events, or a cancellation); None once the hub is gone.
-    pub async fn next(&mut self) -> Option<Result<WatchResponse, Status>> {
+    pub async fn next(&mut self) -> Option<Result<WatchResponse, WatchError>> {
         self.responses.recv().await
     }
 }
@@ -291,9 +298,7 @@ impl HubTask {
             if let Err(error) = outcome {
                 tracing::error!(range = self.range_id, %error, "watch hub cannot read storage; closing its streams");
                 for (_, stream) in self.streams.drain() {
-                    let _ = stream
-                        .sink
-                        .try_send(Err(Status::internal(format!("etcdserver: {error}"))));
+                    let _ = stream.sink.try_send(Err(WatchError::Storage(error.to_string())));
                 }
                 self.watchers.clear();
             }

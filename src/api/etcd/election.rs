@@ -185,8 +185,8 @@ impl Election for ElectionService {
                             Some(Ok(response)) if !response.events.is_empty() => break,
                             Some(Ok(response)) if response.canceled => break,
                             Some(Ok(_)) => continue,
-                            Some(Err(status)) => {
-                                let _ = sender.send(Err(status)).await;
+                            Some(Err(error)) => {
+                                let _ = sender.send(Err(super::errors::watch(error))).await;
                                 return;
                             }
                             None => return,

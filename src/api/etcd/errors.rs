@@ -77,3 +77,10 @@ pub fn route(error: RouteError) -> Status {
         }
     }
 }
+
+/// A watch hub ended the stream.
+pub fn watch(error: crate::range::watch::WatchError) -> Status {
+    match error {
+        crate::range::watch::WatchError::Storage(detail) => Status::internal(format!("etcdserver: {detail}")),
+    }
+}

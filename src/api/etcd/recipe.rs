@@ -124,7 +124,7 @@ pub async fn wait_delete(context: &EtcdContext, key: &[u8], revision: i64) -> Re
         .subscribe(kv::key_span(key, b""), revision + 1, true)
         .await;
     while let Some(response) = subscription.next().await {
-        let response = response?;
+        let response = response.map_err(super::errors::watch)?;
         if response.canceled {
             return Err(Status::unavailable("etcdserver: watch canceled"));
         }

@@ -65,7 +65,9 @@ impl Watch for WatchService {
             }
             session.context.watch_hub.close_stream(session.stream);
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(responses))))
+        use tokio_stream::StreamExt as _;
+        let responses = ReceiverStream::new(responses).map(|response| response.map_err(super::errors::watch));
+        Ok(Response::new(Box::pin(responses)))
     }
 }
 
