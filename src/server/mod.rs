@@ -191,6 +191,7 @@ pub async fn run(
         config.watch_progress_notify_interval,
         config.max_request_bytes,
     )?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let context = Arc::new(EtcdContext {
         router: router.clone(),
         cluster_id: identity.cluster_id,
@@ -205,11 +206,12 @@ pub async fn run(
         initial_members: identity.initial_members.clone(),
         lease_ids: etcd::LeaseIds::new(me),
         watch_hub,
+        stopping: stop_rx.clone(),
     });
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped_rx = stop_rx.clone();
     let stopped = move || {
-        let mut stop_rx = stop_rx.clone();
+        let mut stop_rx = stopped_rx.clone();
         async move {
             let _ = stop_rx.wait_for(|stop| *stop).await;
         }
@@ -222,6 +224,7 @@ pub async fn run(
             store_handle.clone(),
             snapshot_dir.clone(),
             descriptors.clone(),
+            stop_rx.clone(),
         ))
         .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX);
         servers.spawn(

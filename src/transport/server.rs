@@ -26,6 +26,9 @@ pub struct PeerService {
     snapshot_dir: PathBuf,
     descriptors: HashMap<u64, RangeDescriptor>,
     staged_files: AtomicU64,
+    /// True once the node is stopping: Raft streams end, so a graceful stop need not
+    /// wait for the peers to hang up.
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl PeerService {
@@ -34,6 +37,7 @@ impl PeerService {
         store: StoreHandle,
         snapshot_dir: PathBuf,
         descriptors: HashMap<u64, RangeDescriptor>,
+        stopping: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
         Self {
             identity,
@@ -41,6 +45,7 @@ impl PeerService {
             snapshot_dir,
             descriptors,
             staged_files: AtomicU64::new(0),
+            stopping,
         }
     }
 }
@@ -119,7 +124,15 @@ impl Peer for PeerService {
     async fn raft(&self, request: Request<Streaming<RaftBatch>>) -> Result<Response<RaftAck>, Status> {
         let from = self.identity.verify(request.metadata())?;
         let mut stream = request.into_inner();
-        while let Some(batch) = stream.message().await? {
+        let mut stopping = self.stopping.clone();
+        loop {
+            let batch = tokio::select! {
+                batch = stream.message() => batch?,
+                _ = stopping.wait_for(|stop| *stop) => None,
+            };
+            let Some(batch) = batch else {
+                break;
+            };
             for envelope in batch.messages {
                 let message = decode_message(&envelope.message).map_err(|status| refuse(from, status))?;
                 self.check_message(from, envelope.range_id, &message)

@@ -181,6 +181,7 @@ impl Election for ElectionService {
                 loop {
                     tokio::select! {
                         () = sender.closed() => return,
+                        () = service.context.stopped() => return,
                         response = changes.next() => match response {
                             Some(Ok(response)) if !response.events.is_empty() => break,
                             Some(Ok(response)) if response.canceled => break,

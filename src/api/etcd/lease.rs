@@ -124,7 +124,14 @@ impl Lease for LeaseService {
         let (responses, stream) = tokio::sync::mpsc::channel(16);
         let context = self.context.clone();
         tokio::spawn(async move {
-            while let Ok(Some(request)) = requests.message().await {
+            loop {
+                let request = tokio::select! {
+                    request = requests.message() => request,
+                    () = context.stopped() => return,
+                };
+                let Ok(Some(request)) = request else {
+                    return;
+                };
                 let renewed = context
                     .router
                     .lease_query(FIRST_RANGE_ID, request.id, LeaseQueryKind::Renew)

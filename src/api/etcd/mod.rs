@@ -52,6 +52,17 @@ pub struct EtcdContext {
     pub initial_members: Vec<MemberInfo>,
     pub lease_ids: LeaseIds,
     pub watch_hub: crate::range::watch::WatchHub,
+    /// Turns true when the node starts shutting down: long-lived streams (watch,
+    /// keep-alive, observe) end then, so a graceful stop does not wait on them.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
+}
+
+impl EtcdContext {
+    /// Resolves once the node is shutting down.
+    pub async fn stopped(&self) {
+        let mut stopping = self.stopping.clone();
+        let _ = stopping.wait_for(|stop| *stop).await;
+    }
 }
 
 impl EtcdContext {

@@ -52,6 +52,7 @@ impl Watch for WatchService {
                 let request = tokio::select! {
                     request = requests.message() => request,
                     () = session.sink.closed() => break,
+                    () = session.context.stopped() => break,
                 };
                 match request {
                     Ok(Some(request)) => {
