@@ -750,6 +750,9 @@ async fn watch_progress_is_reported_on_request_and_periodically() {
                 request_union: Some(watch_request::RequestUnion::CreateRequest(WatchCreateRequest {
                     key: bytes("p/"),
                     range_end: bytes("p0"),
+                    // From after the put: a follower that has not applied it yet would
+                    // otherwise deliver it as an event, as etcd's follower would.
+                    start_revision: revision + 1,
                     progress_notify: true,
                     ..Default::default()
                 })),
