@@ -1,5 +1,6 @@
 //! Long work taken off the store loop, so that no range on the node stops sending
-//! heartbeats or committing while it runs: physically removing compacted history.
+//! heartbeats or committing while it runs: writing a received snapshot over a range's
+//! data, and physically removing compacted history.
 //!
 //! The store loop applies a compaction by storing the new compaction point (from then on
 //! no read may ask for what it removes) and hands the range and revision to the worker,
@@ -14,10 +15,21 @@
 //!
 //! The queue holds one entry per range, the highest revision asked for: a limit on it
 //! by construction, and a later compaction subsumes an earlier one.
+//!
+//! A snapshot install goes first: its replica takes no Raft input until it is done, so
+//! a removal under way yields between batches and is taken up again afterwards. Readers
+//! never see an install half done: the range's install gate
+//! ([`super::replica::RangeStatus::whole_view`]) is closed from before the first write
+//! until after the last, and every reader of the range pins its view through it. At
+//! most one install per range is queued (the replica waits for it), so the install
+//! queue is bounded by the number of ranges.
 
-use super::state_machine;
+use super::{snapshot, state_machine};
+use crate::proto::shoal::state::RangeDescriptor;
 use crate::storage::{mvcc, Durability, Engine, KeyRange, StorageError, WriteBatch};
 use std::collections::BTreeMap;
+use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -29,6 +41,19 @@ use tokio::sync::watch;
 /// paces its compaction the same way, 1000 keys then 10 ms).
 const BATCH_OPS: usize = 1_000;
 const BATCH_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Writing a staged snapshot over one range's data (the replica waits, frozen).
+pub struct InstallJob {
+    pub range_id: u64,
+    pub descriptor: RangeDescriptor,
+    pub staged: PathBuf,
+}
+
+/// What the worker reports of an install: the records written, or why it failed.
+pub struct InstallDone {
+    pub range_id: u64,
+    pub outcome: Result<u64, StorageError>,
+}
 
 /// One range's history removal.
 pub struct CompactionJob {
@@ -42,6 +67,9 @@ pub struct CompactionJob {
 #[derive(Default)]
 struct Queue {
     due: BTreeMap<u64, CompactionJob>,
+    /// At most one per range: a range waits, frozen, for its install.
+    installs: VecDeque<InstallJob>,
+    finished: Vec<InstallDone>,
 }
 
 struct Shared {
@@ -76,6 +104,23 @@ impl BackgroundWorker {
         })
     }
 
+    /// Queues an install; it goes before any history removal, as its range waits.
+    pub fn install(&self, job: InstallJob) {
+        let mut queue = lock(&self.shared.queue);
+        assert!(
+            queue.installs.iter().all(|queued| queued.range_id != job.range_id),
+            "range {} asked for two installs at once",
+            job.range_id
+        );
+        queue.installs.push_back(job);
+        self.shared.wake.notify_one();
+    }
+
+    /// Installs finished since the last call.
+    pub fn take_finished_installs(&self) -> Vec<InstallDone> {
+        std::mem::take(&mut lock(&self.shared.queue).finished)
+    }
+
     /// Queues a removal; one already queued for the range is replaced if this one goes
     /// further.
     pub fn compact(&self, job: CompactionJob) {
@@ -107,6 +152,11 @@ fn lock(queue: &Mutex<Queue>) -> std::sync::MutexGuard<'_, Queue> {
     queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+enum Job {
+    Compact(CompactionJob),
+    Install(InstallJob),
+}
+
 fn run(shared: &Shared, engine: &dyn Engine) {
     loop {
         let job = {
@@ -115,8 +165,11 @@ fn run(shared: &Shared, engine: &dyn Engine) {
                 if shared.stopping.load(Ordering::Acquire) {
                     return;
                 }
+                if let Some(job) = queue.installs.pop_front() {
+                    break Job::Install(job);
+                }
                 if let Some((_, job)) = queue.due.pop_first() {
-                    break job;
+                    break Job::Compact(job);
                 }
                 queue = shared
                     .wake
@@ -124,8 +177,19 @@ fn run(shared: &Shared, engine: &dyn Engine) {
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
             }
         };
+        let job = match job {
+            Job::Install(job) => {
+                let outcome = install(engine, &job);
+                lock(&shared.queue).finished.push(InstallDone {
+                    range_id: job.range_id,
+                    outcome,
+                });
+                continue;
+            }
+            Job::Compact(job) => job,
+        };
         match remove_history(shared, engine, &job) {
-            Ok(Some(removed)) => {
+            Ok(Removal::Done(removed)) => {
                 job.done.send_if_modified(|through| {
                     let raised = job.revision > *through;
                     *through = (*through).max(job.revision);
@@ -138,7 +202,19 @@ fn run(shared: &Shared, engine: &dyn Engine) {
                     "compacted history"
                 );
             }
-            Ok(None) => return,
+            Ok(Removal::Stopped) => return,
+            Ok(Removal::Yielded) => {
+                // Taken up again after the install, over a new view; removal is
+                // idempotent and the marker was not moved.
+                let mut queue = lock(&shared.queue);
+                if queue
+                    .due
+                    .get(&job.range_id)
+                    .is_none_or(|queued| queued.revision < job.revision)
+                {
+                    queue.due.insert(job.range_id, job);
+                }
+            }
             Err(error) => {
                 // Left for the next start, which finds the marker behind.
                 tracing::error!(range = job.range_id, revision = job.revision, %error, "compacting history failed");
@@ -147,29 +223,55 @@ fn run(shared: &Shared, engine: &dyn Engine) {
     }
 }
 
-/// `Ok(None)`: stopped part way.
-fn remove_history(shared: &Shared, engine: &dyn Engine, job: &CompactionJob) -> Result<Option<u64>, StorageError> {
+/// Replaces the range's data with the staged snapshot's, in bounded batches. The
+/// replica stored an install marker first, so a crash part way is finished at the next
+/// start from the same file.
+fn install(engine: &dyn Engine, job: &InstallJob) -> Result<u64, StorageError> {
+    let file = std::fs::File::open(&job.staged).map_err(|error| {
+        StorageError::Io(std::io::Error::new(
+            error.kind(),
+            format!("staged snapshot {}: {error}", job.staged.display()),
+        ))
+    })?;
+    let mut reader = std::io::BufReader::new(file);
+    snapshot::install(engine, &job.descriptor, &mut reader, |_| {})
+}
+
+enum Removal {
+    /// This many entries removed, the marker moved.
+    Done(u64),
+    /// The node is stopping.
+    Stopped,
+    /// A snapshot install is waiting (its replica is frozen until it is done).
+    Yielded,
+}
+
+fn remove_history(shared: &Shared, engine: &dyn Engine, job: &CompactionJob) -> Result<Removal, StorageError> {
     let started = Instant::now();
     let view = engine.snapshot();
-    let mut stopped = false;
+    let mut interrupted = None;
     let outcome = mvcc::compact(view.as_ref(), &job.span, job.revision, BATCH_OPS, &mut |chunk| {
         if shared.stopping.load(Ordering::Acquire) {
-            stopped = true;
-            return Err(StorageError::Engine("stopping".into()));
+            interrupted = Some(Removal::Stopped);
+        } else if !lock(&shared.queue).installs.is_empty() {
+            interrupted = Some(Removal::Yielded);
+        }
+        if interrupted.is_some() {
+            return Err(StorageError::Engine("interrupted".into()));
         }
         engine.write(chunk, Durability::Buffered)?;
         std::thread::sleep(BATCH_PAUSE);
         Ok(())
     });
-    if stopped {
-        return Ok(None);
+    if let Some(interrupted) = interrupted {
+        return Ok(interrupted);
     }
     let removed = outcome?;
     let mut marker = WriteBatch::new();
     state_machine::mark_compacted(job.range_id, job.revision, &mut marker);
     engine.write(marker, Durability::Buffered)?;
     metrics::histogram!("shoal_compaction_duration_seconds").record(started.elapsed().as_secs_f64());
-    Ok(Some(removed))
+    Ok(Removal::Done(removed))
 }
 
 #[cfg(test)]

@@ -51,4 +51,7 @@ pub enum RangeError {
     /// Leadership cannot go to this member: it does not replicate the range.
     #[error("{0:x} is not a member of the range")]
     BadTransferee(u64),
+    /// A snapshot is being written over the replica's data; it cannot be read now.
+    #[error("installing a snapshot")]
+    Installing,
 }

@@ -8,7 +8,7 @@
 //! `finish_ready` (phase 2: emit messages that needed the log on disk, apply what that
 //! committed).
 
-use super::background::CompactionJob;
+use super::background::{CompactionJob, InstallJob};
 use super::lease::LeaseTime;
 use super::log_store::LogStore;
 use super::proposals::ProposalTracker;
@@ -20,7 +20,7 @@ use super::RangeError;
 use crate::proto::shoal::command::CommandResult;
 use crate::proto::shoal::state::RangeDescriptor;
 use crate::proto::shoal::state::SnapshotInstall;
-use crate::storage::{Durability, Engine, StorageError, WriteBatch};
+use crate::storage::{Durability, Engine, ReadView, StorageError, WriteBatch};
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, EntryType, Message, MessageType};
 use raft::{RawNode, Ready, StateRole};
@@ -61,6 +61,14 @@ fn complete_install(
     let records = snapshot::install(engine.as_ref(), machine.descriptor(), &mut reader, |batch| {
         log_store.install_snapshot(&metadata, batch)
     })?;
+    check_installed(machine, install)?;
+    let _ = std::fs::remove_file(&install.staged_file);
+    Ok(records)
+}
+
+/// Reloads the state machine from the installed data, which must be applied through
+/// the snapshot's index.
+fn check_installed(machine: &mut StateMachine, install: &SnapshotInstall) -> Result<(), StorageError> {
     machine.reload()?;
     if machine.applied_index() != install.index {
         // The peer server checks this before Raft sees the snapshot; reaching here
@@ -74,8 +82,7 @@ fn complete_install(
             ),
         });
     }
-    let _ = std::fs::remove_file(&install.staged_file);
-    Ok(records)
+    Ok(())
 }
 
 fn encode_conf_state(conf_state: &ConfState) -> Vec<u8> {
@@ -133,6 +140,10 @@ pub struct RangeStatus {
     pub commit_index: AtomicU64,
     pub applied_index: AtomicU64,
     pub revision: AtomicI64,
+    /// Even while the range's data is whole, odd while a snapshot is being written over
+    /// it: a sequence lock that [`RangeStatus::whole_view`] reads (a view pinned during
+    /// an install would hold the range half replaced).
+    install_epoch: AtomicU64,
 }
 
 impl RangeStatus {
@@ -145,6 +156,34 @@ impl RangeStatus {
     }
     pub fn term(&self) -> u64 {
         self.term.load(Ordering::Acquire)
+    }
+
+    pub fn is_installing(&self) -> bool {
+        !self.install_epoch.load(Ordering::SeqCst).is_multiple_of(2)
+    }
+
+    /// A pinned view of `engine` in which this range's data is whole, or `None` while a
+    /// snapshot is being written over it. The epoch is read on both sides of pinning: if
+    /// it is even and unchanged, no install had begun writing when the view was pinned
+    /// (the store loop makes it odd before it hands the install to the worker, and even
+    /// only after the last write), so the view holds the range as it was before.
+    pub fn whole_view(&self, engine: &dyn Engine) -> Option<Arc<dyn ReadView>> {
+        let before = self.install_epoch.load(Ordering::SeqCst);
+        if !before.is_multiple_of(2) {
+            return None;
+        }
+        let view = engine.snapshot();
+        (self.install_epoch.load(Ordering::SeqCst) == before).then_some(view)
+    }
+
+    fn begin_install(&self) {
+        let before = self.install_epoch.fetch_add(1, Ordering::SeqCst);
+        assert!(before.is_multiple_of(2), "an install began while another was in progress");
+    }
+
+    fn end_install(&self) {
+        let before = self.install_epoch.fetch_add(1, Ordering::SeqCst);
+        assert!(!before.is_multiple_of(2), "an install ended that had not begun");
     }
 }
 
@@ -186,6 +225,22 @@ pub struct Replica {
     revision_watch: watch::Sender<i64>,
     /// Through which revision history is physically removed (told by the worker).
     compacted_watch: Arc<watch::Sender<i64>>,
+    /// The ready that carried a snapshot the worker is installing; raft-rs takes no
+    /// input until it is advanced.
+    installing: Option<Ready>,
+    pending_install: Option<(SnapshotInstall, raft::eraftpb::SnapshotMetadata, Instant)>,
+    /// That ready once installed, to collect again like a new one.
+    resumed: Option<Ready>,
+}
+
+/// What [`Replica::collect_ready`] found.
+pub enum Collected {
+    /// To finish with [`Replica::finish_ready`] once `log_batch` is committed (synced
+    /// if the flag says so).
+    Ready(Ready, bool),
+    /// A snapshot to install on the background worker; report back with
+    /// [`Replica::finish_install`].
+    Install(InstallJob),
 }
 
 impl Replica {
@@ -278,6 +333,9 @@ impl Replica {
             leader_watch,
             revision_watch,
             compacted_watch: Arc::new(compacted_watch),
+            installing: None,
+            pending_install: None,
+            resumed: None,
         })
     }
 
@@ -325,7 +383,9 @@ impl Replica {
 
     pub fn tick(&mut self, now: Instant) {
         self.ticks += 1;
-        self.raw.tick();
+        if !self.holds_ready() {
+            self.raw.tick();
+        }
         if self.raw.raft.state == StateRole::Leader {
             self.revoke_expired_leases(now);
         }
@@ -400,6 +460,9 @@ impl Replica {
     }
 
     pub fn step(&mut self, message: Message) {
+        if self.holds_ready() {
+            return; // the leader sends again; raft-rs takes nothing mid-install
+        }
         if let Err(reason) = self.check_peer_message(&message) {
             tracing::warn!(
                 range = self.range_id,
@@ -467,6 +530,10 @@ impl Replica {
     /// Stages snapshot data received from the leader, then steps the message that
     /// announces it. raft-rs decides whether to install it.
     pub fn step_snapshot(&mut self, message: Message, staged: PathBuf) {
+        if self.holds_ready() {
+            let _ = std::fs::remove_file(staged);
+            return;
+        }
         let metadata = message.get_snapshot().get_metadata();
         self.staged_snapshots.insert((metadata.index, metadata.term), staged);
         self.step(message);
@@ -480,6 +547,10 @@ impl Replica {
     /// with `Timeout`.
     pub fn propose(&mut self, mut command: Vec<u8>, responder: ProposalResponder) {
         let raft = &self.raw.raft;
+        if self.holds_ready() {
+            let _ = responder.send(Err(RangeError::NotLeader { leader: raft.leader_id }));
+            return;
+        }
         if raft.leader_id == raft::INVALID_ID || raft.lead_transferee.is_some() {
             let _ = responder.send(Err(RangeError::NotLeader { leader: raft.leader_id }));
             return;
@@ -526,6 +597,9 @@ impl Replica {
 
     /// Sends one read index request for all queued reads.
     pub fn flush_reads(&mut self) {
+        if self.holds_ready() {
+            return; // raft-rs takes nothing between a ready and its advance
+        }
         if let Some(context) = self.reads.take_batch(self.ticks) {
             self.raw.read_index(context);
         }
@@ -569,10 +643,15 @@ impl Replica {
     }
 
     pub fn report_unreachable(&mut self, node_id: u64) {
-        self.raw.report_unreachable(node_id);
+        if !self.holds_ready() {
+            self.raw.report_unreachable(node_id);
+        }
     }
 
     pub fn report_snapshot(&mut self, to: u64, finished: bool) {
+        if self.holds_ready() {
+            return;
+        }
         let status = if finished {
             raft::SnapshotStatus::Finish
         } else {
@@ -582,29 +661,53 @@ impl Replica {
     }
 
     pub fn has_ready(&self) -> bool {
-        self.raw.has_ready()
+        if self.installing.is_some() {
+            return false;
+        }
+        self.resumed.is_some() || self.raw.has_ready()
+    }
+
+    pub fn is_installing(&self) -> bool {
+        self.installing.is_some()
+    }
+
+    /// A ready is out (being installed, or installed and not yet advanced): raft-rs must
+    /// take no input until it is advanced, or what that input makes it send would come
+    /// out of the advance, which raft-rs refuses on a follower.
+    fn holds_ready(&self) -> bool {
+        self.installing.is_some() || self.resumed.is_some()
     }
 
     /// Phase 1 of handling raft-rs's output: sends what may go before the log is on
-    /// disk, installs a snapshot, applies committed entries, and stages new log entries
-    /// and hard state into `log_batch`. Returns the ready to finish after the batch is
-    /// committed, and whether that commit must be synced.
+    /// disk, applies committed entries, and stages new log entries and hard state into
+    /// `log_batch`. Returns the ready to finish after the batch is committed, and
+    /// whether that commit must be synced. A ready that carries a snapshot comes back
+    /// as an install for the background worker instead: the replica holds the ready,
+    /// takes no input raft-rs would need, and goes on with it in [`finish_install`].
     pub fn collect_ready(
         &mut self,
         now: Instant,
         outbox: &mut Outbox,
         log_batch: &mut WriteBatch,
-    ) -> Result<(Ready, bool), StorageError> {
-        let mut ready = self.raw.ready();
-        if let Some(soft_state) = ready.ss() {
-            self.on_soft_state(soft_state.leader_id, soft_state.raft_state, now);
-        }
-        for message in ready.take_messages() {
-            outbox.push((self.range_id, message));
-        }
-        if !ready.snapshot().is_empty() {
-            self.install_snapshot(ready.snapshot().clone())?;
-        }
+    ) -> Result<Collected, StorageError> {
+        let mut ready = match self.resumed.take() {
+            Some(ready) => ready,
+            None => {
+                let mut ready = self.raw.ready();
+                if let Some(soft_state) = ready.ss() {
+                    self.on_soft_state(soft_state.leader_id, soft_state.raft_state, now);
+                }
+                for message in ready.take_messages() {
+                    outbox.push((self.range_id, message));
+                }
+                if !ready.snapshot().is_empty() {
+                    let job = self.begin_install(ready.snapshot().clone())?;
+                    self.installing = Some(ready);
+                    return Ok(Collected::Install(job));
+                }
+                ready
+            }
+        };
         if !ready.read_states().is_empty() {
             for state in ready.take_read_states() {
                 self.on_read_state(&state.request_ctx, state.index);
@@ -620,7 +723,7 @@ impl Replica {
             self.raw.mut_store().set_hard_state(hard_state.clone(), log_batch);
         }
         let must_sync = ready.must_sync();
-        Ok((ready, must_sync))
+        Ok(Collected::Ready(ready, must_sync))
     }
 
     /// Phase 2: the staged log writes are on disk.
@@ -757,7 +860,9 @@ impl Replica {
         Ok(())
     }
 
-    fn install_snapshot(&mut self, snapshot: raft::eraftpb::Snapshot) -> Result<(), StorageError> {
+    /// Stores the install marker (a crash from here on finishes the install at the next
+    /// start) and returns the data work for the background worker.
+    fn begin_install(&mut self, snapshot: raft::eraftpb::Snapshot) -> Result<InstallJob, StorageError> {
         let metadata = snapshot.get_metadata().clone();
         let Some(path) = self.staged_snapshots.remove(&(metadata.index, metadata.term)) else {
             // raft-rs only accepts snapshots this replica stepped with staged data.
@@ -766,7 +871,6 @@ impl Replica {
                 self.range_id, metadata.index
             );
         };
-        let started = Instant::now();
         let install = SnapshotInstall {
             index: metadata.index,
             term: metadata.term,
@@ -776,13 +880,38 @@ impl Replica {
         let mut marker = WriteBatch::new();
         self.raw.mut_store().begin_install(&install, &mut marker);
         self.engine.write(marker, Durability::Sync)?;
-        let records = complete_install(&self.engine, self.raw.mut_store(), &mut self.machine, &install)?;
+        self.status.begin_install();
+        self.pending_install = Some((install, metadata, Instant::now()));
+        Ok(InstallJob {
+            range_id: self.range_id,
+            descriptor: self.machine.descriptor().clone(),
+            staged: path,
+        })
+    }
+
+    /// The worker wrote the snapshot's data (`records` records): commit the install
+    /// with the log's new start, reload the state machine, and go on with the ready
+    /// that carried the snapshot.
+    pub fn finish_install(&mut self, records: u64) -> Result<(), StorageError> {
+        let Some(ready) = self.installing.take() else {
+            return Ok(());
+        };
+        let Some((install, metadata, started)) = self.pending_install.take() else {
+            unreachable!("an install in progress has its metadata");
+        };
+        let mut batch = WriteBatch::new();
+        self.raw.mut_store().install_snapshot(&metadata, &mut batch);
+        self.engine.write(batch, Durability::Sync)?;
+        check_installed(&mut self.machine, &install)?;
+        let _ = std::fs::remove_file(&install.staged_file);
         for (_, stale) in self.staged_snapshots.drain() {
             let _ = std::fs::remove_file(stale);
         }
         self.proposals.on_snapshot(metadata.index, metadata.term);
         self.status.applied_index.store(metadata.index, Ordering::Release);
+        self.status.end_install();
         self.publish_revision();
+        self.resumed = Some(ready);
         tracing::info!(
             range = self.range_id,
             index = metadata.index,
@@ -839,6 +968,7 @@ mod tests {
     use super::*;
     use crate::proto::etcdserverpb::PutRequest;
     use crate::proto::shoal::command::{raft_command, RaftCommand};
+    use crate::range::background::BackgroundWorker;
     use crate::storage::{FjallEngine, KeyRange, ReadView, Space};
     use prost::Message as _;
 
@@ -887,11 +1017,9 @@ mod tests {
             .collect()
     }
 
-    /// A crash in the middle of installing a snapshot leaves a marker; the next start
-    /// finishes the install from the staged file, so the range is never half replaced.
-    #[test]
-    fn an_interrupted_snapshot_install_is_finished_at_start() {
-        // A source range with ten applied puts, streamed to a staged file.
+    /// A source range with ten applied puts (index 10, term 2), streamed to a staged
+    /// file: (its folder, its engine, the staged file's folder, the staged file).
+    fn staged_source() -> (tempfile::TempDir, Arc<dyn Engine>, tempfile::TempDir, PathBuf) {
         let source_dir = tempfile::tempdir().unwrap();
         let source: Arc<dyn Engine> = Arc::new(FjallEngine::open(source_dir.path()).unwrap());
         let mut machine = StateMachine::load(1, source.clone(), descriptor()).unwrap();
@@ -922,6 +1050,95 @@ mod tests {
         })
         .unwrap();
         std::fs::write(&staged, &stream).unwrap();
+        (source_dir, source, staged_dir, staged)
+    }
+
+    /// A snapshot from the leader goes to the background worker: meanwhile the replica
+    /// takes nothing raft-rs would need and refuses proposals; once the worker is done it
+    /// commits the install and carries on with the ready that brought the snapshot.
+    #[test]
+    fn a_snapshot_is_installed_by_the_worker_while_the_replica_waits() {
+        let (_source_dir, source, _staged_dir, staged) = staged_source();
+        let target_dir = tempfile::tempdir().unwrap();
+        let target: Arc<dyn Engine> = Arc::new(FjallEngine::open(target_dir.path()).unwrap());
+        let mut replica = Replica::open(
+            1,
+            ReplicaConfig { node_id: 2, ..config() },
+            target.clone(),
+            Arc::new(SnapshotRegistry::default()),
+            descriptor(),
+            Some(vec![1, 2]),
+        )
+        .unwrap();
+        let now = Instant::now();
+        drive(&mut replica, &target, now);
+        let mut message = Message::default();
+        message.set_msg_type(MessageType::MsgSnapshot);
+        message.from = 1;
+        message.to = 2;
+        message.term = 2;
+        let mut snapshot = raft::eraftpb::Snapshot::default();
+        snapshot.mut_metadata().index = 10;
+        snapshot.mut_metadata().term = 2;
+        snapshot.mut_metadata().mut_conf_state().voters = vec![1, 2];
+        message.set_snapshot(snapshot);
+        replica.step_snapshot(message, staged.clone());
+
+        let mut outbox = Vec::new();
+        let mut log_batch = WriteBatch::new();
+        let job = match replica.collect_ready(now, &mut outbox, &mut log_batch).unwrap() {
+            Collected::Install(job) => job,
+            Collected::Ready(..) => panic!("the snapshot should go to the worker"),
+        };
+        assert!(replica.is_installing() && !replica.has_ready());
+        assert!(replica.status().is_installing());
+        assert!(replica.status().whole_view(target.as_ref()).is_none());
+        let (refused, mut answer) = oneshot::channel();
+        replica.propose(put_command("meanwhile"), refused);
+        assert!(matches!(answer.try_recv(), Ok(Err(RangeError::NotLeader { .. }))));
+        replica.tick(now); // ticks count on, raft-rs is not touched
+
+        let worker = BackgroundWorker::start(target.clone()).unwrap();
+        worker.install(job);
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        let done = loop {
+            if let Some(done) = worker.take_finished_installs().pop() {
+                break done;
+            }
+            assert!(Instant::now() < deadline, "the worker did not finish the install");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        replica.finish_install(done.outcome.unwrap()).unwrap();
+        assert!(!replica.status().is_installing());
+        assert!(replica.status().whole_view(target.as_ref()).is_some());
+        assert!(replica.has_ready(), "the held ready goes on");
+        // A heartbeat between the install and the held ready's advance is not stepped:
+        // its answer would come out of the advance, which raft-rs refuses on a follower.
+        let mut heartbeat = Message::default();
+        heartbeat.set_msg_type(MessageType::MsgHeartbeat);
+        heartbeat.from = 1;
+        heartbeat.to = 2;
+        heartbeat.term = 2;
+        replica.step(heartbeat);
+        drive(&mut replica, &target, now);
+        assert_eq!(replica.machine().applied_index(), 10);
+        assert!(!staged.exists(), "the staged file is removed once installed");
+        let target_view = target.snapshot();
+        let source_view = source.snapshot();
+        for space in [Space::KvLatest, Space::KvHistory, Space::KvChanges] {
+            assert_eq!(
+                all(target_view.as_ref(), space),
+                all(source_view.as_ref(), space),
+                "{space:?}"
+            );
+        }
+    }
+
+    /// A crash in the middle of installing a snapshot leaves a marker; the next start
+    /// finishes the install from the staged file, so the range is never half replaced.
+    #[test]
+    fn an_interrupted_snapshot_install_is_finished_at_start() {
+        let (_source_dir, source, _staged_dir, staged) = staged_source();
 
         // A target with other data, whose install of that file stopped half way.
         let target_dir = tempfile::tempdir().unwrap();
@@ -982,7 +1199,9 @@ mod tests {
         while replica.has_ready() {
             let mut outbox = Vec::new();
             let mut log_batch = WriteBatch::new();
-            let (ready, _) = replica.collect_ready(now, &mut outbox, &mut log_batch).unwrap();
+            let Collected::Ready(ready, _) = replica.collect_ready(now, &mut outbox, &mut log_batch).unwrap() else {
+                panic!("no snapshot expected here");
+            };
             engine.write(log_batch, Durability::Sync).unwrap();
             replica.finish_ready(ready, &mut outbox).unwrap();
         }
@@ -1019,7 +1238,9 @@ mod tests {
         // The crash: X's log entry is durable, nothing after that ran.
         let mut outbox = Vec::new();
         let mut log_batch = WriteBatch::new();
-        let (ready, _) = replica.collect_ready(now, &mut outbox, &mut log_batch).unwrap();
+        let Collected::Ready(ready, _) = replica.collect_ready(now, &mut outbox, &mut log_batch).unwrap() else {
+            panic!("no snapshot expected here");
+        };
         assert_eq!(ready.entries().len(), 1, "X is appended");
         engine.write(log_batch, Durability::Sync).unwrap();
         drop(ready);

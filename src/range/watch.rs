@@ -15,6 +15,7 @@
 //! memory. A watcher whose next revision was compacted away is cancelled with the
 //! compaction revision, as etcd does.
 
+use super::replica::RangeStatus;
 use super::state_machine::StateMachine;
 use crate::proto::etcdserverpb::{ResponseHeader, WatchResponse};
 use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
@@ -128,19 +129,23 @@ impl WatchHub {
     pub fn start(
         range_id: u64,
         engine: Arc<dyn Engine>,
+        status: Arc<RangeStatus>,
         revisions: watch::Receiver<i64>,
         header: HeaderFn,
         progress_interval: Duration,
         max_response_bytes: usize,
     ) -> Result<Self, StorageError> {
-        let delivered = StateMachine::revisions_in(range_id, engine.as_ref())?.current;
+        // What the replica published is whole (an install publishes once it is done).
+        let delivered = *revisions.borrow();
         let (commands, inbox) = mpsc::channel(COMMANDS_MAX);
         let task = HubTask {
             range_id,
             engine,
+            status,
             header,
             max_response_bytes,
             delivered,
+            published: delivered,
             streams: HashMap::new(),
             watchers: BTreeMap::new(),
         };
@@ -242,10 +247,15 @@ struct Watcher {
 struct HubTask {
     range_id: u64,
     engine: Arc<dyn Engine>,
+    /// The range's install gate: the hub reads only whole views of the range.
+    status: Arc<RangeStatus>,
     header: HeaderFn,
     max_response_bytes: usize,
     /// Every revision up to this one has been offered to the synced watchers.
     delivered: i64,
+    /// The newest revision the replica published; above `delivered` while a snapshot
+    /// install held the hub back.
+    published: i64,
     streams: HashMap<StreamId, StreamState>,
     watchers: BTreeMap<(StreamId, i64), Watcher>,
 }
@@ -285,7 +295,9 @@ impl HubTask {
                     let revision = *revisions.borrow_and_update();
                     self.advance(revision)
                 }
-                _ = catch_up.tick(), if self.has_unsynced() || self.has_pending() => self.catch_up(),
+                _ = catch_up.tick(), if self.has_unsynced() || self.has_pending() || self.held_back() => {
+                    self.advance(self.published).and_then(|()| self.catch_up())
+                }
                 _ = sweep.tick() => {
                     self.sweep_closed_streams();
                     Ok(())
@@ -358,6 +370,11 @@ impl HubTask {
         self.watchers.values().any(|watcher| !self.is_synced(watcher))
     }
 
+    /// A snapshot install kept the hub from offering what the replica published.
+    fn held_back(&self) -> bool {
+        self.delivered < self.published
+    }
+
     fn has_pending(&self) -> bool {
         self.watchers.values().any(|watcher| !watcher.pending.is_empty())
     }
@@ -409,8 +426,11 @@ impl HubTask {
 
     /// Offers the revisions after `delivered` up to `revision` to the synced watchers.
     fn advance(&mut self, revision: i64) -> Result<(), StorageError> {
+        self.published = self.published.max(revision);
         while self.delivered < revision {
-            let view = self.engine.snapshot();
+            let Some(view) = self.status.whole_view(self.engine.as_ref()) else {
+                return Ok(()); // the catch-up timer tries again
+            };
             let compact = StateMachine::revisions_in(self.range_id, view.as_ref())?.compact;
             let from = self.delivered + 1;
             let synced: Vec<(StreamId, i64)> = self
@@ -456,7 +476,9 @@ impl HubTask {
         for key in with_pending {
             self.flush_pending(key);
         }
-        let view = self.engine.snapshot();
+        let Some(view) = self.status.whole_view(self.engine.as_ref()) else {
+            return Ok(()); // a snapshot is being installed: the next tick tries again
+        };
         let compact = StateMachine::revisions_in(self.range_id, view.as_ref())?.compact;
         let behind: Vec<(StreamId, i64)> = self
             .watchers

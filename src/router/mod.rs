@@ -8,7 +8,7 @@ use crate::proto::shoal::command::CommandResult;
 use crate::proto::shoal::state::RangeDescriptor;
 use crate::range::kv;
 use crate::range::lease::LeaseTime;
-use crate::range::reader::RangeReader;
+use crate::range::reader::{PinnedRange, RangeReader};
 use crate::range::replica::{LeaseQueryKind, RangeStatus};
 use crate::range::{RangeError, FIRST_RANGE_ID};
 use crate::store::{RangeView, StoreHandle};
@@ -21,6 +21,8 @@ use tokio::time::Instant;
 
 /// How long to wait for news of a leader before looking again.
 const LEADER_POLL: Duration = Duration::from_millis(50);
+/// How often a read waiting for a snapshot install looks again.
+const INSTALL_POLL: Duration = Duration::from_millis(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
@@ -119,13 +121,39 @@ impl Router {
             .map_err(|_| RangeError::Stopped)
     }
 
+    /// This node's copy of the range, pinned at its newest applied state. A snapshot
+    /// being installed over it is waited for (installs take milliseconds to seconds);
+    /// past the request timeout the read is refused. Whether the copy is current enough
+    /// is the caller's business: [`Router::linearize`] first for a linearizable read.
+    pub async fn pinned(&self, range_id: u64) -> Result<PinnedRange, RouteError> {
+        let status = self.status(range_id);
+        let deadline = Instant::now() + self.request_timeout;
+        loop {
+            if let Some(pinned) = self.reader.pin(range_id, status) {
+                return Ok(pinned);
+            }
+            if Instant::now() >= deadline {
+                return Err(RouteError::Range(RangeError::Installing));
+            }
+            // Installs are rare and the flag lives in the store loop's status: polled.
+            tokio::time::sleep(INSTALL_POLL).await;
+        }
+    }
+
+    /// The newest revision the local replica of the range applied.
+    pub fn revision(&self, range_id: u64) -> i64 {
+        self.status(range_id)
+            .revision
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub fn disk_space_bytes(&self) -> u64 {
+        self.reader.disk_space_bytes()
+    }
+
     fn view(&self, range_id: u64) -> &RangeView {
         // Every range id handed out by `range_of` is local.
         &self.ranges[&range_id]
-    }
-
-    pub fn reader(&self) -> &RangeReader {
-        &self.reader
     }
 
     pub fn request_timeout(&self) -> Duration {

@@ -181,6 +181,7 @@ pub async fn run(
     let watch_hub = WatchHub::start(
         FIRST_RANGE_ID,
         engine.clone(),
+        router.status(FIRST_RANGE_ID).clone_arc(),
         router.revision_changes(FIRST_RANGE_ID),
         Arc::new(move |revision| ResponseHeader {
             cluster_id,
@@ -317,7 +318,11 @@ async fn publish_member(router: Arc<Router>, member_id: u64, name: String, clien
     }));
     let mut delay = Duration::from_millis(100);
     loop {
-        if let Ok(published) = router.reader().members(FIRST_RANGE_ID) {
+        let published = match router.pinned(FIRST_RANGE_ID).await {
+            Ok(pinned) => pinned.members().ok(),
+            Err(_) => None,
+        };
+        if let Some(published) = published {
             if published
                 .iter()
                 .any(|member| member.id == member_id && member.name == name && member.client_urls == client_urls)

@@ -9,7 +9,9 @@
 use crate::proto::shoal::command::CommandResult;
 use crate::range::background::BackgroundWorker;
 use crate::range::lease::LeaseTime;
-use crate::range::replica::{LeaseQueryKind, Outbox, ProposalResponder, RangeStatus, ReadResponder, Replica};
+use crate::range::replica::{
+    Collected, LeaseQueryKind, Outbox, ProposalResponder, RangeStatus, ReadResponder, Replica,
+};
 use crate::range::RangeError;
 use crate::storage::{Durability, Engine, StorageError, WriteBatch};
 use raft::eraftpb::Message;
@@ -24,6 +26,8 @@ use tokio::sync::{oneshot, watch};
 const INPUTS_PER_TURN_MAX: usize = 4096;
 /// Bound of the inbox; senders wait when it is full (backpressure, not loss).
 const INBOX_CAPACITY: usize = 65_536;
+/// How often the loop looks for a finished snapshot install while one runs.
+const INSTALL_POLL: Duration = Duration::from_millis(2);
 
 pub enum StoreInput {
     Propose {
@@ -212,6 +216,9 @@ impl Store {
             let pending_output = self.replicas.values().any(Replica::has_ready);
             let wait = if pending_output {
                 Duration::ZERO
+            } else if self.replicas.values().any(Replica::is_installing) {
+                // The worker does not wake the loop; an install's end is looked for often.
+                INSTALL_POLL.min(next_tick.saturating_duration_since(Instant::now()))
             } else {
                 next_tick.saturating_duration_since(Instant::now())
             };
@@ -257,6 +264,9 @@ impl Store {
                 if let Some(job) = replica.take_compaction() {
                     self.worker.compact(job);
                 }
+            }
+            if let Err(error) = self.finish_installs() {
+                break Err(error);
             }
         };
         for replica in self.replicas.values_mut() {
@@ -337,6 +347,19 @@ impl Store {
         }
     }
 
+    /// Hands the replicas their finished installs. A failed one ends the loop: the data
+    /// is half written, and the next start finishes the install from the staged file
+    /// (its marker is on disk).
+    fn finish_installs(&mut self) -> Result<(), StorageError> {
+        for done in self.worker.take_finished_installs() {
+            let records = done.outcome?;
+            if let Some(replica) = self.replicas.get_mut(&done.range_id) {
+                replica.finish_install(records)?;
+            }
+        }
+        Ok(())
+    }
+
     fn process_output(&mut self, now: Instant) -> Result<(), StorageError> {
         let mut outbox: Outbox = Vec::new();
         let mut log_batch = WriteBatch::new();
@@ -344,12 +367,18 @@ impl Store {
         let mut readies = Vec::new();
         for (range_id, replica) in self.replicas.iter_mut() {
             if replica.has_ready() {
-                let (ready, sync) = replica.collect_ready(now, &mut outbox, &mut log_batch)?;
-                must_sync |= sync;
-                readies.push((*range_id, ready));
+                match replica.collect_ready(now, &mut outbox, &mut log_batch)? {
+                    Collected::Ready(ready, sync) => {
+                        must_sync |= sync;
+                        readies.push((*range_id, ready));
+                    }
+                    Collected::Install(job) => self.worker.install(job),
+                }
             }
         }
         if readies.is_empty() {
+            // A ready that went to the worker may still have carried messages.
+            self.send(outbox);
             return Ok(());
         }
         // A leader's appends go out before its own fsync: followers write in parallel.

@@ -55,7 +55,7 @@ fn failure(error: &RangeError) -> LeaderFailure {
         RangeError::LeaderChanged => leader_failure::Kind::LeaderChanged,
         RangeError::Stopped => leader_failure::Kind::Stopped,
         RangeError::UnknownRange(_) => leader_failure::Kind::UnknownRange,
-        RangeError::Timeout | RangeError::NotLeader { .. } | RangeError::BadTransferee(_) => {
+        RangeError::Timeout | RangeError::NotLeader { .. } | RangeError::BadTransferee(_) | RangeError::Installing => {
             leader_failure::Kind::Timeout
         }
     };

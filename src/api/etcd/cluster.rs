@@ -30,10 +30,13 @@ impl Cluster for ClusterService {
                     .await
                     .map_err(errors::route)?;
             }
-            let reader = self.context.router.reader();
-            let published = reader
-                .members(FIRST_RANGE_ID)
-                .map_err(|error| errors::kv(KvError::Storage(error)))?;
+            let pinned = self
+                .context
+                .router
+                .pinned(FIRST_RANGE_ID)
+                .await
+                .map_err(errors::route)?;
+            let published = pinned.members().map_err(|error| errors::kv(KvError::Storage(error)))?;
             let members = self
                 .context
                 .initial_members
@@ -50,9 +53,7 @@ impl Cluster for ClusterService {
                     }
                 })
                 .collect();
-            let revision = reader
-                .revision(FIRST_RANGE_ID)
-                .map_err(|error| errors::kv(KvError::Storage(error)))?;
+            let revision = pinned.revision().map_err(|error| errors::kv(KvError::Storage(error)))?;
             Ok(Response::new(MemberListResponse {
                 header: Some(self.context.header(revision)),
                 members,

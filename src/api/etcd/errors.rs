@@ -65,6 +65,10 @@ pub fn route(error: RouteError) -> Status {
         RouteError::Range(RangeError::Timeout) => Status::unavailable("etcdserver: request timed out"),
         RouteError::Range(RangeError::LeaderChanged) => Status::unavailable("etcdserver: leader changed"),
         RouteError::Range(RangeError::Stopped) => Status::unavailable("etcdserver: server stopped"),
+        // Unavailable, as etcd clients then try another member.
+        RouteError::Range(RangeError::Installing) => {
+            Status::unavailable("etcdserver: this member is installing a snapshot; ask another")
+        }
         RouteError::Range(RangeError::BadTransferee(_)) => {
             Status::failed_precondition("etcdserver: bad leader transferee")
         }

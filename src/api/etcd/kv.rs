@@ -69,12 +69,10 @@ impl EtcdContext {
         }
         let mut response = self
             .router
-            .reader()
-            .range(
-                self.router.range_of(&request.key),
-                &request,
-                self.limits.max_response_bytes,
-            )
+            .pinned(self.router.range_of(&request.key))
+            .await
+            .map_err(errors::route)?
+            .range(&request, self.limits.max_response_bytes)
             .map_err(errors::kv)?;
         response.header = Some(self.header(revision_of(response.header)));
         Ok(response)
@@ -116,8 +114,10 @@ impl EtcdContext {
                 self.linearize(&key).await?;
             }
             self.router
-                .reader()
-                .read_only_txn(self.router.range_of(&key), &request)
+                .pinned(self.router.range_of(&key))
+                .await
+                .map_err(errors::route)?
+                .read_only_txn(&request)
                 .map_err(errors::kv)?
         } else {
             match self.replicate(&key, raft_command::Op::Txn(request)).await? {

@@ -178,8 +178,10 @@ impl Lease for LeaseService {
             let keys = if request.keys {
                 router.linearize(FIRST_RANGE_ID).await.map_err(errors::route)?;
                 router
-                    .reader()
-                    .lease_keys(FIRST_RANGE_ID, request.id)
+                    .pinned(FIRST_RANGE_ID)
+                    .await
+                    .map_err(errors::route)?
+                    .lease_keys(request.id)
                     .map_err(storage)?
                     .into_iter()
                     .map(Into::into)
@@ -206,8 +208,10 @@ impl Lease for LeaseService {
             let router = &self.context.router;
             router.linearize(FIRST_RANGE_ID).await.map_err(errors::route)?;
             let leases = router
-                .reader()
-                .lease_ids(FIRST_RANGE_ID)
+                .pinned(FIRST_RANGE_ID)
+                .await
+                .map_err(errors::route)?
+                .lease_ids()
                 .map_err(storage)?
                 .into_iter()
                 .map(|id| LeaseStatus { id })

@@ -7,7 +7,6 @@ use crate::proto::etcdserverpb::{
     alarm_request, AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, MoveLeaderRequest,
     MoveLeaderResponse, StatusRequest, StatusResponse,
 };
-use crate::range::kv::KvError;
 use crate::range::FIRST_RANGE_ID;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -24,13 +23,7 @@ impl MaintenanceService {
 
     /// A response header at the member's applied revision.
     fn current_header(&self) -> Result<crate::proto::etcdserverpb::ResponseHeader, Status> {
-        let revision = self
-            .context
-            .router
-            .reader()
-            .revision(FIRST_RANGE_ID)
-            .map_err(|error| errors::kv(KvError::Storage(error)))?;
-        Ok(self.context.header(revision))
+        Ok(self.context.header(self.context.router.revision(FIRST_RANGE_ID)))
     }
 }
 
@@ -99,7 +92,7 @@ impl Maintenance for MaintenanceService {
             let router = &self.context.router;
             let status = router.status(FIRST_RANGE_ID);
             let header = self.current_header()?;
-            let db_size = i64::try_from(router.reader().disk_space_bytes()).unwrap_or(i64::MAX);
+            let db_size = i64::try_from(router.disk_space_bytes()).unwrap_or(i64::MAX);
             let leader = status.leader();
             let errors = if leader == 0 {
                 vec!["etcdserver: no leader".to_string()]

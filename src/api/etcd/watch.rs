@@ -90,7 +90,7 @@ impl Session {
     }
 
     fn current_revision(&self) -> i64 {
-        self.context.router.reader().revision(FIRST_RANGE_ID).unwrap_or(0)
+        self.context.router.revision(FIRST_RANGE_ID)
     }
 
     /// A create refused as etcd refuses it: created and cancelled at once, no watch id.
