@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/etcd/etcdserverpb/rpc.proto",
         "proto/etcd/v3lockpb/v3lock.proto",
         "proto/etcd/v3electionpb/v3election.proto",
+        "proto/shoal/kv.proto",
         "proto/shoal/command.proto",
         "proto/shoal/state.proto",
         "proto/shoal/peer.proto",

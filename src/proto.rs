@@ -19,6 +19,9 @@ pub mod v3electionpb {
 }
 
 pub mod shoal {
+    pub mod kv {
+        tonic::include_proto!("shoal.kv");
+    }
     pub mod command {
         tonic::include_proto!("shoal.command");
     }

@@ -379,7 +379,7 @@ pub async fn read_set(endpoint: &str) -> Result<Vec<u64>, tonic::Status> {
         .max_decoding_message_size(usize::MAX)
         .range(RangeRequest {
             key: Bytes::from_static(SET_PREFIX.as_bytes()),
-            range_end: crate::range::kv::prefix_range_end(SET_PREFIX.as_bytes()).into(),
+            range_end: crate::client::prefix_range_end(SET_PREFIX.as_bytes()).into(),
             ..Default::default()
         })
         .await?

@@ -30,6 +30,12 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
+/// etcd's `range_end` for every key starting with `prefix` (what `etcdctl --prefix`
+/// sends).
+pub fn prefix_range_end(prefix: &[u8]) -> Vec<u8> {
+    crate::storage::keys::prefix_end(prefix).unwrap_or_else(|| vec![0])
+}
+
 /// Pause between attempts on another member after a failure.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 const WATCH_CREATE_TIMEOUT: Duration = Duration::from_secs(30);

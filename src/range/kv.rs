@@ -1,10 +1,8 @@
-//! etcd's key-value semantics over the MVCC records: key spans, Range with its
-//! options, and transaction compares. Used both by the state machine (inside writes)
+//! Key-value semantics over the MVCC records (etcd's, which Shoal's own operations
+//! follow): spans, reads with their options, and transaction compares. Used both by the state machine (inside writes)
 //! and by the read path (from a pinned engine view), so reads and writes agree.
 
-use crate::proto::etcdserverpb::{compare, range_request, Compare, RangeRequest, RangeResponse, ResponseHeader};
-use crate::proto::mvccpb::KeyValue;
-use crate::storage::keys::{self, namespace};
+use crate::proto::shoal::kv::{compare, read, Compare, KeyValue, Read, ReadResult, Span};
 use crate::storage::mvcc::{MvccRead, Record, RecordIter};
 use crate::storage::{KeyRange, StorageError};
 use bytes::Bytes;
@@ -32,40 +30,25 @@ pub enum KvError {
     Storage(#[from] StorageError),
 }
 
-/// The engine key of an etcd key.
-pub fn internal_key(key: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(key.len() + 1);
-    out.push(namespace::ETCD);
-    out.extend_from_slice(key);
-    out
-}
-
-/// The engine keys an etcd `key`/`range_end` pair covers (etcd's conventions: empty end
-/// is the single key, "\0" is everything from `key` on).
-pub fn key_span(key: &[u8], range_end: &[u8]) -> KeyRange {
-    let start = internal_key(key);
-    let end = match range_end {
-        [] => {
-            let mut end = start.clone();
-            end.push(0);
-            end
-        }
-        [0] => vec![namespace::ETCD + 1],
-        _ if range_end <= key => start.clone(),
-        _ => internal_key(range_end),
+/// The engine keys a span covers: `[key, end)`, or the key alone when `end` is empty;
+/// an `end` at or before `key` covers nothing.
+pub fn key_range(span: &Span) -> KeyRange {
+    let start = span.key.to_vec();
+    let end = if span.end.is_empty() {
+        let mut end = start.clone();
+        end.push(0);
+        end
+    } else if span.end <= span.key {
+        start.clone()
+    } else {
+        span.end.to_vec()
     };
     KeyRange::new(start, Some(end))
 }
 
-/// The whole etcd namespace.
-pub fn etcd_span() -> KeyRange {
-    KeyRange::new(vec![namespace::ETCD], Some(vec![namespace::ETCD + 1]))
-}
-
-pub fn to_key_value(internal: &[u8], record: Record) -> KeyValue {
-    debug_assert_eq!(internal.first(), Some(&namespace::ETCD));
+pub fn to_key_value(key: &[u8], record: Record) -> KeyValue {
     KeyValue {
-        key: Bytes::copy_from_slice(&internal[1..]),
+        key: Bytes::copy_from_slice(key),
         create_revision: record.create_revision,
         mod_revision: record.mod_revision,
         version: record.version,
@@ -96,35 +79,37 @@ impl Revisions {
     }
 }
 
-fn is_default_ordering(request: &RangeRequest) -> bool {
+fn is_default_ordering(request: &Read) -> bool {
     let order = request.sort_order();
-    order == range_request::SortOrder::None
-        || (request.sort_target() == range_request::SortTarget::Key && order == range_request::SortOrder::Ascend)
+    order == read::SortOrder::None
+        || (request.sort_target() == read::SortTarget::Key && order == read::SortOrder::Ascend)
 }
 
-fn has_revision_filters(request: &RangeRequest) -> bool {
+fn has_revision_filters(request: &Read) -> bool {
     request.min_mod_revision != 0
         || request.max_mod_revision != 0
         || request.min_create_revision != 0
         || request.max_create_revision != 0
 }
 
-/// Runs a Range at `revisions` (the view's state). `header_revision` is what the
-/// response reports: the store revision, or inside a transaction the revision the
+/// Runs a read at `revisions` (the view's state). `header_revision` is what the
+/// result reports: the store revision, or inside a transaction the revision the
 /// transaction is building. A response is kept under `max_response_bytes`: when the
 /// client set a limit (keys in key order, no filters) it is cut short with `more`, as
 /// a page; otherwise it is refused with its size, before it is built whole.
 pub fn range(
     view: &dyn MvccRead,
-    request: &RangeRequest,
+    request: &Read,
     revisions: Revisions,
     header_revision: i64,
     max_response_bytes: usize,
-) -> Result<RangeResponse, KvError> {
+) -> Result<ReadResult, KvError> {
     revisions.check(request.revision)?;
-    let span = key_span(&request.key, &request.range_end);
+    let whole = Span::default();
+    let requested = request.span.as_ref().unwrap_or(&whole);
+    let span = key_range(requested);
     let at_newest = request.revision <= 0 || request.revision == revisions.current;
-    let records: RecordIter<'_> = if at_newest && request.range_end.is_empty() {
+    let records: RecordIter<'_> = if at_newest && requested.end.is_empty() {
         // One key: a point lookup stops at the newest table holding it and skips the
         // others by their bloom filters, where a scan merges every table it overlaps.
         let key = span.start.clone();
@@ -160,7 +145,7 @@ pub fn range(
         if request.count_only || kvs.len() >= fetch_limit || cut_for_size {
             continue;
         }
-        if request.keys_only && request.sort_target() != range_request::SortTarget::Value {
+        if request.keys_only && request.sort_target() != read::SortTarget::Value {
             record.value = Vec::new();
         }
         let kv = to_key_value(&key, record);
@@ -197,18 +182,15 @@ pub fn range(
             kv.value = Bytes::new();
         }
     }
-    Ok(RangeResponse {
-        header: Some(ResponseHeader {
-            revision: header_revision,
-            ..Default::default()
-        }),
+    Ok(ReadResult {
         kvs,
         more,
         count,
+        revision: header_revision,
     })
 }
 
-fn prune(kvs: &mut Vec<KeyValue>, request: &RangeRequest) {
+fn prune(kvs: &mut Vec<KeyValue>, request: &Read) {
     if request.max_mod_revision != 0 {
         kvs.retain(|kv| kv.mod_revision <= request.max_mod_revision);
     }
@@ -223,8 +205,8 @@ fn prune(kvs: &mut Vec<KeyValue>, request: &RangeRequest) {
     }
 }
 
-fn sort(kvs: &mut [KeyValue], request: &RangeRequest) {
-    use range_request::{SortOrder, SortTarget};
+fn sort(kvs: &mut [KeyValue], request: &Read) {
+    use read::{SortOrder, SortTarget};
     let target = request.sort_target();
     let mut order = request.sort_order();
     if target != SortTarget::Key && order == SortOrder::None {
@@ -249,7 +231,7 @@ fn sort(kvs: &mut [KeyValue], request: &RangeRequest) {
 /// Whether every key the compare covers satisfies it (etcd: a missing key compares as
 /// an empty version, except that a value compare on a missing key is false).
 pub fn compare_holds(view: &dyn MvccRead, compare: &Compare) -> Result<bool, KvError> {
-    let span = key_span(&compare.key, &compare.range_end);
+    let span = key_range(compare.span.as_ref().unwrap_or(&Span::default()));
     let mut any = false;
     for item in view.scan_latest(&span) {
         let (_, record) = item?;
@@ -261,28 +243,28 @@ pub fn compare_holds(view: &dyn MvccRead, compare: &Compare) -> Result<bool, KvE
     if any {
         return Ok(true);
     }
-    if compare.target() == compare::CompareTarget::Value {
+    if compare.target() == compare::Target::Value {
         return Ok(false);
     }
     Ok(compare_record(compare, &Record::default()))
 }
 
 fn compare_record(compare: &Compare, record: &Record) -> bool {
-    use compare::{CompareResult, CompareTarget, TargetUnion};
+    use compare::{Operand, Result as CompareResult, Target as CompareTarget};
     let ordering = match compare.target() {
         CompareTarget::Value => {
-            let wanted: &[u8] = match &compare.target_union {
-                Some(TargetUnion::Value(value)) => value,
+            let wanted: &[u8] = match &compare.operand {
+                Some(Operand::Value(value)) => value,
                 _ => &[],
             };
             record.value.as_slice().cmp(wanted)
         }
         target => {
-            let wanted = match (&compare.target_union, target) {
-                (Some(TargetUnion::Version(v)), CompareTarget::Version) => *v,
-                (Some(TargetUnion::CreateRevision(v)), CompareTarget::Create) => *v,
-                (Some(TargetUnion::ModRevision(v)), CompareTarget::Mod) => *v,
-                (Some(TargetUnion::Lease(v)), CompareTarget::Lease) => *v,
+            let wanted = match (&compare.operand, target) {
+                (Some(Operand::Version(v)), CompareTarget::Version) => *v,
+                (Some(Operand::CreateRevision(v)), CompareTarget::Create) => *v,
+                (Some(Operand::ModRevision(v)), CompareTarget::Mod) => *v,
+                (Some(Operand::Lease(v)), CompareTarget::Lease) => *v,
                 _ => 0,
             };
             let actual = match target {
@@ -303,28 +285,24 @@ fn compare_record(compare: &Compare, record: &Record) -> bool {
     }
 }
 
-/// The span of `key`'s prefix, as etcdctl's `--prefix` would send it.
-pub fn prefix_range_end(prefix: &[u8]) -> Vec<u8> {
-    keys::prefix_end(prefix).unwrap_or_else(|| vec![0])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn spans_follow_etcd_conventions() {
-        let single = key_span(b"a", b"");
-        assert!(single.contains(&internal_key(b"a")));
-        assert!(!single.contains(&internal_key(b"a\0")));
-        let from = key_span(b"b", b"\0");
-        assert!(from.contains(&internal_key(b"zzz")) && !from.contains(&internal_key(b"a")));
-        let all = key_span(b"\0", b"\0");
-        assert!(all.contains(&internal_key(b"\0")) && all.contains(&internal_key(b"\xff\xff")));
-        let prefix = key_span(b"ab", &prefix_range_end(b"ab"));
-        assert!(prefix.contains(&internal_key(b"ab\xff")) && !prefix.contains(&internal_key(b"ac")));
-        let empty = key_span(b"b", b"a");
-        assert!(!empty.contains(&internal_key(b"b")));
+    fn spans_cover_a_key_alone_or_up_to_their_end() {
+        let span = |key: &[u8], end: &[u8]| {
+            key_range(&Span {
+                key: key.to_vec().into(),
+                end: end.to_vec().into(),
+            })
+        };
+        let single = span(b"a", b"");
+        assert!(single.contains(b"a") && !single.contains(b"a\0"));
+        let up_to = span(b"b", b"d");
+        assert!(up_to.contains(b"b") && up_to.contains(b"c\xff") && !up_to.contains(b"d"));
+        let empty = span(b"b", b"a");
+        assert!(!empty.contains(b"b") && !empty.contains(b"a"));
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod background;
 pub mod kv;
 pub mod lease;
 pub mod log_store;
+pub mod ops;
 pub mod proposals;
 mod raft_logger;
 pub mod reader;

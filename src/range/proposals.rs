@@ -239,6 +239,7 @@ mod tests {
     fn result() -> CommandResult {
         CommandResult {
             result: Some(command_result::Result::Empty(Empty {})),
+            revision: 1,
         }
     }
 

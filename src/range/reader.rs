@@ -7,7 +7,7 @@
 use super::kv::{self, KvError};
 use super::replica::RangeStatus;
 use super::state_machine::{self, StateMachine};
-use crate::proto::etcdserverpb::{RangeRequest, RangeResponse, TxnRequest, TxnResponse};
+use crate::proto::shoal::kv::{Read, ReadResult, Txn, TxnResult};
 use crate::proto::shoal::state::MemberInfo;
 use crate::storage::{keys, Engine, ReadView, Space, StorageError};
 use std::sync::Arc;
@@ -41,14 +41,14 @@ pub struct PinnedRange {
 }
 
 impl PinnedRange {
-    /// A Range at this state, its response kept under `max_response_bytes` (see
+    /// A read at this state, its result kept under `max_response_bytes` (see
     /// [`kv::range`]).
-    pub fn range(&self, request: &RangeRequest, max_response_bytes: usize) -> Result<RangeResponse, KvError> {
+    pub fn read(&self, request: &Read, max_response_bytes: usize) -> Result<ReadResult, KvError> {
         let revisions = StateMachine::revisions_in(self.range_id, self.view.as_ref())?;
         kv::range(&self.view, request, revisions, revisions.current, max_response_bytes)
     }
 
-    pub fn read_only_txn(&self, request: &TxnRequest) -> Result<TxnResponse, KvError> {
+    pub fn read_only_txn(&self, request: &Txn) -> Result<TxnResult, KvError> {
         let revisions = StateMachine::revisions_in(self.range_id, self.view.as_ref())?;
         state_machine::read_only_txn(self.view.as_ref(), revisions, request)
     }

@@ -178,7 +178,10 @@ impl RangeStatus {
 
     fn begin_install(&self) {
         let before = self.install_epoch.fetch_add(1, Ordering::SeqCst);
-        assert!(before.is_multiple_of(2), "an install began while another was in progress");
+        assert!(
+            before.is_multiple_of(2),
+            "an install began while another was in progress"
+        );
     }
 
     fn end_install(&self) {
@@ -357,7 +360,7 @@ impl Replica {
         let revision = self.machine.take_compaction()?;
         Some(CompactionJob {
             range_id: self.range_id,
-            span: super::kv::etcd_span(),
+            span: snapshot::descriptor_span(self.machine.descriptor()),
             revision,
             done: self.compacted_watch.clone(),
         })
@@ -405,7 +408,7 @@ impl Replica {
                 "lease expired; revoking"
             );
             let command = super::encode_command(crate::proto::shoal::command::raft_command::Op::LeaseRevoke(
-                crate::proto::etcdserverpb::LeaseRevokeRequest { id },
+                crate::proto::shoal::command::LeaseRevoke { id },
             ));
             // Nobody waits for the outcome: a lost proposal is proposed again later.
             let (responder, _) = oneshot::channel();
@@ -966,9 +969,10 @@ impl Replica {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::etcdserverpb::PutRequest;
     use crate::proto::shoal::command::{raft_command, RaftCommand};
+    use crate::proto::shoal::kv::op;
     use crate::range::background::BackgroundWorker;
+    use crate::range::ops;
     use crate::storage::{FjallEngine, KeyRange, ReadView, Space};
     use prost::Message as _;
 
@@ -1030,11 +1034,10 @@ mod tests {
                 request_id: index,
                 proposed_term: 2,
                 origin_incarnation: 1,
-                op: Some(raft_command::Op::Put(PutRequest {
-                    key: format!("key{index}").into_bytes().into(),
-                    value: b"from the snapshot".to_vec().into(),
-                    ..Default::default()
-                })),
+                op: Some(raft_command::Op::Txn(ops::single(op::Op::Put(ops::put(
+                    format!("key{index}").into_bytes(),
+                    b"from the snapshot".to_vec(),
+                ))))),
             };
             machine
                 .apply_command(index, 2, &command.encode_to_vec(), &mut pending)
@@ -1187,11 +1190,10 @@ mod tests {
     }
 
     fn put_command(key: &str) -> Vec<u8> {
-        super::super::encode_command(raft_command::Op::Put(PutRequest {
-            key: key.as_bytes().to_vec().into(),
-            value: b"v".to_vec().into(),
-            ..Default::default()
-        }))
+        super::super::encode_command(raft_command::Op::Txn(ops::single(op::Op::Put(ops::put(
+            key.as_bytes().to_vec(),
+            b"v".to_vec(),
+        )))))
     }
 
     /// Runs readies to completion, committing each one's log writes as the store does.
@@ -1208,10 +1210,9 @@ mod tests {
     }
 
     fn revision_of(answer: Result<CommandResult, RangeError>) -> i64 {
-        match answer.expect("the proposal applied").result {
-            Some(crate::proto::shoal::command::command_result::Result::Put(put)) => {
-                put.header.expect("a put has a header").revision
-            }
+        let applied = answer.expect("the proposal applied");
+        match applied.result {
+            Some(crate::proto::shoal::command::command_result::Result::Txn(_)) => applied.revision,
             other => panic!("not a put result: {other:?}"),
         }
     }

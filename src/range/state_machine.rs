@@ -14,12 +14,10 @@
 use super::kv::{self, KvError, Revisions};
 use super::lease::Lessor;
 use super::proposals::{Applied, ProposalId};
-use crate::proto::etcdserverpb::{
-    request_op, response_op, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
-    LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
-};
 use crate::proto::shoal::command::{self as cmd, command_result, raft_command, CommandResult, RaftCommand};
+use crate::proto::shoal::kv::{
+    op, op_result, Delete, DeleteResult, OpResult, Put, PutResult, Read, ReadResult, Txn, TxnResult,
+};
 use crate::proto::shoal::state::{LeaseRecord, MemberInfo, PublishedMembers, RangeApplyState, RangeDescriptor};
 use crate::storage::mvcc::{self, MvccRead, Overlaid, Overlay, Record};
 use crate::storage::{keys, Durability, Engine, ReadView, Space, StorageError, WriteBatch};
@@ -276,44 +274,10 @@ impl StateMachine {
         let writes_before = pending.batch.len();
         let batch = pending;
         let outcome = match command.op {
-            Some(raft_command::Op::Put(put)) => self
-                .apply_txn_like(
-                    TxnRequest {
-                        success: vec![RequestOp {
-                            request: Some(request_op::Request::RequestPut(put)),
-                        }],
-                        ..Default::default()
-                    },
-                    batch,
-                )
-                .map(
-                    |mut response| match response.responses.pop().and_then(|op| op.response) {
-                        Some(response_op::Response::ResponsePut(put)) => command_result::Result::Put(put),
-                        _ => unreachable!("a put yields a put response"),
-                    },
-                ),
-            Some(raft_command::Op::DeleteRange(delete)) => self
-                .apply_txn_like(
-                    TxnRequest {
-                        success: vec![RequestOp {
-                            request: Some(request_op::Request::RequestDeleteRange(delete)),
-                        }],
-                        ..Default::default()
-                    },
-                    batch,
-                )
-                .map(
-                    |mut response| match response.responses.pop().and_then(|op| op.response) {
-                        Some(response_op::Response::ResponseDeleteRange(delete)) => {
-                            command_result::Result::DeleteRange(delete)
-                        }
-                        _ => unreachable!("a delete yields a delete response"),
-                    },
-                ),
-            Some(raft_command::Op::Txn(txn)) => self.apply_txn_like(txn, batch).map(command_result::Result::Txn),
-            Some(raft_command::Op::Compact(compact)) => self.apply_compact(&compact, batch),
+            Some(raft_command::Op::Txn(txn)) => self.apply_txn(txn, batch).map(command_result::Result::Txn),
+            Some(raft_command::Op::Compact(compact)) => self.apply_compact(compact.revision, batch),
             Some(raft_command::Op::LeaseGrant(grant)) => self.apply_lease_grant(&grant, &mut batch.batch),
-            Some(raft_command::Op::LeaseRevoke(revoke)) => self.apply_lease_revoke(&revoke, batch),
+            Some(raft_command::Op::LeaseRevoke(revoke)) => self.apply_lease_revoke(revoke.id, batch),
             Some(raft_command::Op::PublishMember(member)) => {
                 self.apply_publish(member, &mut batch.batch);
                 Ok(command_result::Result::Empty(cmd::Empty {}))
@@ -334,11 +298,14 @@ impl StateMachine {
         }
         Ok(Some(Applied {
             id,
-            result: Some(CommandResult { result: Some(result) }),
+            result: Some(CommandResult {
+                result: Some(result),
+                revision: self.state.revision,
+            }),
         }))
     }
 
-    fn apply_txn_like(&mut self, request: TxnRequest, pending: &mut ApplyBatch) -> Result<TxnResponse, KvError> {
+    fn apply_txn(&mut self, request: Txn, pending: &mut ApplyBatch) -> Result<TxnResult, KvError> {
         let revisions = self.revisions();
         let base: &dyn ReadView = self.engine.as_ref();
         let path = {
@@ -359,40 +326,34 @@ impl StateMachine {
             revision: revisions.current + 1,
             sub: 0,
         };
-        let mut response = exec.txn(&request, &path, &mut 0)?;
+        let mut result = exec.txn(&request, &path, &mut 0)?;
         if exec.sub > 0 {
             self.state.revision += 1;
         }
-        response.header = Some(header(self.state.revision));
-        Ok(response)
+        result.revision = self.state.revision;
+        Ok(result)
     }
 
-    fn apply_compact(
-        &mut self,
-        request: &CompactionRequest,
-        pending: &mut ApplyBatch,
-    ) -> Result<command_result::Result, KvError> {
-        if request.revision <= self.state.compact_revision {
+    fn apply_compact(&mut self, revision: i64, pending: &mut ApplyBatch) -> Result<command_result::Result, KvError> {
+        if revision <= self.state.compact_revision {
             return Err(KvError::Compacted);
         }
-        if request.revision > self.state.revision {
+        if revision > self.state.revision {
             return Err(KvError::FutureRevision);
         }
         // The new compaction point is stored first: from then on no read can ask for
         // what the history removal takes, so it need not be atomic with it, and it runs
         // on the background worker, never holding up the log. (Earlier commands were
         // flushed before this one, see `reads_beyond_overlay`.)
-        self.state.compact_revision = request.revision;
+        self.state.compact_revision = revision;
         self.flush(pending)?;
-        self.compaction_due = Some(request.revision);
-        Ok(command_result::Result::Compact(CompactionResponse {
-            header: Some(header(self.state.revision)),
-        }))
+        self.compaction_due = Some(revision);
+        Ok(command_result::Result::Empty(cmd::Empty {}))
     }
 
     fn apply_lease_grant(
         &mut self,
-        request: &LeaseGrantRequest,
+        request: &cmd::LeaseGrant,
         batch: &mut WriteBatch,
     ) -> Result<command_result::Result, KvError> {
         if self.lessor.contains(request.id) {
@@ -408,28 +369,23 @@ impl StateMachine {
             record.encode_to_vec(),
         );
         self.lessor.insert(request.id, request.ttl, Instant::now());
-        Ok(command_result::Result::LeaseGrant(LeaseGrantResponse {
-            header: Some(header(self.state.revision)),
-            id: request.id,
-            ttl: request.ttl,
-            error: String::new(),
-        }))
+        Ok(command_result::Result::Empty(cmd::Empty {}))
     }
 
     /// Deletes every key attached to the lease, in one revision, then the lease.
     fn apply_lease_revoke(
         &mut self,
-        request: &LeaseRevokeRequest,
+        lease_id: i64,
         pending: &mut ApplyBatch,
     ) -> Result<command_result::Result, KvError> {
-        if !self.lessor.contains(request.id) {
+        if !self.lessor.contains(lease_id) {
             return Err(KvError::LeaseNotFound);
         }
-        let prefix_bytes = keys::lease_key(self.range_id, request.id).len();
+        let prefix_bytes = keys::lease_key(self.range_id, lease_id).len();
         let mut attached = Vec::new();
         for pair in self
             .engine
-            .scan(Space::LeaseKeys, &keys::lease_keys(self.range_id, request.id), false)
+            .scan(Space::LeaseKeys, &keys::lease_keys(self.range_id, lease_id), false)
         {
             let (entry, _) = pair?;
             attached.push(entry[prefix_bytes..].to_vec());
@@ -447,11 +403,11 @@ impl StateMachine {
         };
         for key in &attached {
             match exec.base.latest(key)? {
-                Some(record) if record.lease == request.id => exec.delete_key(key, &record),
+                Some(record) if record.lease == lease_id => exec.delete_key(key, &record),
                 // The key moved to another lease or is gone: only the index entry is stale.
                 _ => exec
                     .batch
-                    .delete(Space::LeaseKeys, keys::lease_key_entry(self.range_id, request.id, key)),
+                    .delete(Space::LeaseKeys, keys::lease_key_entry(self.range_id, lease_id, key)),
             }
         }
         if exec.sub > 0 {
@@ -459,11 +415,9 @@ impl StateMachine {
         }
         pending
             .batch
-            .delete(Space::Leases, keys::lease_key(self.range_id, request.id));
-        self.lessor.remove(request.id);
-        Ok(command_result::Result::LeaseRevoke(LeaseRevokeResponse {
-            header: Some(header(self.state.revision)),
-        }))
+            .delete(Space::Leases, keys::lease_key(self.range_id, lease_id));
+        self.lessor.remove(lease_id);
+        Ok(command_result::Result::Empty(cmd::Empty {}))
     }
 
     fn apply_publish(&mut self, member: cmd::PublishMember, batch: &mut WriteBatch) {
@@ -501,14 +455,14 @@ fn proposal_id(command: &RaftCommand) -> ProposalId {
 }
 
 fn reads_beyond_overlay(command: &RaftCommand) -> bool {
-    fn txn_reads_history(request: &TxnRequest) -> bool {
+    fn txn_reads_history(request: &Txn) -> bool {
         request
             .success
             .iter()
             .chain(&request.failure)
-            .any(|op| match &op.request {
-                Some(request_op::Request::RequestRange(range)) => range.revision > 0,
-                Some(request_op::Request::RequestTxn(nested)) => txn_reads_history(nested),
+            .any(|operation| match &operation.op {
+                Some(op::Op::Read(read)) => read.revision > 0,
+                Some(op::Op::Txn(nested)) => txn_reads_history(nested),
                 _ => false,
             })
     }
@@ -531,7 +485,7 @@ pub fn members_in(range_id: u64, view: &dyn ReadView) -> Result<Vec<MemberInfo>,
 
 /// Runs a transaction whose every operation is a read, against `view`, without the
 /// log: the caller has made `view` current enough (read index) or accepts staleness.
-pub fn read_only_txn(view: &dyn ReadView, revisions: Revisions, request: &TxnRequest) -> Result<TxnResponse, KvError> {
+pub fn read_only_txn(view: &dyn ReadView, revisions: Revisions, request: &Txn) -> Result<TxnResult, KvError> {
     let overlay = Overlay::new();
     let view_now = Overlaid {
         base: view,
@@ -550,17 +504,10 @@ pub fn read_only_txn(view: &dyn ReadView, revisions: Revisions, request: &TxnReq
         revision: revisions.current + 1,
         sub: 0,
     };
-    let mut response = exec.txn(request, &path, &mut 0)?;
+    let mut result = exec.txn(request, &path, &mut 0)?;
     assert!(exec.sub == 0 && unused.is_empty(), "a read-only transaction wrote");
-    response.header = Some(header(revisions.current));
-    Ok(response)
-}
-
-fn header(revision: i64) -> ResponseHeader {
-    ResponseHeader {
-        revision,
-        ..Default::default()
-    }
+    result.revision = revisions.current;
+    Ok(result)
 }
 
 pub fn refusal_to_proto(error: &KvError) -> cmd::CommandError {
@@ -595,13 +542,13 @@ pub fn refusal_from_proto(error: &cmd::CommandError) -> KvError {
 /// Outcome of every compare of the transaction and of the nested transactions on the
 /// chosen branches, depth first, all against the state before the transaction (as
 /// etcd decides them).
-fn compare_path(view: &dyn MvccRead, request: &TxnRequest) -> Result<Vec<bool>, KvError> {
+fn compare_path(view: &dyn MvccRead, request: &Txn) -> Result<Vec<bool>, KvError> {
     let mut path = Vec::new();
     fill_path(view, request, &mut path)?;
     Ok(path)
 }
 
-fn fill_path(view: &dyn MvccRead, request: &TxnRequest, path: &mut Vec<bool>) -> Result<(), KvError> {
+fn fill_path(view: &dyn MvccRead, request: &Txn, path: &mut Vec<bool>) -> Result<(), KvError> {
     let mut succeeded = true;
     for compare in &request.compare {
         if !kv::compare_holds(view, compare)? {
@@ -611,8 +558,8 @@ fn fill_path(view: &dyn MvccRead, request: &TxnRequest, path: &mut Vec<bool>) ->
     }
     path.push(succeeded);
     let ops = if succeeded { &request.success } else { &request.failure };
-    for op in ops {
-        if let Some(request_op::Request::RequestTxn(nested)) = &op.request {
+    for operation in ops {
+        if let Some(op::Op::Txn(nested)) = &operation.op {
             fill_path(view, nested, path)?;
         }
     }
@@ -625,7 +572,7 @@ fn fill_path(view: &dyn MvccRead, request: &TxnRequest, path: &mut Vec<bool>) ->
 fn check_chosen(
     view: &dyn MvccRead,
     lessor: &Lessor,
-    request: &TxnRequest,
+    request: &Txn,
     path: &[bool],
     position: &mut usize,
     revisions: Revisions,
@@ -633,21 +580,19 @@ fn check_chosen(
     let succeeded = path[*position];
     *position += 1;
     let ops = if succeeded { &request.success } else { &request.failure };
-    for op in ops {
-        match &op.request {
-            Some(request_op::Request::RequestRange(range)) => revisions.check(range.revision)?,
-            Some(request_op::Request::RequestPut(put)) => {
+    for operation in ops {
+        match &operation.op {
+            Some(op::Op::Read(read)) => revisions.check(read.revision)?,
+            Some(op::Op::Put(put)) => {
                 if put.lease != 0 && !lessor.contains(put.lease) {
                     return Err(KvError::LeaseNotFound);
                 }
-                if (put.ignore_value || put.ignore_lease) && view.latest(&kv::internal_key(&put.key))?.is_none() {
+                if (put.ignore_value || put.ignore_lease) && view.latest(&put.key)?.is_none() {
                     return Err(KvError::KeyNotFound);
                 }
             }
-            Some(request_op::Request::RequestTxn(nested)) => {
-                check_chosen(view, lessor, nested, path, position, revisions)?
-            }
-            Some(request_op::Request::RequestDeleteRange(_)) | None => {}
+            Some(op::Op::Txn(nested)) => check_chosen(view, lessor, nested, path, position, revisions)?,
+            Some(op::Op::Delete(_)) | None => {}
         }
     }
     Ok(())
@@ -679,39 +624,33 @@ impl TxnExec<'_> {
         }
     }
 
-    fn txn(&mut self, request: &TxnRequest, path: &[bool], position: &mut usize) -> Result<TxnResponse, KvError> {
+    fn txn(&mut self, request: &Txn, path: &[bool], position: &mut usize) -> Result<TxnResult, KvError> {
         let succeeded = path[*position];
         *position += 1;
         let ops = if succeeded { &request.success } else { &request.failure };
-        let mut responses = Vec::with_capacity(ops.len());
-        for op in ops {
-            let response = match &op.request {
-                Some(request_op::Request::RequestRange(range)) => {
-                    response_op::Response::ResponseRange(self.range(range)?)
-                }
-                Some(request_op::Request::RequestPut(put)) => response_op::Response::ResponsePut(self.put(put)?),
-                Some(request_op::Request::RequestDeleteRange(delete)) => {
-                    response_op::Response::ResponseDeleteRange(self.delete(delete)?)
-                }
-                Some(request_op::Request::RequestTxn(nested)) => {
-                    let mut response = self.txn(nested, path, position)?;
-                    response.header = Some(header(self.read_revision()));
-                    response_op::Response::ResponseTxn(response)
+        let mut results = Vec::with_capacity(ops.len());
+        for operation in ops {
+            let result = match &operation.op {
+                Some(op::Op::Read(read)) => op_result::Result::Read(self.read(read)?),
+                Some(op::Op::Put(put)) => op_result::Result::Put(self.put(put)?),
+                Some(op::Op::Delete(delete)) => op_result::Result::Delete(self.delete(delete)?),
+                Some(op::Op::Txn(nested)) => {
+                    let mut result = self.txn(nested, path, position)?;
+                    result.revision = self.read_revision();
+                    op_result::Result::Txn(result)
                 }
                 None => continue,
             };
-            responses.push(ResponseOp {
-                response: Some(response),
-            });
+            results.push(OpResult { result: Some(result) });
         }
-        Ok(TxnResponse {
-            header: None,
+        Ok(TxnResult {
             succeeded,
-            responses,
+            results,
+            revision: 0,
         })
     }
 
-    fn range(&self, request: &RangeRequest) -> Result<RangeResponse, KvError> {
+    fn read(&self, request: &Read) -> Result<ReadResult, KvError> {
         let view = Overlaid {
             base: self.base,
             overlay: self.overlay,
@@ -721,8 +660,8 @@ impl TxnExec<'_> {
         kv::range(&view, request, revisions, self.read_revision(), usize::MAX)
     }
 
-    fn put(&mut self, request: &PutRequest) -> Result<PutResponse, KvError> {
-        let key = kv::internal_key(&request.key);
+    fn put(&mut self, request: &Put) -> Result<PutResult, KvError> {
+        let key = request.key.to_vec();
         let previous = Overlaid {
             base: self.base,
             overlay: self.overlay,
@@ -767,12 +706,12 @@ impl TxnExec<'_> {
         mvcc::write_put(self.batch, &key, &record, self.sub);
         self.sub += 1;
         self.overlay.insert(key.clone(), Some(record));
-        Ok(PutResponse {
-            header: Some(header(self.revision)),
+        Ok(PutResult {
             prev_kv: match previous {
                 Some(previous) if request.prev_kv => Some(kv::to_key_value(&key, previous)),
                 _ => None,
             },
+            revision: self.revision,
         })
     }
 
@@ -788,8 +727,8 @@ impl TxnExec<'_> {
         self.overlay.insert(key.to_vec(), None);
     }
 
-    fn delete(&mut self, request: &DeleteRangeRequest) -> Result<DeleteRangeResponse, KvError> {
-        let span = kv::key_span(&request.key, &request.range_end);
+    fn delete(&mut self, request: &Delete) -> Result<DeleteResult, KvError> {
+        let span = kv::key_range(request.span.as_ref().unwrap_or(&Default::default()));
         let doomed: Vec<(Vec<u8>, Record)> = Overlaid {
             base: self.base,
             overlay: self.overlay,
@@ -803,10 +742,10 @@ impl TxnExec<'_> {
                 prev_kvs.push(kv::to_key_value(key, record.clone()));
             }
         }
-        Ok(DeleteRangeResponse {
-            header: Some(header(self.read_revision())),
+        Ok(DeleteResult {
             deleted: doomed.len() as i64,
             prev_kvs,
+            revision: self.read_revision(),
         })
     }
 }
@@ -814,7 +753,8 @@ impl TxnExec<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::etcdserverpb::{compare, Compare};
+    use crate::proto::shoal::kv::{compare, Compare, Op};
+    use crate::range::ops;
     use crate::storage::FjallEngine;
 
     struct Fixture {
@@ -862,23 +802,34 @@ mod tests {
             applied.result.unwrap().result.unwrap()
         }
 
-        fn put(&mut self, key: &str, value: &str) -> PutResponse {
-            match self.apply(raft_command::Op::Put(PutRequest {
-                key: key.as_bytes().to_vec().into(),
-                value: value.as_bytes().to_vec().into(),
-                prev_kv: true,
-                ..Default::default()
-            })) {
-                command_result::Result::Put(put) => put,
+        fn put(&mut self, key: &str, value: &str) -> PutResult {
+            match self.apply(put_command(key, value)) {
+                command_result::Result::Txn(txn) => match ops::only_result(txn) {
+                    Some(op_result::Result::Put(put)) => put,
+                    other => panic!("unexpected {other:?}"),
+                },
                 other => panic!("unexpected {other:?}"),
             }
         }
 
-        fn get(&self, key: &str, revision: i64) -> Result<RangeResponse, KvError> {
-            let request = RangeRequest {
-                key: key.as_bytes().to_vec().into(),
+        fn delete(&mut self, key: &str) -> DeleteResult {
+            let delete = Delete {
+                span: Some(ops::span(key.as_bytes().to_vec(), Vec::new())),
+                prev_kv: true,
+            };
+            match self.apply(raft_command::Op::Txn(ops::single(op::Op::Delete(delete)))) {
+                command_result::Result::Txn(txn) => match ops::only_result(txn) {
+                    Some(op_result::Result::Delete(delete)) => delete,
+                    other => panic!("unexpected {other:?}"),
+                },
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+
+        fn get(&self, key: &str, revision: i64) -> Result<ReadResult, KvError> {
+            let request = Read {
                 revision,
-                ..Default::default()
+                ..ops::read(ops::span(key.as_bytes().to_vec(), Vec::new()))
             };
             let revisions = self.machine.revisions();
             kv::range(
@@ -891,21 +842,28 @@ mod tests {
         }
     }
 
-    fn put_op(key: &str, value: &str) -> RequestOp {
-        RequestOp {
-            request: Some(request_op::Request::RequestPut(PutRequest {
-                key: key.as_bytes().to_vec().into(),
-                value: value.as_bytes().to_vec().into(),
-                ..Default::default()
-            })),
+    fn put_command(key: &str, value: &str) -> raft_command::Op {
+        let put = Put {
+            prev_kv: true,
+            ..ops::put(key.as_bytes().to_vec(), value.as_bytes().to_vec())
+        };
+        raft_command::Op::Txn(ops::single(op::Op::Put(put)))
+    }
+
+    fn put_op(key: &str, value: &str) -> Op {
+        Op {
+            op: Some(op::Op::Put(ops::put(
+                key.as_bytes().to_vec(),
+                value.as_bytes().to_vec(),
+            ))),
         }
     }
 
-    fn range_op(key: &str) -> RequestOp {
-        RequestOp {
-            request: Some(request_op::Request::RequestRange(RangeRequest {
-                key: key.as_bytes().to_vec().into(),
-                ..Default::default()
+    fn read_op(key: &str, revision: i64) -> Op {
+        Op {
+            op: Some(op::Op::Read(Read {
+                revision,
+                ..ops::read(ops::span(key.as_bytes().to_vec(), Vec::new()))
             })),
         }
     }
@@ -932,17 +890,12 @@ mod tests {
                 .result
                 .unwrap()
         };
-        let put = |value: &str| {
-            raft_command::Op::Put(PutRequest {
-                key: b"a".to_vec().into(),
-                value: value.as_bytes().to_vec().into(),
-                prev_kv: true,
-                ..Default::default()
-            })
+        let first = apply(&mut f.machine, 2, put_command("a", "1"));
+        let second = apply(&mut f.machine, 3, put_command("a", "2"));
+        let command_result::Result::Txn(second) = second else {
+            panic!()
         };
-        let first = apply(&mut f.machine, 2, put("1"));
-        let second = apply(&mut f.machine, 3, put("2"));
-        let command_result::Result::Put(second) = second else {
+        let Some(op_result::Result::Put(second)) = ops::only_result(second) else {
             panic!()
         };
         assert_eq!(
@@ -950,26 +903,20 @@ mod tests {
             b"1",
             "the second put saw the first"
         );
-        assert!(matches!(first, command_result::Result::Put(_)));
+        assert!(matches!(first, command_result::Result::Txn(_)));
         // A read at a past revision forces the batch out first, so it sees revision 3.
         let txn = apply(
             &mut f.machine,
             4,
-            raft_command::Op::Txn(TxnRequest {
-                success: vec![RequestOp {
-                    request: Some(request_op::Request::RequestRange(RangeRequest {
-                        key: b"a".to_vec().into(),
-                        revision: 3,
-                        ..Default::default()
-                    })),
-                }],
+            raft_command::Op::Txn(Txn {
+                success: vec![read_op("a", 3)],
                 ..Default::default()
             }),
         );
         let command_result::Result::Txn(txn) = txn else {
             panic!()
         };
-        let Some(response_op::Response::ResponseRange(range)) = &txn.responses[0].response else {
+        let Some(op_result::Result::Read(range)) = &txn.results[0].result else {
             panic!()
         };
         assert_eq!(range.kvs[0].value.as_ref(), b"1");
@@ -987,11 +934,7 @@ mod tests {
             request_id: 7,
             proposed_term: 1,
             origin_incarnation: 3,
-            op: Some(raft_command::Op::Put(PutRequest {
-                key: b"a".to_vec().into(),
-                value: b"stale".to_vec().into(),
-                ..Default::default()
-            })),
+            op: Some(put_command("a", "stale")),
         };
         let mut pending = ApplyBatch::default();
         let applied = f
@@ -1012,17 +955,17 @@ mod tests {
         assert_eq!(f.machine.applied_index(), 2, "the entry still counts as applied");
         let now = f.get("a", 0).unwrap();
         assert_eq!(now.kvs[0].value.as_ref(), b"1");
-        assert_eq!(now.header.unwrap().revision, 2, "a skipped command takes no revision");
+        assert_eq!(now.revision, 2, "a skipped command takes no revision");
     }
 
     #[test]
     fn puts_advance_revision_and_version_and_return_prev_kv() {
         let mut f = Fixture::new();
         let first = f.put("a", "1");
-        assert_eq!(first.header.unwrap().revision, 2);
+        assert_eq!(first.revision, 2);
         assert!(first.prev_kv.is_none());
         let second = f.put("a", "2");
-        assert_eq!(second.header.unwrap().revision, 3);
+        assert_eq!(second.revision, 3);
         assert_eq!(second.prev_kv.unwrap().value.as_ref(), b"1");
         let now = f.get("a", 0).unwrap();
         let kv = &now.kvs[0];
@@ -1035,23 +978,22 @@ mod tests {
     fn txn_reads_its_own_writes_and_bumps_revision_once() {
         let mut f = Fixture::new();
         f.put("a", "1");
-        let result = f.apply(raft_command::Op::Txn(TxnRequest {
+        let result = f.apply(raft_command::Op::Txn(Txn {
             compare: vec![Compare {
-                result: compare::CompareResult::Equal as i32,
-                target: compare::CompareTarget::Value as i32,
-                key: b"a".to_vec().into(),
-                target_union: Some(compare::TargetUnion::Value(b"1".to_vec().into())),
-                ..Default::default()
+                result: compare::Result::Equal as i32,
+                target: compare::Target::Value as i32,
+                span: Some(ops::span(b"a".to_vec(), Vec::new())),
+                operand: Some(compare::Operand::Value(b"1".to_vec().into())),
             }],
-            success: vec![put_op("a", "2"), put_op("b", "2"), range_op("a")],
+            success: vec![put_op("a", "2"), put_op("b", "2"), read_op("a", 0)],
             failure: vec![],
         }));
         let command_result::Result::Txn(txn) = result else {
             panic!("{result:?}")
         };
         assert!(txn.succeeded);
-        assert_eq!(txn.header.unwrap().revision, 3);
-        let Some(response_op::Response::ResponseRange(range)) = &txn.responses[2].response else {
+        assert_eq!(txn.revision, 3);
+        let Some(op_result::Result::Read(range)) = &txn.results[2].result else {
             panic!()
         };
         assert_eq!(range.kvs[0].value.as_ref(), b"2");
@@ -1063,17 +1005,8 @@ mod tests {
     fn refused_commands_change_nothing_but_the_applied_index() {
         let mut f = Fixture::new();
         f.put("a", "1");
-        let result = f.apply(raft_command::Op::Txn(TxnRequest {
-            success: vec![
-                put_op("b", "1"),
-                RequestOp {
-                    request: Some(request_op::Request::RequestRange(RangeRequest {
-                        key: b"a".to_vec().into(),
-                        revision: 99,
-                        ..Default::default()
-                    })),
-                },
-            ],
+        let result = f.apply(raft_command::Op::Txn(Txn {
+            success: vec![put_op("b", "1"), read_op("a", 99)],
             ..Default::default()
         }));
         assert!(matches!(result, command_result::Result::Error(ref e) if e.kind() == cmd::ErrorKind::FutureRevision));
@@ -1086,24 +1019,11 @@ mod tests {
     fn deleting_nothing_keeps_the_revision() {
         let mut f = Fixture::new();
         f.put("a", "1");
-        let result = f.apply(raft_command::Op::DeleteRange(DeleteRangeRequest {
-            key: b"zzz".to_vec().into(),
-            ..Default::default()
-        }));
-        let command_result::Result::DeleteRange(delete) = result else {
-            panic!()
-        };
+        let delete = f.delete("zzz");
         assert_eq!(delete.deleted, 0);
-        assert_eq!(delete.header.unwrap().revision, 2);
-        let result = f.apply(raft_command::Op::DeleteRange(DeleteRangeRequest {
-            key: b"a".to_vec().into(),
-            prev_kv: true,
-            ..Default::default()
-        }));
-        let command_result::Result::DeleteRange(delete) = result else {
-            panic!()
-        };
-        assert_eq!((delete.deleted, delete.header.unwrap().revision), (1, 3));
+        assert_eq!(delete.revision, 2);
+        let delete = f.delete("a");
+        assert_eq!((delete.deleted, delete.revision), (1, 3));
         assert_eq!(delete.prev_kvs[0].value.as_ref(), b"1");
     }
 
@@ -1113,17 +1033,11 @@ mod tests {
         f.put("a", "1");
         f.put("a", "2");
         f.put("a", "3");
-        let result = f.apply(raft_command::Op::Compact(CompactionRequest {
-            revision: 3,
-            physical: true,
-        }));
-        assert!(matches!(result, command_result::Result::Compact(_)));
+        let result = f.apply(raft_command::Op::Compact(cmd::Compact { revision: 3 }));
+        assert!(matches!(result, command_result::Result::Empty(_)));
         assert!(matches!(f.get("a", 2), Err(KvError::Compacted)));
         assert_eq!(f.get("a", 3).unwrap().kvs[0].value.as_ref(), b"2");
-        let again = f.apply(raft_command::Op::Compact(CompactionRequest {
-            revision: 3,
-            physical: false,
-        }));
+        let again = f.apply(raft_command::Op::Compact(cmd::Compact { revision: 3 }));
         assert!(matches!(again, command_result::Result::Error(ref e) if e.kind() == cmd::ErrorKind::Compacted));
     }
 }

@@ -709,8 +709,17 @@ impl HubTask {
     }
 }
 
+/// etcd's key-value of an internal key (the namespace byte dropped). The hub still
+/// speaks etcd's watch messages; it learns Shoal's own when watches span ranges.
 fn key_value(internal: &[u8], record: mvcc::Record) -> KeyValue {
-    super::kv::to_key_value(internal, record)
+    KeyValue {
+        key: Bytes::copy_from_slice(internal.get(1..).unwrap_or_default()),
+        create_revision: record.create_revision,
+        mod_revision: record.mod_revision,
+        version: record.version,
+        value: Bytes::from(record.value),
+        lease: record.lease,
+    }
 }
 
 fn to_event(change: &Change, prev_kv: Option<KeyValue>) -> Event {

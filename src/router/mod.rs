@@ -6,7 +6,6 @@
 
 use crate::proto::shoal::command::CommandResult;
 use crate::proto::shoal::state::RangeDescriptor;
-use crate::range::kv;
 use crate::range::lease::LeaseTime;
 use crate::range::reader::{PinnedRange, RangeReader};
 use crate::range::replica::{LeaseQueryKind, RangeStatus};
@@ -92,10 +91,10 @@ impl Router {
         }
     }
 
-    /// The range holding the etcd key `key`. Every range of the map is local until
+    /// The range holding the internal key `key`. Every range of the map is local until
     /// ranges move between nodes; a key outside every range is a bug in the map.
     pub fn range_of(&self, key: &[u8]) -> u64 {
-        let range_id = self.map.range_of(&kv::internal_key(key));
+        let range_id = self.map.range_of(key);
         debug_assert!(range_id.is_some(), "no range holds {key:?}");
         range_id.unwrap_or(FIRST_RANGE_ID)
     }

@@ -10,8 +10,8 @@
 //! - revision: keep the last `retention` revisions; checked every five minutes.
 
 use crate::config::Retention;
-use crate::proto::etcdserverpb::CompactionRequest;
-use crate::proto::shoal::command::{command_result, raft_command, ErrorKind};
+
+use crate::proto::shoal::command::{command_result, raft_command, Compact, ErrorKind};
 use crate::router::Router;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -124,10 +124,7 @@ enum CompactFailure {
 }
 
 async fn compact(router: &Router, range_id: u64, revision: i64) -> Result<(), CompactFailure> {
-    let command = crate::range::encode_command(raft_command::Op::Compact(CompactionRequest {
-        revision,
-        physical: false,
-    }));
+    let command = crate::range::encode_command(raft_command::Op::Compact(Compact { revision }));
     let result = router
         .write(range_id, command)
         .await

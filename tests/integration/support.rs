@@ -164,7 +164,7 @@ pub async fn scan(client: &mut KvClient<Channel>, prefix: &str, serializable: bo
     let response = client
         .range(RangeRequest {
             key: bytes(prefix),
-            range_end: shoal::range::kv::prefix_range_end(prefix.as_bytes()).into(),
+            range_end: shoal::client::prefix_range_end(prefix.as_bytes()).into(),
             serializable,
             ..Default::default()
         })

@@ -2,6 +2,7 @@
 //! Candidates are keys under the election's name; the one created first leads. Error
 //! texts are etcd's (`election: not leader`, `election: no leader`).
 
+use super::convert;
 use super::recipe::{self, RemoveOnDrop};
 use super::{observe, EtcdContext};
 use crate::proto::etcdserverpb::{compare, request_op, Compare, DeleteRangeRequest, PutRequest, RequestOp, TxnRequest};
@@ -11,7 +12,6 @@ use crate::proto::v3electionpb::{
     CampaignRequest, CampaignResponse, LeaderKey, LeaderRequest, LeaderResponse, ProclaimRequest, ProclaimResponse,
     ResignRequest, ResignResponse,
 };
-use crate::range::kv;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -173,7 +173,7 @@ impl Election for ElectionService {
                     .context
                     .watch_hub
                     .subscribe(
-                        kv::key_span(&prefix, &kv::prefix_range_end(&prefix)),
+                        convert::key_range(&prefix, &convert::prefix_range_end(&prefix)),
                         revision + 1,
                         false,
                     )

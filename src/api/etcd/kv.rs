@@ -1,13 +1,15 @@
 //! etcd's KV service. The operations themselves are methods of [`EtcdContext`], so the
 //! lock and election services run the same validated, routed code.
 
-use super::{errors, observe, validate, EtcdContext};
+use super::{convert, errors, observe, validate, EtcdContext};
 use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
+    RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
-use crate::proto::shoal::command::{command_result, raft_command};
+use crate::proto::shoal::command::{command_result, raft_command, Compact};
+use crate::proto::shoal::kv::{op, op_result, Txn, TxnResult};
+use crate::range::ops;
 use crate::range::state_machine::refusal_from_proto;
 use prost::Message;
 use std::sync::Arc;
@@ -27,10 +29,6 @@ fn unexpected(result: command_result::Result) -> Status {
     Status::internal(format!("etcdserver: unexpected apply result {result:?}"))
 }
 
-fn revision_of(header: Option<ResponseHeader>) -> i64 {
-    header.map_or(0, |header| header.revision)
-}
-
 impl EtcdContext {
     fn check_size(&self, request: &impl Message) -> Result<(), Status> {
         if request.encoded_len() > self.limits.max_request_bytes {
@@ -39,22 +37,35 @@ impl EtcdContext {
         Ok(())
     }
 
-    /// Replicates `op` through the range holding `key` and returns what applying it
-    /// produced (a refusal becomes etcd's error).
-    pub(super) async fn replicate(&self, key: &[u8], op: raft_command::Op) -> Result<command_result::Result, Status> {
-        let result = self
+    /// Replicates `op` through the range holding the internal key `key` and returns
+    /// what applying it produced (a refusal becomes etcd's error) and the revision after.
+    pub(super) async fn replicate(
+        &self,
+        key: &[u8],
+        op: raft_command::Op,
+    ) -> Result<(command_result::Result, i64), Status> {
+        let applied = self
             .router
             .write(self.router.range_of(key), crate::range::encode_command(op))
             .await
-            .map_err(errors::route)?
-            .result
-            .ok_or_else(|| Status::internal("etcdserver: empty apply result"))?;
-        match result {
-            command_result::Result::Error(refusal) => Err(errors::kv(refusal_from_proto(&refusal))),
-            result => Ok(result),
+            .map_err(errors::route)?;
+        match applied.result {
+            Some(command_result::Result::Error(refusal)) => Err(errors::kv(refusal_from_proto(&refusal))),
+            Some(result) => Ok((result, applied.revision)),
+            None => Err(Status::internal("etcdserver: empty apply result")),
         }
     }
 
+    /// Replicates a transaction and returns its result.
+    pub(super) async fn replicate_txn(&self, key: &[u8], txn: Txn) -> Result<TxnResult, Status> {
+        match self.replicate(key, raft_command::Op::Txn(txn)).await? {
+            (command_result::Result::Txn(result), _) => Ok(result),
+            (other, _) => Err(unexpected(other)),
+        }
+    }
+
+    /// Waits until this member reflects every write acknowledged before the call, for
+    /// the range holding the internal key `key`.
     async fn linearize(&self, key: &[u8]) -> Result<(), Status> {
         self.router
             .linearize(self.router.range_of(key))
@@ -64,43 +75,49 @@ impl EtcdContext {
 
     pub async fn range(&self, request: RangeRequest) -> Result<RangeResponse, Status> {
         validate::range(&request)?;
+        let read = convert::read(&request);
+        let key = convert::key(&request.key);
         if !request.serializable {
-            self.linearize(&request.key).await?;
+            self.linearize(&key).await?;
         }
-        let mut response = self
+        let result = self
             .router
-            .pinned(self.router.range_of(&request.key))
+            .pinned(self.router.range_of(&key))
             .await
             .map_err(errors::route)?
-            .range(&request, self.limits.max_response_bytes)
+            .read(&read, self.limits.max_response_bytes)
             .map_err(errors::kv)?;
-        response.header = Some(self.header(revision_of(response.header)));
-        Ok(response)
+        let header = Some(self.header(result.revision));
+        Ok(convert::range_response(result, header))
     }
 
     pub async fn put(&self, request: PutRequest) -> Result<PutResponse, Status> {
         validate::put(&request)?;
         self.check_size(&request)?;
-        let key = request.key.clone();
-        match self.replicate(&key, raft_command::Op::Put(request)).await? {
-            command_result::Result::Put(mut response) => {
-                response.header = Some(self.header(revision_of(response.header)));
-                Ok(response)
+        let put = convert::put(request);
+        let key = put.key.clone();
+        match ops::only_result(self.replicate_txn(&key, ops::single(op::Op::Put(put))).await?) {
+            Some(op_result::Result::Put(result)) => {
+                let header = Some(self.header(result.revision));
+                Ok(convert::put_response(result, header))
             }
-            other => Err(unexpected(other)),
+            other => Err(Status::internal(format!("etcdserver: unexpected put result {other:?}"))),
         }
     }
 
     pub async fn delete_range(&self, request: DeleteRangeRequest) -> Result<DeleteRangeResponse, Status> {
         validate::delete(&request)?;
         self.check_size(&request)?;
-        let key = request.key.clone();
-        match self.replicate(&key, raft_command::Op::DeleteRange(request)).await? {
-            command_result::Result::DeleteRange(mut response) => {
-                response.header = Some(self.header(revision_of(response.header)));
-                Ok(response)
+        let delete = convert::delete(&request);
+        let key = convert::key(&request.key);
+        match ops::only_result(self.replicate_txn(&key, ops::single(op::Op::Delete(delete))).await?) {
+            Some(op_result::Result::Delete(result)) => {
+                let header = Some(self.header(result.revision));
+                Ok(convert::delete_response(result, header))
             }
-            other => Err(unexpected(other)),
+            other => Err(Status::internal(format!(
+                "etcdserver: unexpected delete result {other:?}"
+            ))),
         }
     }
 
@@ -108,42 +125,41 @@ impl EtcdContext {
         validate::txn(&request, self.limits.max_txn_ops)?;
         self.check_size(&request)?;
         // Until transactions span ranges, a txn runs in the range of its first key.
-        let key = first_key(&request);
-        let mut response = if validate::txn_is_read_only(&request) {
-            if !validate::txn_is_serializable(&request) {
+        let key = convert::key(&first_key(&request));
+        let read_only = validate::txn_is_read_only(&request);
+        let serializable = validate::txn_is_serializable(&request);
+        let txn = convert::txn(request);
+        let result = if read_only {
+            if !serializable {
                 self.linearize(&key).await?;
             }
             self.router
                 .pinned(self.router.range_of(&key))
                 .await
                 .map_err(errors::route)?
-                .read_only_txn(&request)
+                .read_only_txn(&txn)
                 .map_err(errors::kv)?
         } else {
-            match self.replicate(&key, raft_command::Op::Txn(request)).await? {
-                command_result::Result::Txn(response) => response,
-                other => return Err(unexpected(other)),
-            }
+            self.replicate_txn(&key, txn).await?
         };
-        response.header = Some(self.header(revision_of(response.header)));
-        Ok(response)
+        let header = Some(self.header(result.revision));
+        Ok(convert::txn_response(result, header))
     }
 
     pub async fn compact(&self, request: CompactionRequest) -> Result<CompactionResponse, Status> {
         let (revision, physical) = (request.revision, request.physical);
-        match self.replicate(b"", raft_command::Op::Compact(request)).await? {
-            command_result::Result::Compact(mut response) => {
-                if physical {
-                    self.router
-                        .wait_compacted(crate::range::FIRST_RANGE_ID, revision)
-                        .await
-                        .map_err(|error| errors::route(error.into()))?;
-                }
-                response.header = Some(self.header(revision_of(response.header)));
-                Ok(response)
-            }
-            other => Err(unexpected(other)),
+        let (_, current) = self
+            .replicate(&convert::key(b""), raft_command::Op::Compact(Compact { revision }))
+            .await?;
+        if physical {
+            self.router
+                .wait_compacted(crate::range::FIRST_RANGE_ID, revision)
+                .await
+                .map_err(|error| errors::route(error.into()))?;
         }
+        Ok(CompactionResponse {
+            header: Some(self.header(current)),
+        })
     }
 }
 

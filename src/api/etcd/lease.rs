@@ -8,7 +8,7 @@ use crate::proto::etcdserverpb::{
     LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest,
     LeaseTimeToLiveResponse,
 };
-use crate::proto::shoal::command::{command_result, raft_command};
+use crate::proto::shoal::command::{raft_command, LeaseGrant, LeaseRevoke};
 use crate::range::kv::KvError;
 use crate::range::lease::MAX_LEASE_TTL_SECONDS;
 use crate::range::replica::LeaseQueryKind;
@@ -55,6 +55,12 @@ impl LeaseService {
     }
 }
 
+/// Where leases are replicated: the range of the first etcd key, until leases get a
+/// home of their own.
+fn lease_key() -> bytes::Bytes {
+    super::convert::key(b"")
+}
+
 fn storage(error: crate::storage::StorageError) -> Status {
     errors::kv(KvError::Storage(error))
 }
@@ -75,20 +81,20 @@ impl Lease for LeaseService {
             if request.id == 0 {
                 request.id = self.context.lease_ids.next();
             }
-            match self
+            let grant = LeaseGrant {
+                id: request.id,
+                ttl: request.ttl,
+            };
+            let (_, revision) = self
                 .context
-                .replicate(b"", raft_command::Op::LeaseGrant(request))
-                .await?
-            {
-                command_result::Result::LeaseGrant(mut response) => {
-                    let revision = response.header.map_or(0, |header| header.revision);
-                    response.header = Some(self.context.header(revision));
-                    Ok(Response::new(response))
-                }
-                other => Err(Status::internal(format!(
-                    "etcdserver: unexpected apply result {other:?}"
-                ))),
-            }
+                .replicate(&lease_key(), raft_command::Op::LeaseGrant(grant))
+                .await?;
+            Ok(Response::new(LeaseGrantResponse {
+                header: Some(self.context.header(revision)),
+                id: request.id,
+                ttl: request.ttl,
+                error: String::new(),
+            }))
         })
         .await
     }
@@ -98,20 +104,16 @@ impl Lease for LeaseService {
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
         observe("etcdserverpb.Lease", "LeaseRevoke", async {
-            match self
+            let revoke = LeaseRevoke {
+                id: request.into_inner().id,
+            };
+            let (_, revision) = self
                 .context
-                .replicate(b"", raft_command::Op::LeaseRevoke(request.into_inner()))
-                .await?
-            {
-                command_result::Result::LeaseRevoke(mut response) => {
-                    let revision = response.header.map_or(0, |header| header.revision);
-                    response.header = Some(self.context.header(revision));
-                    Ok(Response::new(response))
-                }
-                other => Err(Status::internal(format!(
-                    "etcdserver: unexpected apply result {other:?}"
-                ))),
-            }
+                .replicate(&lease_key(), raft_command::Op::LeaseRevoke(revoke))
+                .await?;
+            Ok(Response::new(LeaseRevokeResponse {
+                header: Some(self.context.header(revision)),
+            }))
         })
         .await
     }

@@ -1,6 +1,7 @@
 //! The etcd v3 gRPC API (wire-compatible with etcd's `etcdserverpb`).
 
 mod cluster;
+mod convert;
 mod election;
 mod errors;
 mod kv;

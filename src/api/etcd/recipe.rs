@@ -2,12 +2,12 @@
 //! candidates are keys under a common prefix, ordered by creation revision, and a
 //! candidate waits until every key created before its own is gone.
 
+use super::convert;
 use super::EtcdContext;
 use crate::proto::etcdserverpb::{
     compare, range_request, request_op, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
 };
 use crate::proto::mvccpb::{event::EventType, KeyValue};
-use crate::range::kv;
 use bytes::Bytes;
 use tonic::Status;
 
@@ -35,7 +35,7 @@ fn range_op(request: RangeRequest) -> RequestOp {
 pub fn first_created(prefix: &Bytes) -> RangeRequest {
     RangeRequest {
         key: prefix.clone(),
-        range_end: kv::prefix_range_end(prefix).into(),
+        range_end: convert::prefix_range_end(prefix).into(),
         limit: 1,
         sort_order: range_request::SortOrder::Ascend as i32,
         sort_target: range_request::SortTarget::Create as i32,
@@ -101,7 +101,7 @@ pub async fn wait_deletes(context: &EtcdContext, prefix: &Bytes, max_create_revi
         let newest_before = context
             .range(RangeRequest {
                 key: prefix.clone(),
-                range_end: kv::prefix_range_end(prefix).into(),
+                range_end: convert::prefix_range_end(prefix).into(),
                 limit: 1,
                 sort_order: range_request::SortOrder::Descend as i32,
                 sort_target: range_request::SortTarget::Create as i32,
@@ -121,7 +121,7 @@ pub async fn wait_deletes(context: &EtcdContext, prefix: &Bytes, max_create_revi
 pub async fn wait_delete(context: &EtcdContext, key: &[u8], revision: i64) -> Result<(), Status> {
     let mut subscription = context
         .watch_hub
-        .subscribe(kv::key_span(key, b""), revision + 1, true)
+        .subscribe(convert::key_range(key, b""), revision + 1, true)
         .await;
     while let Some(response) = subscription.next().await {
         let response = response.map_err(super::errors::watch)?;

@@ -2,12 +2,12 @@
 //! range's watch hub produces the events; this handler speaks the protocol (create,
 //! cancel, progress requests, etcd's error responses).
 
+use super::convert;
 use super::EtcdContext;
 use crate::proto::etcdserverpb::watch_server::Watch;
 use crate::proto::etcdserverpb::{
     watch_create_request, watch_request, WatchCreateRequest, WatchRequest, WatchResponse,
 };
-use crate::range::kv;
 use crate::range::watch::{Sink, StreamId, WatchSpec, NO_WATCH_ID};
 use crate::range::FIRST_RANGE_ID;
 use std::collections::HashSet;
@@ -188,7 +188,7 @@ impl Session {
             .watch(WatchSpec {
                 stream: self.stream,
                 watch_id,
-                span: kv::key_span(&create.key, &create.range_end),
+                span: convert::key_range(&create.key, &create.range_end),
                 start_revision,
                 no_put: filters.contains(&watch_create_request::FilterType::Noput),
                 no_delete: filters.contains(&watch_create_request::FilterType::Nodelete),
