@@ -23,6 +23,12 @@ pub enum KvError {
     UnknownMember,
     #[error("lease already exists")]
     LeaseExists,
+    /// The command's revision is not above the range's (see `STALE_REVISION`).
+    #[error("stale revision")]
+    StaleRevision,
+    /// The command does not belong to this kind of range.
+    #[error("{0} is not served by this range")]
+    WrongRange(&'static str),
     /// A Range whose response would be `size` bytes, over the `limit` a response may be.
     #[error("response of {size} bytes is over the limit of {limit}")]
     ResponseTooLarge { size: usize, limit: usize },

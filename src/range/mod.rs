@@ -8,17 +8,50 @@ pub mod kv;
 pub mod lease;
 pub mod log_store;
 pub mod ops;
+pub mod oracle;
 pub mod proposals;
 mod raft_logger;
 pub mod reader;
 pub mod reads;
 pub mod replica;
+pub mod sequencer;
 pub mod snapshot;
 pub mod state_machine;
 pub mod watch;
 
-/// The first range, covering the whole key space until ranges split.
-pub const FIRST_RANGE_ID: u64 = 1;
+/// The meta range: the map of every data range and the timestamp oracle. It holds no
+/// keys: its span is the namespace below every front-end's.
+pub const META_RANGE_ID: u64 = 1;
+/// The data range a new cluster starts with, covering every key until ranges split.
+pub const FIRST_DATA_RANGE_ID: u64 = 2;
+
+/// How the data directory is laid out (`NodeIdentity.layout`): 2 is a meta range and
+/// data ranges with oracle revisions. A directory of another layout is refused.
+pub const DATA_LAYOUT: u32 = 2;
+
+/// The meta range's descriptor; `replicas` are the cluster's first members.
+pub fn meta_range(replicas: Vec<u64>) -> crate::proto::shoal::state::RangeDescriptor {
+    crate::proto::shoal::state::RangeDescriptor {
+        id: META_RANGE_ID,
+        start_key: vec![0x00].into(),
+        end_key: vec![0x01].into(),
+        epoch: 1,
+        conf_version: 1,
+        replicas,
+    }
+}
+
+/// The first data range's descriptor: every front-end's keys.
+pub fn first_data_range(replicas: Vec<u64>) -> crate::proto::shoal::state::RangeDescriptor {
+    crate::proto::shoal::state::RangeDescriptor {
+        id: FIRST_DATA_RANGE_ID,
+        start_key: vec![0x01].into(),
+        end_key: Default::default(),
+        epoch: 1,
+        conf_version: 1,
+        replicas,
+    }
+}
 
 /// `op` as a `RaftCommand` ready to propose: origin, incarnation, request id and term are left out
 /// for the proposing replica to stamp.
@@ -28,6 +61,7 @@ pub fn encode_command(op: crate::proto::shoal::command::raft_command::Op) -> Vec
         request_id: 0,
         proposed_term: 0,
         origin_incarnation: 0,
+        revision: 0,
         op: Some(op),
     })
 }

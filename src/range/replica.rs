@@ -11,9 +11,11 @@
 use super::background::{CompactionJob, InstallJob};
 use super::lease::LeaseTime;
 use super::log_store::LogStore;
-use super::proposals::ProposalTracker;
+use super::oracle::{Oracle, TimestampWaiter};
+use super::proposals::{ProposalId, ProposalTracker};
 use super::raft_logger;
 use super::reads::ReadQueue;
+use super::sequencer::{Sequencer, Unsequenced};
 use super::snapshot::{self, SnapshotRegistry};
 use super::state_machine::{ApplyBatch, StateMachine};
 use super::RangeError;
@@ -119,6 +121,9 @@ pub struct ReplicaConfig {
     /// proposal's id, so entries proposed before a restart never answer new waiters.
     pub incarnation: u64,
     pub election_ticks: usize,
+    /// `election_ticks` as time: how long a follower that heard from the leader refuses
+    /// to vote for anyone else (the meta range's leader lease rests on it).
+    pub election_timeout: std::time::Duration,
     pub heartbeat_ticks: usize,
     /// A proposal or read without an outcome after this long fails with `Timeout`.
     pub request_timeout_ticks: u64,
@@ -206,6 +211,30 @@ enum ReadWaiter {
         term: u64,
         responder: LeaseResponder,
     },
+    /// A request to the oracle (meta range leader): answered only once a read index
+    /// asked after it arrived confirmed leadership in the term it was asked in.
+    Timestamps { waiter: TimestampWaiter, term: u64 },
+    /// Renews the meta range leader's lease: confirmed, it holds from `sent_at`.
+    OracleLease { sent_at: Instant, term: u64 },
+}
+
+/// Part of the election timeout the meta range's leader counts as its lease: the rest
+/// is margin for clocks that run at different rates on different machines.
+const LEASE_SHARE_NUMERATOR: u32 = 4;
+const LEASE_SHARE_DENOMINATOR: u32 = 5;
+
+/// The meta range leader's lease: while it holds, no other member can have become
+/// leader, so the oracle answers without a read index round per request. A follower
+/// refuses to vote (raft-rs with check-quorum) until an election timeout after it last
+/// heard from the leader; a quorum acknowledged a heartbeat sent at or after `from`, so
+/// no new leader exists before `from` plus the election timeout. A leadership transfer
+/// forces votes past that rule, so the lease ends when one starts.
+#[derive(Debug, Default)]
+struct LeaderLease {
+    /// Valid until then, in this term.
+    until: Option<(Instant, u64)>,
+    /// A renewal is in flight.
+    renewing: bool,
 }
 
 /// Messages a replica wants sent, tagged with its range.
@@ -234,6 +263,21 @@ pub struct Replica {
     pending_install: Option<(SnapshotInstall, raft::eraftpb::SnapshotMetadata, Instant)>,
     /// That ready once installed, to collect again like a new one.
     resumed: Option<Ready>,
+    /// Data ranges, on the leader: commands waiting for their revision.
+    sequencer: Sequencer<(ProposalId, ProposalResponder)>,
+    /// Meta range: the timestamp oracle (serving on the leader).
+    oracle: Option<Oracle>,
+    /// Meta range: answers to requests for revisions, for the store loop to deliver.
+    timestamp_answers: Vec<(TimestampWaiter, Result<i64, RangeError>)>,
+    /// Meta range: the leader's lease.
+    lease: LeaderLease,
+}
+
+/// Creating a range that has never existed on this node.
+pub struct Bootstrap {
+    pub voters: Vec<u64>,
+    /// Meta range: the data ranges the cluster starts with.
+    pub data_ranges: Vec<RangeDescriptor>,
 }
 
 /// What [`Replica::collect_ready`] found.
@@ -247,15 +291,16 @@ pub enum Collected {
 }
 
 impl Replica {
-    /// Opens the range's replica from the engine. `bootstrap_voters` creates the range
-    /// with that configuration if it has never existed on this node.
+    /// Opens the range's replica from the engine. `bootstrap` creates the range with
+    /// those voters (and, for the meta range, that map of data ranges) if it has never
+    /// existed on this node.
     pub fn open(
         range_id: u64,
         config: ReplicaConfig,
         engine: Arc<dyn Engine>,
         snapshots: Arc<SnapshotRegistry>,
         descriptor: RangeDescriptor,
-        bootstrap_voters: Option<Vec<u64>>,
+        bootstrap: Option<Bootstrap>,
     ) -> Result<Self, StorageError> {
         let (node_id, incarnation) = (config.node_id, config.incarnation);
         let mut log_store = LogStore::load(range_id, engine.clone(), snapshots)?;
@@ -268,12 +313,13 @@ impl Replica {
             );
             complete_install(&engine, &mut log_store, &mut machine, &install)?;
         }
-        if let Some(voters) = bootstrap_voters {
+        if let Some(bootstrap) = bootstrap {
             if log_store.conf_state().voters.is_empty() && log_store.last_index() == 0 {
                 let mut batch = WriteBatch::new();
-                log_store.bootstrap(voters, &mut batch);
-                machine.bootstrap(&mut batch);
+                log_store.bootstrap(bootstrap.voters, &mut batch);
+                machine.bootstrap(&bootstrap.data_ranges, &mut batch);
                 engine.write(batch, Durability::Sync)?;
+                machine.reload()?;
             }
         }
         assert!(
@@ -322,6 +368,8 @@ impl Replica {
         let (leader_watch, _) = watch::channel(0);
         let (revision_watch, _) = watch::channel(machine.revisions().current);
         let (compacted_watch, _) = watch::channel(machine.compacted_through());
+        let machine_is_meta = machine.is_meta();
+        let oracle_high_water = machine.oracle_high_water();
         Ok(Self {
             range_id,
             config,
@@ -339,6 +387,10 @@ impl Replica {
             installing: None,
             pending_install: None,
             resumed: None,
+            sequencer: Sequencer::default(),
+            oracle: machine_is_meta.then(|| Oracle::new(oracle_high_water)),
+            timestamp_answers: Vec::new(),
+            lease: LeaderLease::default(),
         })
     }
 
@@ -392,9 +444,13 @@ impl Replica {
         if self.raw.raft.state == StateRole::Leader {
             self.revoke_expired_leases(now);
         }
+        for (_, responder) in self.sequencer.expire(self.ticks) {
+            // Never proposed: certainly not applied, so the caller may try again.
+            let _ = responder.send(Err(RangeError::Timeout));
+        }
         self.proposals.expire(self.ticks);
         for waiter in self.reads.tick(self.ticks, self.config.read_retry_ticks) {
-            Self::refuse_read(waiter, RangeError::Timeout);
+            self.refuse_read(waiter, RangeError::Timeout);
         }
     }
 
@@ -474,6 +530,38 @@ impl Replica {
                 %reason,
                 "dropped a raft message no correct peer sends"
             );
+            return;
+        }
+        if self.oracle.is_some()
+            && matches!(
+                message.get_msg_type(),
+                MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+            )
+            && self.ticks < self.config.election_ticks as u64
+        {
+            // A meta replica that just started may have acknowledged the leader's lease
+            // heartbeat before it stopped and forgot (raft-rs keeps no such memory): it
+            // votes for no one until an election timeout has passed, as it would not
+            // have within the lease.
+            return;
+        }
+        if message.get_msg_type() == MessageType::MsgPropose
+            && self.is_sequenced()
+            && self.raw.raft.state == StateRole::Leader
+        {
+            // A follower's proposals: they get revisions here like the leader's own.
+            // Their proposers wait for the entries to apply, so a dropped one times out.
+            for entry in message.entries.iter() {
+                if entry.get_entry_type() == EntryType::EntryNormal && !entry.data.is_empty() {
+                    let command = Unsequenced {
+                        command: entry.data.to_vec(),
+                        local: None,
+                    };
+                    if self.sequencer.push(command).is_err() {
+                        tracing::warn!(range = self.range_id, "too many writes wait for revisions; dropped one");
+                    }
+                }
+            }
             return;
         }
         if let Err(error) = self.raw.step(message) {
@@ -561,6 +649,7 @@ impl Replica {
         let is_leader = raft.state == StateRole::Leader;
         let term = raft.term;
         let id = self.proposals.next_id();
+        let deadline_tick = self.ticks + self.config.request_timeout_ticks;
         // Protobuf merges concatenated messages: appending the header fields fills them
         // in without decoding the command.
         let header = crate::proto::shoal::command::RaftCommand {
@@ -568,9 +657,22 @@ impl Replica {
             request_id: id.request,
             proposed_term: term,
             origin_incarnation: id.incarnation,
+            revision: 0,
             op: None,
         };
         prost::Message::encode(&header, &mut command).unwrap_or_else(|_| unreachable!("a Vec grows as needed"));
+        if is_leader && self.is_sequenced() {
+            let queued = Unsequenced {
+                command,
+                local: Some(((id, responder), deadline_tick)),
+            };
+            if let Err(refused) = self.sequencer.push(queued) {
+                if let Some(((_, responder), _)) = refused.local {
+                    let _ = responder.send(Err(RangeError::Timeout));
+                }
+            }
+            return;
+        }
         if let Err(error) = self.raw.propose(Vec::new(), command) {
             tracing::debug!(range = self.range_id, %error, "proposal dropped");
             let _ = responder.send(Err(RangeError::NotLeader {
@@ -579,8 +681,167 @@ impl Replica {
             return;
         }
         let index = is_leader.then(|| self.raw.raft.raft_log.last_index());
-        let deadline_tick = self.ticks + self.config.request_timeout_ticks;
         self.proposals.track(id, term, index, responder, deadline_tick);
+    }
+
+    /// Data ranges hand every command a revision from the oracle before proposing it.
+    fn is_sequenced(&self) -> bool {
+        !self.machine.is_meta()
+    }
+
+    /// How many revisions this range's leader should ask the oracle for now.
+    pub fn timestamps_wanted(&mut self) -> Option<u32> {
+        if self.raw.raft.state != StateRole::Leader || self.holds_ready() {
+            return None;
+        }
+        self.sequencer.wanted(self.ticks)
+    }
+
+    /// The oracle's answer to this range's ask: `count` revisions from `first` on go to
+    /// the waiting commands in order, which are proposed in that order.
+    pub fn on_timestamps(&mut self, outcome: Result<(i64, u32), RangeError>) {
+        let (first, count) = match outcome {
+            Ok(grant) => grant,
+            Err(error) => {
+                tracing::debug!(range = self.range_id, %error, "no revisions from the oracle; asking again");
+                self.sequencer.on_refused(self.ticks);
+                return;
+            }
+        };
+        for (queued, revision) in self.sequencer.on_grant(first, count) {
+            let Unsequenced { mut command, local } = queued;
+            let raft = &self.raw.raft;
+            if raft.state != StateRole::Leader || self.holds_ready() {
+                if let Some(((_, responder), _)) = local {
+                    let _ = responder.send(Err(RangeError::NotLeader { leader: raft.leader_id }));
+                }
+                continue;
+            }
+            let stamp = crate::proto::shoal::command::RaftCommand {
+                revision,
+                ..Default::default()
+            };
+            prost::Message::encode(&stamp, &mut command).unwrap_or_else(|_| unreachable!("a Vec grows as needed"));
+            let term = raft.term;
+            if let Err(error) = self.raw.propose(Vec::new(), command) {
+                tracing::debug!(range = self.range_id, %error, "proposal dropped");
+                if let Some(((_, responder), _)) = local {
+                    let _ = responder.send(Err(RangeError::NotLeader {
+                        leader: self.raw.raft.leader_id,
+                    }));
+                }
+                continue;
+            }
+            if let Some(((id, responder), deadline_tick)) = local {
+                let index = self.raw.raft.raft_log.last_index();
+                self.proposals.track(id, term, Some(index), responder, deadline_tick);
+            }
+        }
+    }
+
+    /// Meta range: a request for revisions. Answered (see
+    /// [`Replica::take_timestamp_answers`]) once leadership is confirmed and the mark
+    /// leaves room.
+    pub fn request_timestamps(&mut self, waiter: TimestampWaiter, now: Instant) {
+        let raft = &self.raw.raft;
+        if self.oracle.is_none() || raft.state != StateRole::Leader {
+            let leader = raft.leader_id;
+            self.timestamp_answers
+                .push((waiter, Err(RangeError::NotLeader { leader })));
+            return;
+        }
+        let term = raft.term;
+        if self.holds_lease(now) {
+            // Arrived while no other leader can exist: confirmed.
+            let leader = raft.leader_id;
+            if let Some(oracle) = self.oracle.as_mut() {
+                if let Err(refused) = oracle.confirmed(waiter) {
+                    self.timestamp_answers
+                        .push((refused, Err(RangeError::NotLeader { leader })));
+                }
+            }
+            self.hand_out_timestamps();
+            return;
+        }
+        self.queue_read(ReadWaiter::Timestamps { waiter, term });
+    }
+
+    fn holds_lease(&self, now: Instant) -> bool {
+        let raft = &self.raw.raft;
+        raft.state == StateRole::Leader
+            && raft.lead_transferee.is_none()
+            && self
+                .lease
+                .until
+                .is_some_and(|(until, term)| term == raft.term && now < until)
+    }
+
+    /// The lease's length, counted from when a quorum-confirmed heartbeat was sent: a
+    /// follower's refusal lasts `election_ticks` ticks from the one after the heartbeat,
+    /// so at least `election_ticks - 1` tick intervals; of that, a share.
+    fn lease_length(&self) -> std::time::Duration {
+        let ticks = self.config.election_ticks.max(1) as u32;
+        let refusal = self.config.election_timeout / ticks * (ticks - 1);
+        refusal * LEASE_SHARE_NUMERATOR / LEASE_SHARE_DENOMINATOR
+    }
+
+    /// Meta range: answers for the store loop to deliver.
+    pub fn take_timestamp_answers(&mut self) -> Vec<(TimestampWaiter, Result<i64, RangeError>)> {
+        std::mem::take(&mut self.timestamp_answers)
+    }
+
+    /// Meta range leader: hands out what fits below the mark. Serving starts once an
+    /// entry of this leader's term has applied. Safe anywhere: it proposes nothing.
+    fn hand_out_timestamps(&mut self) {
+        let Some(oracle) = self.oracle.as_mut() else {
+            return;
+        };
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader {
+            return;
+        }
+        oracle.on_high_water(self.machine.oracle_high_water());
+        if !oracle.is_serving() && self.machine.applied_term() == raft.term {
+            oracle.serve();
+        }
+        for (waiter, first) in oracle.grants() {
+            self.timestamp_answers.push((waiter, Ok(first)));
+        }
+    }
+
+    /// Work the store loop asks for once per turn, outside the handling of a ready
+    /// (raft-rs takes no proposal between a ready and its advance): the meta range's
+    /// leader proposes a new oracle mark when the window runs low.
+    pub fn maintain(&mut self, now: Instant) {
+        if self.holds_ready() {
+            return;
+        }
+        self.hand_out_timestamps();
+        // The meta range's leader renews its lease while half of it is left.
+        let raft = &self.raw.raft;
+        if self.oracle.is_some() && raft.state == StateRole::Leader && !self.lease.renewing {
+            let half = self.lease_length() / 2;
+            let renew = self
+                .lease
+                .until
+                .is_none_or(|(until, term)| term != raft.term || until.saturating_duration_since(now) < half);
+            if renew {
+                self.lease.renewing = true;
+                let term = raft.term;
+                self.queue_read(ReadWaiter::OracleLease { sent_at: now, term });
+            }
+        }
+        let Some(oracle) = self.oracle.as_mut() else {
+            return;
+        };
+        if let Some(to) = oracle.wanted_advance(self.ticks) {
+            let command = super::encode_command(crate::proto::shoal::command::raft_command::Op::OracleAdvance(
+                crate::proto::shoal::command::OracleAdvance { to },
+            ));
+            // Nobody waits: an advance that does not apply is proposed again.
+            let (responder, _) = oneshot::channel();
+            self.propose(command, responder);
+        }
     }
 
     /// Queues a linearizable read: it is answered once this replica has applied
@@ -594,7 +855,7 @@ impl Replica {
         if let Err(full) = self.reads.push(waiter, deadline_tick) {
             tracing::warn!(range = self.range_id, "read queue full; refusing a read");
             let leader = self.raw.raft.leader_id;
-            Self::refuse_read(full.0, RangeError::NotLeader { leader });
+            self.refuse_read(full.0, RangeError::NotLeader { leader });
         }
     }
 
@@ -608,7 +869,7 @@ impl Replica {
         }
     }
 
-    fn refuse_read(waiter: ReadWaiter, error: RangeError) {
+    fn refuse_read(&mut self, waiter: ReadWaiter, error: RangeError) {
         match waiter {
             ReadWaiter::Client(responder) => {
                 let _ = responder.send(Err(error));
@@ -616,6 +877,10 @@ impl Replica {
             ReadWaiter::LeaseRenew { responder, .. } => {
                 let _ = responder.send(Err(error));
             }
+            ReadWaiter::Timestamps { waiter, .. } => {
+                self.timestamp_answers.push((waiter, Err(error)));
+            }
+            ReadWaiter::OracleLease { .. } => self.lease.renewing = false,
         }
     }
 
@@ -641,6 +906,30 @@ impl Replica {
                     Err(RangeError::NotLeader { leader: raft.leader_id })
                 };
                 let _ = responder.send(answer);
+            }
+            ReadWaiter::Timestamps { waiter, term } => {
+                let raft = &self.raw.raft;
+                let leading = raft.state == StateRole::Leader && raft.term == term;
+                let leader = raft.leader_id;
+                let refused = match self.oracle.as_mut() {
+                    Some(oracle) if leading => oracle.confirmed(waiter).err(),
+                    _ => Some(waiter),
+                };
+                if let Some(waiter) = refused {
+                    self.timestamp_answers
+                        .push((waiter, Err(RangeError::NotLeader { leader })));
+                }
+                self.hand_out_timestamps();
+            }
+            ReadWaiter::OracleLease { sent_at, term } => {
+                self.lease.renewing = false;
+                let raft = &self.raw.raft;
+                if raft.state == StateRole::Leader && raft.term == term {
+                    let until = sent_at + self.lease_length();
+                    if self.lease.until.is_none_or(|(known, _)| known < until) {
+                        self.lease.until = Some((until, term));
+                    }
+                }
             }
         }
     }
@@ -770,6 +1059,20 @@ impl Replica {
             );
             self.leader_watch.send_replace(leader);
         }
+        if !is_leader {
+            for queued in self.sequencer.drain() {
+                if let Some(((_, responder), _)) = queued.local {
+                    let _ = responder.send(Err(RangeError::NotLeader { leader }));
+                }
+            }
+            self.lease = LeaderLease::default();
+            if let Some(oracle) = self.oracle.as_mut() {
+                for waiter in oracle.stop() {
+                    self.timestamp_answers
+                        .push((waiter, Err(RangeError::NotLeader { leader })));
+                }
+            }
+        }
         if !is_leader && self.proposals.has_indexed() {
             // Entries this node proposed as leader may still commit under the new leader;
             // whether they did is learned when their index applies (or they time out).
@@ -835,6 +1138,9 @@ impl Replica {
             .absolute(self.status.commit_index.load(Ordering::Acquire));
         for waiter in self.reads.on_applied(applied) {
             self.complete_read(waiter);
+        }
+        if self.oracle.is_some() {
+            self.hand_out_timestamps();
         }
         Ok(())
     }
@@ -952,7 +1258,7 @@ impl Replica {
     pub fn shutdown(&mut self) {
         self.proposals.shutdown();
         for waiter in self.reads.drain() {
-            Self::refuse_read(waiter, RangeError::Stopped);
+            self.refuse_read(waiter, RangeError::Stopped);
         }
     }
 
@@ -981,6 +1287,7 @@ mod tests {
             node_id: 1,
             incarnation: 1,
             election_ticks: 10,
+            election_timeout: std::time::Duration::from_secs(1),
             heartbeat_ticks: 1,
             request_timeout_ticks: 100,
             read_retry_ticks: 2,
@@ -989,10 +1296,28 @@ mod tests {
         }
     }
 
+    /// A data range: its commands get revisions from the oracle, which the tests play.
     fn descriptor() -> RangeDescriptor {
         RangeDescriptor {
-            id: 1,
+            id: RANGE,
             ..Default::default()
+        }
+    }
+
+    const RANGE: u64 = super::super::FIRST_DATA_RANGE_ID;
+
+    fn bootstrap(voters: Vec<u64>) -> Option<Bootstrap> {
+        Some(Bootstrap {
+            voters,
+            data_ranges: Vec::new(),
+        })
+    }
+
+    /// Plays the oracle: gives the leader the revisions it asks for, from `next` on.
+    fn grant(replica: &mut Replica, next: &mut i64) {
+        if let Some(count) = replica.timestamps_wanted() {
+            replica.on_timestamps(Ok((*next, count)));
+            *next += i64::from(count);
         }
     }
 
@@ -1002,7 +1327,7 @@ mod tests {
 
     fn open_as(engine: &Arc<dyn Engine>, incarnation: u64) -> Replica {
         Replica::open(
-            1,
+            RANGE,
             ReplicaConfig {
                 incarnation,
                 ..config()
@@ -1010,7 +1335,7 @@ mod tests {
             engine.clone(),
             Arc::new(SnapshotRegistry::default()),
             descriptor(),
-            Some(vec![1]),
+            bootstrap(vec![1]),
         )
         .unwrap()
     }
@@ -1026,7 +1351,7 @@ mod tests {
     fn staged_source() -> (tempfile::TempDir, Arc<dyn Engine>, tempfile::TempDir, PathBuf) {
         let source_dir = tempfile::tempdir().unwrap();
         let source: Arc<dyn Engine> = Arc::new(FjallEngine::open(source_dir.path()).unwrap());
-        let mut machine = StateMachine::load(1, source.clone(), descriptor()).unwrap();
+        let mut machine = StateMachine::load(RANGE, source.clone(), descriptor()).unwrap();
         let mut pending = ApplyBatch::default();
         for index in 1..=10u64 {
             let command = RaftCommand {
@@ -1034,6 +1359,7 @@ mod tests {
                 request_id: index,
                 proposed_term: 2,
                 origin_incarnation: 1,
+                revision: index as i64 + 1,
                 op: Some(raft_command::Op::Txn(ops::single(op::Op::Put(ops::put(
                     format!("key{index}").into_bytes(),
                     b"from the snapshot".to_vec(),
@@ -1065,12 +1391,12 @@ mod tests {
         let target_dir = tempfile::tempdir().unwrap();
         let target: Arc<dyn Engine> = Arc::new(FjallEngine::open(target_dir.path()).unwrap());
         let mut replica = Replica::open(
-            1,
+            RANGE,
             ReplicaConfig { node_id: 2, ..config() },
             target.clone(),
             Arc::new(SnapshotRegistry::default()),
             descriptor(),
-            Some(vec![1, 2]),
+            bootstrap(vec![1, 2]),
         )
         .unwrap();
         let now = Instant::now();
@@ -1234,8 +1560,10 @@ mod tests {
             drive(&mut replica, &engine, now);
         }
         assert_eq!(replica.raw.raft.state, StateRole::Leader);
+        let mut next_revision = 2;
         let (x_sender, mut x_answer) = oneshot::channel();
         replica.propose(put_command("x"), x_sender);
+        grant(&mut replica, &mut next_revision);
         // The crash: X's log entry is durable, nothing after that ran.
         let mut outbox = Vec::new();
         let mut log_batch = WriteBatch::new();
@@ -1251,7 +1579,7 @@ mod tests {
             "X never applied before the crash"
         );
         let revision_before = {
-            let machine = StateMachine::load(1, engine.clone(), descriptor()).unwrap();
+            let machine = StateMachine::load(RANGE, engine.clone(), descriptor()).unwrap();
             machine.revisions().current
         };
 
@@ -1270,6 +1598,7 @@ mod tests {
         // Y is proposed before the readies that commit and apply X are handled.
         let (y_sender, mut y_answer) = oneshot::channel();
         replica.propose(put_command("y"), y_sender);
+        grant(&mut replica, &mut next_revision);
         drive(&mut replica, &engine, now);
 
         let y_revision = revision_of(y_answer.try_recv().expect("Y is answered"));
@@ -1286,5 +1615,119 @@ mod tests {
             revision_before + 2,
             "both X and Y applied, once each"
         );
+    }
+
+    fn open_meta(engine: &Arc<dyn Engine>) -> Replica {
+        Replica::open(
+            super::super::META_RANGE_ID,
+            config(),
+            engine.clone(),
+            Arc::new(SnapshotRegistry::default()),
+            super::super::meta_range(vec![1]),
+            Some(Bootstrap {
+                voters: vec![1],
+                data_ranges: vec![super::super::first_data_range(vec![1])],
+            }),
+        )
+        .unwrap()
+    }
+
+    /// Runs the meta replica's turns (maintenance, reads, readies) until `done` holds.
+    fn turn_meta_until(replica: &mut Replica, engine: &Arc<dyn Engine>, now: Instant, done: impl Fn(&Replica) -> bool) {
+        for _ in 0..200 {
+            if done(replica) {
+                return;
+            }
+            replica.tick(now);
+            replica.maintain(now);
+            replica.flush_reads();
+            drive(replica, engine, now);
+        }
+        panic!("the meta replica did not get there");
+    }
+
+    /// The oracle serves from the mark it persisted, one request at a time in order, and
+    /// a leader holding its lease answers at once, where one without asks for a read
+    /// index first.
+    #[test]
+    fn the_meta_leader_hands_out_revisions_and_answers_from_its_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine: Arc<dyn Engine> = Arc::new(FjallEngine::open(dir.path()).unwrap());
+        let now = Instant::now();
+        let mut meta = open_meta(&engine);
+        turn_meta_until(&mut meta, &engine, now, |meta| {
+            meta.holds_lease(now) && meta.oracle.as_ref().is_some_and(Oracle::is_serving)
+        });
+        turn_meta_until(&mut meta, &engine, now, |meta| meta.machine.oracle_high_water() > 2);
+
+        meta.request_timestamps(
+            TimestampWaiter::Local {
+                range_id: RANGE,
+                count: 3,
+            },
+            now,
+        );
+        let answers = meta.take_timestamp_answers();
+        assert_eq!(answers.len(), 1, "answered at once under the lease");
+        assert_eq!(
+            answers[0].1.as_ref().ok(),
+            Some(&2),
+            "the first revision of a new cluster"
+        );
+        meta.request_timestamps(
+            TimestampWaiter::Local {
+                range_id: RANGE,
+                count: 1,
+            },
+            now,
+        );
+        assert_eq!(meta.take_timestamp_answers()[0].1.as_ref().ok(), Some(&5));
+
+        // Past the lease (and before its renewal), a request waits for a read index.
+        let later = now + std::time::Duration::from_secs(5);
+        meta.request_timestamps(
+            TimestampWaiter::Local {
+                range_id: RANGE,
+                count: 1,
+            },
+            later,
+        );
+        assert!(
+            meta.take_timestamp_answers().is_empty(),
+            "no answer before a read index"
+        );
+        meta.flush_reads();
+        drive(&mut meta, &engine, later);
+        let answers = meta.take_timestamp_answers();
+        assert_eq!(answers.len(), 1);
+        assert_eq!(answers[0].1.as_ref().ok(), Some(&6));
+
+        // A restart starts at the persisted mark, above everything handed out.
+        let mark = meta.machine.oracle_high_water();
+        drop(meta);
+        let mut meta = Replica::open(
+            super::super::META_RANGE_ID,
+            ReplicaConfig {
+                incarnation: 2,
+                ..config()
+            },
+            engine.clone(),
+            Arc::new(SnapshotRegistry::default()),
+            super::super::meta_range(vec![1]),
+            None,
+        )
+        .unwrap();
+        turn_meta_until(&mut meta, &engine, now, |meta| {
+            meta.holds_lease(now) && meta.machine.oracle_high_water() > mark
+        });
+        meta.request_timestamps(
+            TimestampWaiter::Local {
+                range_id: RANGE,
+                count: 1,
+            },
+            now,
+        );
+        let answers = meta.take_timestamp_answers();
+        assert_eq!(answers[0].1.as_ref().ok(), Some(&mark));
     }
 }

@@ -18,7 +18,9 @@ use crate::proto::shoal::command::{self as cmd, command_result, raft_command, Co
 use crate::proto::shoal::kv::{
     op, op_result, Delete, DeleteResult, OpResult, Put, PutResult, Read, ReadResult, Txn, TxnResult,
 };
-use crate::proto::shoal::state::{LeaseRecord, MemberInfo, PublishedMembers, RangeApplyState, RangeDescriptor};
+use crate::proto::shoal::state::{
+    LeaseRecord, MemberInfo, OracleState, PublishedMembers, RangeApplyState, RangeDescriptor, RangeMap,
+};
 use crate::storage::mvcc::{self, MvccRead, Overlaid, Overlay, Record};
 use crate::storage::{keys, Durability, Engine, ReadView, Space, StorageError, WriteBatch};
 use prost::Message;
@@ -28,6 +30,12 @@ use std::time::Instant;
 const APPLY_STATE: u8 = b's';
 const MEMBERS: u8 = b'm';
 const DESCRIPTOR: u8 = b'd';
+/// Meta range: the map of every data range.
+const RANGE_MAP: u8 = b'r';
+/// Meta range: the timestamp oracle's high-water mark.
+const ORACLE: u8 = b'o';
+/// The first revision the oracle hands out: a new store is at revision 1, as etcd's.
+const FIRST_REVISION: i64 = 2;
 /// The revision through which history is physically removed (a u64, big-endian).
 const COMPACTED_THROUGH: u8 = b'p';
 
@@ -75,6 +83,8 @@ pub struct StateMachine {
     /// A compaction applied (or found unfinished at load) whose history removal is yet
     /// to be handed to the background worker.
     compaction_due: Option<i64>,
+    /// Meta range only: the oracle's applied high-water mark.
+    oracle_high_water: i64,
 }
 
 fn decode<M: Message + Default>(space: Space, bytes: Option<Vec<u8>>, what: &str) -> Result<Option<M>, StorageError> {
@@ -115,6 +125,7 @@ impl StateMachine {
         };
         // A crash (or a snapshot taken) before the worker finished: finish it.
         let compaction_due = (state.compact_revision > compacted_through).then_some(state.compact_revision);
+        let oracle: Option<OracleState> = decode(Space::RangeMeta, record(ORACLE)?, "oracle")?;
         let mut lessor = Lessor::default();
         let now = Instant::now();
         for pair in engine.scan(Space::Leases, &keys::range_records(range_id), false) {
@@ -131,7 +142,31 @@ impl StateMachine {
             lessor,
             compacted_through,
             compaction_due,
+            oracle_high_water: oracle.map_or(0, |oracle| oracle.high_water),
         })
+    }
+
+    /// The meta range holds the range map and the oracle; data ranges hold keys.
+    pub fn is_meta(&self) -> bool {
+        self.range_id == super::META_RANGE_ID
+    }
+
+    /// Meta range: the oracle's applied high-water mark.
+    pub fn oracle_high_water(&self) -> i64 {
+        self.oracle_high_water
+    }
+
+    /// Meta range: the map of every data range, as stored in `view`.
+    pub fn range_map_in(view: &dyn ReadView) -> Result<RangeMap, StorageError> {
+        Ok(decode(
+            Space::RangeMeta,
+            view.get(
+                Space::RangeMeta,
+                &keys::range_record_key(super::META_RANGE_ID, RANGE_MAP),
+            )?,
+            "range map",
+        )?
+        .unwrap_or_default())
     }
 
     /// The compaction whose history removal should start now, if any: the caller hands
@@ -204,14 +239,34 @@ impl StateMachine {
         );
     }
 
-    /// Writes the range's descriptor; part of creating the range.
-    pub fn bootstrap(&self, batch: &mut WriteBatch) {
+    /// Writes the range's descriptor; part of creating the range. The meta range also
+    /// gets the map of the data ranges created with it, and the oracle its first mark.
+    pub fn bootstrap(&self, data_ranges: &[RangeDescriptor], batch: &mut WriteBatch) {
         batch.put(
             Space::RangeMeta,
             keys::range_record_key(self.range_id, DESCRIPTOR),
             self.descriptor.encode_to_vec(),
         );
         self.put_state(batch);
+        if self.is_meta() {
+            let map = RangeMap {
+                next_range_id: data_ranges.iter().map(|range| range.id).max().unwrap_or(self.range_id) + 1,
+                ranges: data_ranges.to_vec(),
+            };
+            batch.put(
+                Space::RangeMeta,
+                keys::range_record_key(self.range_id, RANGE_MAP),
+                map.encode_to_vec(),
+            );
+            let oracle = OracleState {
+                high_water: FIRST_REVISION,
+            };
+            batch.put(
+                Space::RangeMeta,
+                keys::range_record_key(self.range_id, ORACLE),
+                oracle.encode_to_vec(),
+            );
+        }
     }
 
     /// Records that the entry at `index` was applied without changing data (an empty
@@ -273,16 +328,28 @@ impl StateMachine {
         self.advance(index, term);
         let writes_before = pending.batch.len();
         let batch = pending;
-        let outcome = match command.op {
-            Some(raft_command::Op::Txn(txn)) => self.apply_txn(txn, batch).map(command_result::Result::Txn),
-            Some(raft_command::Op::Compact(compact)) => self.apply_compact(compact.revision, batch),
-            Some(raft_command::Op::LeaseGrant(grant)) => self.apply_lease_grant(&grant, &mut batch.batch),
-            Some(raft_command::Op::LeaseRevoke(revoke)) => self.apply_lease_revoke(revoke.id, batch),
-            Some(raft_command::Op::PublishMember(member)) => {
-                self.apply_publish(member, &mut batch.batch);
-                Ok(command_result::Result::Empty(cmd::Empty {}))
-            }
-            None => Ok(command_result::Result::Empty(cmd::Empty {})),
+        let outcome = if self.is_meta() {
+            self.apply_meta(command.op, &mut batch.batch)
+        } else if command.revision <= self.state.revision {
+            // Out of revision order: a leader change let an older leader's command
+            // through after a newer one. Refused, it can be proposed again.
+            Err(KvError::StaleRevision)
+        } else {
+            let revision = command.revision;
+            let outcome = match command.op {
+                Some(raft_command::Op::Txn(txn)) => {
+                    self.apply_txn(txn, revision, batch).map(command_result::Result::Txn)
+                }
+                Some(raft_command::Op::Compact(compact)) => self.apply_compact(compact.revision, batch),
+                Some(raft_command::Op::LeaseGrant(grant)) => self.apply_lease_grant(&grant, &mut batch.batch),
+                Some(raft_command::Op::LeaseRevoke(revoke)) => self.apply_lease_revoke(revoke.id, revision, batch),
+                Some(raft_command::Op::PublishMember(_)) => Err(KvError::WrongRange("member publishing")),
+                Some(raft_command::Op::OracleAdvance(_)) => Err(KvError::WrongRange("the oracle")),
+                None => Ok(command_result::Result::Empty(cmd::Empty {})),
+            };
+            // A command that wrote moved the range to its revision; one that did not
+            // leaves it (as etcd's revision moves only with writes).
+            outcome
         };
         let result = match outcome {
             Ok(result) => result,
@@ -305,7 +372,34 @@ impl StateMachine {
         }))
     }
 
-    fn apply_txn(&mut self, request: Txn, pending: &mut ApplyBatch) -> Result<TxnResult, KvError> {
+    /// Commands of the meta range: member publishing and the oracle's mark.
+    fn apply_meta(
+        &mut self,
+        op: Option<raft_command::Op>,
+        batch: &mut WriteBatch,
+    ) -> Result<command_result::Result, KvError> {
+        match op {
+            Some(raft_command::Op::PublishMember(member)) => {
+                self.apply_publish(member, batch);
+            }
+            Some(raft_command::Op::OracleAdvance(advance)) if advance.to > self.oracle_high_water => {
+                self.oracle_high_water = advance.to;
+                let oracle = OracleState { high_water: advance.to };
+                batch.put(
+                    Space::RangeMeta,
+                    keys::range_record_key(self.range_id, ORACLE),
+                    oracle.encode_to_vec(),
+                );
+            }
+            // A mark at or below the current one changes nothing.
+            Some(raft_command::Op::OracleAdvance(_)) => {}
+            None => {}
+            Some(_) => return Err(KvError::WrongRange("a key-value command")),
+        }
+        Ok(command_result::Result::Empty(cmd::Empty {}))
+    }
+
+    fn apply_txn(&mut self, request: Txn, revision: i64, pending: &mut ApplyBatch) -> Result<TxnResult, KvError> {
         let revisions = self.revisions();
         let base: &dyn ReadView = self.engine.as_ref();
         let path = {
@@ -323,12 +417,12 @@ impl StateMachine {
             overlay: &mut pending.overlay,
             batch: &mut pending.batch,
             revisions,
-            revision: revisions.current + 1,
+            revision,
             sub: 0,
         };
         let mut result = exec.txn(&request, &path, &mut 0)?;
         if exec.sub > 0 {
-            self.state.revision += 1;
+            self.state.revision = revision;
         }
         result.revision = self.state.revision;
         Ok(result)
@@ -376,6 +470,7 @@ impl StateMachine {
     fn apply_lease_revoke(
         &mut self,
         lease_id: i64,
+        revision: i64,
         pending: &mut ApplyBatch,
     ) -> Result<command_result::Result, KvError> {
         if !self.lessor.contains(lease_id) {
@@ -398,7 +493,7 @@ impl StateMachine {
             overlay: &mut pending.overlay,
             batch: &mut pending.batch,
             revisions,
-            revision: revisions.current + 1,
+            revision,
             sub: 0,
         };
         for key in &attached {
@@ -411,7 +506,7 @@ impl StateMachine {
             }
         }
         if exec.sub > 0 {
-            self.state.revision += 1;
+            self.state.revision = revision;
         }
         pending
             .batch
@@ -443,9 +538,6 @@ impl StateMachine {
     }
 }
 
-/// Whether applying `command` reads more than the newest versions of keys (history at
-/// a revision, the lease index, all of history for compaction). The overlay of an apply
-/// batch holds only newest versions, so the batch must be committed first.
 fn proposal_id(command: &RaftCommand) -> ProposalId {
     ProposalId {
         node: command.origin_node,
@@ -454,6 +546,9 @@ fn proposal_id(command: &RaftCommand) -> ProposalId {
     }
 }
 
+/// Whether applying `command` reads more than the newest versions of keys (history at
+/// a revision, the lease index, all of history for compaction). The overlay of an apply
+/// batch holds only newest versions, so the batch must be committed first.
 fn reads_beyond_overlay(command: &RaftCommand) -> bool {
     fn txn_reads_history(request: &Txn) -> bool {
         request
@@ -518,8 +613,9 @@ pub fn refusal_to_proto(error: &KvError) -> cmd::CommandError {
         KvError::LeaseNotFound => cmd::ErrorKind::LeaseNotFound,
         KvError::UnknownMember => cmd::ErrorKind::UnknownMember,
         KvError::LeaseExists => cmd::ErrorKind::LeaseExists,
+        KvError::StaleRevision => cmd::ErrorKind::StaleRevision,
         // Applying never bounds a response; a replicated refusal cannot carry it.
-        KvError::Storage(_) | KvError::ResponseTooLarge { .. } => cmd::ErrorKind::Unspecified,
+        KvError::Storage(_) | KvError::ResponseTooLarge { .. } | KvError::WrongRange(_) => cmd::ErrorKind::Unspecified,
     };
     cmd::CommandError {
         kind: kind as i32,
@@ -535,6 +631,7 @@ pub fn refusal_from_proto(error: &cmd::CommandError) -> KvError {
         cmd::ErrorKind::LeaseNotFound => KvError::LeaseNotFound,
         cmd::ErrorKind::UnknownMember => KvError::UnknownMember,
         cmd::ErrorKind::LeaseExists => KvError::LeaseExists,
+        cmd::ErrorKind::StaleRevision => KvError::StaleRevision,
         cmd::ErrorKind::Unspecified => KvError::Storage(StorageError::Engine(error.detail.clone())),
     }
 }
@@ -768,10 +865,10 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let engine: Arc<dyn Engine> = Arc::new(FjallEngine::open(dir.path()).unwrap());
             let machine = StateMachine::load(
-                1,
+                super::super::FIRST_DATA_RANGE_ID,
                 engine,
                 RangeDescriptor {
-                    id: 1,
+                    id: super::super::FIRST_DATA_RANGE_ID,
                     ..Default::default()
                 },
             )
@@ -790,6 +887,7 @@ mod tests {
                 request_id: self.index,
                 proposed_term: 1,
                 origin_incarnation: 1,
+                revision: self.machine.revisions().current + 1,
                 op: Some(op),
             };
             let mut pending = ApplyBatch::default();
@@ -879,6 +977,7 @@ mod tests {
                 request_id: index,
                 proposed_term: 1,
                 origin_incarnation: 1,
+                revision: index as i64 + 1,
                 op: Some(op),
             };
             machine
@@ -934,6 +1033,7 @@ mod tests {
             request_id: 7,
             proposed_term: 1,
             origin_incarnation: 3,
+            revision: 3,
             op: Some(put_command("a", "stale")),
         };
         let mut pending = ApplyBatch::default();
@@ -1013,6 +1113,36 @@ mod tests {
         assert_eq!(f.get("b", 0).unwrap().count, 0);
         assert_eq!(f.machine.revisions().current, 2);
         assert_eq!(f.machine.applied_index(), 2);
+    }
+
+    /// A command whose revision is not above the range's (a deposed leader's, let
+    /// through after a newer one) is refused and writes nothing: the range's
+    /// revisions only go up in log order, so the state at its revision is final.
+    #[test]
+    fn a_command_below_the_ranges_revision_is_refused() {
+        let mut f = Fixture::new();
+        f.put("a", "1");
+        f.put("a", "2");
+        assert_eq!(f.machine.revisions().current, 3);
+        let late = RaftCommand {
+            origin_node: 2,
+            request_id: 9,
+            proposed_term: 1,
+            origin_incarnation: 1,
+            revision: 3,
+            op: Some(put_command("a", "late")),
+        };
+        let mut pending = ApplyBatch::default();
+        let applied = f
+            .machine
+            .apply_command(3, 1, &late.encode_to_vec(), &mut pending)
+            .unwrap()
+            .unwrap();
+        f.machine.flush(&mut pending).unwrap();
+        let result = applied.result.unwrap().result.unwrap();
+        assert!(matches!(result, command_result::Result::Error(ref e) if e.kind() == cmd::ErrorKind::StaleRevision));
+        assert_eq!(f.get("a", 0).unwrap().kvs[0].value.as_ref(), b"2");
+        assert_eq!(f.machine.revisions().current, 3);
     }
 
     #[test]

@@ -4,12 +4,12 @@
 //! apply a command twice). Lease queries go to the leader over the peer port.
 //! Linearizable reads get a read index from the local replica.
 
-use crate::proto::shoal::command::CommandResult;
+use crate::proto::shoal::command::{command_result, CommandResult, ErrorKind};
 use crate::proto::shoal::state::RangeDescriptor;
 use crate::range::lease::LeaseTime;
 use crate::range::reader::{PinnedRange, RangeReader};
 use crate::range::replica::{LeaseQueryKind, RangeStatus};
-use crate::range::{RangeError, FIRST_RANGE_ID};
+use crate::range::{RangeError, FIRST_DATA_RANGE_ID, META_RANGE_ID};
 use crate::store::{RangeView, StoreHandle};
 use crate::transport::{ForwardError, PeerTransport};
 use std::collections::BTreeMap;
@@ -79,7 +79,7 @@ impl Router {
         reader: RangeReader,
         request_timeout: Duration,
     ) -> Self {
-        assert!(ranges.contains_key(&FIRST_RANGE_ID), "the first range must be local");
+        assert!(ranges.contains_key(&META_RANGE_ID), "the meta range must be local");
         Self {
             node_id,
             store,
@@ -96,7 +96,12 @@ impl Router {
     pub fn range_of(&self, key: &[u8]) -> u64 {
         let range_id = self.map.range_of(key);
         debug_assert!(range_id.is_some(), "no range holds {key:?}");
-        range_id.unwrap_or(FIRST_RANGE_ID)
+        range_id.unwrap_or(FIRST_DATA_RANGE_ID)
+    }
+
+    /// Ids of the ranges this node holds a replica of.
+    pub fn local_ranges(&self) -> Vec<u64> {
+        self.ranges.keys().copied().collect()
     }
 
     pub fn status(&self, range_id: u64) -> &Arc<RangeStatus> {
@@ -163,10 +168,19 @@ impl Router {
     /// applying it produced.
     pub async fn write(&self, range_id: u64, command: Vec<u8>) -> Result<CommandResult, RouteError> {
         self.retry_until_leader(range_id, |_leader| async {
-            self.store
+            let applied = self
+                .store
                 .propose(range_id, command.clone())
                 .await
-                .map_err(ForwardError::Range)
+                .map_err(ForwardError::Range)?;
+            match &applied.result {
+                // Refused for applying out of revision order: it did nothing, so it
+                // goes again with a new revision.
+                Some(command_result::Result::Error(refusal)) if refusal.kind() == ErrorKind::StaleRevision => {
+                    Err(ForwardError::Range(RangeError::LeaderChanged))
+                }
+                _ => Ok(applied),
+            }
         })
         .await
     }
@@ -258,6 +272,7 @@ mod tests {
             start_key: start.to_vec().into(),
             end_key: end.to_vec().into(),
             epoch: 1,
+            ..Default::default()
         };
         let map = RangeMap::new(&[descriptor(1, b"", b"m"), descriptor(2, b"m", b"")]);
         assert_eq!(map.range_of(b"a"), Some(1));

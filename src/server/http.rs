@@ -1,7 +1,7 @@
 //! The metrics listener: Prometheus `/metrics`, `/health` (can this member serve a
 //! linearizable read now?) and `/ready` (has it joined and caught up?).
 
-use crate::range::FIRST_RANGE_ID;
+use crate::range::FIRST_DATA_RANGE_ID;
 use crate::router::Router;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -36,7 +36,13 @@ fn json(status: StatusCode, body: String) -> impl IntoResponse {
 }
 
 async fn health(State(state): State<HttpState>) -> impl IntoResponse {
-    let check = tokio::time::timeout(Duration::from_secs(2), state.router.linearize(FIRST_RANGE_ID)).await;
+    let check = tokio::time::timeout(Duration::from_secs(2), async {
+        for range_id in state.router.local_ranges() {
+            state.router.linearize(range_id).await?;
+        }
+        Ok::<(), crate::router::RouteError>(())
+    })
+    .await;
     match check {
         Ok(Ok(())) => json(StatusCode::OK, r#"{"health":"true","reason":""}"#.into()),
         Ok(Err(error)) => json(
@@ -51,11 +57,18 @@ async fn health(State(state): State<HttpState>) -> impl IntoResponse {
 }
 
 async fn ready(State(state): State<HttpState>) -> impl IntoResponse {
-    let status = state.router.status(FIRST_RANGE_ID);
+    // Ready once every local range has a leader and has applied what it knows committed;
+    // the data range's figures are reported.
+    let caught_up = state.router.local_ranges().into_iter().all(|range_id| {
+        let status = state.router.status(range_id);
+        let commit = status.commit_index.load(Ordering::Acquire);
+        status.leader() != 0 && commit > 0 && status.applied_index.load(Ordering::Acquire) >= commit
+    });
+    let status = state.router.status(FIRST_DATA_RANGE_ID);
     let leader = status.leader();
     let commit = status.commit_index.load(Ordering::Acquire);
     let applied = status.applied_index.load(Ordering::Acquire);
-    if leader != 0 && commit > 0 && applied >= commit {
+    if caught_up {
         json(
             StatusCode::OK,
             format!(r#"{{"ready":true,"leader":"{leader:x}","applied":{applied}}}"#),

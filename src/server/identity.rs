@@ -4,6 +4,7 @@
 
 use crate::config::{ClusterState, NodeConfig};
 use crate::proto::shoal::state::{MemberInfo, NodeIdentity};
+use crate::range::DATA_LAYOUT;
 use crate::storage::{Durability, Engine, Space, StorageError, WriteBatch};
 use prost::Message;
 
@@ -21,6 +22,11 @@ pub enum IdentityError {
          to a running cluster (MemberAdd) is not supported yet"
     )]
     JoinUnsupported,
+    #[error(
+        "the data directory was written by a Shoal with another storage layout ({found}; this one \
+         uses {expected}); remove it or start an older Shoal on it"
+    )]
+    Layout { found: u32, expected: u32 },
 }
 
 /// FNV-1a: a stable hash, so every member computes the same ids from the same inputs.
@@ -62,6 +68,12 @@ pub fn load_or_create(engine: &dyn Engine, config: &NodeConfig) -> Result<Loaded
             space: Space::NodeMeta,
             detail: format!("identity: {error}"),
         })?;
+        if identity.layout != DATA_LAYOUT {
+            return Err(IdentityError::Layout {
+                found: identity.layout,
+                expected: DATA_LAYOUT,
+            });
+        }
         if identity.name != config.name {
             return Err(IdentityError::NameMismatch {
                 stored: identity.name,
@@ -93,6 +105,7 @@ pub fn load_or_create(engine: &dyn Engine, config: &NodeConfig) -> Result<Loaded
         name: config.name.clone(),
         cluster_token: config.cluster_token.clone(),
         initial_members: members,
+        layout: DATA_LAYOUT,
     };
     let mut batch = WriteBatch::new();
     batch.put(Space::NodeMeta, IDENTITY_KEY.to_vec(), identity.encode_to_vec());

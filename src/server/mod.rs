@@ -18,14 +18,13 @@ use crate::proto::etcdserverpb::{
 };
 use crate::proto::shoal::command::{raft_command, PublishMember};
 use crate::proto::shoal::peer::peer_server::PeerServer;
-use crate::proto::shoal::state::RangeDescriptor;
 use crate::proto::v3electionpb::election_server::ElectionServer;
 use crate::proto::v3lockpb::lock_server::LockServer;
 use crate::range::reader::RangeReader;
-use crate::range::replica::{Replica, ReplicaConfig};
+use crate::range::replica::{Bootstrap, Replica, ReplicaConfig};
 use crate::range::snapshot::SnapshotRegistry;
 use crate::range::watch::WatchHub;
-use crate::range::FIRST_RANGE_ID;
+use crate::range::{self, FIRST_DATA_RANGE_ID, META_RANGE_ID};
 use crate::router::Router;
 use crate::storage::{Engine, FjallEngine, StorageError};
 use crate::store::{Store, StoreHandle, StoreInput};
@@ -76,16 +75,6 @@ async fn bind(addresses: &[SocketAddr], purpose: &'static str) -> Result<Vec<Tcp
     Ok(listeners)
 }
 
-/// The whole key space, as the first range.
-fn first_range() -> RangeDescriptor {
-    RangeDescriptor {
-        id: FIRST_RANGE_ID,
-        start_key: Default::default(),
-        end_key: Default::default(),
-        epoch: 1,
-    }
-}
-
 /// Runs a node until `shutdown` resolves (or a fatal error). `metrics` renders
 /// `/metrics`; the caller installs the recorder once per process.
 pub async fn run(
@@ -120,6 +109,7 @@ pub async fn run(
         node_id: me,
         incarnation,
         election_ticks: ticks(config.election_timeout) as usize,
+        election_timeout: config.election_timeout,
         heartbeat_ticks: 1,
         request_timeout_ticks: ticks(config.request_timeout()),
         // raft-rs drops read index requests while a new leader has not yet committed in
@@ -129,15 +119,31 @@ pub async fn run(
         log_catchup_entries: config.log_catchup_entries,
     };
     let voters: Vec<u64> = identity.initial_members.iter().map(|member| member.id).collect();
-    let bootstrap = (loaded.created && config.cluster_state == ClusterState::New).then_some(voters);
+    let create = loaded.created && config.cluster_state == ClusterState::New;
+    let meta_descriptor = range::meta_range(voters.clone());
+    let data_descriptor = range::first_data_range(voters.clone());
     let snapshots = Arc::new(SnapshotRegistry::default());
-    let replica = Replica::open(
-        FIRST_RANGE_ID,
+    let meta = Replica::open(
+        META_RANGE_ID,
+        replica_config.clone(),
+        engine.clone(),
+        snapshots.clone(),
+        meta_descriptor.clone(),
+        create.then(|| Bootstrap {
+            voters: voters.clone(),
+            data_ranges: vec![data_descriptor.clone()],
+        }),
+    )?;
+    let data = Replica::open(
+        FIRST_DATA_RANGE_ID,
         replica_config,
         engine.clone(),
         snapshots.clone(),
-        first_range(),
-        bootstrap,
+        data_descriptor.clone(),
+        create.then(|| Bootstrap {
+            voters: voters.clone(),
+            data_ranges: Vec::new(),
+        }),
     )?;
 
     // Opening the replica finished any install a crash interrupted; what is left in the
@@ -160,7 +166,15 @@ pub async fn run(
         .collect();
     let transport = PeerTransport::start(peer_identity, &peer_urls, store_handle.clone(), snapshots)?;
     let worker = crate::range::background::BackgroundWorker::start(engine.clone())?;
-    let (store, ranges) = Store::new(vec![replica], engine.clone(), inbox, transport.clone(), tick, worker);
+    let (store, ranges) = Store::new(
+        me,
+        vec![meta, data],
+        engine.clone(),
+        inbox,
+        transport.clone(),
+        tick,
+        worker,
+    );
     let (store_done_tx, store_done) = tokio::sync::oneshot::channel();
     let store_thread = std::thread::Builder::new().name("shoal-store".into()).spawn(move || {
         let outcome = store.run();
@@ -170,19 +184,19 @@ pub async fn run(
     let router = Arc::new(Router::new(
         me,
         store_handle.clone(),
-        crate::router::RangeMap::new(&[first_range()]),
+        crate::router::RangeMap::new(std::slice::from_ref(&data_descriptor)),
         ranges,
         transport,
         RangeReader::new(engine.clone()),
         config.request_timeout(),
     ));
-    let header_status = router.status(FIRST_RANGE_ID).clone_arc();
+    let header_status = router.status(FIRST_DATA_RANGE_ID).clone_arc();
     let (cluster_id, member_id) = (identity.cluster_id, me);
     let watch_hub = WatchHub::start(
-        FIRST_RANGE_ID,
+        FIRST_DATA_RANGE_ID,
         engine.clone(),
-        router.status(FIRST_RANGE_ID).clone_arc(),
-        router.revision_changes(FIRST_RANGE_ID),
+        router.status(FIRST_DATA_RANGE_ID).clone_arc(),
+        router.revision_changes(FIRST_DATA_RANGE_ID),
         Arc::new(move |revision| ResponseHeader {
             cluster_id,
             member_id,
@@ -218,7 +232,10 @@ pub async fn run(
         }
     };
     let mut servers = tokio::task::JoinSet::new();
-    let descriptors = HashMap::from([(FIRST_RANGE_ID, first_range())]);
+    let descriptors = HashMap::from([
+        (META_RANGE_ID, meta_descriptor.clone()),
+        (FIRST_DATA_RANGE_ID, data_descriptor.clone()),
+    ]);
     for listener in peer_listeners {
         let service = PeerServer::new(PeerService::new(
             peer_identity,
@@ -272,7 +289,7 @@ pub async fn run(
     let compactor = tokio::spawn(compactor::run(
         router.clone(),
         me,
-        FIRST_RANGE_ID,
+        FIRST_DATA_RANGE_ID,
         config.auto_compaction,
     ));
     let publisher = tokio::spawn(publish_member(
@@ -318,7 +335,7 @@ async fn publish_member(router: Arc<Router>, member_id: u64, name: String, clien
     }));
     let mut delay = Duration::from_millis(100);
     loop {
-        let published = match router.pinned(FIRST_RANGE_ID).await {
+        let published = match router.pinned(META_RANGE_ID).await {
             Ok(pinned) => pinned.members().ok(),
             Err(_) => None,
         };
@@ -330,7 +347,7 @@ async fn publish_member(router: Arc<Router>, member_id: u64, name: String, clien
                 return;
             }
         }
-        match router.write(FIRST_RANGE_ID, command.clone()).await {
+        match router.write(META_RANGE_ID, command.clone()).await {
             Ok(_) => {
                 tracing::info!("published member attributes");
                 return;

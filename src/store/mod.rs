@@ -9,10 +9,11 @@
 use crate::proto::shoal::command::CommandResult;
 use crate::range::background::BackgroundWorker;
 use crate::range::lease::LeaseTime;
+use crate::range::oracle::TimestampWaiter;
 use crate::range::replica::{
     Collected, LeaseQueryKind, Outbox, ProposalResponder, RangeStatus, ReadResponder, Replica,
 };
-use crate::range::RangeError;
+use crate::range::{RangeError, META_RANGE_ID};
 use crate::storage::{Durability, Engine, StorageError, WriteBatch};
 use raft::eraftpb::Message;
 use std::collections::BTreeMap;
@@ -67,6 +68,17 @@ pub enum StoreInput {
         to: u64,
         finished: bool,
     },
+    /// The oracle's answer to a data range's ask made over the peer port: `count`
+    /// revisions from `first` on.
+    Timestamps {
+        range_id: u64,
+        outcome: Result<(i64, u32), RangeError>,
+    },
+    /// Another node asks this one's meta range (if it leads) for revisions.
+    OracleRequest {
+        count: u32,
+        responder: oneshot::Sender<Result<i64, RangeError>>,
+    },
     Stop,
 }
 
@@ -76,6 +88,9 @@ pub trait RaftSender: Send + Sync {
     fn send(&self, to: u64, messages: Vec<(u64, Message)>);
     /// Streams the snapshot a `MsgSnapshot` refers to, then reports back.
     fn send_snapshot(&self, to: u64, range_id: u64, message: Message);
+    /// Asks the meta range's leader `to` for `count` revisions for `range_id`; the
+    /// answer comes back as [`StoreInput::Timestamps`]. Never blocks the store loop.
+    fn request_timestamps(&self, to: u64, range_id: u64, count: u32);
 }
 
 /// A range as the rest of the node sees it.
@@ -109,6 +124,12 @@ impl StoreHandle {
         let (responder, outcome) = oneshot::channel();
         self.send(make(responder)).await?;
         outcome.await.map_err(|_| RangeError::Stopped)?
+    }
+
+    /// Revisions from this node's meta range, if it leads: the first of `count`.
+    pub async fn oracle_request(&self, count: u32) -> Result<i64, RangeError> {
+        self.ask(|responder| StoreInput::OracleRequest { count, responder })
+            .await
     }
 
     pub async fn propose(&self, range_id: u64, command: Vec<u8>) -> Result<CommandResult, RangeError> {
@@ -163,6 +184,7 @@ impl StoreHandle {
 }
 
 pub struct Store {
+    node_id: u64,
     replicas: BTreeMap<u64, Replica>,
     engine: Arc<dyn Engine>,
     inbox: flume::Receiver<StoreInput>,
@@ -173,6 +195,7 @@ pub struct Store {
 
 impl Store {
     pub fn new(
+        node_id: u64,
         replicas: Vec<Replica>,
         engine: Arc<dyn Engine>,
         inbox: flume::Receiver<StoreInput>,
@@ -195,6 +218,7 @@ impl Store {
             })
             .collect();
         let store = Self {
+            node_id,
             replicas: replicas
                 .into_iter()
                 .map(|replica| (replica.range_id(), replica))
@@ -254,12 +278,14 @@ impl Store {
                     next_tick = now + self.tick_interval;
                 }
             }
+            self.ask_for_timestamps(now);
             for replica in self.replicas.values_mut() {
                 replica.flush_reads();
             }
             if let Err(error) = self.process_output(now) {
                 break Err(error);
             }
+            self.deliver_timestamps();
             for replica in self.replicas.values_mut() {
                 if let Some(job) = replica.take_compaction() {
                     self.worker.compact(job);
@@ -343,7 +369,65 @@ impl Store {
                     replica.report_snapshot(to, finished);
                 }
             }
+            StoreInput::Timestamps { range_id, outcome } => {
+                if let Some(replica) = replica_of(&mut self.replicas, range_id) {
+                    replica.on_timestamps(outcome);
+                }
+            }
+            StoreInput::OracleRequest { count, responder } => match replica_of(&mut self.replicas, META_RANGE_ID) {
+                Some(meta) => meta.request_timestamps(TimestampWaiter::Remote { count, responder }, now),
+                None => {
+                    let _ = responder.send(Err(RangeError::UnknownRange(META_RANGE_ID)));
+                }
+            },
             StoreInput::Stop => {}
+        }
+    }
+
+    /// Sends the data ranges' asks for revisions to the oracle (this node's meta range,
+    /// or its leader over the peer port).
+    fn ask_for_timestamps(&mut self, now: Instant) {
+        for replica in self.replicas.values_mut() {
+            replica.maintain(now);
+        }
+        let meta_leader = self
+            .replicas
+            .get(&META_RANGE_ID)
+            .map_or(0, |meta| meta.status().leader());
+        let asks: Vec<(u64, u32)> = self
+            .replicas
+            .iter_mut()
+            .filter_map(|(range_id, replica)| replica.timestamps_wanted().map(|count| (*range_id, count)))
+            .collect();
+        for (range_id, count) in asks {
+            if meta_leader == self.node_id {
+                if let Some(meta) = self.replicas.get_mut(&META_RANGE_ID) {
+                    meta.request_timestamps(TimestampWaiter::Local { range_id, count }, now);
+                }
+            } else if meta_leader != 0 {
+                self.sender.request_timestamps(meta_leader, range_id, count);
+            } else if let Some(replica) = self.replicas.get_mut(&range_id) {
+                replica.on_timestamps(Err(RangeError::NotLeader { leader: 0 }));
+            }
+        }
+    }
+
+    /// Hands the oracle's answers to the local data ranges and remote callers.
+    fn deliver_timestamps(&mut self) {
+        let Some(meta) = self.replicas.get_mut(&META_RANGE_ID) else {
+            return;
+        };
+        for (waiter, outcome) in meta.take_timestamp_answers() {
+            match waiter {
+                TimestampWaiter::Local { range_id, count } => {
+                    if let Some(replica) = self.replicas.get_mut(&range_id) {
+                        replica.on_timestamps(outcome.map(|first| (first, count)));
+                    }
+                }
+                TimestampWaiter::Remote { responder, .. } => {
+                    let _ = responder.send(outcome);
+                }
+            }
         }
     }
 

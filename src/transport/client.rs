@@ -4,8 +4,8 @@
 
 use super::{PeerIdentity, PEER_MESSAGE_BYTES_MAX};
 use crate::proto::shoal::peer::{
-    leader_failure, lease_answer, lease_query, peer_client::PeerClient, LeaderFailure, LeaseQuery, RaftBatch,
-    RaftEnvelope, SnapshotChunk,
+    leader_failure, lease_answer, lease_query, peer_client::PeerClient, timestamp_answer, LeaderFailure, LeaseQuery,
+    RaftBatch, RaftEnvelope, SnapshotChunk, TimestampRequest,
 };
 use crate::range::lease::LeaseTime;
 use crate::range::replica::LeaseQueryKind;
@@ -171,6 +171,38 @@ impl RaftSender for PeerTransport {
                     finished: outcome.is_ok(),
                 })
                 .await;
+        });
+    }
+
+    fn request_timestamps(&self, to: u64, range_id: u64, count: u32) {
+        let store = self.store.clone();
+        let Some(link) = self.links.get(&to) else {
+            store.try_send(StoreInput::Timestamps {
+                range_id,
+                outcome: Err(RangeError::NotLeader { leader: 0 }),
+            });
+            return;
+        };
+        let mut client = PeerClient::new(link.channel.clone());
+        let mut request = tonic::Request::new(TimestampRequest { count });
+        self.identity.stamp(request.metadata_mut());
+        self.runtime.spawn(async move {
+            let outcome = match client.timestamps(request).await {
+                Ok(answer) => match answer.into_inner().outcome {
+                    Some(timestamp_answer::Outcome::Grant(grant)) if grant.count == count => Ok((grant.first, count)),
+                    Some(timestamp_answer::Outcome::NotLeader(not_leader)) => Err(RangeError::NotLeader {
+                        leader: not_leader.leader_id,
+                    }),
+                    Some(timestamp_answer::Outcome::Failure(failure)) => Err(failure_to_error(&failure, range_id)),
+                    _ => Err(RangeError::Timeout),
+                },
+                Err(status) => {
+                    tracing::debug!(to = format!("{to:x}"), %status, "asking the oracle failed");
+                    Err(RangeError::Timeout)
+                }
+            };
+            // The answer must reach the store; a full inbox only delays it.
+            let _ = store.send(StoreInput::Timestamps { range_id, outcome }).await;
         });
     }
 }

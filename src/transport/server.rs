@@ -3,8 +3,9 @@
 
 use super::PeerIdentity;
 use crate::proto::shoal::peer::{
-    leader_failure, lease_answer, lease_query, peer_server::Peer, LeaderFailure, LeaseAnswer, LeaseQuery, LeaseState,
-    NotLeader, RaftAck, RaftBatch, SnapshotAck, SnapshotChunk,
+    leader_failure, lease_answer, lease_query, peer_server::Peer, timestamp_answer, LeaderFailure, LeaseAnswer,
+    LeaseQuery, LeaseState, NotLeader, RaftAck, RaftBatch, SnapshotAck, SnapshotChunk, TimestampAnswer, TimestampGrant,
+    TimestampRequest,
 };
 use crate::proto::shoal::state::RangeDescriptor;
 use crate::range::replica::LeaseQueryKind;
@@ -18,6 +19,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
+
+/// Most revisions one call may ask for (a range asks for what waits, at most 8192).
+const TIMESTAMPS_PER_REQUEST_MAX: u32 = 65_536;
 
 pub struct PeerService {
     identity: PeerIdentity,
@@ -264,5 +268,26 @@ impl Peer for PeerService {
             Err(error) => lease_answer::Outcome::Failure(failure(&error)),
         };
         Ok(Response::new(LeaseAnswer { outcome: Some(outcome) }))
+    }
+
+    async fn timestamps(&self, request: Request<TimestampRequest>) -> Result<Response<TimestampAnswer>, Status> {
+        let from = self.identity.verify(request.metadata())?;
+        let count = request.into_inner().count;
+        if count == 0 || count > TIMESTAMPS_PER_REQUEST_MAX {
+            return Err(refuse(
+                from,
+                Status::invalid_argument(format!(
+                    "asked for {count} revisions; between 1 and {TIMESTAMPS_PER_REQUEST_MAX} may be asked for"
+                )),
+            ));
+        }
+        let outcome = match self.store.oracle_request(count).await {
+            Ok(first) => timestamp_answer::Outcome::Grant(TimestampGrant { first, count }),
+            Err(RangeError::NotLeader { leader }) => {
+                timestamp_answer::Outcome::NotLeader(NotLeader { leader_id: leader })
+            }
+            Err(error) => timestamp_answer::Outcome::Failure(failure(&error)),
+        };
+        Ok(Response::new(TimestampAnswer { outcome: Some(outcome) }))
     }
 }

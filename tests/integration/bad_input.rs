@@ -314,6 +314,7 @@ async fn malformed_peer_input_is_refused_and_the_node_keeps_serving() {
             message.term = term;
             message
         };
+        const DATA: u64 = shoal::range::FIRST_DATA_RANGE_ID;
         let batch = |range_id: u64, bytes: Vec<u8>| {
             tokio_stream::iter(vec![RaftBatch {
                 messages: vec![RaftEnvelope {
@@ -325,7 +326,7 @@ async fn malformed_peer_input_is_refused_and_the_node_keeps_serving() {
 
         let outcome = peer
             .raft(stamped(
-                batch(1, b"\xff\xffnot a message".to_vec()),
+                batch(DATA, b"\xff\xffnot a message".to_vec()),
                 cluster_id,
                 sender_id,
             ))
@@ -342,7 +343,7 @@ async fn malformed_peer_input_is_refused_and_the_node_keeps_serving() {
         elsewhere.to = 0x3039;
         assert_status(
             peer.raft(stamped(
-                batch(1, elsewhere.write_to_bytes().unwrap()),
+                batch(DATA, elsewhere.write_to_bytes().unwrap()),
                 cluster_id,
                 sender_id,
             ))
@@ -354,7 +355,7 @@ async fn malformed_peer_input_is_refused_and_the_node_keeps_serving() {
         impostor.from = 0x77;
         assert_status(
             peer.raft(stamped(
-                batch(1, impostor.write_to_bytes().unwrap()),
+                batch(DATA, impostor.write_to_bytes().unwrap()),
                 cluster_id,
                 sender_id,
             ))
@@ -383,7 +384,7 @@ async fn malformed_peer_input_is_refused_and_the_node_keeps_serving() {
         contradicting.commit = 1;
         for impossible in [past_the_end, contradicting] {
             peer.raft(stamped(
-                batch(1, impossible.write_to_bytes().unwrap()),
+                batch(DATA, impossible.write_to_bytes().unwrap()),
                 cluster_id,
                 sender_id,
             ))
@@ -400,7 +401,7 @@ async fn malformed_peer_input_is_refused_and_the_node_keeps_serving() {
             snapshot.mut_metadata().mut_conf_state().voters = voters;
             message.set_snapshot(snapshot);
             tokio_stream::iter(vec![SnapshotChunk {
-                range_id: 1,
+                range_id: DATA,
                 raft_message: message.write_to_bytes().unwrap().into(),
                 data: data.into(),
             }])
@@ -416,7 +417,7 @@ async fn malformed_peer_input_is_refused_and_the_node_keeps_serving() {
         let apply_state = |index: u64| {
             record(
                 shoal::storage::Space::RangeMeta,
-                &shoal::range::state_machine::apply_state_key(1),
+                &shoal::range::state_machine::apply_state_key(DATA),
                 &prost::Message::encode_to_vec(&RangeApplyState {
                     applied_index: index,
                     applied_term: term,

@@ -300,3 +300,83 @@ async fn kill_9_of_every_node_mid_write_loses_no_acknowledged_write() {
     })
     .await;
 }
+
+/// Revisions come from the meta range's timestamp oracle: each acknowledged write gets
+/// a revision above every write acknowledged before it started, through kill -9 of
+/// every node (a new oracle leader starts above the persisted mark) and of each node in
+/// turn (the oracle's leader among them), with writes through every member.
+#[tokio::test]
+async fn revisions_follow_real_time_through_oracle_failures() {
+    bounded(async {
+        let mut cluster = Cluster::start(3).await;
+        let mut clients = Vec::new();
+        for node in 0..3 {
+            clients.push(cluster.kv(node).await);
+        }
+        let mut acknowledged: Vec<i64> = Vec::new();
+        let mut sequence = 0usize;
+        for phase in 0..5 {
+            let mut written = 0;
+            while written < 30 {
+                sequence += 1;
+                let client = &mut clients[sequence % 3];
+                let request = PutRequest {
+                    key: bytes(&format!("rt/{sequence:05}")),
+                    value: bytes("v"),
+                    ..Default::default()
+                };
+                // Each put starts after the previous one was acknowledged.
+                match tokio::time::timeout(Duration::from_secs(10), client.put(request)).await {
+                    Ok(Ok(response)) => {
+                        acknowledged.push(response.into_inner().header.expect("header").revision);
+                        written += 1;
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+            match phase {
+                0 => {
+                    for node in 0..3 {
+                        cluster.kill(node);
+                    }
+                    for node in 0..3 {
+                        cluster.restart(node);
+                    }
+                    cluster.wait_ready(Duration::from_secs(30)).await;
+                }
+                1..=3 => {
+                    cluster.kill(phase - 1);
+                    cluster.restart(phase - 1);
+                }
+                _ => {}
+            }
+        }
+        for pair in acknowledged.windows(2) {
+            assert!(
+                pair[0] < pair[1],
+                "a write acknowledged at revision {} was followed by one at {}: {acknowledged:?}",
+                pair[0],
+                pair[1]
+            );
+        }
+        // Everything acknowledged is there, at the revision it was acknowledged with.
+        let mut client = cluster.kv(0).await;
+        let response = client
+            .range(RangeRequest {
+                key: bytes("rt/"),
+                range_end: bytes("rt0"),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let stored: std::collections::BTreeSet<i64> = response.kvs.iter().map(|kv| kv.mod_revision).collect();
+        for revision in &acknowledged {
+            assert!(
+                stored.contains(revision),
+                "revision {revision} was acknowledged but is not stored"
+            );
+        }
+    })
+    .await;
+}

@@ -5,7 +5,7 @@ use super::{errors, observe, EtcdContext};
 use crate::proto::etcdserverpb::cluster_server::Cluster;
 use crate::proto::etcdserverpb::{Member, MemberListRequest, MemberListResponse};
 use crate::range::kv::KvError;
-use crate::range::FIRST_RANGE_ID;
+use crate::range::META_RANGE_ID;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -26,16 +26,11 @@ impl Cluster for ClusterService {
             if request.into_inner().linearizable {
                 self.context
                     .router
-                    .linearize(FIRST_RANGE_ID)
+                    .linearize(META_RANGE_ID)
                     .await
                     .map_err(errors::route)?;
             }
-            let pinned = self
-                .context
-                .router
-                .pinned(FIRST_RANGE_ID)
-                .await
-                .map_err(errors::route)?;
+            let pinned = self.context.router.pinned(META_RANGE_ID).await.map_err(errors::route)?;
             let published = pinned.members().map_err(|error| errors::kv(KvError::Storage(error)))?;
             let members = self
                 .context

@@ -46,6 +46,9 @@ pub fn kv(error: KvError) -> Status {
         KvError::LeaseNotFound => Status::not_found("etcdserver: requested lease not found"),
         KvError::UnknownMember => Status::not_found("etcdserver: member not found"),
         KvError::LeaseExists => Status::failed_precondition("etcdserver: lease already exists"),
+        // Never applied; the router retries these until its deadline.
+        KvError::StaleRevision => Status::unavailable("etcdserver: leader changed"),
+        KvError::WrongRange(what) => Status::internal(format!("etcdserver: {what} reached the wrong range")),
         // What grpc-go, and so etcd, answers when a response is over its send limit.
         KvError::ResponseTooLarge { size, limit } => Status::resource_exhausted(format!(
             "grpc: trying to send message larger than max ({size} vs. {limit})"

@@ -153,7 +153,7 @@ impl EtcdContext {
             .await?;
         if physical {
             self.router
-                .wait_compacted(crate::range::FIRST_RANGE_ID, revision)
+                .wait_compacted(self.router.range_of(&convert::key(b"")), revision)
                 .await
                 .map_err(|error| errors::route(error.into()))?;
         }

@@ -12,7 +12,7 @@ use crate::proto::shoal::command::{raft_command, LeaseGrant, LeaseRevoke};
 use crate::range::kv::KvError;
 use crate::range::lease::MAX_LEASE_TTL_SECONDS;
 use crate::range::replica::LeaseQueryKind;
-use crate::range::FIRST_RANGE_ID;
+use crate::range::FIRST_DATA_RANGE_ID;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -136,7 +136,7 @@ impl Lease for LeaseService {
                 };
                 let renewed = context
                     .router
-                    .lease_query(FIRST_RANGE_ID, request.id, LeaseQueryKind::Renew)
+                    .lease_query(FIRST_DATA_RANGE_ID, request.id, LeaseQueryKind::Renew)
                     .await;
                 let response = match renewed {
                     // An unknown or expired lease answers TTL 0, as in etcd.
@@ -164,7 +164,7 @@ impl Lease for LeaseService {
             let request = request.into_inner();
             let router = &self.context.router;
             let time = router
-                .lease_query(FIRST_RANGE_ID, request.id, LeaseQueryKind::TimeToLive)
+                .lease_query(FIRST_DATA_RANGE_ID, request.id, LeaseQueryKind::TimeToLive)
                 .await
                 .map_err(errors::route)?;
             let Some(time) = time else {
@@ -178,9 +178,9 @@ impl Lease for LeaseService {
                 }));
             };
             let keys = if request.keys {
-                router.linearize(FIRST_RANGE_ID).await.map_err(errors::route)?;
+                router.linearize(FIRST_DATA_RANGE_ID).await.map_err(errors::route)?;
                 router
-                    .pinned(FIRST_RANGE_ID)
+                    .pinned(FIRST_DATA_RANGE_ID)
                     .await
                     .map_err(errors::route)?
                     .lease_keys(request.id)
@@ -208,9 +208,9 @@ impl Lease for LeaseService {
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
         observe("etcdserverpb.Lease", "LeaseLeases", async {
             let router = &self.context.router;
-            router.linearize(FIRST_RANGE_ID).await.map_err(errors::route)?;
+            router.linearize(FIRST_DATA_RANGE_ID).await.map_err(errors::route)?;
             let leases = router
-                .pinned(FIRST_RANGE_ID)
+                .pinned(FIRST_DATA_RANGE_ID)
                 .await
                 .map_err(errors::route)?
                 .lease_ids()

@@ -7,7 +7,7 @@ use crate::proto::etcdserverpb::{
     alarm_request, AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, MoveLeaderRequest,
     MoveLeaderResponse, StatusRequest, StatusResponse,
 };
-use crate::range::FIRST_RANGE_ID;
+use crate::range::FIRST_DATA_RANGE_ID;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -23,7 +23,7 @@ impl MaintenanceService {
 
     /// A response header at the member's applied revision.
     fn current_header(&self) -> Result<crate::proto::etcdserverpb::ResponseHeader, Status> {
-        Ok(self.context.header(self.context.router.revision(FIRST_RANGE_ID)))
+        Ok(self.context.header(self.context.router.revision(FIRST_DATA_RANGE_ID)))
     }
 }
 
@@ -50,16 +50,24 @@ impl Maintenance for MaintenanceService {
         observe("etcdserverpb.Maintenance", "MoveLeader", async {
             let target = request.into_inner().target_id;
             let router = &self.context.router;
-            if router.status(FIRST_RANGE_ID).leader() != self.context.member_id {
+            let me = self.context.member_id;
+            if router.status(FIRST_DATA_RANGE_ID).leader() != me {
                 return Err(Status::failed_precondition("etcdserver: not leader"));
             }
-            let mut leader = router.leader_changes(FIRST_RANGE_ID);
-            router
-                .transfer_leader(FIRST_RANGE_ID, target)
-                .await
-                .map_err(errors::route)?;
+            // Every range this member leads moves, as a member's leadership does in etcd.
+            let mut moving = Vec::new();
+            for range_id in router.local_ranges() {
+                if router.status(range_id).leader() == me {
+                    let leader = router.leader_changes(range_id);
+                    router.transfer_leader(range_id, target).await.map_err(errors::route)?;
+                    moving.push(leader);
+                }
+            }
             let moved = tokio::time::timeout(router.request_timeout(), async {
-                leader.wait_for(|leader| *leader == target).await.map(|_| ())
+                for mut leader in moving {
+                    leader.wait_for(|leader| *leader == target).await.map(|_| ())?;
+                }
+                Ok::<(), tokio::sync::watch::error::RecvError>(())
             })
             .await;
             match moved {
@@ -90,7 +98,7 @@ impl Maintenance for MaintenanceService {
     async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         observe("etcdserverpb.Maintenance", "Status", async {
             let router = &self.context.router;
-            let status = router.status(FIRST_RANGE_ID);
+            let status = router.status(FIRST_DATA_RANGE_ID);
             let header = self.current_header()?;
             let db_size = i64::try_from(router.disk_space_bytes()).unwrap_or(i64::MAX);
             let leader = status.leader();

@@ -22,7 +22,7 @@ pub use watch::WatchService;
 
 use crate::proto::etcdserverpb::ResponseHeader;
 use crate::proto::shoal::state::MemberInfo;
-use crate::range::FIRST_RANGE_ID;
+use crate::range::FIRST_DATA_RANGE_ID;
 use crate::router::Router;
 use std::future::Future;
 use std::sync::Arc;
@@ -72,7 +72,7 @@ impl EtcdContext {
             cluster_id: self.cluster_id,
             member_id: self.member_id,
             revision,
-            raft_term: self.router.status(FIRST_RANGE_ID).term(),
+            raft_term: self.router.status(FIRST_DATA_RANGE_ID).term(),
         }
     }
 }

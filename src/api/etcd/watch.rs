@@ -9,7 +9,7 @@ use crate::proto::etcdserverpb::{
     watch_create_request, watch_request, WatchCreateRequest, WatchRequest, WatchResponse,
 };
 use crate::range::watch::{Sink, StreamId, WatchSpec, NO_WATCH_ID};
-use crate::range::FIRST_RANGE_ID;
+use crate::range::FIRST_DATA_RANGE_ID;
 use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -90,7 +90,7 @@ impl Session {
     }
 
     fn current_revision(&self) -> i64 {
-        self.context.router.revision(FIRST_RANGE_ID)
+        self.context.router.revision(FIRST_DATA_RANGE_ID)
     }
 
     /// A create refused as etcd refuses it: created and cancelled at once, no watch id.
