@@ -11,7 +11,7 @@ use crate::api::etcd::{
 };
 use crate::api::h2_authority::AuthorityRepair;
 use crate::api::oversize_status::OversizeStatusLayer;
-use crate::config::{ClusterState, NodeConfig};
+use crate::config::{ClusterState, ListenUrl, NodeConfig};
 use crate::proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer, ResponseHeader,
@@ -29,6 +29,7 @@ use crate::range::FIRST_RANGE_ID;
 use crate::router::Router;
 use crate::storage::{Engine, FjallEngine, StorageError};
 use crate::store::{Store, StoreHandle, StoreInput};
+use crate::tls::{ServerTls, TlsConnector, TlsError, TlsIncoming, ALPN_H2, ALPN_HTTP1};
 use crate::transport::{PeerIdentity, PeerService, PeerTransport, PEER_MESSAGE_BYTES_MAX};
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::collections::HashMap;
@@ -61,19 +62,71 @@ pub enum NodeError {
     Io(#[from] std::io::Error),
     #[error("the store loop stopped: {0}")]
     StoreFailed(String),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
-async fn bind(addresses: &[SocketAddr], purpose: &'static str) -> Result<Vec<TcpListener>, NodeError> {
+/// Bound listeners, each with its TLS configuration if its URL is https.
+async fn bind(
+    urls: &[ListenUrl],
+    purpose: &'static str,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> Result<Vec<(TcpListener, Option<Arc<rustls::ServerConfig>>)>, NodeError> {
     let mut listeners = Vec::new();
-    for &address in addresses {
+    for url in urls {
+        let address = url.address;
+        let tls = match (url.tls, &tls) {
+            (false, _) => None,
+            (true, Some(tls)) => Some(tls.clone()),
+            (true, None) => {
+                return Err(TlsError::Setup(format!("https://{address} for {purpose} has no certificate files")).into())
+            }
+        };
         let listener = TcpListener::bind(address).await.map_err(|source| NodeError::Bind {
             address,
             purpose,
             source,
         })?;
-        listeners.push(listener);
+        listeners.push((listener, tls));
     }
     Ok(listeners)
+}
+
+/// The node's TLS material, read at startup so a bad file stops it with the flag named.
+struct NodeTls {
+    /// Client listeners (gRPC, ALPN h2).
+    client: Option<Arc<rustls::ServerConfig>>,
+    /// Metrics listeners: the client side's certificate, HTTP/1.1.
+    metrics: Option<Arc<rustls::ServerConfig>>,
+    peer: Option<Arc<rustls::ServerConfig>>,
+    /// Dials `https://` peer URLs: checks the peer CA, shows the peer certificate.
+    peer_dialer: Option<TlsConnector>,
+}
+
+impl NodeTls {
+    fn load(config: &NodeConfig) -> Result<Self, TlsError> {
+        let client = config.client_tls.as_ref().map(ServerTls::load).transpose()?;
+        let peer = config.peer_tls.as_ref().map(ServerTls::load).transpose()?;
+        let peer_dialer = match (&config.peer_tls, &peer) {
+            (Some(files), Some(peer)) => match &files.trusted_ca_file {
+                Some(ca) => {
+                    let roots = crate::tls::load_roots("peer-trusted-ca-file", ca)?;
+                    Some(TlsConnector::new(crate::tls::client_config(
+                        roots,
+                        Some(peer.certificate.clone()),
+                    )?))
+                }
+                None => None,
+            },
+            _ => None,
+        };
+        Ok(Self {
+            client: client.as_ref().map(|side| side.server_config(ALPN_H2)).transpose()?,
+            metrics: client.as_ref().map(|side| side.server_config(ALPN_HTTP1)).transpose()?,
+            peer: peer.as_ref().map(|side| side.server_config(ALPN_H2)).transpose()?,
+            peer_dialer,
+        })
+    }
 }
 
 /// The whole key space, as the first range.
@@ -93,6 +146,7 @@ pub async fn run(
     metrics: Option<PrometheusHandle>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NodeError> {
+    let tls = NodeTls::load(&config)?;
     std::fs::create_dir_all(&config.data_dir)?;
     let snapshot_dir = config.data_dir.join("snap");
     std::fs::create_dir_all(&snapshot_dir)?;
@@ -110,9 +164,9 @@ pub async fn run(
         "starting"
     );
 
-    let peer_listeners = bind(&config.peer_listen, "peer traffic").await?;
-    let client_listeners = bind(&config.client_listen, "clients").await?;
-    let metrics_listeners = bind(&config.metrics_listen, "metrics").await?;
+    let peer_listeners = bind(&config.peer_listen, "peer traffic", tls.peer.clone()).await?;
+    let client_listeners = bind(&config.client_listen, "clients", tls.client.clone()).await?;
+    let metrics_listeners = bind(&config.metrics_listen, "metrics", tls.metrics.clone()).await?;
 
     let tick = config.heartbeat_interval;
     let ticks = |duration: Duration| (duration.as_millis() / tick.as_millis().max(1)).max(1) as u64;
@@ -158,7 +212,13 @@ pub async fn run(
             Some((member.id, url.clone()))
         })
         .collect();
-    let transport = PeerTransport::start(peer_identity, &peer_urls, store_handle.clone(), snapshots)?;
+    let transport = PeerTransport::start(
+        peer_identity,
+        &peer_urls,
+        tls.peer_dialer.clone(),
+        store_handle.clone(),
+        snapshots,
+    )?;
     let worker = crate::range::background::BackgroundWorker::start(engine.clone())?;
     let (store, ranges) = Store::new(vec![replica], engine.clone(), inbox, transport.clone(), tick, worker);
     let (store_done_tx, store_done) = tokio::sync::oneshot::channel();
@@ -219,7 +279,7 @@ pub async fn run(
     };
     let mut servers = tokio::task::JoinSet::new();
     let descriptors = HashMap::from([(FIRST_RANGE_ID, first_range())]);
-    for listener in peer_listeners {
+    for (listener, tls) in peer_listeners {
         let service = PeerServer::new(PeerService::new(
             peer_identity,
             store_handle.clone(),
@@ -228,23 +288,17 @@ pub async fn run(
             stop_rx.clone(),
         ))
         .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX);
-        servers.spawn(
-            tonic::transport::Server::builder()
-                .tcp_nodelay(true)
-                .add_service(service)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped()),
-        );
+        let server = tonic::transport::Server::builder().tcp_nodelay(true).add_service(service);
+        if let Some(tls) = tls {
+            let incoming = TlsIncoming::start(listener, tls, "peer");
+            servers.spawn(server.serve_with_incoming_shutdown(incoming.into_stream(), stopped()));
+        } else {
+            servers.spawn(server.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped()));
+        }
     }
     let max_decoding = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
-    for listener in client_listeners {
-        let connections = TcpListenerStream::new(listener).map(|accepted| {
-            accepted.map(|stream| {
-                let _ = stream.set_nodelay(true);
-                AuthorityRepair::new(stream)
-            })
-        });
-        servers.spawn(
-            tonic::transport::Server::builder()
+    for (listener, tls) in client_listeners {
+        let server = tonic::transport::Server::builder()
                 .layer(OversizeStatusLayer)
                 .add_service(KvServer::new(KvService::new(context.clone())).max_decoding_message_size(max_decoding))
                 .add_service(ClusterServer::new(ClusterService::new(context.clone())))
@@ -252,15 +306,33 @@ pub async fn run(
                 .add_service(LeaseServer::new(LeaseService::new(context.clone())))
                 .add_service(WatchServer::new(WatchService::new(context.clone())))
                 .add_service(LockServer::new(LockService::new(context.clone())))
-                .add_service(ElectionServer::new(ElectionService::new(context.clone())))
-                .serve_with_incoming_shutdown(connections, stopped()),
-        );
+                .add_service(ElectionServer::new(ElectionService::new(context.clone())));
+        // The authority repair reads HTTP/2 frames: behind TLS, the decrypted ones.
+        if let Some(tls) = tls {
+            let incoming = TlsIncoming::start(listener, tls, "client");
+            let connections = incoming.into_stream().map(|accepted| accepted.map(AuthorityRepair::new));
+            servers.spawn(server.serve_with_incoming_shutdown(connections, stopped()));
+        } else {
+            let connections = TcpListenerStream::new(listener).map(|accepted| {
+                accepted.map(|stream| {
+                    let _ = stream.set_nodelay(true);
+                    AuthorityRepair::new(stream)
+                })
+            });
+            servers.spawn(server.serve_with_incoming_shutdown(connections, stopped()));
+        }
     }
     let mut http_servers = tokio::task::JoinSet::new();
-    for listener in metrics_listeners {
+    for (listener, tls) in metrics_listeners {
         let app = http::routes(router.clone(), metrics.clone());
         let stop = stopped();
-        http_servers.spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop).await });
+        // etcd serves https metrics with the client side's certificate and client auth.
+        if let Some(tls) = tls {
+            let incoming = TlsIncoming::start(listener, tls, "metrics");
+            http_servers.spawn(async move { axum::serve(incoming, app).with_graceful_shutdown(stop).await });
+        } else {
+            http_servers.spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop).await });
+        }
     }
     tracing::info!(
         clients = ?config.advertise_client_urls,
