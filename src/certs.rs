@@ -253,9 +253,10 @@ mod tests {
 
     fn verify_client(files: &CertFiles, cert: &Path) -> Result<(), rustls::Error> {
         let roots = crate::tls::load_roots("ca", &files.ca_cert).unwrap();
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), crate::tls::provider())
-            .build()
-            .unwrap();
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), crate::tls::provider())
+                .build()
+                .unwrap();
         let chain = crate::tls::load_certificates("client", cert).unwrap();
         verifier
             .verify_client_cert(&chain[0], &[], rustls_pki_types::UnixTime::now())

@@ -192,3 +192,42 @@ pub struct PlaygroundArgs {
     #[arg(long)]
     pub tls: bool,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn tls_flags_parse_as_etcd_spells_them() {
+        let cli = Cli::try_parse_from([
+            "shoal",
+            "server",
+            "--cert-file",
+            "/certs/node.crt",
+            "--key-file=/certs/node.key",
+            "--client-cert-auth",
+            "--peer-client-cert-auth=false",
+            "--peer-trusted-ca-file",
+            "/certs/ca.crt",
+        ])
+        .unwrap();
+        let Command::Server(args) = cli.command else {
+            panic!("not the server command");
+        };
+        let flags = &args.flags;
+        assert_eq!(
+            flags.cert_file.as_deref(),
+            Some(std::path::Path::new("/certs/node.crt"))
+        );
+        assert_eq!(flags.key_file.as_deref(), Some(std::path::Path::new("/certs/node.key")));
+        assert_eq!(
+            (flags.client_cert_auth, flags.peer_client_cert_auth),
+            (Some(true), Some(false))
+        );
+        // Flags reach the settings under the same names as the file's keys.
+        let settings = crate::config::ServerSettings::load(None, flags).unwrap();
+        assert!(settings.client_cert_auth && !settings.peer_client_cert_auth);
+        assert_eq!(settings.peer_trusted_ca_file, Some(PathBuf::from("/certs/ca.crt")));
+    }
+}

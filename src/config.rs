@@ -529,9 +529,24 @@ impl TryFrom<ServerSettings> for NodeConfig {
             settings.peer_client_cert_auth,
         )?;
         let client_needs = "--cert-file and --key-file";
-        check_tls_urls("listen-client-urls", &split_list(&settings.listen_client_urls), &client_tls, client_needs)?;
-        check_tls_urls("advertise-client-urls", &advertise_client_urls, &client_tls, client_needs)?;
-        check_tls_urls("listen-metrics-urls", &split_list(&settings.listen_metrics_urls), &client_tls, client_needs)?;
+        check_tls_urls(
+            "listen-client-urls",
+            &split_list(&settings.listen_client_urls),
+            &client_tls,
+            client_needs,
+        )?;
+        check_tls_urls(
+            "advertise-client-urls",
+            &advertise_client_urls,
+            &client_tls,
+            client_needs,
+        )?;
+        check_tls_urls(
+            "listen-metrics-urls",
+            &split_list(&settings.listen_metrics_urls),
+            &client_tls,
+            client_needs,
+        )?;
         check_tls_urls(
             "listen-peer-urls",
             &split_list(&settings.listen_peer_urls),
@@ -587,15 +602,26 @@ impl TryFrom<ServerSettings> for NodeConfig {
         // Dialing a member over https checks its certificate against the peer CA and
         // shows ours: both are needed.
         let dial_tls = peer_tls.as_ref().filter(|tls| tls.trusted_ca_file.is_some()).cloned();
-        let dial_needs = "--peer-cert-file, --peer-key-file and --peer-trusted-ca-file (members dial each other over TLS)";
-        check_tls_urls("initial-advertise-peer-urls", &advertise_peer_urls, &dial_tls, dial_needs)?;
+        let dial_needs =
+            "--peer-cert-file, --peer-key-file and --peer-trusted-ca-file (members dial each other over TLS)";
+        check_tls_urls(
+            "initial-advertise-peer-urls",
+            &advertise_peer_urls,
+            &dial_tls,
+            dial_needs,
+        )?;
         check_tls_urls(
             "initial-cluster",
             initial_cluster.iter().flat_map(|member| &member.peer_urls),
             &dial_tls,
             dial_needs,
         )?;
-        check_tls_urls("experimental-peer-dial-urls", peer_dial_urls.values(), &dial_tls, dial_needs)?;
+        check_tls_urls(
+            "experimental-peer-dial-urls",
+            peer_dial_urls.values(),
+            &dial_tls,
+            dial_needs,
+        )?;
         let auto_compaction =
             parse_auto_compaction(&settings.auto_compaction_mode, &settings.auto_compaction_retention)?;
         let data_dir = settings
@@ -756,12 +782,21 @@ mod tests {
         assert!(config.client_listen.iter().all(|listen| listen.tls));
         assert!(config.peer_listen.iter().all(|listen| listen.tls));
         assert_eq!(
-            config.metrics_listen.iter().map(|listen| listen.tls).collect::<Vec<_>>(),
+            config
+                .metrics_listen
+                .iter()
+                .map(|listen| listen.tls)
+                .collect::<Vec<_>>(),
             [true, false]
         );
         let client = config.client_tls.unwrap();
         assert_eq!(
-            (client.cert_file, client.key_file, client.trusted_ca_file, client.client_cert_auth),
+            (
+                client.cert_file,
+                client.key_file,
+                client.trusted_ca_file,
+                client.client_cert_auth
+            ),
             ("node.crt".into(), "node.key".into(), Some("ca.crt".into()), true)
         );
         let peer = config.peer_tls.unwrap();
@@ -778,7 +813,10 @@ mod tests {
             client_cert_auth: false,
             ..tls_settings()
         });
-        assert!(message.contains("--listen-client-urls") && message.contains("--cert-file"), "{message}");
+        assert!(
+            message.contains("--listen-client-urls") && message.contains("--cert-file"),
+            "{message}"
+        );
         let message = refusal(ServerSettings {
             key_file: None,
             ..tls_settings()
@@ -788,19 +826,28 @@ mod tests {
             peer_cert_file: None,
             ..tls_settings()
         });
-        assert!(message.starts_with("--peer-key-file: needs --peer-cert-file"), "{message}");
+        assert!(
+            message.starts_with("--peer-key-file: needs --peer-cert-file"),
+            "{message}"
+        );
         let message = refusal(ServerSettings {
             trusted_ca_file: None,
             ..tls_settings()
         });
-        assert!(message.starts_with("--client-cert-auth: needs --trusted-ca-file"), "{message}");
+        assert!(
+            message.starts_with("--client-cert-auth: needs --trusted-ca-file"),
+            "{message}"
+        );
         // Members dial each other over https: the peer CA is needed to check them.
         let message = refusal(ServerSettings {
             peer_trusted_ca_file: None,
             peer_client_cert_auth: false,
             ..tls_settings()
         });
-        assert!(message.contains("--initial-advertise-peer-urls") && message.contains("--peer-trusted-ca-file"), "{message}");
+        assert!(
+            message.contains("--initial-advertise-peer-urls") && message.contains("--peer-trusted-ca-file"),
+            "{message}"
+        );
         let message = refusal(ServerSettings {
             listen_client_urls: "http://127.0.0.1:2379".into(),
             listen_metrics_urls: String::new(),

@@ -9,8 +9,8 @@ use shoal::certs::{CertArgs, CertFiles};
 use shoal::cli::PlaygroundArgs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::process::{Child, Command};
 
@@ -101,7 +101,10 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
     let mut plan = Vec::new();
     for index in 0..args.nodes {
         let name = format!("n{}", index + 1);
-        let client_url = format!("{scheme}://127.0.0.1:{}", port(args.client_port_base, 2 * index, "client")?);
+        let client_url = format!(
+            "{scheme}://127.0.0.1:{}",
+            port(args.client_port_base, 2 * index, "client")?
+        );
         let peer_url = format!("{scheme}://127.0.0.1:{}", port(args.peer_port_base, 2 * index, "peer")?);
         let metrics_port = port(args.metrics_port_base, index, "metrics")?;
         plan.push((name, client_url, peer_url, metrics_port));

@@ -288,7 +288,9 @@ pub async fn run(
             stop_rx.clone(),
         ))
         .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX);
-        let server = tonic::transport::Server::builder().tcp_nodelay(true).add_service(service);
+        let server = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(service);
         if let Some(tls) = tls {
             let incoming = TlsIncoming::start(listener, tls, "peer");
             servers.spawn(server.serve_with_incoming_shutdown(incoming.into_stream(), stopped()));
@@ -299,18 +301,20 @@ pub async fn run(
     let max_decoding = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
     for (listener, tls) in client_listeners {
         let server = tonic::transport::Server::builder()
-                .layer(OversizeStatusLayer)
-                .add_service(KvServer::new(KvService::new(context.clone())).max_decoding_message_size(max_decoding))
-                .add_service(ClusterServer::new(ClusterService::new(context.clone())))
-                .add_service(MaintenanceServer::new(MaintenanceService::new(context.clone())))
-                .add_service(LeaseServer::new(LeaseService::new(context.clone())))
-                .add_service(WatchServer::new(WatchService::new(context.clone())))
-                .add_service(LockServer::new(LockService::new(context.clone())))
-                .add_service(ElectionServer::new(ElectionService::new(context.clone())));
+            .layer(OversizeStatusLayer)
+            .add_service(KvServer::new(KvService::new(context.clone())).max_decoding_message_size(max_decoding))
+            .add_service(ClusterServer::new(ClusterService::new(context.clone())))
+            .add_service(MaintenanceServer::new(MaintenanceService::new(context.clone())))
+            .add_service(LeaseServer::new(LeaseService::new(context.clone())))
+            .add_service(WatchServer::new(WatchService::new(context.clone())))
+            .add_service(LockServer::new(LockService::new(context.clone())))
+            .add_service(ElectionServer::new(ElectionService::new(context.clone())));
         // The authority repair reads HTTP/2 frames: behind TLS, the decrypted ones.
         if let Some(tls) = tls {
             let incoming = TlsIncoming::start(listener, tls, "client");
-            let connections = incoming.into_stream().map(|accepted| accepted.map(AuthorityRepair::new));
+            let connections = incoming
+                .into_stream()
+                .map(|accepted| accepted.map(AuthorityRepair::new));
             servers.spawn(server.serve_with_incoming_shutdown(connections, stopped()));
         } else {
             let connections = TcpListenerStream::new(listener).map(|accepted| {

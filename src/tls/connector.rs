@@ -29,11 +29,7 @@ impl TlsConnector {
 
     /// Connects to `host:port` and completes the handshake, checking the certificate
     /// against `host`.
-    pub async fn connect(
-        &self,
-        host: &str,
-        port: u16,
-    ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    pub async fn connect(&self, host: &str, port: u16) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         let name = rustls_pki_types::ServerName::try_from(bare.to_string())
             .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, format!("{host}: {error}")))?;
@@ -45,8 +41,9 @@ impl TlsConnector {
     }
 }
 
-type Connecting =
-    Pin<Box<dyn Future<Output = io::Result<hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>> + Send>>;
+type Connecting = Pin<
+    Box<dyn Future<Output = io::Result<hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>> + Send>,
+>;
 
 impl tower_service::Service<http::Uri> for TlsConnector {
     type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;

@@ -98,15 +98,21 @@ impl TlsIncoming {
     pub fn start(listener: TcpListener, config: Arc<ServerConfig>, purpose: &'static str) -> Self {
         let local_addr = listener.local_addr();
         let (sender, ready) = mpsc::channel(READY_MAX);
-        tokio::spawn(accept_loop(listener, tokio_rustls::TlsAcceptor::from(config), sender, purpose));
+        tokio::spawn(accept_loop(
+            listener,
+            tokio_rustls::TlsAcceptor::from(config),
+            sender,
+            purpose,
+        ));
         Self { ready, local_addr }
     }
 
     /// The connections as tonic's `serve_with_incoming` takes them.
     pub fn into_stream(self) -> impl tokio_stream::Stream<Item = io::Result<TlsConnection>> + Send + 'static {
-        tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(self.ready), |(connection, _)| {
-            Ok(connection)
-        })
+        tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::ReceiverStream::new(self.ready),
+            |(connection, _)| Ok(connection),
+        )
     }
 }
 

@@ -108,11 +108,7 @@ impl ReloadingCertificate {
             loaded.checked_at = Instant::now();
             let stamps = (stamp(&self.cert.1), stamp(&self.key.1));
             if stamps != loaded.stamps {
-                match load_pair(
-                    (&self.cert.0, &self.cert.1),
-                    (&self.key.0, &self.key.1),
-                    &self.provider,
-                ) {
+                match load_pair((&self.cert.0, &self.cert.1), (&self.key.0, &self.key.1), &self.provider) {
                     Ok(pair) => {
                         tracing::info!(cert_file = %self.cert.1.display(), "certificate files changed; new connections use the new certificate");
                         loaded.key = Arc::new(pair);
@@ -135,7 +131,11 @@ impl rustls::server::ResolvesServerCert for ReloadingCertificate {
 }
 
 impl rustls::client::ResolvesClientCert for ReloadingCertificate {
-    fn resolve(&self, _root_hint_subjects: &[&[u8]], _schemes: &[rustls::SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _schemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
         Some(self.current())
     }
 
@@ -254,16 +254,25 @@ mod tests {
             .to_string()
         };
         let message = error(dir.path());
-        assert!(message.contains("--cert-file") && message.contains("node.crt"), "{message}");
+        assert!(
+            message.contains("--cert-file") && message.contains("node.crt"),
+            "{message}"
+        );
         std::fs::write(dir.path().join("node.crt"), &first.cert_pem).unwrap();
         std::fs::write(dir.path().join("node.key"), "not a key").unwrap();
         let message = error(dir.path());
-        assert!(message.contains("--key-file") && message.contains("node.key"), "{message}");
+        assert!(
+            message.contains("--key-file") && message.contains("node.key"),
+            "{message}"
+        );
         std::fs::write(dir.path().join("node.key"), &second.key_pem).unwrap();
         let message = error(dir.path());
         assert!(message.contains("does not go with --cert-file"), "{message}");
         std::fs::write(dir.path().join("node.crt"), "no certificate here").unwrap();
         let message = error(dir.path());
-        assert!(message.contains("--cert-file") && message.contains("no PEM certificate"), "{message}");
+        assert!(
+            message.contains("--cert-file") && message.contains("no PEM certificate"),
+            "{message}"
+        );
     }
 }

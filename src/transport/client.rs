@@ -84,7 +84,11 @@ impl PeerTransport {
                 (None, true) => {
                     // Configuration checking refuses this; should it get here, the
                     // peer's TLS listener refuses the plain connection.
-                    tracing::error!(peer = format!("{peer_id:x}"), url, "https peer URL without peer TLS settings");
+                    tracing::error!(
+                        peer = format!("{peer_id:x}"),
+                        url,
+                        "https peer URL without peer TLS settings"
+                    );
                     endpoint(url)?.connect_lazy()
                 }
                 (_, false) => endpoint(url)?.connect_lazy(),
