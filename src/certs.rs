@@ -244,9 +244,9 @@ mod tests {
             .verify_server_cert(
                 &chain[0],
                 &[],
-                &rustls_pki_types::ServerName::try_from(name.to_string()).unwrap(),
+                &rustls::pki_types::ServerName::try_from(name.to_string()).unwrap(),
                 &[],
-                rustls_pki_types::UnixTime::now(),
+                rustls::pki_types::UnixTime::now(),
             )
             .map(|_| ())
     }
@@ -259,7 +259,7 @@ mod tests {
                 .unwrap();
         let chain = crate::tls::load_certificates("client", cert).unwrap();
         verifier
-            .verify_client_cert(&chain[0], &[], rustls_pki_types::UnixTime::now())
+            .verify_client_cert(&chain[0], &[], rustls::pki_types::UnixTime::now())
             .map(|_| ())
     }
 

@@ -31,7 +31,7 @@ impl TlsConnector {
     /// against `host`.
     pub async fn connect(&self, host: &str, port: u16) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
         let bare = host.trim_start_matches('[').trim_end_matches(']');
-        let name = rustls_pki_types::ServerName::try_from(bare.to_string())
+        let name = rustls::pki_types::ServerName::try_from(bare.to_string())
             .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, format!("{host}: {error}")))?;
         let tcp = TcpStream::connect((bare, port)).await?;
         let _ = tcp.set_nodelay(true);

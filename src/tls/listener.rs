@@ -4,8 +4,8 @@
 //! dropped. Finished connections come out of a channel, for tonic (as a stream) and for
 //! axum (as a [`axum::serve::Listener`]).
 
+use rustls::pki_types::CertificateDer;
 use rustls::ServerConfig;
-use rustls_pki_types::CertificateDer;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;

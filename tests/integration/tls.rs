@@ -719,3 +719,102 @@ async fn playground_with_tls_prints_a_working_etcdctl_line() {
     })
     .await;
 }
+
+/// Sends one gRPC Maintenance.Status call over raw HTTP/2 with `authority` as given (a
+/// URL, as etcdctl 3.4 sends on some dials) and says whether it was answered with data
+/// (true) or refused (false).
+async fn raw_status_call(
+    stream: &mut (impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin),
+    authority: &[u8],
+) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    fn frame(kind: u8, flags: u8, stream_id: u32, payload: &[u8]) -> Vec<u8> {
+        let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        out.extend_from_slice(&[kind, flags]);
+        out.extend_from_slice(&stream_id.to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+    const END_STREAM: u8 = 0x1;
+    const END_HEADERS: u8 = 0x4;
+    let block = loona_hpack::Encoder::new().encode([
+        (&b":method"[..], &b"POST"[..]),
+        (b":scheme", b"https"),
+        (b":path", b"/etcdserverpb.Maintenance/Status"),
+        (b":authority", authority),
+        (b"content-type", b"application/grpc"),
+        (b"te", b"trailers"),
+    ]);
+    let mut request = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    request.extend(frame(0x4, 0, 0, &[]));
+    request.extend(frame(0x1, END_HEADERS, 1, &block));
+    request.extend(frame(0x0, END_STREAM, 1, &[0, 0, 0, 0, 0]));
+    stream.write_all(&request).await.expect("writing the request");
+    loop {
+        let mut header = [0u8; 9];
+        if stream.read_exact(&mut header).await.is_err() {
+            return false;
+        }
+        let length = (usize::from(header[0]) << 16) | (usize::from(header[1]) << 8) | usize::from(header[2]);
+        let (kind, flags) = (header[3], header[4]);
+        let stream_id = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
+        let mut payload = vec![0u8; length];
+        if stream.read_exact(&mut payload).await.is_err() {
+            return false;
+        }
+        match (kind, stream_id) {
+            // The server's SETTINGS: acknowledge them.
+            (0x4, 0) if flags & 0x1 == 0 => stream.write_all(&frame(0x4, 0x1, 0, &[])).await.expect("settings ack"),
+            (0x0, 1) if length > 5 => return true, // a Status response message
+            (0x3, 1) | (0x7, _) => return false,   // RST_STREAM or GOAWAY
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_1_2_and_1_3_are_served_and_the_authority_repair_works_behind_tls() {
+    bounded(async {
+        let mut cluster = TlsCluster::start(1, None);
+        cluster.wait_ready(&[0]).await;
+        let port = cluster.nodes[0].client_port;
+        let certs = &cluster.certs;
+        for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+            let roots = shoal::tls::load_roots("cacert", &certs.ca_cert).unwrap();
+            let key = shoal::tls::reload::load_pair(
+                ("cert", &certs.client_cert),
+                ("key", &certs.client_key),
+                &shoal::tls::provider(),
+            )
+            .unwrap();
+            let mut config = rustls::ClientConfig::builder_with_provider(shoal::tls::provider())
+                .with_protocol_versions(&[version])
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_client_auth_cert(key.cert.clone(), {
+                    let pem = std::fs::read(&certs.client_key).unwrap();
+                    rustls::pki_types::pem::PemObject::from_pem_slice(&pem).unwrap()
+                })
+                .unwrap();
+            config.alpn_protocols = vec![b"h2".to_vec()];
+            let connector = shoal::tls::TlsConnector::new(Arc::new(config));
+            let stream = tokio::time::timeout(Duration::from_secs(10), connector.connect("127.0.0.1", port))
+                .await
+                .expect("handshake in time")
+                .unwrap_or_else(|error| panic!("{version:?}: {error}"));
+            assert_eq!(stream.get_ref().1.protocol_version(), Some(version.version));
+            assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        }
+
+        // A URL as :authority would make h2 refuse the stream; the repair fixes it on
+        // the decrypted bytes.
+        let connector = shoal::tls::TlsConnector::new(cluster.client_tls());
+        let mut stream = connector.connect("127.0.0.1", port).await.expect("TLS connection");
+        let url = format!("https://127.0.0.1:{port}");
+        let answered = tokio::time::timeout(Duration::from_secs(10), raw_status_call(&mut stream, url.as_bytes()))
+            .await
+            .expect("an answer in time");
+        assert!(answered, "a URL authority behind TLS was refused");
+    })
+    .await;
+}
