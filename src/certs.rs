@@ -13,7 +13,10 @@ use rcgen::{
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// The CA's subject: a CA found in the folder is taken to be one this command made.
+/// The CA's subject is this, followed by a digest of its public key: CAs made apart
+/// never share a name (a verifier that finds a CA by the issuer's name then reports an
+/// unknown issuer, not a bad signature), and the name of a CA found in the folder
+/// follows from its key alone.
 const CA_COMMON_NAME: &str = "Shoal local CA";
 const CA_ORGANIZATION: &str = "Shoal";
 const VALIDITY_DAYS_MAX: u32 = 3650;
@@ -114,10 +117,21 @@ fn random_serial() -> SerialNumber {
     SerialNumber::from(bytes.to_vec())
 }
 
-fn ca_params() -> Result<CertificateParams, CertError> {
+/// FNV-1a: a digest that is the same in every build (std's hasher may change), for
+/// telling CAs apart by name; nothing relies on it for security.
+fn name_digest(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash: u64, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn ca_params(key: &KeyPair) -> Result<CertificateParams, CertError> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     let mut name = DistinguishedName::new();
-    name.push(DnType::CommonName, CA_COMMON_NAME);
+    name.push(
+        DnType::CommonName,
+        format!("{CA_COMMON_NAME} {:016x}", name_digest(key.public_key_raw())),
+    );
     name.push(DnType::OrganizationName, CA_ORGANIZATION);
     params.distinguished_name = name;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -133,6 +147,8 @@ fn validity(params: &mut CertificateParams, days: u32) {
 }
 
 /// The CA of the folder: loaded if both files are there (and go together), else made.
+/// A CA found there is taken to be one this command made (its name follows from its
+/// key); certificates signed with another's key would name the wrong issuer.
 fn ca(files: &CertFiles) -> Result<Issuer<'static, KeyPair>, CertError> {
     if files.ca_cert.is_file() && files.ca_key.is_file() {
         crate::tls::reload::load_pair(
@@ -143,10 +159,10 @@ fn ca(files: &CertFiles) -> Result<Issuer<'static, KeyPair>, CertError> {
         .map_err(|error| CertError::Invalid(format!("the CA in the folder does not load: {error}")))?;
         let pem = std::fs::read_to_string(&files.ca_key).map_err(io_error(&files.ca_key))?;
         let key = KeyPair::from_pem(&pem)?;
-        return Ok(Issuer::new(ca_params()?, key));
+        return Ok(Issuer::new(ca_params(&key)?, key));
     }
     let key = KeyPair::generate()?;
-    let mut params = ca_params()?;
+    let mut params = ca_params(&key)?;
     params.serial_number = Some(random_serial());
     validity(&mut params, VALIDITY_DAYS_MAX);
     let certificate = params.self_signed(&key)?;
@@ -278,6 +294,22 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&files.node_key).unwrap().permissions().mode();
         assert_eq!(mode & 0o077, 0, "a private key is readable by others");
+    }
+
+    #[test]
+    fn another_folders_ca_has_another_name_and_its_certificates_are_not_trusted() {
+        let (one, other) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let files = create(&args(one.path())).unwrap();
+        let other_files = create(&args(other.path())).unwrap();
+        let error = verify_client(&files, &other_files.client_cert).unwrap_err();
+        // Not a bad signature: the verifier does not even find an issuer of that name.
+        assert!(
+            matches!(
+                error,
+                rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)
+            ),
+            "{error:?}"
+        );
     }
 
     #[test]

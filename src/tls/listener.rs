@@ -150,7 +150,7 @@ async fn accept_loop(
             let stream = match outcome {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(error)) => {
-                    tracing::warn!(listener = purpose, %remote, %error, "TLS handshake refused");
+                    tracing::warn!(listener = purpose, %remote, %error, "TLS handshake failed");
                     return;
                 }
                 Err(_) => {

@@ -94,7 +94,8 @@ struct TlsCluster {
 
 impl TlsCluster {
     /// Starts `size` nodes with certificates of one CA; `rogue_peer` gets a peer
-    /// certificate (and peer CA) of another CA. Does not wait for readiness.
+    /// certificate of another CA (and trusts the cluster's CA, so it is the others who
+    /// refuse it). Does not wait for readiness.
     fn start(size: usize, rogue_peer: Option<usize>) -> TlsCluster {
         let dir = tempfile::tempdir().expect("temporary folder");
         let certs = make_certs(&dir.path().join("certs"));
@@ -127,7 +128,7 @@ impl TlsCluster {
                 (&peer_certs.node_cert, &peer_certs.node_key),
                 (&node.peer_cert(), &node.peer_key()),
             );
-            std::fs::copy(&peer_certs.ca_cert, node.dir.join("peer-ca.crt")).expect("copying the CA");
+            std::fs::copy(&certs.ca_cert, node.dir.join("peer-ca.crt")).expect("copying the CA");
             nodes.push(node);
         }
         let initial_cluster = nodes
@@ -337,7 +338,7 @@ async fn etcdctl_needs_a_client_certificate_of_the_cluster_ca() {
         wait_for_log(
             &cluster.nodes[0],
             "the refusal of a client without certificate",
-            |log| log.contains("TLS handshake refused") && log.contains("no certificates"),
+            |log| log.contains("TLS handshake failed") && log.contains("no certificates"),
         )
         .await;
 
@@ -394,7 +395,7 @@ async fn etcdctl_needs_a_client_certificate_of_the_cluster_ca() {
             "plain HTTP got an answer"
         );
         wait_for_log(&cluster.nodes[0], "the refusal of plain HTTP", |log| {
-            log.contains("TLS handshake refused") && log.contains("InvalidContentType")
+            log.contains("TLS handshake failed") && log.contains("InvalidContentType")
         })
         .await;
         let (ok, out, err) = tokio::task::block_in_place(|| cluster.etcdctl(&[0], &["get", "secure"]));
@@ -448,9 +449,13 @@ async fn a_member_with_another_cas_peer_certificate_is_refused_at_the_handshake(
         // The two members with the cluster's peer certificates form a quorum.
         cluster.wait_ready(&[0, 1]).await;
         for (index, node) in cluster.nodes.iter().enumerate().take(2) {
-            wait_for_log(node, "refusing the rogue member's peer connection", |log| {
-                log.lines()
-                    .any(|line| line.contains("TLS handshake refused") && line.contains("listener=\"peer\""))
+            // Refused by this member, for the certificate it was shown.
+            wait_for_log(node, "refusing the rogue member's peer certificate", |log| {
+                log.lines().any(|line| {
+                    line.contains("TLS handshake failed")
+                        && line.contains("listener=\"peer\"")
+                        && line.contains("invalid peer certificate")
+                })
             })
             .await;
             let (ok, out, err) = tokio::task::block_in_place(|| {
