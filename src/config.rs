@@ -308,42 +308,66 @@ fn is_https(url: &str) -> bool {
     url.starts_with("https://")
 }
 
-/// The TLS files of one side (client or peer, named by `prefix`), if any is given.
-fn tls_files(
+/// The setting names of one side's TLS files, for errors.
+struct TlsSettingNames {
     prefix: &'static str,
+    cert_file: &'static str,
+    key_file: &'static str,
+    trusted_ca_file: &'static str,
+    client_cert_auth: &'static str,
+}
+
+const CLIENT_TLS: TlsSettingNames = TlsSettingNames {
+    prefix: "",
+    cert_file: "cert-file",
+    key_file: "key-file",
+    trusted_ca_file: "trusted-ca-file",
+    client_cert_auth: "client-cert-auth",
+};
+
+const PEER_TLS: TlsSettingNames = TlsSettingNames {
+    prefix: "peer-",
+    cert_file: "peer-cert-file",
+    key_file: "peer-key-file",
+    trusted_ca_file: "peer-trusted-ca-file",
+    client_cert_auth: "peer-client-cert-auth",
+};
+
+/// The TLS files of one side (client or peer), if any is given.
+fn tls_files(
+    names: &TlsSettingNames,
     cert_file: &Option<PathBuf>,
     key_file: &Option<PathBuf>,
     trusted_ca_file: &Option<PathBuf>,
     client_cert_auth: bool,
 ) -> Result<Option<ServerTlsFiles>, ConfigError> {
-    let setting = |name: &str| -> &'static str {
-        match (prefix, name) {
-            ("", "cert-file") => "cert-file",
-            ("", "key-file") => "key-file",
-            ("", "client-cert-auth") => "client-cert-auth",
-            (_, "cert-file") => "peer-cert-file",
-            (_, "key-file") => "peer-key-file",
-            _ => "peer-client-cert-auth",
-        }
-    };
     let (cert_file, key_file) = match (cert_file, key_file) {
         (Some(cert), Some(key)) => (cert.clone(), key.clone()),
-        (Some(_), None) => return Err(invalid(setting("cert-file"), format!("needs --{prefix}key-file"))),
-        (None, Some(_)) => return Err(invalid(setting("key-file"), format!("needs --{prefix}cert-file"))),
-        (None, None) => {
-            if client_cert_auth || trusted_ca_file.is_some() {
-                return Err(invalid(
-                    setting("client-cert-auth"),
-                    format!("client certificates are checked on TLS connections only: give --{prefix}cert-file and --{prefix}key-file"),
-                ));
-            }
-            return Ok(None);
+        (Some(_), None) => return Err(invalid(names.cert_file, format!("needs --{}", names.key_file))),
+        (None, Some(_)) => return Err(invalid(names.key_file, format!("needs --{}", names.cert_file))),
+        (None, None) if client_cert_auth || trusted_ca_file.is_some() => {
+            let setting = if client_cert_auth {
+                names.client_cert_auth
+            } else {
+                names.trusted_ca_file
+            };
+            return Err(invalid(
+                setting,
+                format!(
+                    "client certificates are checked on TLS connections only: give --{} and --{}",
+                    names.cert_file, names.key_file
+                ),
+            ));
         }
+        (None, None) => return Ok(None),
     };
     if client_cert_auth && trusted_ca_file.is_none() {
         return Err(invalid(
-            setting("client-cert-auth"),
-            format!("needs --{prefix}trusted-ca-file, the CA that signs the certificates to accept"),
+            names.client_cert_auth,
+            format!(
+                "needs --{}, the CA that signs the certificates to accept",
+                names.trusted_ca_file
+            ),
         ));
     }
     Ok(Some(ServerTlsFiles {
@@ -351,7 +375,7 @@ fn tls_files(
         key_file,
         trusted_ca_file: trusted_ca_file.clone(),
         client_cert_auth,
-        flag_prefix: prefix,
+        flag_prefix: names.prefix,
     }))
 }
 
@@ -515,14 +539,14 @@ impl TryFrom<ServerSettings> for NodeConfig {
         }
         let metrics_listen = resolve_list("listen-metrics-urls", &settings.listen_metrics_urls)?;
         let client_tls = tls_files(
-            "",
+            &CLIENT_TLS,
             &settings.cert_file,
             &settings.key_file,
             &settings.trusted_ca_file,
             settings.client_cert_auth,
         )?;
         let peer_tls = tls_files(
-            "peer-",
+            &PEER_TLS,
             &settings.peer_cert_file,
             &settings.peer_key_file,
             &settings.peer_trusted_ca_file,
@@ -856,6 +880,15 @@ mod tests {
             ..tls_settings()
         });
         assert!(message.starts_with("--client-cert-auth"), "{message}");
+        let message = refusal(ServerSettings {
+            listen_client_urls: "http://127.0.0.1:2379".into(),
+            listen_metrics_urls: String::new(),
+            cert_file: None,
+            key_file: None,
+            client_cert_auth: false,
+            ..tls_settings()
+        });
+        assert!(message.starts_with("--trusted-ca-file"), "{message}");
     }
 
     #[test]
