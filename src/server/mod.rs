@@ -4,6 +4,7 @@
 pub mod compactor;
 pub mod http;
 pub mod identity;
+mod tls;
 
 use crate::api::etcd::{
     self, ClusterService, ElectionService, EtcdContext, KvService, LeaseService, Limits, LockService,
@@ -29,7 +30,7 @@ use crate::range::FIRST_RANGE_ID;
 use crate::router::Router;
 use crate::storage::{Engine, FjallEngine, StorageError};
 use crate::store::{Store, StoreHandle, StoreInput};
-use crate::tls::{ServerTls, TlsConnector, TlsError, TlsIncoming, ALPN_H2, ALPN_HTTP1};
+use crate::tls::TlsError;
 use crate::transport::{PeerIdentity, PeerService, PeerTransport, PEER_MESSAGE_BYTES_MAX};
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::collections::HashMap;
@@ -38,7 +39,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 
 /// gRPC framing and the rest of a request beyond its payload; etcd allows the same.
@@ -92,43 +92,6 @@ async fn bind(
     Ok(listeners)
 }
 
-/// The node's TLS material, read at startup so a bad file stops it with the flag named.
-struct NodeTls {
-    /// Client listeners (gRPC, ALPN h2).
-    client: Option<Arc<rustls::ServerConfig>>,
-    /// Metrics listeners: the client side's certificate, HTTP/1.1.
-    metrics: Option<Arc<rustls::ServerConfig>>,
-    peer: Option<Arc<rustls::ServerConfig>>,
-    /// Dials `https://` peer URLs: checks the peer CA, shows the peer certificate.
-    peer_dialer: Option<TlsConnector>,
-}
-
-impl NodeTls {
-    fn load(config: &NodeConfig) -> Result<Self, TlsError> {
-        let client = config.client_tls.as_ref().map(ServerTls::load).transpose()?;
-        let peer = config.peer_tls.as_ref().map(ServerTls::load).transpose()?;
-        let peer_dialer = match (&config.peer_tls, &peer) {
-            (Some(files), Some(peer)) => match &files.trusted_ca_file {
-                Some(ca) => {
-                    let roots = crate::tls::load_roots("peer-trusted-ca-file", ca)?;
-                    Some(TlsConnector::new(crate::tls::client_config(
-                        roots,
-                        Some(peer.certificate.clone()),
-                    )?))
-                }
-                None => None,
-            },
-            _ => None,
-        };
-        Ok(Self {
-            client: client.as_ref().map(|side| side.server_config(ALPN_H2)).transpose()?,
-            metrics: client.as_ref().map(|side| side.server_config(ALPN_HTTP1)).transpose()?,
-            peer: peer.as_ref().map(|side| side.server_config(ALPN_H2)).transpose()?,
-            peer_dialer,
-        })
-    }
-}
-
 /// The whole key space, as the first range.
 fn first_range() -> RangeDescriptor {
     RangeDescriptor {
@@ -146,7 +109,7 @@ pub async fn run(
     metrics: Option<PrometheusHandle>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NodeError> {
-    let tls = NodeTls::load(&config)?;
+    let tls = tls::NodeTls::load(&config)?;
     std::fs::create_dir_all(&config.data_dir)?;
     let snapshot_dir = config.data_dir.join("snap");
     std::fs::create_dir_all(&snapshot_dir)?;
@@ -288,55 +251,38 @@ pub async fn run(
             stop_rx.clone(),
         ))
         .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX);
-        let server = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .add_service(service);
-        if let Some(tls) = tls {
-            let incoming = TlsIncoming::start(listener, tls, "peer");
-            servers.spawn(server.serve_with_incoming_shutdown(incoming.into_stream(), stopped()));
-        } else {
-            servers.spawn(server.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped()));
-        }
+        servers.spawn(
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(service)
+                .serve_with_incoming_shutdown(crate::tls::incoming(listener, tls, "peer"), stopped()),
+        );
     }
     let max_decoding = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
     for (listener, tls) in client_listeners {
-        let server = tonic::transport::Server::builder()
-            .layer(OversizeStatusLayer)
-            .add_service(KvServer::new(KvService::new(context.clone())).max_decoding_message_size(max_decoding))
-            .add_service(ClusterServer::new(ClusterService::new(context.clone())))
-            .add_service(MaintenanceServer::new(MaintenanceService::new(context.clone())))
-            .add_service(LeaseServer::new(LeaseService::new(context.clone())))
-            .add_service(WatchServer::new(WatchService::new(context.clone())))
-            .add_service(LockServer::new(LockService::new(context.clone())))
-            .add_service(ElectionServer::new(ElectionService::new(context.clone())));
-        // The authority repair reads HTTP/2 frames: behind TLS, the decrypted ones.
-        if let Some(tls) = tls {
-            let incoming = TlsIncoming::start(listener, tls, "client");
-            let connections = incoming
-                .into_stream()
-                .map(|accepted| accepted.map(AuthorityRepair::new));
-            servers.spawn(server.serve_with_incoming_shutdown(connections, stopped()));
-        } else {
-            let connections = TcpListenerStream::new(listener).map(|accepted| {
-                accepted.map(|stream| {
-                    let _ = stream.set_nodelay(true);
-                    AuthorityRepair::new(stream)
-                })
-            });
-            servers.spawn(server.serve_with_incoming_shutdown(connections, stopped()));
-        }
+        // Behind TLS the authority repair reads the decrypted HTTP/2 frames.
+        let connections =
+            crate::tls::incoming(listener, tls, "client").map(|accepted| accepted.map(AuthorityRepair::new));
+        servers.spawn(
+            tonic::transport::Server::builder()
+                .layer(OversizeStatusLayer)
+                .add_service(KvServer::new(KvService::new(context.clone())).max_decoding_message_size(max_decoding))
+                .add_service(ClusterServer::new(ClusterService::new(context.clone())))
+                .add_service(MaintenanceServer::new(MaintenanceService::new(context.clone())))
+                .add_service(LeaseServer::new(LeaseService::new(context.clone())))
+                .add_service(WatchServer::new(WatchService::new(context.clone())))
+                .add_service(LockServer::new(LockService::new(context.clone())))
+                .add_service(ElectionServer::new(ElectionService::new(context.clone())))
+                .serve_with_incoming_shutdown(connections, stopped()),
+        );
     }
     let mut http_servers = tokio::task::JoinSet::new();
     for (listener, tls) in metrics_listeners {
+        // As etcd: https metrics use the client side's certificate and client auth.
+        let listener = crate::tls::ServerListener::new(listener, tls, "metrics");
         let app = http::routes(router.clone(), metrics.clone());
         let stop = stopped();
-        // etcd serves https metrics with the client side's certificate and client auth.
-        if let Some(tls) = tls {
-            let incoming = TlsIncoming::start(listener, tls, "metrics");
-            http_servers.spawn(async move { axum::serve(incoming, app).with_graceful_shutdown(stop).await });
-        } else {
-            http_servers.spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop).await });
-        }
+        http_servers.spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop).await });
     }
     tracing::info!(
         clients = ?config.advertise_client_urls,

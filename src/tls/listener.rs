@@ -195,3 +195,139 @@ impl axum::serve::Listener for TlsIncoming {
         }
     }
 }
+
+/// A connection accepted on a listener that serves TLS or not, as its URL says.
+pub enum ServerConnection {
+    Plain(TcpStream),
+    Tls(Box<TlsConnection>),
+}
+
+impl AsyncRead for ServerConnection {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ServerConnection {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Plain(stream) => stream.is_write_vectored(),
+            Self::Tls(stream) => stream.is_write_vectored(),
+        }
+    }
+}
+
+impl tonic::transport::server::Connected for ServerConnection {
+    type ConnectInfo = TlsConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        match self {
+            Self::Plain(stream) => TlsConnectInfo {
+                local_addr: stream.local_addr().ok(),
+                remote_addr: stream.peer_addr().ok(),
+                peer_certificates: None,
+            },
+            Self::Tls(stream) => stream.info.clone(),
+        }
+    }
+}
+
+/// The connections of `listener` for tonic's `serve_with_incoming`: over TLS with `tls`,
+/// plain without. `purpose` names the listener in log lines.
+pub fn incoming(
+    listener: TcpListener,
+    tls: Option<Arc<ServerConfig>>,
+    purpose: &'static str,
+) -> Pin<Box<dyn tokio_stream::Stream<Item = io::Result<ServerConnection>> + Send>> {
+    use tokio_stream::StreamExt;
+    match tls {
+        Some(tls) => Box::pin(
+            TlsIncoming::start(listener, tls, purpose)
+                .into_stream()
+                .map(|accepted| accepted.map(|connection| ServerConnection::Tls(Box::new(connection)))),
+        ),
+        None => Box::pin(
+            tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
+                accepted.map(|stream| {
+                    let _ = stream.set_nodelay(true);
+                    ServerConnection::Plain(stream)
+                })
+            }),
+        ),
+    }
+}
+
+/// A listener for axum: over TLS with a configuration, plain without.
+pub enum ServerListener {
+    Plain(TcpListener),
+    Tls(TlsIncoming),
+}
+
+impl ServerListener {
+    pub fn new(listener: TcpListener, tls: Option<Arc<ServerConfig>>, purpose: &'static str) -> Self {
+        match tls {
+            Some(tls) => Self::Tls(TlsIncoming::start(listener, tls, purpose)),
+            None => Self::Plain(listener),
+        }
+    }
+}
+
+impl axum::serve::Listener for ServerListener {
+    type Io = ServerConnection;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self {
+            Self::Plain(listener) => {
+                let (stream, address) = axum::serve::Listener::accept(listener).await;
+                (ServerConnection::Plain(stream), address)
+            }
+            Self::Tls(incoming) => {
+                let (connection, address) = axum::serve::Listener::accept(incoming).await;
+                (ServerConnection::Tls(Box::new(connection)), address)
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        match self {
+            Self::Plain(listener) => axum::serve::Listener::local_addr(listener),
+            Self::Tls(incoming) => axum::serve::Listener::local_addr(incoming),
+        }
+    }
+}

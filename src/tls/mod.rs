@@ -13,7 +13,7 @@ pub mod listener;
 pub mod reload;
 
 pub use connector::TlsConnector;
-pub use listener::{TlsConnectInfo, TlsConnection, TlsIncoming};
+pub use listener::{incoming, ServerConnection, ServerListener, TlsConnectInfo, TlsConnection, TlsIncoming};
 pub use reload::ReloadingCertificate;
 
 use rustls::crypto::CryptoProvider;
