@@ -507,6 +507,13 @@ async fn rotated_certificates_reach_new_connections_and_open_ones_keep_working()
         let port = cluster.nodes[0].client_port;
         let old = first_certificate(&cluster.nodes[0].cert());
         assert_eq!(presented_certificate(port, &tls).await.as_deref(), Some(old.as_slice()));
+        // A connection opened under the old certificate, in use.
+        let mut open = shoal::tls::TlsConnector::new(tls.clone())
+            .connect("127.0.0.1", port)
+            .await
+            .expect("TLS connection");
+        let authority = format!("127.0.0.1:{port}");
+        assert!(raw_status_call(&mut open, authority.as_bytes()).await);
 
         // A watch on an open connection, seeing a first change.
         let certs = &cluster.certs;
@@ -575,6 +582,9 @@ async fn rotated_certificates_reach_new_connections_and_open_ones_keep_working()
         }
         wait_for_log(node, "the reload", |log| log.contains("certificate files changed")).await;
 
+        // The connection opened under the old certificate still carries HTTP/2 traffic.
+        let pinged = tokio::time::timeout(Duration::from_secs(10), raw_ping(&mut open)).await;
+        assert!(matches!(pinged, Ok(true)), "the open connection broke at the rotation");
         // The watch's connection, opened under the old certificate, still delivers.
         let (ok, out, err) = tokio::task::block_in_place(|| cluster.etcdctl(&[0], &["put", "rotating", "after"]));
         assert!(ok, "{out}{err}");
@@ -725,36 +735,22 @@ async fn playground_with_tls_prints_a_working_etcdctl_line() {
     .await;
 }
 
-/// Sends one gRPC Maintenance.Status call over raw HTTP/2 with `authority` as given (a
-/// URL, as etcdctl 3.4 sends on some dials) and says whether it was answered with data
-/// (true) or refused (false).
-async fn raw_status_call(
+fn h2_frame(kind: u8, flags: u8, stream_id: u32, payload: &[u8]) -> Vec<u8> {
+    let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    out.extend_from_slice(&[kind, flags]);
+    out.extend_from_slice(&stream_id.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Reads HTTP/2 frames (acknowledging the server's SETTINGS) until `verdict` of a
+/// frame's (type, flags, stream, payload length) says true or false; false if the
+/// connection ends first.
+async fn h2_read_until(
     stream: &mut (impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin),
-    authority: &[u8],
+    verdict: impl Fn(u8, u8, u32, usize) -> Option<bool>,
 ) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    fn frame(kind: u8, flags: u8, stream_id: u32, payload: &[u8]) -> Vec<u8> {
-        let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
-        out.extend_from_slice(&[kind, flags]);
-        out.extend_from_slice(&stream_id.to_be_bytes());
-        out.extend_from_slice(payload);
-        out
-    }
-    const END_STREAM: u8 = 0x1;
-    const END_HEADERS: u8 = 0x4;
-    let block = loona_hpack::Encoder::new().encode([
-        (&b":method"[..], &b"POST"[..]),
-        (b":scheme", b"https"),
-        (b":path", b"/etcdserverpb.Maintenance/Status"),
-        (b":authority", authority),
-        (b"content-type", b"application/grpc"),
-        (b"te", b"trailers"),
-    ]);
-    let mut request = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    request.extend(frame(0x4, 0, 0, &[]));
-    request.extend(frame(0x1, END_HEADERS, 1, &block));
-    request.extend(frame(0x0, END_STREAM, 1, &[0, 0, 0, 0, 0]));
-    stream.write_all(&request).await.expect("writing the request");
     loop {
         let mut header = [0u8; 9];
         if stream.read_exact(&mut header).await.is_err() {
@@ -767,14 +763,63 @@ async fn raw_status_call(
         if stream.read_exact(&mut payload).await.is_err() {
             return false;
         }
-        match (kind, stream_id) {
-            // The server's SETTINGS: acknowledge them.
-            (0x4, 0) if flags & 0x1 == 0 => stream.write_all(&frame(0x4, 0x1, 0, &[])).await.expect("settings ack"),
-            (0x0, 1) if length > 5 => return true, // a Status response message
-            (0x3, 1) | (0x7, _) => return false,   // RST_STREAM or GOAWAY
-            _ => {}
+        if (kind, stream_id, flags & 0x1) == (0x4, 0, 0) {
+            let ack = h2_frame(0x4, 0x1, 0, &[]);
+            if stream.write_all(&ack).await.is_err() {
+                return false;
+            }
+        }
+        if kind == 0x7 {
+            return false; // GOAWAY
+        }
+        if let Some(answer) = verdict(kind, flags, stream_id, length) {
+            return answer;
         }
     }
+}
+
+/// Opens HTTP/2 on `stream` and sends one gRPC Maintenance.Status call with `authority`
+/// as given (a URL, as etcdctl 3.4 sends on some dials); says whether it was answered
+/// with data (true) or refused (false).
+async fn raw_status_call(
+    stream: &mut (impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin),
+    authority: &[u8],
+) -> bool {
+    use tokio::io::AsyncWriteExt;
+    const END_STREAM: u8 = 0x1;
+    const END_HEADERS: u8 = 0x4;
+    let block = loona_hpack::Encoder::new().encode([
+        (&b":method"[..], &b"POST"[..]),
+        (b":scheme", b"https"),
+        (b":path", b"/etcdserverpb.Maintenance/Status"),
+        (b":authority", authority),
+        (b"content-type", b"application/grpc"),
+        (b"te", b"trailers"),
+    ]);
+    let mut request = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    request.extend(h2_frame(0x4, 0, 0, &[]));
+    request.extend(h2_frame(0x1, END_HEADERS, 1, &block));
+    request.extend(h2_frame(0x0, END_STREAM, 1, &[0, 0, 0, 0, 0]));
+    stream.write_all(&request).await.expect("writing the request");
+    h2_read_until(stream, |kind, _, stream_id, length| match (kind, stream_id) {
+        (0x0, 1) if length > 5 => Some(true), // a Status response message
+        (0x3, 1) => Some(false),              // RST_STREAM
+        _ => None,
+    })
+    .await
+}
+
+/// Pings the server on an HTTP/2 connection that `raw_status_call` opened; true once
+/// the acknowledgement comes back.
+async fn raw_ping(stream: &mut (impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin)) -> bool {
+    use tokio::io::AsyncWriteExt;
+    if stream.write_all(&h2_frame(0x6, 0, 0, b"rotation")).await.is_err() {
+        return false;
+    }
+    h2_read_until(stream, |kind, flags, _, _| {
+        (kind == 0x6 && flags & 0x1 == 1).then_some(true)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
