@@ -623,20 +623,17 @@ impl TryFrom<ServerSettings> for NodeConfig {
                 peer_dial_urls.insert(member.name, member.peer_urls[0].clone());
             }
         }
-        // Dialing a member over https checks its certificate against the peer CA and
-        // shows ours: both are needed.
+        // Dialing another member over https checks its certificate against the peer CA
+        // and shows ours: both are needed (a member alone dials no one).
         let dial_tls = peer_tls.as_ref().filter(|tls| tls.trusted_ca_file.is_some()).cloned();
         let dial_needs =
             "--peer-cert-file, --peer-key-file and --peer-trusted-ca-file (members dial each other over TLS)";
         check_tls_urls(
-            "initial-advertise-peer-urls",
-            &advertise_peer_urls,
-            &dial_tls,
-            dial_needs,
-        )?;
-        check_tls_urls(
             "initial-cluster",
-            initial_cluster.iter().flat_map(|member| &member.peer_urls),
+            initial_cluster
+                .iter()
+                .filter(|member| member.name != settings.name)
+                .flat_map(|member| &member.peer_urls),
             &dial_tls,
             dial_needs,
         )?;
@@ -862,16 +859,25 @@ mod tests {
             message.starts_with("--client-cert-auth: needs --trusted-ca-file"),
             "{message}"
         );
-        // Members dial each other over https: the peer CA is needed to check them.
+        // Members dial each other over https: the peer CA is needed to check them...
         let message = refusal(ServerSettings {
             peer_trusted_ca_file: None,
             peer_client_cert_auth: false,
+            initial_cluster: Some("n1=https://127.0.0.1:2380,n2=https://127.0.0.1:2480".into()),
             ..tls_settings()
         });
         assert!(
-            message.contains("--initial-advertise-peer-urls") && message.contains("--peer-trusted-ca-file"),
+            message.starts_with("--initial-cluster: https://127.0.0.1:2480")
+                && message.contains("--peer-trusted-ca-file"),
             "{message}"
         );
+        // ...but a member alone dials no one.
+        assert!(NodeConfig::try_from(ServerSettings {
+            peer_trusted_ca_file: None,
+            peer_client_cert_auth: false,
+            ..tls_settings()
+        })
+        .is_ok());
         let message = refusal(ServerSettings {
             listen_client_urls: "http://127.0.0.1:2379".into(),
             listen_metrics_urls: String::new(),
