@@ -26,6 +26,8 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
     /// Run a cluster under a seeded schedule of faults with checked client workloads.
     Chaos(crate::chaos::ChaosArgs),
+    /// Create a CA and node and client certificates for local TLS (not for production).
+    Cert(crate::certs::CertArgs),
 }
 
 #[derive(Args, Debug)]
@@ -134,6 +136,38 @@ pub struct ServerFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auto_compaction_retention: Option<String>,
+    /// Certificate (PEM) for https:// client and metrics URLs
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --cert-file
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// CA certificates (PEM) that sign client certificates
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Require a client certificate signed by --trusted-ca-file [default: false]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cert_auth: Option<bool>,
+    /// Certificate (PEM) for https:// peer URLs, also shown when dialing other members
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --peer-cert-file
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_key_file: Option<PathBuf>,
+    /// CA certificates (PEM) that sign the members' peer certificates
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Require a peer certificate signed by --peer-trusted-ca-file [default: false]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_client_cert_auth: Option<bool>,
 }
 
 #[derive(Args, Debug)]
@@ -153,4 +187,47 @@ pub struct PlaygroundArgs {
     /// Metrics port of the first node; node i uses base + i
     #[arg(long, default_value_t = 9090)]
     pub metrics_port_base: u16,
+    /// Serve https on every port with mutual TLS between the nodes, using certificates
+    /// made in <data-dir>/certs (kept across restarts)
+    #[arg(long)]
+    pub tls: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn tls_flags_parse_as_etcd_spells_them() {
+        let cli = Cli::try_parse_from([
+            "shoal",
+            "server",
+            "--cert-file",
+            "/certs/node.crt",
+            "--key-file=/certs/node.key",
+            "--client-cert-auth",
+            "--peer-client-cert-auth=false",
+            "--peer-trusted-ca-file",
+            "/certs/ca.crt",
+        ])
+        .unwrap();
+        let Command::Server(args) = cli.command else {
+            panic!("not the server command");
+        };
+        let flags = &args.flags;
+        assert_eq!(
+            flags.cert_file.as_deref(),
+            Some(std::path::Path::new("/certs/node.crt"))
+        );
+        assert_eq!(flags.key_file.as_deref(), Some(std::path::Path::new("/certs/node.key")));
+        assert_eq!(
+            (flags.client_cert_auth, flags.peer_client_cert_auth),
+            (Some(true), Some(false))
+        );
+        // Flags reach the settings under the same names as the file's keys.
+        let settings = crate::config::ServerSettings::load(None, flags).unwrap();
+        assert!(settings.client_cert_auth && !settings.peer_client_cert_auth);
+        assert_eq!(settings.peer_trusted_ca_file, Some(PathBuf::from("/certs/ca.crt")));
+    }
 }

@@ -9,6 +9,8 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::tls::ServerTlsFiles;
+
 /// What history to keep.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Retention {
@@ -86,6 +88,23 @@ pub struct ServerSettings {
     /// History kept by automatic compaction; "0" keeps everything. Periodic mode: a
     /// duration ("30m", "1h") or a number of hours; revision mode: a number of revisions.
     pub auto_compaction_retention: String,
+    /// Certificate (PEM) the client and metrics listeners present over `https://`.
+    pub cert_file: Option<PathBuf>,
+    /// Private key (PEM) of `cert-file`.
+    pub key_file: Option<PathBuf>,
+    /// CA certificates (PEM) that sign client certificates.
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Every client connection must show a certificate signed by `trusted-ca-file`.
+    pub client_cert_auth: bool,
+    /// Certificate (PEM) the peer listener presents, and this member shows when it
+    /// dials an `https://` peer URL.
+    pub peer_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of `peer-cert-file`.
+    pub peer_key_file: Option<PathBuf>,
+    /// CA certificates (PEM) that sign the members' peer certificates.
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Every peer connection must show a certificate signed by `peer-trusted-ca-file`.
+    pub peer_client_cert_auth: bool,
 }
 
 impl Default for ServerSettings {
@@ -114,6 +133,14 @@ impl Default for ServerSettings {
             experimental_peer_dial_urls: None,
             auto_compaction_mode: "periodic".into(),
             auto_compaction_retention: "0".into(),
+            cert_file: None,
+            key_file: None,
+            trusted_ca_file: None,
+            client_cert_auth: false,
+            peer_cert_file: None,
+            peer_key_file: None,
+            peer_trusted_ca_file: None,
+            peer_client_cert_auth: false,
         }
     }
 }
@@ -141,6 +168,14 @@ const SETTING_NAMES: &[&str] = &[
     "experimental-peer-dial-urls",
     "auto-compaction-mode",
     "auto-compaction-retention",
+    "cert-file",
+    "key-file",
+    "trusted-ca-file",
+    "client-cert-auth",
+    "peer-cert-file",
+    "peer-key-file",
+    "peer-trusted-ca-file",
+    "peer-client-cert-auth",
 ];
 
 impl ServerSettings {
@@ -173,19 +208,30 @@ pub struct InitialMember {
     pub peer_urls: Vec<String>,
 }
 
+/// One address to listen on, and whether it serves TLS (`https://`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenUrl {
+    pub address: SocketAddr,
+    pub tls: bool,
+}
+
 /// Checked settings of one node.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
     pub name: String,
     pub data_dir: PathBuf,
-    pub client_listen: Vec<SocketAddr>,
+    pub client_listen: Vec<ListenUrl>,
     pub advertise_client_urls: Vec<String>,
-    pub peer_listen: Vec<SocketAddr>,
+    pub peer_listen: Vec<ListenUrl>,
     pub advertise_peer_urls: Vec<String>,
     pub initial_cluster: Vec<InitialMember>,
     pub cluster_state: ClusterState,
     pub cluster_token: String,
-    pub metrics_listen: Vec<SocketAddr>,
+    pub metrics_listen: Vec<ListenUrl>,
+    /// TLS of the client and metrics listeners (`--cert-file`...), if configured.
+    pub client_tls: Option<ServerTlsFiles>,
+    /// TLS of the peer listener and of dialing `https://` peers (`--peer-cert-file`...).
+    pub peer_tls: Option<ServerTlsFiles>,
     pub heartbeat_interval: Duration,
     pub election_timeout: Duration,
     pub max_txn_ops: usize,
@@ -224,17 +270,13 @@ fn split_list(value: &str) -> Vec<String> {
         .collect()
 }
 
-/// Resolves `http://host:port` to socket addresses.
+/// Resolves `http://host:port` or `https://host:port` to socket addresses.
 pub fn resolve_url(setting: &'static str, url: &str) -> Result<Vec<SocketAddr>, ConfigError> {
-    let rest = if let Some(rest) = url.strip_prefix("http://") {
-        rest
-    } else if url.starts_with("https://") {
+    let Some(rest) = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")) else {
         return Err(invalid(
             setting,
-            format!("{url}: TLS is not supported yet; use http://"),
+            format!("{url}: expected http://host:port or https://host:port"),
         ));
-    } else {
-        return Err(invalid(setting, format!("{url}: expected http://host:port")));
     };
     let authority = rest.trim_end_matches('/');
     if authority.contains('/') {
@@ -250,13 +292,104 @@ pub fn resolve_url(setting: &'static str, url: &str) -> Result<Vec<SocketAddr>, 
     Ok(addresses)
 }
 
-fn resolve_list(setting: &'static str, value: &str) -> Result<Vec<SocketAddr>, ConfigError> {
+fn resolve_list(setting: &'static str, value: &str) -> Result<Vec<ListenUrl>, ConfigError> {
     let mut addresses = Vec::new();
     for url in split_list(value) {
         // A listener binds one address per URL.
-        addresses.push(resolve_url(setting, &url)?[0]);
+        addresses.push(ListenUrl {
+            address: resolve_url(setting, &url)?[0],
+            tls: is_https(&url),
+        });
     }
     Ok(addresses)
+}
+
+fn is_https(url: &str) -> bool {
+    url.starts_with("https://")
+}
+
+/// The setting names of one side's TLS files, for errors.
+struct TlsSettingNames {
+    prefix: &'static str,
+    cert_file: &'static str,
+    key_file: &'static str,
+    trusted_ca_file: &'static str,
+    client_cert_auth: &'static str,
+}
+
+const CLIENT_TLS: TlsSettingNames = TlsSettingNames {
+    prefix: "",
+    cert_file: "cert-file",
+    key_file: "key-file",
+    trusted_ca_file: "trusted-ca-file",
+    client_cert_auth: "client-cert-auth",
+};
+
+const PEER_TLS: TlsSettingNames = TlsSettingNames {
+    prefix: "peer-",
+    cert_file: "peer-cert-file",
+    key_file: "peer-key-file",
+    trusted_ca_file: "peer-trusted-ca-file",
+    client_cert_auth: "peer-client-cert-auth",
+};
+
+/// The TLS files of one side (client or peer), if any is given.
+fn tls_files(
+    names: &TlsSettingNames,
+    cert_file: &Option<PathBuf>,
+    key_file: &Option<PathBuf>,
+    trusted_ca_file: &Option<PathBuf>,
+    client_cert_auth: bool,
+) -> Result<Option<ServerTlsFiles>, ConfigError> {
+    let (cert_file, key_file) = match (cert_file, key_file) {
+        (Some(cert), Some(key)) => (cert.clone(), key.clone()),
+        (Some(_), None) => return Err(invalid(names.cert_file, format!("needs --{}", names.key_file))),
+        (None, Some(_)) => return Err(invalid(names.key_file, format!("needs --{}", names.cert_file))),
+        (None, None) if client_cert_auth || trusted_ca_file.is_some() => {
+            let setting = if client_cert_auth {
+                names.client_cert_auth
+            } else {
+                names.trusted_ca_file
+            };
+            return Err(invalid(
+                setting,
+                format!(
+                    "client certificates are checked on TLS connections only: give --{} and --{}",
+                    names.cert_file, names.key_file
+                ),
+            ));
+        }
+        (None, None) => return Ok(None),
+    };
+    if client_cert_auth && trusted_ca_file.is_none() {
+        return Err(invalid(
+            names.client_cert_auth,
+            format!(
+                "needs --{}, the CA that signs the certificates to accept",
+                names.trusted_ca_file
+            ),
+        ));
+    }
+    Ok(Some(ServerTlsFiles {
+        cert_file,
+        key_file,
+        trusted_ca_file: trusted_ca_file.clone(),
+        client_cert_auth,
+        flag_prefix: names.prefix,
+    }))
+}
+
+/// Every `https://` URL of `urls` needs TLS files for its side.
+fn check_tls_urls<'a>(
+    setting: &'static str,
+    urls: impl IntoIterator<Item = &'a String>,
+    tls: &Option<ServerTlsFiles>,
+    needs: &str,
+) -> Result<(), ConfigError> {
+    match urls.into_iter().find(|url| is_https(url)) {
+        Some(url) if tls.is_none() => Err(invalid(setting, format!("{url}: https needs {needs}"))),
+        _ => Ok(()),
+    }
 }
 
 fn check_urls(setting: &'static str, urls: &[String]) -> Result<(), ConfigError> {
@@ -405,6 +538,45 @@ impl TryFrom<ServerSettings> for NodeConfig {
             ));
         }
         let metrics_listen = resolve_list("listen-metrics-urls", &settings.listen_metrics_urls)?;
+        let client_tls = tls_files(
+            &CLIENT_TLS,
+            &settings.cert_file,
+            &settings.key_file,
+            &settings.trusted_ca_file,
+            settings.client_cert_auth,
+        )?;
+        let peer_tls = tls_files(
+            &PEER_TLS,
+            &settings.peer_cert_file,
+            &settings.peer_key_file,
+            &settings.peer_trusted_ca_file,
+            settings.peer_client_cert_auth,
+        )?;
+        let client_needs = "--cert-file and --key-file";
+        check_tls_urls(
+            "listen-client-urls",
+            &split_list(&settings.listen_client_urls),
+            &client_tls,
+            client_needs,
+        )?;
+        check_tls_urls(
+            "advertise-client-urls",
+            &advertise_client_urls,
+            &client_tls,
+            client_needs,
+        )?;
+        check_tls_urls(
+            "listen-metrics-urls",
+            &split_list(&settings.listen_metrics_urls),
+            &client_tls,
+            client_needs,
+        )?;
+        check_tls_urls(
+            "listen-peer-urls",
+            &split_list(&settings.listen_peer_urls),
+            &peer_tls,
+            "--peer-cert-file and --peer-key-file",
+        )?;
         if settings.heartbeat_interval == 0 {
             return Err(invalid("heartbeat-interval", "must be at least 1 ms"));
         }
@@ -451,6 +623,26 @@ impl TryFrom<ServerSettings> for NodeConfig {
                 peer_dial_urls.insert(member.name, member.peer_urls[0].clone());
             }
         }
+        // Dialing another member over https checks its certificate against the peer CA
+        // and shows ours: both are needed (a member alone dials no one).
+        let dial_tls = peer_tls.as_ref().filter(|tls| tls.trusted_ca_file.is_some()).cloned();
+        let dial_needs =
+            "--peer-cert-file, --peer-key-file and --peer-trusted-ca-file (members dial each other over TLS)";
+        check_tls_urls(
+            "initial-cluster",
+            initial_cluster
+                .iter()
+                .filter(|member| member.name != settings.name)
+                .flat_map(|member| &member.peer_urls),
+            &dial_tls,
+            dial_needs,
+        )?;
+        check_tls_urls(
+            "experimental-peer-dial-urls",
+            peer_dial_urls.values(),
+            &dial_tls,
+            dial_needs,
+        )?;
         let auto_compaction =
             parse_auto_compaction(&settings.auto_compaction_mode, &settings.auto_compaction_retention)?;
         let data_dir = settings
@@ -468,6 +660,8 @@ impl TryFrom<ServerSettings> for NodeConfig {
             cluster_state: settings.initial_cluster_state,
             cluster_token: settings.initial_cluster_token,
             metrics_listen,
+            client_tls,
+            peer_tls,
             heartbeat_interval: Duration::from_millis(settings.heartbeat_interval),
             election_timeout: Duration::from_millis(settings.election_timeout),
             max_txn_ops: settings.max_txn_ops,
@@ -573,13 +767,154 @@ mod tests {
     }
 
     #[test]
-    fn urls_must_be_plain_http() {
+    fn urls_are_http_or_https() {
         assert!(resolve_url("x", "http://127.0.0.1:1").is_ok());
-        assert!(resolve_url("x", "https://127.0.0.1:1")
-            .unwrap_err()
-            .to_string()
-            .contains("TLS"));
+        assert!(resolve_url("x", "https://127.0.0.1:1").is_ok());
         assert!(resolve_url("x", "127.0.0.1:1").is_err());
+        assert!(resolve_url("x", "ftp://127.0.0.1:1").is_err());
         assert!(resolve_url("x", "http://127.0.0.1").is_err());
+    }
+
+    fn tls_settings() -> ServerSettings {
+        ServerSettings {
+            name: "n1".into(),
+            listen_client_urls: "https://127.0.0.1:2379".into(),
+            listen_peer_urls: "https://127.0.0.1:2380".into(),
+            listen_metrics_urls: "https://127.0.0.1:9090,http://127.0.0.1:9091".into(),
+            cert_file: Some("node.crt".into()),
+            key_file: Some("node.key".into()),
+            trusted_ca_file: Some("ca.crt".into()),
+            client_cert_auth: true,
+            peer_cert_file: Some("peer.crt".into()),
+            peer_key_file: Some("peer.key".into()),
+            peer_trusted_ca_file: Some("ca.crt".into()),
+            peer_client_cert_auth: true,
+            ..Default::default()
+        }
+    }
+
+    fn refusal(settings: ServerSettings) -> String {
+        NodeConfig::try_from(settings).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn https_urls_take_the_tls_files_of_their_side() {
+        let config = NodeConfig::try_from(tls_settings()).unwrap();
+        assert!(config.client_listen.iter().all(|listen| listen.tls));
+        assert!(config.peer_listen.iter().all(|listen| listen.tls));
+        assert_eq!(
+            config
+                .metrics_listen
+                .iter()
+                .map(|listen| listen.tls)
+                .collect::<Vec<_>>(),
+            [true, false]
+        );
+        let client = config.client_tls.unwrap();
+        assert_eq!(
+            (
+                client.cert_file,
+                client.key_file,
+                client.trusted_ca_file,
+                client.client_cert_auth
+            ),
+            ("node.crt".into(), "node.key".into(), Some("ca.crt".into()), true)
+        );
+        let peer = config.peer_tls.unwrap();
+        assert_eq!((peer.cert_file, peer.flag_prefix), ("peer.crt".into(), "peer-"));
+        assert_eq!(config.advertise_peer_urls, ["https://127.0.0.1:2380"]);
+    }
+
+    #[test]
+    fn missing_tls_files_are_refused_naming_the_setting() {
+        let message = refusal(ServerSettings {
+            cert_file: None,
+            key_file: None,
+            trusted_ca_file: None,
+            client_cert_auth: false,
+            ..tls_settings()
+        });
+        assert!(
+            message.contains("--listen-client-urls") && message.contains("--cert-file"),
+            "{message}"
+        );
+        let message = refusal(ServerSettings {
+            key_file: None,
+            ..tls_settings()
+        });
+        assert!(message.starts_with("--cert-file: needs --key-file"), "{message}");
+        let message = refusal(ServerSettings {
+            peer_cert_file: None,
+            ..tls_settings()
+        });
+        assert!(
+            message.starts_with("--peer-key-file: needs --peer-cert-file"),
+            "{message}"
+        );
+        let message = refusal(ServerSettings {
+            trusted_ca_file: None,
+            ..tls_settings()
+        });
+        assert!(
+            message.starts_with("--client-cert-auth: needs --trusted-ca-file"),
+            "{message}"
+        );
+        // Members dial each other over https: the peer CA is needed to check them...
+        let message = refusal(ServerSettings {
+            peer_trusted_ca_file: None,
+            peer_client_cert_auth: false,
+            initial_cluster: Some("n1=https://127.0.0.1:2380,n2=https://127.0.0.1:2480".into()),
+            ..tls_settings()
+        });
+        assert!(
+            message.starts_with("--initial-cluster: https://127.0.0.1:2480")
+                && message.contains("--peer-trusted-ca-file"),
+            "{message}"
+        );
+        // ...but a member alone dials no one.
+        assert!(NodeConfig::try_from(ServerSettings {
+            peer_trusted_ca_file: None,
+            peer_client_cert_auth: false,
+            ..tls_settings()
+        })
+        .is_ok());
+        let message = refusal(ServerSettings {
+            listen_client_urls: "http://127.0.0.1:2379".into(),
+            listen_metrics_urls: String::new(),
+            cert_file: None,
+            key_file: None,
+            ..tls_settings()
+        });
+        assert!(message.starts_with("--client-cert-auth"), "{message}");
+        let message = refusal(ServerSettings {
+            listen_client_urls: "http://127.0.0.1:2379".into(),
+            listen_metrics_urls: String::new(),
+            cert_file: None,
+            key_file: None,
+            client_cert_auth: false,
+            ..tls_settings()
+        });
+        assert!(message.starts_with("--trusted-ca-file"), "{message}");
+    }
+
+    #[test]
+    fn tls_settings_come_from_file_and_environment_like_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(
+            &file,
+            "cert-file = \"/etc/shoal/node.crt\"\nclient-cert-auth = true\npeer-client-cert-auth = true\n",
+        )
+        .unwrap();
+        // Variables no other test reads, so setting them cannot race.
+        std::env::set_var("SHOAL_PEER_TRUSTED_CA_FILE", "/etc/shoal/ca.crt");
+        std::env::set_var("SHOAL_PEER_CLIENT_CERT_AUTH", "false");
+        let settings = ServerSettings::load(Some(&file), Flags::default()).unwrap();
+        std::env::remove_var("SHOAL_PEER_TRUSTED_CA_FILE");
+        std::env::remove_var("SHOAL_PEER_CLIENT_CERT_AUTH");
+        assert_eq!(settings.cert_file, Some(PathBuf::from("/etc/shoal/node.crt")));
+        assert!(settings.client_cert_auth);
+        assert_eq!(settings.peer_trusted_ca_file, Some(PathBuf::from("/etc/shoal/ca.crt")));
+        assert!(!settings.peer_client_cert_auth);
     }
 }

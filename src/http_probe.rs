@@ -1,5 +1,6 @@
 //! A minimal HTTP/1.0 GET for probing a node's `/ready` and `/health`, used by the
-//! playground and by tests (no HTTP client library needed for two endpoints).
+//! playground and by tests (no HTTP client library needed for two endpoints), over
+//! plain TCP or TLS.
 
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -8,16 +9,47 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// within `timeout`.
 pub async fn get(port: u16, path: &str, timeout: Duration) -> Option<(u16, String)> {
     let attempt = async {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        stream
-            .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
-            .await?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await?;
-        Ok::<_, std::io::Error>(response)
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        exchange(stream, path).await
     };
-    let response = tokio::time::timeout(timeout, attempt).await.ok()?.ok()?;
-    let text = String::from_utf8_lossy(&response);
+    parse(&tokio::time::timeout(timeout, attempt).await.ok()?.ok()?)
+}
+
+/// [`get`] over TLS with `tls` (its ALPN is set to HTTP/1.1 here).
+pub async fn get_tls(
+    port: u16,
+    path: &str,
+    timeout: Duration,
+    tls: &std::sync::Arc<rustls::ClientConfig>,
+) -> Option<(u16, String)> {
+    let mut config = rustls::ClientConfig::clone(tls);
+    config.alpn_protocols = vec![crate::tls::ALPN_HTTP1.to_vec()];
+    let connector = crate::tls::TlsConnector::new(std::sync::Arc::new(config));
+    let attempt = async {
+        let stream = connector.connect("127.0.0.1", port).await?;
+        exchange(stream, path).await
+    };
+    parse(&tokio::time::timeout(timeout, attempt).await.ok()?.ok()?)
+}
+
+async fn exchange(
+    mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    path: &str,
+) -> std::io::Result<Vec<u8>> {
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .await?;
+    let mut response = Vec::new();
+    match stream.read_to_end(&mut response).await {
+        Ok(_) => Ok(response),
+        // A TLS server may close without close_notify once it has answered.
+        Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof && !response.is_empty() => Ok(response),
+        Err(error) => Err(error),
+    }
+}
+
+fn parse(response: &[u8]) -> Option<(u16, String)> {
+    let text = String::from_utf8_lossy(response);
     let status = text.split_whitespace().nth(1)?.parse().ok()?;
     let body = text
         .split_once("\r\n\r\n")

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod bench;
+pub mod certs;
 pub mod chaos;
 pub mod cli;
 pub mod client;
@@ -17,4 +18,5 @@ pub mod server;
 pub mod storage;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod transport;

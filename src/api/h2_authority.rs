@@ -8,6 +8,9 @@
 //! passed through untouched from then on. If not, every header block of the connection
 //! is decoded and re-encoded with the authority reduced to `host:port` — re-encoding all
 //! of them keeps the HPACK tables on both sides in step.
+//!
+//! Behind TLS it wraps the decrypted stream (`AuthorityRepair<TlsConnection>`): the
+//! frames it reads are the same.
 
 use bytes::{Buf, BufMut, BytesMut};
 use loona_hpack::{Decoder, Encoder};
@@ -338,8 +341,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for AuthorityRepair<S> {
     }
 }
 
-impl tonic::transport::server::Connected for AuthorityRepair<tokio::net::TcpStream> {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+impl<S: tonic::transport::server::Connected> tonic::transport::server::Connected for AuthorityRepair<S> {
+    type ConnectInfo = S::ConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
         self.inner.connect_info()

@@ -4,6 +4,7 @@
 pub mod compactor;
 pub mod http;
 pub mod identity;
+mod tls;
 
 use crate::api::etcd::{
     self, ClusterService, ElectionService, EtcdContext, KvService, LeaseService, Limits, LockService,
@@ -11,7 +12,7 @@ use crate::api::etcd::{
 };
 use crate::api::h2_authority::AuthorityRepair;
 use crate::api::oversize_status::OversizeStatusLayer;
-use crate::config::{ClusterState, NodeConfig};
+use crate::config::{ClusterState, ListenUrl, NodeConfig};
 use crate::proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer, ResponseHeader,
@@ -28,6 +29,7 @@ use crate::range::{self, FIRST_DATA_RANGE_ID, META_RANGE_ID};
 use crate::router::Router;
 use crate::storage::{Engine, FjallEngine, StorageError};
 use crate::store::{Store, StoreHandle, StoreInput};
+use crate::tls::TlsError;
 use crate::transport::{PeerIdentity, PeerService, PeerTransport, PEER_MESSAGE_BYTES_MAX};
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::collections::HashMap;
@@ -36,7 +38,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 
 /// gRPC framing and the rest of a request beyond its payload; etcd allows the same.
@@ -60,17 +61,32 @@ pub enum NodeError {
     Io(#[from] std::io::Error),
     #[error("the store loop stopped: {0}")]
     StoreFailed(String),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
-async fn bind(addresses: &[SocketAddr], purpose: &'static str) -> Result<Vec<TcpListener>, NodeError> {
+/// Bound listeners, each with its TLS configuration if its URL is https.
+async fn bind(
+    urls: &[ListenUrl],
+    purpose: &'static str,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> Result<Vec<(TcpListener, Option<Arc<rustls::ServerConfig>>)>, NodeError> {
     let mut listeners = Vec::new();
-    for &address in addresses {
+    for url in urls {
+        let address = url.address;
+        let tls = match (url.tls, &tls) {
+            (false, _) => None,
+            (true, Some(tls)) => Some(tls.clone()),
+            (true, None) => {
+                return Err(TlsError::Setup(format!("https://{address} for {purpose} has no certificate files")).into())
+            }
+        };
         let listener = TcpListener::bind(address).await.map_err(|source| NodeError::Bind {
             address,
             purpose,
             source,
         })?;
-        listeners.push(listener);
+        listeners.push((listener, tls));
     }
     Ok(listeners)
 }
@@ -82,6 +98,7 @@ pub async fn run(
     metrics: Option<PrometheusHandle>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NodeError> {
+    let tls = tls::NodeTls::load(&config)?;
     std::fs::create_dir_all(&config.data_dir)?;
     let snapshot_dir = config.data_dir.join("snap");
     std::fs::create_dir_all(&snapshot_dir)?;
@@ -99,9 +116,9 @@ pub async fn run(
         "starting"
     );
 
-    let peer_listeners = bind(&config.peer_listen, "peer traffic").await?;
-    let client_listeners = bind(&config.client_listen, "clients").await?;
-    let metrics_listeners = bind(&config.metrics_listen, "metrics").await?;
+    let peer_listeners = bind(&config.peer_listen, "peer traffic", tls.peer.clone()).await?;
+    let client_listeners = bind(&config.client_listen, "clients", tls.client.clone()).await?;
+    let metrics_listeners = bind(&config.metrics_listen, "metrics", tls.metrics.clone()).await?;
 
     let tick = config.heartbeat_interval;
     let ticks = |duration: Duration| (duration.as_millis() / tick.as_millis().max(1)).max(1) as u64;
@@ -164,7 +181,13 @@ pub async fn run(
             Some((member.id, url.clone()))
         })
         .collect();
-    let transport = PeerTransport::start(peer_identity, &peer_urls, store_handle.clone(), snapshots)?;
+    let transport = PeerTransport::start(
+        peer_identity,
+        &peer_urls,
+        tls.peer_dialer.clone(),
+        store_handle.clone(),
+        snapshots,
+    )?;
     let worker = crate::range::background::BackgroundWorker::start(engine.clone())?;
     let (store, ranges) = Store::new(
         me,
@@ -236,7 +259,7 @@ pub async fn run(
         (META_RANGE_ID, meta_descriptor.clone()),
         (FIRST_DATA_RANGE_ID, data_descriptor.clone()),
     ]);
-    for listener in peer_listeners {
+    for (listener, tls) in peer_listeners {
         let service = PeerServer::new(PeerService::new(
             peer_identity,
             store_handle.clone(),
@@ -249,17 +272,14 @@ pub async fn run(
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)
                 .add_service(service)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped()),
+                .serve_with_incoming_shutdown(crate::tls::incoming(listener, tls, "peer"), stopped()),
         );
     }
     let max_decoding = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
-    for listener in client_listeners {
-        let connections = TcpListenerStream::new(listener).map(|accepted| {
-            accepted.map(|stream| {
-                let _ = stream.set_nodelay(true);
-                AuthorityRepair::new(stream)
-            })
-        });
+    for (listener, tls) in client_listeners {
+        // Behind TLS the authority repair reads the decrypted HTTP/2 frames.
+        let connections =
+            crate::tls::incoming(listener, tls, "client").map(|accepted| accepted.map(AuthorityRepair::new));
         servers.spawn(
             tonic::transport::Server::builder()
                 .layer(OversizeStatusLayer)
@@ -274,7 +294,9 @@ pub async fn run(
         );
     }
     let mut http_servers = tokio::task::JoinSet::new();
-    for listener in metrics_listeners {
+    for (listener, tls) in metrics_listeners {
+        // As etcd: https metrics use the client side's certificate and client auth.
+        let listener = crate::tls::ServerListener::new(listener, tls, "metrics");
         let app = http::routes(router.clone(), metrics.clone());
         let stop = stopped();
         http_servers.spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop).await });

@@ -63,11 +63,13 @@ fn endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
 }
 
 impl PeerTransport {
-    /// Starts a link to every peer (`member id -> peer URL`, this node excluded). Must be
-    /// called inside the runtime.
+    /// Starts a link to every peer (`member id -> peer URL`, this node excluded). `https://`
+    /// URLs are dialed with `tls` (the peer CA and this member's peer certificate). Must
+    /// be called inside the runtime.
     pub fn start(
         identity: PeerIdentity,
         peers: &HashMap<u64, String>,
+        tls: Option<crate::tls::TlsConnector>,
         store: StoreHandle,
         snapshots: Arc<SnapshotRegistry>,
     ) -> Result<Arc<Self>, tonic::transport::Error> {
@@ -77,7 +79,20 @@ impl PeerTransport {
             if peer_id == identity.member_id {
                 continue;
             }
-            let channel = endpoint(url)?.connect_lazy();
+            let channel = match (&tls, crate::tls::is_https(url)) {
+                (Some(tls), true) => tls.channel(&endpoint(url)?),
+                (None, true) => {
+                    // Configuration checking refuses this; should it get here, the
+                    // peer's TLS listener refuses the plain connection.
+                    tracing::error!(
+                        peer = format!("{peer_id:x}"),
+                        url,
+                        "https peer URL without peer TLS settings"
+                    );
+                    endpoint(url)?.connect_lazy()
+                }
+                (_, false) => endpoint(url)?.connect_lazy(),
+            };
             let (queue, batches) = mpsc::channel(QUEUE_BATCHES_MAX);
             runtime.spawn(run_link(peer_id, identity, channel.clone(), batches, store.clone()));
             links.insert(peer_id, PeerLink { queue, channel });

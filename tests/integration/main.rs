@@ -10,3 +10,4 @@ mod durability;
 mod etcdctl;
 mod kv;
 mod operations;
+mod tls;
