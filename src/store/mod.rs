@@ -279,6 +279,9 @@ impl Store {
                 }
             }
             self.ask_for_timestamps(now);
+            // Revisions granted at once (the oracle is here and holds its lease) are
+            // proposed now, so the commands ride in this turn's ready and fsync.
+            self.deliver_timestamps();
             for replica in self.replicas.values_mut() {
                 replica.flush_reads();
             }
