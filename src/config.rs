@@ -78,6 +78,12 @@ pub struct ServerSettings {
     pub snapshot_count: u64,
     /// Entries kept behind the applied index at truncation, for slow followers.
     pub snapshot_catchup_entries: u64,
+    /// A data range holding more than this many bytes of live keys and values splits;
+    /// 0 never splits on size.
+    pub range_max_bytes: u64,
+    /// A data range holding more than this many live keys splits; 0 never splits on
+    /// keys.
+    pub range_max_keys: u64,
     /// How often watchers that asked for progress notifications get one (e.g. "10m").
     pub experimental_watch_progress_notify_interval: String,
     /// `name=url,...`: dial these members at these URLs instead of their advertised peer
@@ -129,6 +135,9 @@ impl Default for ServerSettings {
             max_response_bytes: i32::MAX as usize,
             snapshot_count: 10_000,
             snapshot_catchup_entries: 5_000,
+            // Off until writes across ranges (two-phase commit) land: see the README.
+            range_max_bytes: 0,
+            range_max_keys: 0,
             experimental_watch_progress_notify_interval: "10m".into(),
             experimental_peer_dial_urls: None,
             auto_compaction_mode: "periodic".into(),
@@ -164,6 +173,8 @@ const SETTING_NAMES: &[&str] = &[
     "max-response-bytes",
     "snapshot-count",
     "snapshot-catchup-entries",
+    "range-max-bytes",
+    "range-max-keys",
     "experimental-watch-progress-notify-interval",
     "experimental-peer-dial-urls",
     "auto-compaction-mode",
@@ -240,10 +251,29 @@ pub struct NodeConfig {
     pub max_response_bytes: usize,
     pub log_compaction_entries: u64,
     pub log_catchup_entries: u64,
+    pub split: SplitLimits,
     pub watch_progress_notify_interval: Duration,
     /// Member name -> URL to dial it at, overriding its advertised peer URL.
     pub peer_dial_urls: std::collections::HashMap<String, String>,
     pub auto_compaction: Retention,
+}
+
+/// When a data range splits (0: never on that measure).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SplitLimits {
+    pub max_bytes: u64,
+    pub max_keys: u64,
+}
+
+impl SplitLimits {
+    pub fn is_off(&self) -> bool {
+        self.max_bytes == 0 && self.max_keys == 0
+    }
+
+    /// Whether a range with these live keys and bytes should split.
+    pub fn exceeded(&self, keys: u64, bytes: u64) -> bool {
+        (self.max_keys > 0 && keys > self.max_keys) || (self.max_bytes > 0 && bytes > self.max_bytes)
+    }
 }
 
 impl NodeConfig {
@@ -670,6 +700,10 @@ impl TryFrom<ServerSettings> for NodeConfig {
             max_response_bytes: settings.max_response_bytes,
             log_compaction_entries: settings.snapshot_count,
             log_catchup_entries: settings.snapshot_catchup_entries.min(settings.snapshot_count),
+            split: SplitLimits {
+                max_bytes: settings.range_max_bytes,
+                max_keys: settings.range_max_keys,
+            },
             watch_progress_notify_interval,
             peer_dial_urls,
             auto_compaction,

@@ -11,6 +11,7 @@ pub mod client;
 pub mod config;
 pub mod http_probe;
 pub mod parent_watch;
+pub mod placement;
 pub mod proto;
 pub mod range;
 pub mod router;

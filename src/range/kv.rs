@@ -29,6 +29,14 @@ pub enum KvError {
     /// The command does not belong to this kind of range.
     #[error("{0} is not served by this range")]
     WrongRange(&'static str),
+    /// Planned against another epoch of the range, or touching keys outside its span.
+    #[error("range epoch mismatch: {detail}")]
+    EpochMismatch {
+        detail: String,
+        current: Vec<crate::proto::shoal::state::RangeDescriptor>,
+    },
+    #[error("bad split: {0}")]
+    BadSplit(String),
     /// A Range whose response would be `size` bytes, over the `limit` a response may be.
     #[error("response of {size} bytes is over the limit of {limit}")]
     ResponseTooLarge { size: usize, limit: usize },

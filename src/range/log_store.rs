@@ -129,9 +129,44 @@ impl LogStore {
         self.set_hard_state(HardState::default(), batch);
     }
 
+    /// The Raft state a range created by a split starts with on every replica: a log
+    /// that begins after `index` (of `term`), everything up to it committed, and the
+    /// voters of the range it split from. Written in the split's apply batch.
+    pub fn initialize_split(range_id: u64, voters: Vec<u64>, index: u64, term: u64, batch: &mut WriteBatch) {
+        let conf_state = ConfState {
+            voters,
+            ..Default::default()
+        };
+        batch.put(
+            Space::RaftState,
+            keys::range_record_key(range_id, CONF_STATE),
+            encode_pb(&conf_state),
+        );
+        let hard_state = HardState {
+            term,
+            vote: 0,
+            commit: index,
+            ..Default::default()
+        };
+        batch.put(
+            Space::RaftState,
+            keys::range_record_key(range_id, HARD_STATE),
+            encode_pb(&hard_state),
+        );
+        batch.put(
+            Space::RaftState,
+            keys::range_record_key(range_id, TRUNCATED),
+            TruncatedState { index, term }.encode_to_vec(),
+        );
+    }
+
     /// The span snapshots of this range cover.
     pub fn set_descriptor(&mut self, descriptor: RangeDescriptor) {
         self.descriptor = descriptor;
+    }
+
+    pub fn descriptor(&self) -> &RangeDescriptor {
+        &self.descriptor
     }
 
     /// A snapshot install a crash interrupted, if any.

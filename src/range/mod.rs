@@ -62,8 +62,25 @@ pub fn encode_command(op: crate::proto::shoal::command::raft_command::Op) -> Vec
         proposed_term: 0,
         origin_incarnation: 0,
         revision: 0,
+        epoch: 0,
         op: Some(op),
     })
+}
+
+/// How far this node's data ranges have applied: every revision up to `revision` is
+/// final in all of them, and history below `compact` may be gone in some. The watch
+/// hub delivers events up to it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Frontier {
+    pub revision: i64,
+    pub compact: i64,
+}
+
+/// A `Close` command ready to propose on a data range.
+pub fn close_command() -> Vec<u8> {
+    encode_command(crate::proto::shoal::command::raft_command::Op::Close(
+        crate::proto::shoal::command::Close {},
+    ))
 }
 
 /// Why a proposal or a read could not be served by this replica.

@@ -2,6 +2,7 @@
 //! results apart: the small helpers front-ends and tests share.
 
 use crate::proto::shoal::kv::{op, op_result, Delete, Op, Put, Read, Span, Txn, TxnResult};
+use crate::storage::KeyRange;
 use bytes::Bytes;
 
 pub fn span(key: impl Into<Bytes>, end: impl Into<Bytes>) -> Span {
@@ -50,4 +51,29 @@ pub fn only_result(result: TxnResult) -> Option<op_result::Result> {
         return None;
     }
     results.pop().and_then(|result| result.result)
+}
+
+/// The engine keys a transaction reads, compares or writes, span by span (what decides
+/// which ranges it touches).
+pub fn key_ranges(txn: &Txn) -> Vec<KeyRange> {
+    fn visit(txn: &Txn, out: &mut Vec<KeyRange>) {
+        let whole = Span::default();
+        for compare in &txn.compare {
+            out.push(super::kv::key_range(compare.span.as_ref().unwrap_or(&whole)));
+        }
+        for operation in txn.success.iter().chain(&txn.failure) {
+            match &operation.op {
+                Some(op::Op::Read(read)) => out.push(super::kv::key_range(read.span.as_ref().unwrap_or(&whole))),
+                Some(op::Op::Put(put)) => out.push(super::kv::key_range(&span(put.key.clone(), Bytes::new()))),
+                Some(op::Op::Delete(delete)) => out.push(super::kv::key_range(delete.span.as_ref().unwrap_or(&whole))),
+                Some(op::Op::Txn(nested)) => visit(nested, out),
+                None => {}
+            }
+        }
+    }
+    let mut out = Vec::new();
+    visit(txn, &mut out);
+    // An empty span touches no range.
+    out.retain(|keys| keys.end.as_ref() != Some(&keys.start));
+    out
 }

@@ -240,6 +240,7 @@ mod tests {
         CommandResult {
             result: Some(command_result::Result::Empty(Empty {})),
             revision: 1,
+            allocated_range_id: 0,
         }
     }
 

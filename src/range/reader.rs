@@ -9,7 +9,8 @@ use super::replica::RangeStatus;
 use super::state_machine::{self, StateMachine};
 use crate::proto::shoal::kv::{Read, ReadResult, Txn, TxnResult};
 use crate::proto::shoal::state::MemberInfo;
-use crate::storage::{keys, Engine, ReadView, Space, StorageError};
+use crate::storage::mvcc::MvccRead;
+use crate::storage::{keys, Engine, KeyRange, ReadView, Space, StorageError};
 use std::sync::Arc;
 
 #[derive(Clone)]
@@ -34,6 +35,14 @@ impl RangeReader {
     }
 }
 
+/// Where a range splits: the right half's first key, and what lies below it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitPoint {
+    pub key: Vec<u8>,
+    pub left_keys: u64,
+    pub left_bytes: u64,
+}
+
 /// One range's data at one applied state.
 pub struct PinnedRange {
     range_id: u64,
@@ -51,6 +60,53 @@ impl PinnedRange {
     pub fn read_only_txn(&self, request: &Txn) -> Result<TxnResult, KvError> {
         let revisions = StateMachine::revisions_in(self.range_id, self.view.as_ref())?;
         state_machine::read_only_txn(self.view.as_ref(), revisions, request)
+    }
+
+    /// Where to split the range so that its halves hold about as many bytes (or keys,
+    /// when `by_keys`): the first key of the right half, with the live keys and bytes
+    /// below it. `None` when the range cannot be split (fewer than two keys).
+    pub fn split_point(&self, span: &KeyRange, by_keys: bool) -> Result<Option<SplitPoint>, StorageError> {
+        let (total_keys, total_bytes) = {
+            let mut keys = 0u64;
+            let mut bytes = 0u64;
+            for item in self.view.scan_latest(span) {
+                let (key, record) = item?;
+                keys += 1;
+                bytes += (key.len() + record.value.len()) as u64;
+            }
+            (keys, bytes)
+        };
+        if total_keys < 2 {
+            return Ok(None);
+        }
+        let mut left_bytes = 0u64;
+        for (left_keys, item) in (0u64..).zip(self.view.scan_latest(span)) {
+            let (key, record) = item?;
+            let half_reached = if by_keys {
+                left_keys >= total_keys / 2
+            } else {
+                left_bytes >= total_bytes / 2
+            };
+            if left_keys > 0 && half_reached {
+                return Ok(Some(SplitPoint {
+                    key,
+                    left_keys,
+                    left_bytes,
+                }));
+            }
+            left_bytes += (key.len() + record.value.len()) as u64;
+        }
+        Ok(None)
+    }
+
+    /// Meta range: the map of every data range, in this state.
+    pub fn range_map(&self) -> Result<crate::proto::shoal::state::RangeMap, StorageError> {
+        StateMachine::range_map_in(self.view.as_ref())
+    }
+
+    /// The range's epoch in this state.
+    pub fn epoch(&self) -> Result<u64, StorageError> {
+        Ok(state_machine::descriptor_in(self.range_id, self.view.as_ref())?.map_or(0, |descriptor| descriptor.epoch))
     }
 
     pub fn revision(&self) -> Result<i64, StorageError> {
@@ -80,16 +136,12 @@ impl PinnedRange {
     }
 
     /// The etcd keys attached to a lease.
+    /// The internal keys attached to a lease (in every range this node holds).
     pub fn lease_keys(&self, lease_id: i64) -> Result<Vec<Vec<u8>>, StorageError> {
-        let prefix_bytes = keys::lease_key(self.range_id, lease_id).len();
         let mut attached = Vec::new();
-        for pair in self
-            .view
-            .scan(Space::LeaseKeys, &keys::lease_keys(self.range_id, lease_id), false)
-        {
+        for pair in self.view.scan(Space::LeaseKeys, &keys::lease_keys(lease_id), false) {
             let (entry, _) = pair?;
-            // Drop the namespace byte of the internal key.
-            attached.push(entry.get(prefix_bytes + 1..).unwrap_or_default().to_vec());
+            attached.push(keys::lease_entry_key(&entry).to_vec());
         }
         Ok(attached)
     }

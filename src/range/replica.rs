@@ -145,6 +145,9 @@ pub struct RangeStatus {
     pub commit_index: AtomicU64,
     pub applied_index: AtomicU64,
     pub revision: AtomicI64,
+    /// Live keys and their bytes (approximate after a split): what decides a split.
+    pub live_keys: AtomicU64,
+    pub live_bytes: AtomicU64,
     /// Even while the range's data is whole, odd while a snapshot is being written over
     /// it: a sequence lock that [`RangeStatus::whole_view`] reads (a view pinned during
     /// an install would hold the range half replaced).
@@ -164,7 +167,12 @@ impl RangeStatus {
     }
 
     pub fn is_installing(&self) -> bool {
-        !self.install_epoch.load(Ordering::SeqCst).is_multiple_of(2)
+        !self.install_epoch().is_multiple_of(2)
+    }
+
+    /// The install gate's sequence number (odd while an install writes).
+    pub fn install_epoch(&self) -> u64 {
+        self.install_epoch.load(Ordering::SeqCst)
     }
 
     /// A pinned view of `engine` in which this range's data is whole, or `None` while a
@@ -271,6 +279,10 @@ pub struct Replica {
     timestamp_answers: Vec<(TimestampWaiter, Result<i64, RangeError>)>,
     /// Meta range: the leader's lease.
     lease: LeaderLease,
+    /// Ranges this range's splits created, for the store loop to open.
+    created_ranges: Vec<RangeDescriptor>,
+    /// The range's descriptor changed (a split or a snapshot) since the store last looked.
+    descriptor_changed: bool,
 }
 
 /// Creating a range that has never existed on this node.
@@ -391,7 +403,34 @@ impl Replica {
             oracle: machine_is_meta.then(|| Oracle::new(oracle_high_water)),
             timestamp_answers: Vec::new(),
             lease: LeaderLease::default(),
+            created_ranges: Vec::new(),
+            descriptor_changed: false,
         })
+    }
+
+    pub fn descriptor(&self) -> &RangeDescriptor {
+        self.machine.descriptor()
+    }
+
+    /// Ranges created by splits applied here since the last call.
+    pub fn take_created_ranges(&mut self) -> Vec<RangeDescriptor> {
+        std::mem::take(&mut self.created_ranges)
+    }
+
+    /// The range's descriptor, if it changed since the last call.
+    pub fn take_descriptor_change(&mut self) -> Option<RangeDescriptor> {
+        std::mem::take(&mut self.descriptor_changed).then(|| self.machine.descriptor().clone())
+    }
+
+    /// After applying or installing: notes a descriptor the state machine changed.
+    fn note_descriptor(&mut self) {
+        let created = self.machine.take_created();
+        let descriptor = self.machine.descriptor();
+        if !created.is_empty() || descriptor != self.raw.store().descriptor() {
+            self.raw.mut_store().set_descriptor(descriptor.clone());
+            self.descriptor_changed = true;
+        }
+        self.created_ranges.extend(created);
     }
 
     pub fn status(&self) -> Arc<RangeStatus> {
@@ -423,6 +462,9 @@ impl Replica {
     }
 
     fn publish_revision(&self) {
+        let (keys, bytes) = self.machine.live();
+        self.status.live_keys.store(keys, Ordering::Release);
+        self.status.live_bytes.store(bytes, Ordering::Release);
         let revision = self.machine.revisions().current;
         self.status.revision.store(revision, Ordering::Release);
         self.revision_watch.send_if_modified(|published| {
@@ -658,6 +700,7 @@ impl Replica {
             proposed_term: term,
             origin_incarnation: id.incarnation,
             revision: 0,
+            epoch: 0,
             op: None,
         };
         prost::Message::encode(&header, &mut command).unwrap_or_else(|_| unreachable!("a Vec grows as needed"));
@@ -1123,6 +1166,7 @@ impl Replica {
             self.raw.mut_store().set_applied(entry.index, entry.term);
         }
         self.machine.flush(&mut pending)?;
+        self.note_descriptor();
         for (index, applied) in answers {
             self.proposals.on_applied(index, applied);
         }
@@ -1219,6 +1263,7 @@ impl Replica {
         self.proposals.on_snapshot(metadata.index, metadata.term);
         self.status.applied_index.store(metadata.index, Ordering::Release);
         self.status.end_install();
+        self.note_descriptor();
         self.publish_revision();
         self.resumed = Some(ready);
         tracing::info!(
@@ -1360,6 +1405,7 @@ mod tests {
                 proposed_term: 2,
                 origin_incarnation: 1,
                 revision: index as i64 + 1,
+                epoch: 0,
                 op: Some(raft_command::Op::Txn(ops::single(op::Op::Put(ops::put(
                     format!("key{index}").into_bytes(),
                     b"from the snapshot".to_vec(),

@@ -23,11 +23,11 @@ pub const CHUNK_BYTES: usize = 1 << 20;
 /// A pinned view holds back engine garbage collection: drop it if nobody streamed it.
 const PENDING_SNAPSHOT_TTL: Duration = Duration::from_secs(600);
 
-/// The spaces that make up a range's replicated state: key-value data, selected by the
-/// range's key span...
-const DATA_SPACES: [Space; 3] = [Space::KvLatest, Space::KvHistory, Space::KvChanges];
+/// The spaces that make up a range's replicated state: key-value data and lease
+/// attachments, selected by the range's key span...
+const DATA_SPACES: [Space; 4] = [Space::KvLatest, Space::KvHistory, Space::KvChanges, Space::LeaseKeys];
 /// ...and per-range records, keyed by the range id.
-const RANGE_RECORD_SPACES: [Space; 3] = [Space::RangeMeta, Space::Leases, Space::LeaseKeys];
+const RANGE_RECORD_SPACES: [Space; 2] = [Space::RangeMeta, Space::Leases];
 
 pub struct PendingSnapshot {
     pub descriptor: RangeDescriptor,
@@ -75,6 +75,7 @@ fn in_data_span(space: Space, key: &[u8], span: &KeyRange) -> bool {
     match space {
         Space::KvLatest => span.contains(key),
         Space::KvHistory => keys::parse_history_key(key).is_some_and(|(key, _)| span.contains(&key)),
+        Space::LeaseKeys => span.contains(keys::lease_entry_key(key)),
         _ => false,
     }
 }
@@ -224,7 +225,7 @@ pub fn read_records(
         let value = read_field(reader)?;
         let belongs = match space {
             Space::KvChanges => span.contains(&value),
-            Space::RangeMeta | Space::Leases | Space::LeaseKeys => own_meta.contains(&key),
+            Space::RangeMeta | Space::Leases => own_meta.contains(&key),
             _ => in_data_span(space, &key, &span),
         };
         if !belongs {

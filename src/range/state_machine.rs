@@ -14,6 +14,7 @@
 use super::kv::{self, KvError, Revisions};
 use super::lease::Lessor;
 use super::proposals::{Applied, ProposalId};
+use super::snapshot;
 use crate::proto::shoal::command::{self as cmd, command_result, raft_command, CommandResult, RaftCommand};
 use crate::proto::shoal::kv::{
     op, op_result, Delete, DeleteResult, OpResult, Put, PutResult, Read, ReadResult, Txn, TxnResult,
@@ -85,7 +86,22 @@ pub struct StateMachine {
     compaction_due: Option<i64>,
     /// Meta range only: the oracle's applied high-water mark.
     oracle_high_water: i64,
+    /// Meta range only: the map of every data range.
+    range_map: RangeMap,
+    /// Data ranges: ranges this range's splits created since the caller last took them.
+    created: Vec<RangeDescriptor>,
+    /// Data ranges: the right-hand range of the latest split applied here, told to a
+    /// command routed by a map that predates it.
+    last_split: Option<RangeDescriptor>,
+    /// Meta range: the id the command being applied handed out.
+    allocated_range_id: u64,
 }
+
+/// Where a range created by a split starts its log, as if from a snapshot at this index
+/// and term (TiKV's choice): every replica creates it identically, and the range's
+/// leader has nothing below it to send.
+pub const SPLIT_INIT_INDEX: u64 = 5;
+pub const SPLIT_INIT_TERM: u64 = 5;
 
 fn decode<M: Message + Default>(space: Space, bytes: Option<Vec<u8>>, what: &str) -> Result<Option<M>, StorageError> {
     bytes
@@ -126,6 +142,11 @@ impl StateMachine {
         // A crash (or a snapshot taken) before the worker finished: finish it.
         let compaction_due = (state.compact_revision > compacted_through).then_some(state.compact_revision);
         let oracle: Option<OracleState> = decode(Space::RangeMeta, record(ORACLE)?, "oracle")?;
+        let range_map = if range_id == super::META_RANGE_ID {
+            decode(Space::RangeMeta, record(RANGE_MAP)?, "range map")?.unwrap_or_default()
+        } else {
+            RangeMap::default()
+        };
         let mut lessor = Lessor::default();
         let now = Instant::now();
         for pair in engine.scan(Space::Leases, &keys::range_records(range_id), false) {
@@ -143,7 +164,155 @@ impl StateMachine {
             compacted_through,
             compaction_due,
             oracle_high_water: oracle.map_or(0, |oracle| oracle.high_water),
+            range_map,
+            created: Vec::new(),
+            last_split: None,
+            allocated_range_id: 0,
         })
+    }
+
+    /// Ranges created by splits applied since the last call.
+    pub fn take_created(&mut self) -> Vec<RangeDescriptor> {
+        std::mem::take(&mut self.created)
+    }
+
+    /// Meta range: the map of every data range, as applied.
+    pub fn range_map(&self) -> &RangeMap {
+        &self.range_map
+    }
+
+    fn count_live(&mut self, keys_delta: i64, bytes_delta: i64) {
+        let apply = |value: u64, delta: i64| {
+            if delta >= 0 {
+                value.saturating_add(delta as u64)
+            } else {
+                value.saturating_sub(delta.unsigned_abs())
+            }
+        };
+        self.state.live_keys = apply(self.state.live_keys, keys_delta);
+        self.state.live_bytes = apply(self.state.live_bytes, bytes_delta);
+    }
+
+    /// Live keys and their bytes in the range (approximate after a split).
+    pub fn live(&self) -> (u64, u64) {
+        (self.state.live_keys, self.state.live_bytes)
+    }
+
+    /// A refusal for a command routed by a stale map: what the range looks like now.
+    fn epoch_mismatch(&self, detail: String) -> KvError {
+        let mut current = vec![self.descriptor.clone()];
+        current.extend(self.last_split.iter().cloned());
+        KvError::EpochMismatch { detail, current }
+    }
+
+    /// Whether every key and span the transaction reads, compares or writes lies in the
+    /// range's span.
+    fn holds_all(&self, txn: &Txn) -> bool {
+        let span = snapshot::descriptor_span(&self.descriptor);
+        let holds = |request: &crate::proto::shoal::kv::Span| {
+            let keys = kv::key_range(request);
+            let empty = keys.end.as_ref() == Some(&keys.start);
+            empty
+                || (keys.start >= span.start
+                    && match (&span.end, &keys.end) {
+                        (None, _) => true,
+                        (Some(_), None) => false,
+                        (Some(end), Some(keys_end)) => keys_end <= end,
+                    })
+        };
+        fn visit(txn: &Txn, holds: &dyn Fn(&crate::proto::shoal::kv::Span) -> bool) -> bool {
+            let default = crate::proto::shoal::kv::Span::default();
+            txn.compare
+                .iter()
+                .all(|compare| holds(compare.span.as_ref().unwrap_or(&default)))
+                && txn
+                    .success
+                    .iter()
+                    .chain(&txn.failure)
+                    .all(|operation| match &operation.op {
+                        Some(op::Op::Read(read)) => holds(read.span.as_ref().unwrap_or(&default)),
+                        Some(op::Op::Put(put)) => holds(&crate::proto::shoal::kv::Span {
+                            key: put.key.clone(),
+                            end: Default::default(),
+                        }),
+                        Some(op::Op::Delete(delete)) => holds(delete.span.as_ref().unwrap_or(&default)),
+                        Some(op::Op::Txn(nested)) => visit(nested, holds),
+                        None => true,
+                    })
+        }
+        visit(txn, &holds)
+    }
+
+    /// Splits the range at `split.split_key`: this range keeps the keys below it, a new
+    /// range (same replicas) takes the rest. Both descriptors and the new range's whole
+    /// starting state (apply state, Raft state) go in the same batch, so every replica
+    /// splits at the same entry, atomically. Key-value data stays where it is: both
+    /// ranges share the node's engine.
+    fn apply_split(&mut self, split: cmd::Split, batch: &mut WriteBatch) -> Result<command_result::Result, KvError> {
+        if split.expected_epoch != self.descriptor.epoch {
+            return Err(self.epoch_mismatch(format!(
+                "split planned against epoch {}, the range is at {}",
+                split.expected_epoch, self.descriptor.epoch
+            )));
+        }
+        let span = snapshot::descriptor_span(&self.descriptor);
+        let key = split.split_key.to_vec();
+        if key <= span.start || !span.contains(&key) || split.new_range_id <= super::META_RANGE_ID {
+            return Err(KvError::BadSplit(format!(
+                "cannot split range {} at {key:?} into range {}",
+                self.range_id, split.new_range_id
+            )));
+        }
+        let epoch = self.descriptor.epoch + 1;
+        let right = RangeDescriptor {
+            id: split.new_range_id,
+            start_key: key.clone().into(),
+            end_key: self.descriptor.end_key.clone(),
+            epoch,
+            conf_version: self.descriptor.conf_version,
+            replicas: self.descriptor.replicas.clone(),
+        };
+        self.descriptor.end_key = key.into();
+        self.descriptor.epoch = epoch;
+        let left_keys = split.left_keys.min(self.state.live_keys);
+        let left_bytes = split.left_bytes.min(self.state.live_bytes);
+        let right_state = RangeApplyState {
+            applied_index: SPLIT_INIT_INDEX,
+            applied_term: SPLIT_INIT_TERM,
+            revision: self.state.revision,
+            compact_revision: self.state.compact_revision,
+            live_keys: self.state.live_keys - left_keys,
+            live_bytes: self.state.live_bytes - left_bytes,
+        };
+        self.state.live_keys = left_keys;
+        self.state.live_bytes = left_bytes;
+        batch.put(
+            Space::RangeMeta,
+            keys::range_record_key(right.id, APPLY_STATE),
+            right_state.encode_to_vec(),
+        );
+        batch.put(
+            Space::RangeMeta,
+            keys::range_record_key(right.id, DESCRIPTOR),
+            right.encode_to_vec(),
+        );
+        mark_compacted(right.id, self.compacted_through, batch);
+        super::log_store::LogStore::initialize_split(
+            right.id,
+            right.replicas.clone(),
+            SPLIT_INIT_INDEX,
+            SPLIT_INIT_TERM,
+            batch,
+        );
+        batch.put(
+            Space::RangeMeta,
+            keys::range_record_key(self.range_id, DESCRIPTOR),
+            self.descriptor.encode_to_vec(),
+        );
+        tracing::info!(range = self.range_id, new_range = right.id, epoch, left_keys, "split");
+        self.created.push(right.clone());
+        self.last_split = Some(right);
+        Ok(command_result::Result::Empty(cmd::Empty {}))
     }
 
     /// The meta range holds the range map and the oracle; data ranges hold keys.
@@ -337,14 +506,33 @@ impl StateMachine {
         } else {
             let revision = command.revision;
             let outcome = match command.op {
+                Some(_) if command.epoch != 0 && command.epoch != self.descriptor.epoch => {
+                    Err(self.epoch_mismatch(format!(
+                        "planned against epoch {}, the range is at {}",
+                        command.epoch, self.descriptor.epoch
+                    )))
+                }
+                Some(raft_command::Op::Txn(txn)) if !self.holds_all(&txn) => {
+                    Err(self.epoch_mismatch("a key of the transaction is outside the range".to_string()))
+                }
                 Some(raft_command::Op::Txn(txn)) => {
                     self.apply_txn(txn, revision, batch).map(command_result::Result::Txn)
                 }
-                Some(raft_command::Op::Compact(compact)) => self.apply_compact(compact.revision, batch),
+                Some(raft_command::Op::Split(split)) => self.apply_split(split, &mut batch.batch),
+                Some(raft_command::Op::Close(_)) => {
+                    // Everything at or below this revision is final here from now on.
+                    self.state.revision = revision;
+                    Ok(command_result::Result::Empty(cmd::Empty {}))
+                }
+                Some(raft_command::Op::Compact(compact)) => self.apply_compact(compact.revision, revision, batch),
                 Some(raft_command::Op::LeaseGrant(grant)) => self.apply_lease_grant(&grant, &mut batch.batch),
                 Some(raft_command::Op::LeaseRevoke(revoke)) => self.apply_lease_revoke(revoke.id, revision, batch),
                 Some(raft_command::Op::PublishMember(_)) => Err(KvError::WrongRange("member publishing")),
-                Some(raft_command::Op::OracleAdvance(_)) => Err(KvError::WrongRange("the oracle")),
+                Some(
+                    raft_command::Op::OracleAdvance(_)
+                    | raft_command::Op::AllocateRangeId(_)
+                    | raft_command::Op::UpdateRangeMap(_),
+                ) => Err(KvError::WrongRange("a meta range command")),
                 None => Ok(command_result::Result::Empty(cmd::Empty {})),
             };
             // A command that wrote moved the range to its revision; one that did not
@@ -368,6 +556,7 @@ impl StateMachine {
             result: Some(CommandResult {
                 result: Some(result),
                 revision: self.state.revision,
+                allocated_range_id: std::mem::take(&mut self.allocated_range_id),
             }),
         }))
     }
@@ -393,10 +582,46 @@ impl StateMachine {
             }
             // A mark at or below the current one changes nothing.
             Some(raft_command::Op::OracleAdvance(_)) => {}
+            Some(raft_command::Op::AllocateRangeId(_)) => {
+                let id = self.range_map.next_range_id.max(super::FIRST_DATA_RANGE_ID + 1);
+                self.range_map.next_range_id = id + 1;
+                self.put_range_map(batch);
+                self.allocated_range_id = id;
+            }
+            Some(raft_command::Op::UpdateRangeMap(update)) => {
+                let mut changed = false;
+                for incoming in update.descriptors {
+                    let ranges = &mut self.range_map.ranges;
+                    match ranges.iter_mut().find(|known| known.id == incoming.id) {
+                        Some(known) => {
+                            if (incoming.epoch, incoming.conf_version) > (known.epoch, known.conf_version) {
+                                *known = incoming;
+                                changed = true;
+                            }
+                        }
+                        None => {
+                            ranges.push(incoming);
+                            changed = true;
+                        }
+                    }
+                }
+                if changed {
+                    self.range_map.ranges.sort_by(|a, b| a.start_key.cmp(&b.start_key));
+                    self.put_range_map(batch);
+                }
+            }
             None => {}
             Some(_) => return Err(KvError::WrongRange("a key-value command")),
         }
         Ok(command_result::Result::Empty(cmd::Empty {}))
+    }
+
+    fn put_range_map(&self, batch: &mut WriteBatch) {
+        batch.put(
+            Space::RangeMeta,
+            keys::range_record_key(self.range_id, RANGE_MAP),
+            self.range_map.encode_to_vec(),
+        );
     }
 
     fn apply_txn(&mut self, request: Txn, revision: i64, pending: &mut ApplyBatch) -> Result<TxnResult, KvError> {
@@ -412,29 +637,42 @@ impl StateMachine {
             path
         };
         let mut exec = TxnExec {
-            range_id: self.range_id,
             base,
             overlay: &mut pending.overlay,
             batch: &mut pending.batch,
             revisions,
             revision,
             sub: 0,
+            keys_delta: 0,
+            bytes_delta: 0,
         };
         let mut result = exec.txn(&request, &path, &mut 0)?;
         if exec.sub > 0 {
             self.state.revision = revision;
         }
+        let (keys_delta, bytes_delta) = (exec.keys_delta, exec.bytes_delta);
+        self.count_live(keys_delta, bytes_delta);
         result.revision = self.state.revision;
         Ok(result)
     }
 
-    fn apply_compact(&mut self, revision: i64, pending: &mut ApplyBatch) -> Result<command_result::Result, KvError> {
+    /// Compacts history below `revision`. The command's own revision is a fresh one from
+    /// the oracle: a compaction point above it is in the cluster's future. Applying it
+    /// also closes the range at the command's revision (as `Close`), so a range that has
+    /// been idle still has its compaction point at or below its revision.
+    fn apply_compact(
+        &mut self,
+        revision: i64,
+        command_revision: i64,
+        pending: &mut ApplyBatch,
+    ) -> Result<command_result::Result, KvError> {
         if revision <= self.state.compact_revision {
             return Err(KvError::Compacted);
         }
-        if revision > self.state.revision {
+        if revision > command_revision {
             return Err(KvError::FutureRevision);
         }
+        self.state.revision = self.state.revision.max(command_revision);
         // The new compaction point is stored first: from then on no read can ask for
         // what the history removal takes, so it need not be atomic with it, and it runs
         // on the background worker, never holding up the log. (Earlier commands were
@@ -476,25 +714,27 @@ impl StateMachine {
         if !self.lessor.contains(lease_id) {
             return Err(KvError::LeaseNotFound);
         }
-        let prefix_bytes = keys::lease_key(self.range_id, lease_id).len();
+        let span = snapshot::descriptor_span(&self.descriptor);
         let mut attached = Vec::new();
-        for pair in self
-            .engine
-            .scan(Space::LeaseKeys, &keys::lease_keys(self.range_id, lease_id), false)
-        {
+        for pair in self.engine.scan(Space::LeaseKeys, &keys::lease_keys(lease_id), false) {
             let (entry, _) = pair?;
-            attached.push(entry[prefix_bytes..].to_vec());
+            // The lease's keys in other ranges are theirs to delete.
+            let key = keys::lease_entry_key(&entry);
+            if span.contains(key) {
+                attached.push(key.to_vec());
+            }
         }
         let revisions = self.revisions();
         // Earlier commands were flushed (see `reads_beyond_overlay`): the engine is current.
         let mut exec = TxnExec {
-            range_id: self.range_id,
             base: self.engine.as_ref(),
             overlay: &mut pending.overlay,
             batch: &mut pending.batch,
             revisions,
             revision,
             sub: 0,
+            keys_delta: 0,
+            bytes_delta: 0,
         };
         for key in &attached {
             match exec.base.latest(key)? {
@@ -502,12 +742,14 @@ impl StateMachine {
                 // The key moved to another lease or is gone: only the index entry is stale.
                 _ => exec
                     .batch
-                    .delete(Space::LeaseKeys, keys::lease_key_entry(self.range_id, lease_id, key)),
+                    .delete(Space::LeaseKeys, keys::lease_key_entry(lease_id, key)),
             }
         }
         if exec.sub > 0 {
             self.state.revision = revision;
         }
+        let (keys_delta, bytes_delta) = (exec.keys_delta, exec.bytes_delta);
+        self.count_live(keys_delta, bytes_delta);
         pending
             .batch
             .delete(Space::Leases, keys::lease_key(self.range_id, lease_id));
@@ -568,6 +810,33 @@ fn reads_beyond_overlay(command: &RaftCommand) -> bool {
     }
 }
 
+/// Every range this node holds (has a descriptor of), by id.
+pub fn local_descriptors(view: &dyn ReadView) -> Result<Vec<RangeDescriptor>, StorageError> {
+    let mut descriptors = Vec::new();
+    for pair in view.scan(
+        Space::RangeMeta,
+        &crate::storage::KeyRange::new(Vec::new(), None),
+        false,
+    ) {
+        let (key, value) = pair?;
+        if key.len() == 9 && key[8] == DESCRIPTOR {
+            if let Some(descriptor) = decode::<RangeDescriptor>(Space::RangeMeta, Some(value), "descriptor")? {
+                descriptors.push(descriptor);
+            }
+        }
+    }
+    Ok(descriptors)
+}
+
+/// The range's descriptor as stored in `view`.
+pub fn descriptor_in(range_id: u64, view: &dyn ReadView) -> Result<Option<RangeDescriptor>, StorageError> {
+    decode(
+        Space::RangeMeta,
+        view.get(Space::RangeMeta, &keys::range_record_key(range_id, DESCRIPTOR))?,
+        "descriptor",
+    )
+}
+
 /// Members as published through the log, as stored in `view`.
 pub fn members_in(range_id: u64, view: &dyn ReadView) -> Result<Vec<MemberInfo>, StorageError> {
     let members: Option<PublishedMembers> = decode(
@@ -591,13 +860,14 @@ pub fn read_only_txn(view: &dyn ReadView, revisions: Revisions, request: &Txn) -
     let mut unused = WriteBatch::new();
     let mut unused_overlay = Overlay::new();
     let mut exec = TxnExec {
-        range_id: 0,
         base: view,
         overlay: &mut unused_overlay,
         batch: &mut unused,
         revisions,
         revision: revisions.current + 1,
         sub: 0,
+        keys_delta: 0,
+        bytes_delta: 0,
     };
     let mut result = exec.txn(request, &path, &mut 0)?;
     assert!(exec.sub == 0 && unused.is_empty(), "a read-only transaction wrote");
@@ -614,12 +884,19 @@ pub fn refusal_to_proto(error: &KvError) -> cmd::CommandError {
         KvError::UnknownMember => cmd::ErrorKind::UnknownMember,
         KvError::LeaseExists => cmd::ErrorKind::LeaseExists,
         KvError::StaleRevision => cmd::ErrorKind::StaleRevision,
+        KvError::EpochMismatch { .. } => cmd::ErrorKind::EpochMismatch,
         // Applying never bounds a response; a replicated refusal cannot carry it.
-        KvError::Storage(_) | KvError::ResponseTooLarge { .. } | KvError::WrongRange(_) => cmd::ErrorKind::Unspecified,
+        KvError::Storage(_) | KvError::ResponseTooLarge { .. } | KvError::WrongRange(_) | KvError::BadSplit(_) => {
+            cmd::ErrorKind::Unspecified
+        }
     };
     cmd::CommandError {
         kind: kind as i32,
         detail: error.to_string(),
+        current: match error {
+            KvError::EpochMismatch { current, .. } => current.clone(),
+            _ => Vec::new(),
+        },
     }
 }
 
@@ -632,6 +909,10 @@ pub fn refusal_from_proto(error: &cmd::CommandError) -> KvError {
         cmd::ErrorKind::UnknownMember => KvError::UnknownMember,
         cmd::ErrorKind::LeaseExists => KvError::LeaseExists,
         cmd::ErrorKind::StaleRevision => KvError::StaleRevision,
+        cmd::ErrorKind::EpochMismatch => KvError::EpochMismatch {
+            detail: error.detail.clone(),
+            current: error.current.clone(),
+        },
         cmd::ErrorKind::Unspecified => KvError::Storage(StorageError::Engine(error.detail.clone())),
     }
 }
@@ -698,7 +979,6 @@ fn check_chosen(
 /// One transaction being applied: its writes go to the batch and to an overlay that
 /// its own later operations read through.
 struct TxnExec<'a> {
-    range_id: u64,
     base: &'a dyn ReadView,
     /// Writes of this and earlier commands of the apply batch.
     overlay: &'a mut Overlay,
@@ -708,6 +988,14 @@ struct TxnExec<'a> {
     revision: i64,
     /// Writes so far; each gets its own sub revision.
     sub: i64,
+    /// How the range's live keys and bytes change.
+    keys_delta: i64,
+    bytes_delta: i64,
+}
+
+/// Bytes a live key counts for in the range's statistics.
+fn live_bytes(key: &[u8], record: &Record) -> i64 {
+    (key.len() + record.value.len()) as i64
 }
 
 impl TxnExec<'_> {
@@ -788,18 +1076,18 @@ impl TxnExec<'_> {
         };
         let previous_lease = previous.as_ref().map_or(0, |p| p.lease);
         if previous_lease != 0 && previous_lease != lease {
-            self.batch.delete(
-                Space::LeaseKeys,
-                keys::lease_key_entry(self.range_id, previous_lease, &key),
-            );
+            self.batch
+                .delete(Space::LeaseKeys, keys::lease_key_entry(previous_lease, &key));
         }
         if lease != 0 && previous_lease != lease {
-            self.batch.put(
-                Space::LeaseKeys,
-                keys::lease_key_entry(self.range_id, lease, &key),
-                Vec::new(),
-            );
+            self.batch
+                .put(Space::LeaseKeys, keys::lease_key_entry(lease, &key), Vec::new());
         }
+        match &previous {
+            Some(previous) => self.bytes_delta -= live_bytes(&key, previous),
+            None => self.keys_delta += 1,
+        }
+        self.bytes_delta += live_bytes(&key, &record);
         mvcc::write_put(self.batch, &key, &record, self.sub);
         self.sub += 1;
         self.overlay.insert(key.clone(), Some(record));
@@ -814,11 +1102,11 @@ impl TxnExec<'_> {
 
     fn delete_key(&mut self, key: &[u8], record: &Record) {
         if record.lease != 0 {
-            self.batch.delete(
-                Space::LeaseKeys,
-                keys::lease_key_entry(self.range_id, record.lease, key),
-            );
+            self.batch
+                .delete(Space::LeaseKeys, keys::lease_key_entry(record.lease, key));
         }
+        self.keys_delta -= 1;
+        self.bytes_delta -= live_bytes(key, record);
         mvcc::write_delete(self.batch, key, self.revision, self.sub);
         self.sub += 1;
         self.overlay.insert(key.to_vec(), None);
@@ -888,6 +1176,7 @@ mod tests {
                 proposed_term: 1,
                 origin_incarnation: 1,
                 revision: self.machine.revisions().current + 1,
+                epoch: 0,
                 op: Some(op),
             };
             let mut pending = ApplyBatch::default();
@@ -978,6 +1267,7 @@ mod tests {
                 proposed_term: 1,
                 origin_incarnation: 1,
                 revision: index as i64 + 1,
+                epoch: 0,
                 op: Some(op),
             };
             machine
@@ -1034,6 +1324,7 @@ mod tests {
             proposed_term: 1,
             origin_incarnation: 3,
             revision: 3,
+            epoch: 0,
             op: Some(put_command("a", "stale")),
         };
         let mut pending = ApplyBatch::default();
@@ -1130,6 +1421,7 @@ mod tests {
             proposed_term: 1,
             origin_incarnation: 1,
             revision: 3,
+            epoch: 0,
             op: Some(put_command("a", "late")),
         };
         let mut pending = ApplyBatch::default();
@@ -1169,5 +1461,62 @@ mod tests {
         assert_eq!(f.get("a", 3).unwrap().kvs[0].value.as_ref(), b"2");
         let again = f.apply(raft_command::Op::Compact(cmd::Compact { revision: 3 }));
         assert!(matches!(again, command_result::Result::Error(ref e) if e.kind() == cmd::ErrorKind::Compacted));
+    }
+
+    /// A split keeps the keys below the split key in this range and gives the rest a
+    /// new range, in one batch: both descriptors (epoch bumped), the new range's apply
+    /// state and its Raft starting point. Commands planned on the old epoch, or touching
+    /// keys that moved, are refused as stale plans.
+    #[test]
+    fn a_split_hands_the_upper_keys_to_a_new_range_and_refuses_stale_plans() {
+        let mut f = Fixture::new();
+        for key in ["a", "b", "c", "d"] {
+            f.put(key, "v");
+        }
+        let revision = f.machine.revisions().current;
+        let epoch = f.machine.descriptor().epoch;
+        let split = |expected_epoch| {
+            raft_command::Op::Split(cmd::Split {
+                split_key: b"c".to_vec().into(),
+                new_range_id: 7,
+                expected_epoch,
+                left_keys: 2,
+                left_bytes: 4,
+            })
+        };
+        assert!(matches!(f.apply(split(epoch)), command_result::Result::Empty(_)));
+        let left = f.machine.descriptor().clone();
+        assert_eq!((left.end_key.as_ref(), left.epoch), (&b"c"[..], epoch + 1));
+        let created = f.machine.take_created();
+        assert_eq!(created.len(), 1);
+        let right = &created[0];
+        assert_eq!(
+            (right.id, right.start_key.as_ref(), right.end_key.as_ref()),
+            (7, &b"c"[..], &b""[..])
+        );
+        assert_eq!(right.epoch, epoch + 1);
+        let right_machine = StateMachine::load(7, f.machine.engine.clone(), RangeDescriptor::default()).unwrap();
+        assert_eq!(right_machine.descriptor(), right);
+        assert_eq!(
+            right_machine.revisions().current,
+            revision,
+            "the new range starts at the revision"
+        );
+        assert_eq!(right_machine.applied_index(), SPLIT_INIT_INDEX);
+        assert_eq!(right_machine.live().0, 2, "the upper half's keys");
+        assert_eq!(f.machine.live().0, 2);
+
+        // The same split again: planned on an epoch that is gone.
+        let again = f.apply(split(epoch));
+        assert!(matches!(again, command_result::Result::Error(ref e) if e.kind() == cmd::ErrorKind::EpochMismatch));
+        // A put of a key that moved, routed by the old map.
+        let moved = f.apply(put_command("d", "late"));
+        let command_result::Result::Error(refusal) = moved else {
+            panic!("{moved:?}")
+        };
+        assert_eq!(refusal.kind(), cmd::ErrorKind::EpochMismatch);
+        assert_eq!(refusal.current.len(), 2, "the refusal names both halves: {refusal:?}");
+        assert_eq!(f.get("d", 0).unwrap().kvs[0].value.as_ref(), b"v", "nothing applied");
+        f.put("b", "still here");
     }
 }

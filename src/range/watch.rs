@@ -15,12 +15,11 @@
 //! memory. A watcher whose next revision was compacted away is cancelled with the
 //! compaction revision, as etcd does.
 
-use super::replica::RangeStatus;
-use super::state_machine::StateMachine;
+use super::Frontier;
 use crate::proto::etcdserverpb::{ResponseHeader, WatchResponse};
 use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
 use crate::storage::mvcc::{self, Change};
-use crate::storage::{Engine, KeyRange, ReadView, StorageError};
+use crate::storage::{KeyRange, ReadView, StorageError};
 use bytes::Bytes;
 use prost::Message;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -37,6 +36,8 @@ const CHUNK: mvcc::ChangeLimit = mvcc::ChangeLimit {
 };
 /// How often unsynced watchers are advanced.
 const CATCH_UP_INTERVAL: Duration = Duration::from_millis(10);
+/// How often a hub with watchers looks for changes held back above the frontier.
+const HELD_CHECK_INTERVAL: Duration = Duration::from_millis(50);
 /// How often streams whose client went away are looked for (in case the close command
 /// found the hub's inbox full).
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -123,29 +124,26 @@ impl Drop for Subscription {
 }
 
 impl WatchHub {
-    /// Starts the hub of `range_id` on a thread of its own (its storage reads block, so
-    /// they must not hold up the node's async workers); it runs until every handle is
-    /// dropped or the range's revisions stop.
+    /// Starts the node's hub on a thread of its own (its storage reads block, so they
+    /// must not hold up the node's async workers); it runs until every handle is dropped
+    /// or the frontier's sender is gone. It delivers the events of every local data
+    /// range, up to the frontier: the revision every one of them has applied.
     pub fn start(
-        range_id: u64,
-        engine: Arc<dyn Engine>,
-        status: Arc<RangeStatus>,
-        revisions: watch::Receiver<i64>,
+        source: Arc<dyn HubSource>,
+        frontier: watch::Receiver<Frontier>,
         header: HeaderFn,
         progress_interval: Duration,
         max_response_bytes: usize,
     ) -> Result<Self, StorageError> {
-        // What the replica published is whole (an install publishes once it is done).
-        let delivered = *revisions.borrow();
+        // What the store published is whole (an install publishes once it is done).
+        let delivered = frontier.borrow().revision;
         let (commands, inbox) = mpsc::channel(COMMANDS_MAX);
         let task = HubTask {
-            range_id,
-            engine,
-            status,
+            source,
             header,
             max_response_bytes,
             delivered,
-            published: delivered,
+            published: *frontier.borrow(),
             streams: HashMap::new(),
             watchers: BTreeMap::new(),
         };
@@ -154,8 +152,8 @@ impl WatchHub {
             .build()
             .map_err(|error| StorageError::Engine(format!("starting the watch hub: {error}")))?;
         std::thread::Builder::new()
-            .name(format!("shoal-watch-{range_id}"))
-            .spawn(move || runtime.block_on(task.run(inbox, revisions, progress_interval)))
+            .name("shoal-watch".to_string())
+            .spawn(move || runtime.block_on(task.run(inbox, frontier, progress_interval)))
             .map_err(|error| StorageError::Engine(format!("starting the watch hub: {error}")))?;
         Ok(Self {
             commands,
@@ -244,18 +242,25 @@ struct Watcher {
     pending_covered: i64,
 }
 
+/// What the hub reads through: views of the engine with no range half replaced by a
+/// snapshot install, and a way to ask lagging ranges to move on.
+pub trait HubSource: Send + Sync {
+    /// A pinned view in which no local range is mid-install, or `None` while one is.
+    fn whole_view(&self) -> Option<Arc<dyn ReadView>>;
+    /// The hub holds back a change at `revision` (0: none) because some data range has
+    /// not applied that far: such ranges should close (move to a fresh revision).
+    fn want(&self, revision: i64);
+}
+
 struct HubTask {
-    range_id: u64,
-    engine: Arc<dyn Engine>,
-    /// The range's install gate: the hub reads only whole views of the range.
-    status: Arc<RangeStatus>,
+    source: Arc<dyn HubSource>,
     header: HeaderFn,
     max_response_bytes: usize,
     /// Every revision up to this one has been offered to the synced watchers.
     delivered: i64,
-    /// The newest revision the replica published; above `delivered` while a snapshot
+    /// The newest frontier the store published; above `delivered` while a snapshot
     /// install held the hub back.
-    published: i64,
+    published: Frontier,
     streams: HashMap<StreamId, StreamState>,
     watchers: BTreeMap<(StreamId, i64), Watcher>,
 }
@@ -272,7 +277,7 @@ impl HubTask {
     async fn run(
         mut self,
         mut inbox: mpsc::Receiver<Command>,
-        mut revisions: watch::Receiver<i64>,
+        mut frontier: watch::Receiver<Frontier>,
         progress_interval: Duration,
     ) {
         let mut catch_up = tokio::time::interval(CATCH_UP_INTERVAL);
@@ -282,22 +287,25 @@ impl HubTask {
         progress.reset();
         let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut held = tokio::time::interval(HELD_CHECK_INTERVAL);
+        held.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let outcome = tokio::select! {
                 command = inbox.recv() => match command {
                     Some(command) => self.handle(command),
                     None => return,
                 },
-                changed = revisions.changed() => {
+                changed = frontier.changed() => {
                     if changed.is_err() {
-                        return; // the replica is gone: the node is stopping
+                        return; // the store is gone: the node is stopping
                     }
-                    let revision = *revisions.borrow_and_update();
-                    self.advance(revision)
+                    let published = *frontier.borrow_and_update();
+                    self.advance(published)
                 }
                 _ = catch_up.tick(), if self.has_unsynced() || self.has_pending() || self.held_back() => {
                     self.advance(self.published).and_then(|()| self.catch_up())
                 }
+                _ = held.tick(), if !self.watchers.is_empty() => self.ask_for_held_changes(),
                 _ = sweep.tick() => {
                     self.sweep_closed_streams();
                     Ok(())
@@ -308,7 +316,7 @@ impl HubTask {
                 }
             };
             if let Err(error) = outcome {
-                tracing::error!(range = self.range_id, %error, "watch hub cannot read storage; closing its streams");
+                tracing::error!(%error, "watch hub cannot read storage; closing its streams");
                 for (_, stream) in self.streams.drain() {
                     let _ = stream.sink.try_send(Err(WatchError::Storage(error.to_string())));
                 }
@@ -370,9 +378,24 @@ impl HubTask {
         self.watchers.values().any(|watcher| !self.is_synced(watcher))
     }
 
-    /// A snapshot install kept the hub from offering what the replica published.
+    /// A snapshot install kept the hub from offering what the store published.
     fn held_back(&self) -> bool {
-        self.delivered < self.published
+        self.delivered < self.published.revision
+    }
+
+    /// Tells the store whether a change waits above the frontier (a range that applied
+    /// further than another holds it back).
+    fn ask_for_held_changes(&mut self) -> Result<(), StorageError> {
+        let Some(view) = self.source.whole_view() else {
+            return Ok(());
+        };
+        let limit = mvcc::ChangeLimit {
+            changes: 1,
+            bytes: usize::MAX,
+        };
+        let (changes, _) = mvcc::read_changes(view.as_ref(), self.delivered + 1, i64::MAX - 1, limit)?;
+        self.source.want(changes.first().map_or(0, |change| change.revision));
+        Ok(())
     }
 
     fn has_pending(&self) -> bool {
@@ -425,13 +448,16 @@ impl HubTask {
     }
 
     /// Offers the revisions after `delivered` up to `revision` to the synced watchers.
-    fn advance(&mut self, revision: i64) -> Result<(), StorageError> {
-        self.published = self.published.max(revision);
+    fn advance(&mut self, published: Frontier) -> Result<(), StorageError> {
+        if published.revision >= self.published.revision {
+            self.published = published;
+        }
+        let revision = self.published.revision;
         while self.delivered < revision {
-            let Some(view) = self.status.whole_view(self.engine.as_ref()) else {
+            let Some(view) = self.source.whole_view() else {
                 return Ok(()); // the catch-up timer tries again
             };
-            let compact = StateMachine::revisions_in(self.range_id, view.as_ref())?.compact;
+            let compact = self.published.compact;
             let from = self.delivered + 1;
             let synced: Vec<(StreamId, i64)> = self
                 .watchers
@@ -476,10 +502,10 @@ impl HubTask {
         for key in with_pending {
             self.flush_pending(key);
         }
-        let Some(view) = self.status.whole_view(self.engine.as_ref()) else {
+        let Some(view) = self.source.whole_view() else {
             return Ok(()); // a snapshot is being installed: the next tick tries again
         };
-        let compact = StateMachine::revisions_in(self.range_id, view.as_ref())?.compact;
+        let compact = self.published.compact;
         let behind: Vec<(StreamId, i64)> = self
             .watchers
             .iter()

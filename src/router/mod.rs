@@ -4,15 +4,14 @@
 //! apply a command twice). Lease queries go to the leader over the peer port.
 //! Linearizable reads get a read index from the local replica.
 
-use crate::proto::shoal::command::{command_result, CommandResult, ErrorKind};
-use crate::proto::shoal::state::RangeDescriptor;
+use crate::proto::shoal::command::{command_result, CommandResult, ErrorKind, RaftCommand};
 use crate::range::lease::LeaseTime;
 use crate::range::reader::{PinnedRange, RangeReader};
 use crate::range::replica::{LeaseQueryKind, RangeStatus};
 use crate::range::{RangeError, FIRST_DATA_RANGE_ID, META_RANGE_ID};
-use crate::store::{RangeView, StoreHandle};
+use crate::storage::KeyRange;
+use crate::store::{RangeRegistry, RangeView, StoreHandle};
 use crate::transport::{ForwardError, PeerTransport};
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,8 +22,15 @@ const LEADER_POLL: Duration = Duration::from_millis(50);
 /// How often a read waiting for a snapshot install looks again.
 const INSTALL_POLL: Duration = Duration::from_millis(5);
 
+/// How long a command refused for a stale plan waits before it is planned again.
+const REPLAN_PAUSE: Duration = Duration::from_millis(2);
+
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
+    /// The keys of one command live in several ranges (these), which a single-range
+    /// command cannot touch.
+    #[error("the keys span ranges {0:?}")]
+    CrossRange(Vec<u64>),
     #[error(transparent)]
     Range(#[from] RangeError),
     #[error("no leader")]
@@ -34,78 +40,85 @@ pub enum RouteError {
     ConnectionLost(String),
 }
 
-/// Which range holds which keys: range start key -> (range id, end key).
-#[derive(Debug, Default)]
-pub struct RangeMap {
-    by_start: BTreeMap<Vec<u8>, (u64, Option<Vec<u8>>)>,
-}
-
-impl RangeMap {
-    pub fn new(descriptors: &[RangeDescriptor]) -> Self {
-        let by_start = descriptors
-            .iter()
-            .map(|descriptor| {
-                let end = (!descriptor.end_key.is_empty()).then(|| descriptor.end_key.to_vec());
-                (descriptor.start_key.to_vec(), (descriptor.id, end))
-            })
-            .collect();
-        Self { by_start }
-    }
-
-    /// The range whose span holds `internal_key`.
-    pub fn range_of(&self, internal_key: &[u8]) -> Option<u64> {
-        let (_, (range_id, end)) = self.by_start.range(..=internal_key.to_vec()).next_back()?;
-        end.as_deref().is_none_or(|end| internal_key < end).then_some(*range_id)
-    }
-}
-
 pub struct Router {
     node_id: u64,
     store: StoreHandle,
-    map: RangeMap,
-    ranges: BTreeMap<u64, RangeView>,
+    registry: Arc<RangeRegistry>,
     peers: Arc<PeerTransport>,
     reader: RangeReader,
     request_timeout: Duration,
+}
+
+/// How a command was planned: the range and the epoch of its descriptor then.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub range_id: u64,
+    pub epoch: u64,
 }
 
 impl Router {
     pub fn new(
         node_id: u64,
         store: StoreHandle,
-        map: RangeMap,
-        ranges: BTreeMap<u64, RangeView>,
+        registry: Arc<RangeRegistry>,
         peers: Arc<PeerTransport>,
         reader: RangeReader,
         request_timeout: Duration,
     ) -> Self {
-        assert!(ranges.contains_key(&META_RANGE_ID), "the meta range must be local");
+        assert!(registry.status(META_RANGE_ID).is_some(), "the meta range must be local");
         Self {
             node_id,
             store,
-            map,
-            ranges,
+            registry,
             peers,
             reader,
             request_timeout,
         }
     }
 
-    /// The range holding the internal key `key`. Every range of the map is local until
-    /// ranges move between nodes; a key outside every range is a bug in the map.
+    /// The range holding the internal key `key`. Data ranges cover every key and every
+    /// node holds every range until ranges move between nodes; a key outside every
+    /// local range is a bug in the map.
     pub fn range_of(&self, key: &[u8]) -> u64 {
-        let range_id = self.map.range_of(key);
-        debug_assert!(range_id.is_some(), "no range holds {key:?}");
-        range_id.unwrap_or(FIRST_DATA_RANGE_ID)
+        let plan = self.registry.route(key);
+        debug_assert!(plan.is_some(), "no range holds {key:?}");
+        plan.map_or(FIRST_DATA_RANGE_ID, |(range_id, _)| range_id)
+    }
+
+    /// The one data range holding every key of `spans`, or `CrossRange` naming them.
+    pub fn plan(&self, spans: &[KeyRange]) -> Result<Plan, RouteError> {
+        let mut planned: Option<Plan> = None;
+        let mut all = Vec::new();
+        for span in spans {
+            for (range_id, epoch) in self.registry.overlapping(span) {
+                if !all.contains(&range_id) {
+                    all.push(range_id);
+                }
+                planned.get_or_insert(Plan { range_id, epoch });
+            }
+        }
+        match (planned, all.len()) {
+            (Some(plan), 1) => Ok(plan),
+            (None, _) => Ok(Plan {
+                range_id: FIRST_DATA_RANGE_ID,
+                epoch: 0,
+            }),
+            (Some(_), _) => Err(RouteError::CrossRange(all)),
+        }
+    }
+
+    /// The registry of this node's ranges.
+    pub fn registry(&self) -> &Arc<RangeRegistry> {
+        &self.registry
     }
 
     /// Ids of the ranges this node holds a replica of.
     pub fn local_ranges(&self) -> Vec<u64> {
-        self.ranges.keys().copied().collect()
+        self.registry.ids()
     }
 
-    pub fn status(&self, range_id: u64) -> &Arc<RangeStatus> {
-        &self.view(range_id).status
+    pub fn status(&self, range_id: u64) -> Arc<RangeStatus> {
+        self.view(range_id).status
     }
 
     /// Applied revisions of the local replica, as they change.
@@ -133,7 +146,7 @@ impl Router {
         let status = self.status(range_id);
         let deadline = Instant::now() + self.request_timeout;
         loop {
-            if let Some(pinned) = self.reader.pin(range_id, status) {
+            if let Some(pinned) = self.reader.pin(range_id, &status) {
                 return Ok(pinned);
             }
             if Instant::now() >= deadline {
@@ -155,13 +168,47 @@ impl Router {
         self.reader.disk_space_bytes()
     }
 
-    fn view(&self, range_id: u64) -> &RangeView {
-        // Every range id handed out by `range_of` is local.
-        &self.ranges[&range_id]
+    fn view(&self, range_id: u64) -> RangeView {
+        // Every range id handed out by `range_of` is local, and local ranges stay.
+        self.registry
+            .view(range_id)
+            .unwrap_or_else(|| panic!("range {range_id} is not on this node"))
     }
 
     pub fn request_timeout(&self) -> Duration {
         self.request_timeout
+    }
+
+    /// Runs a key-value command (an encoded `RaftCommand`) on the one range holding
+    /// every key of `spans`, planned against the range's epoch: a command refused for a
+    /// stale plan (the range split meanwhile) did nothing and is planned again. Fails
+    /// with `CrossRange` when the keys live in several ranges.
+    pub async fn write_keys(&self, spans: &[KeyRange], command: Vec<u8>) -> Result<CommandResult, RouteError> {
+        let deadline = Instant::now() + self.request_timeout;
+        loop {
+            let plan = self.plan(spans)?;
+            let mut stamped = command.clone();
+            let stamp = RaftCommand {
+                epoch: plan.epoch,
+                ..Default::default()
+            };
+            prost::Message::encode(&stamp, &mut stamped).unwrap_or_else(|_| unreachable!("a Vec grows as needed"));
+            let applied = self.write(plan.range_id, stamped).await?;
+            let Some(command_result::Result::Error(refusal)) = &applied.result else {
+                return Ok(applied);
+            };
+            if refusal.kind() != ErrorKind::EpochMismatch {
+                return Ok(applied);
+            }
+            for descriptor in &refusal.current {
+                self.registry.update(descriptor);
+            }
+            if Instant::now() >= deadline {
+                return Ok(applied);
+            }
+            // The store loop enters a split's new range right after applying it.
+            tokio::time::sleep(REPLAN_PAUSE).await;
+        }
     }
 
     /// Runs a write (an encoded `RaftCommand`) on the range's leader and returns what
@@ -258,29 +305,5 @@ impl Router {
     /// Waits until this node's replica reflects every write acknowledged before the call.
     pub async fn linearize(&self, range_id: u64) -> Result<(), RouteError> {
         Ok(self.store.read_index(range_id).await?)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_map_to_the_range_whose_span_holds_them() {
-        let descriptor = |id, start: &[u8], end: &[u8]| RangeDescriptor {
-            id,
-            start_key: start.to_vec().into(),
-            end_key: end.to_vec().into(),
-            epoch: 1,
-            ..Default::default()
-        };
-        let map = RangeMap::new(&[descriptor(1, b"", b"m"), descriptor(2, b"m", b"")]);
-        assert_eq!(map.range_of(b"a"), Some(1));
-        assert_eq!(map.range_of(b""), Some(1));
-        assert_eq!(map.range_of(b"m"), Some(2));
-        assert_eq!(map.range_of(b"\xff\xff"), Some(2));
-        let gap = RangeMap::new(&[descriptor(1, b"b", b"c")]);
-        assert_eq!(gap.range_of(b"a"), None);
-        assert_eq!(gap.range_of(b"c"), None);
     }
 }

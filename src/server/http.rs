@@ -1,5 +1,6 @@
 //! The metrics listener: Prometheus `/metrics`, `/health` (can this member serve a
-//! linearizable read now?) and `/ready` (has it joined and caught up?).
+//! linearizable read now?), `/ready` (has it joined and caught up?) and `/v1/ranges`
+//! (the data ranges as this member holds them).
 
 use crate::range::FIRST_DATA_RANGE_ID;
 use crate::router::Router;
@@ -23,6 +24,7 @@ pub fn routes(router: Arc<Router>, metrics: Option<PrometheusHandle>) -> axum::R
         .route("/metrics", get(render_metrics))
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .route("/v1/ranges", get(ranges))
         .with_state(HttpState { router, metrics })
 }
 
@@ -79,4 +81,33 @@ async fn ready(State(state): State<HttpState>) -> impl IntoResponse {
             format!(r#"{{"ready":false,"leader":"{leader:x}","commit":{commit},"applied":{applied}}}"#),
         )
     }
+}
+
+/// One object per data range this member holds: `id`, `start_key` and `end_key` (base64,
+/// empty = unbounded), `epoch`, `replicas` (member ids in hex, as etcdctl prints them),
+/// `leader`, `keys` and `bytes` (live keys and their bytes, approximate after a split).
+async fn ranges(State(state): State<HttpState>) -> impl IntoResponse {
+    use base64::Engine as _;
+    let encode = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let ranges: Vec<serde_json::Value> = state
+        .router
+        .registry()
+        .data_ranges()
+        .into_iter()
+        .map(|range| {
+            let descriptor = &range.descriptor;
+            let status = &range.view.status;
+            serde_json::json!({
+                "id": descriptor.id,
+                "start_key": encode(&descriptor.start_key),
+                "end_key": encode(&descriptor.end_key),
+                "epoch": descriptor.epoch,
+                "replicas": descriptor.replicas.iter().map(|id| format!("{id:x}")).collect::<Vec<_>>(),
+                "leader": format!("{:x}", status.leader()),
+                "keys": status.live_keys.load(Ordering::Acquire),
+                "bytes": status.live_bytes.load(Ordering::Acquire),
+            })
+        })
+        .collect();
+    json(StatusCode::OK, serde_json::Value::Array(ranges).to_string())
 }

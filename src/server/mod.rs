@@ -28,7 +28,8 @@ use crate::range::watch::WatchHub;
 use crate::range::{self, FIRST_DATA_RANGE_ID, META_RANGE_ID};
 use crate::router::Router;
 use crate::storage::{Engine, FjallEngine, StorageError};
-use crate::store::{Store, StoreHandle, StoreInput};
+use crate::store::registry::HubViews;
+use crate::store::{RangeRegistry, Store, StoreHandle, StoreInput, StoreParts};
 use crate::tls::TlsError;
 use crate::transport::{PeerIdentity, PeerService, PeerTransport, PEER_MESSAGE_BYTES_MAX};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -153,7 +154,7 @@ pub async fn run(
     )?;
     let data = Replica::open(
         FIRST_DATA_RANGE_ID,
-        replica_config,
+        replica_config.clone(),
         engine.clone(),
         snapshots.clone(),
         data_descriptor.clone(),
@@ -186,17 +187,38 @@ pub async fn run(
         &peer_urls,
         tls.peer_dialer.clone(),
         store_handle.clone(),
-        snapshots,
+        snapshots.clone(),
     )?;
     let worker = crate::range::background::BackgroundWorker::start(engine.clone())?;
-    let (store, ranges) = Store::new(
-        me,
-        vec![meta, data],
-        engine.clone(),
-        inbox,
-        transport.clone(),
-        tick,
-        worker,
+    // Ranges created by splits since the cluster started.
+    let mut replicas = vec![meta, data];
+    for descriptor in crate::range::state_machine::local_descriptors(engine.as_ref())? {
+        if descriptor.id == META_RANGE_ID || descriptor.id == FIRST_DATA_RANGE_ID {
+            continue;
+        }
+        replicas.push(Replica::open(
+            descriptor.id,
+            replica_config.clone(),
+            engine.clone(),
+            snapshots.clone(),
+            descriptor,
+            None,
+        )?);
+    }
+    let registry = Arc::new(RangeRegistry::default());
+    let store = Store::new(
+        StoreParts {
+            node_id: me,
+            engine: engine.clone(),
+            inbox,
+            sender: transport.clone(),
+            tick_interval: tick,
+            worker,
+            replica_config,
+            snapshots: snapshots.clone(),
+            registry: registry.clone(),
+        },
+        replicas,
     );
     let (store_done_tx, store_done) = tokio::sync::oneshot::channel();
     let store_thread = std::thread::Builder::new().name("shoal-store".into()).spawn(move || {
@@ -207,19 +229,19 @@ pub async fn run(
     let router = Arc::new(Router::new(
         me,
         store_handle.clone(),
-        crate::router::RangeMap::new(std::slice::from_ref(&data_descriptor)),
-        ranges,
+        registry.clone(),
         transport,
         RangeReader::new(engine.clone()),
         config.request_timeout(),
     ));
-    let header_status = router.status(FIRST_DATA_RANGE_ID).clone_arc();
+    let header_status = router.status(FIRST_DATA_RANGE_ID);
     let (cluster_id, member_id) = (identity.cluster_id, me);
     let watch_hub = WatchHub::start(
-        FIRST_DATA_RANGE_ID,
-        engine.clone(),
-        router.status(FIRST_DATA_RANGE_ID).clone_arc(),
-        router.revision_changes(FIRST_DATA_RANGE_ID),
+        Arc::new(HubViews {
+            registry: registry.clone(),
+            engine: engine.clone(),
+        }),
+        registry.frontier(),
         Arc::new(move |revision| ResponseHeader {
             cluster_id,
             member_id,
@@ -255,16 +277,12 @@ pub async fn run(
         }
     };
     let mut servers = tokio::task::JoinSet::new();
-    let descriptors = HashMap::from([
-        (META_RANGE_ID, meta_descriptor.clone()),
-        (FIRST_DATA_RANGE_ID, data_descriptor.clone()),
-    ]);
     for (listener, tls) in peer_listeners {
         let service = PeerServer::new(PeerService::new(
             peer_identity,
             store_handle.clone(),
             snapshot_dir.clone(),
-            descriptors.clone(),
+            registry.clone(),
             stop_rx.clone(),
         ))
         .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX);
@@ -314,6 +332,7 @@ pub async fn run(
         FIRST_DATA_RANGE_ID,
         config.auto_compaction,
     ));
+    let splitter = tokio::spawn(crate::placement::splitter::run(router.clone(), me, config.split));
     let publisher = tokio::spawn(publish_member(
         router.clone(),
         me,
@@ -332,6 +351,7 @@ pub async fn run(
     };
     tracing::info!("shutting down");
     publisher.abort();
+    splitter.abort();
     compactor.abort();
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), async {

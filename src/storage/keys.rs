@@ -127,16 +127,23 @@ pub fn lease_key(range_id: u64, lease_id: i64) -> Vec<u8> {
     out
 }
 
-/// Key recording that `internal_key` is attached to a lease.
-pub fn lease_key_entry(range_id: u64, lease_id: i64, internal_key: &[u8]) -> Vec<u8> {
-    let mut out = lease_key(range_id, lease_id);
+/// Key recording that `internal_key` is attached to a lease. Not keyed by range: a
+/// lease's keys may live in many ranges, and a split moves none of these records.
+pub fn lease_key_entry(lease_id: i64, internal_key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + internal_key.len());
+    out.extend_from_slice(&(lease_id as u64).to_be_bytes());
     out.extend_from_slice(internal_key);
     out
 }
 
-/// The keys attached to one lease.
-pub fn lease_keys(range_id: u64, lease_id: i64) -> super::KeyRange {
-    super::KeyRange::prefix(&lease_key(range_id, lease_id))
+/// The internal key a lease attachment record is about.
+pub fn lease_entry_key(entry: &[u8]) -> &[u8] {
+    entry.get(8..).unwrap_or_default()
+}
+
+/// The keys attached to one lease, in every range.
+pub fn lease_keys(lease_id: i64) -> super::KeyRange {
+    super::KeyRange::prefix(&(lease_id as u64).to_be_bytes())
 }
 
 /// Every per-range record of one range.

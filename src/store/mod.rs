@@ -11,9 +11,10 @@ use crate::range::background::BackgroundWorker;
 use crate::range::lease::LeaseTime;
 use crate::range::oracle::TimestampWaiter;
 use crate::range::replica::{
-    Collected, LeaseQueryKind, Outbox, ProposalResponder, RangeStatus, ReadResponder, Replica,
+    Collected, LeaseQueryKind, Outbox, ProposalResponder, RangeStatus, ReadResponder, Replica, ReplicaConfig,
 };
-use crate::range::{RangeError, META_RANGE_ID};
+use crate::range::snapshot::SnapshotRegistry;
+use crate::range::{Frontier, RangeError, META_RANGE_ID};
 use crate::storage::{Durability, Engine, StorageError, WriteBatch};
 use raft::eraftpb::Message;
 use std::collections::BTreeMap;
@@ -21,6 +22,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
+
+pub mod registry;
+pub use registry::RangeRegistry;
 
 /// Inputs are taken in turns of at most this many, so output is produced regularly
 /// even under a flood of requests.
@@ -183,6 +187,20 @@ impl StoreHandle {
     }
 }
 
+/// What the store loop is built from, besides its replicas.
+pub struct StoreParts {
+    pub node_id: u64,
+    pub engine: Arc<dyn Engine>,
+    pub inbox: flume::Receiver<StoreInput>,
+    pub sender: Arc<dyn RaftSender>,
+    pub tick_interval: Duration,
+    pub worker: BackgroundWorker,
+    /// For replicas of ranges created at run time (by splits).
+    pub replica_config: ReplicaConfig,
+    pub snapshots: Arc<SnapshotRegistry>,
+    pub registry: Arc<RangeRegistry>,
+}
+
 pub struct Store {
     node_id: u64,
     replicas: BTreeMap<u64, Replica>,
@@ -191,45 +209,121 @@ pub struct Store {
     sender: Arc<dyn RaftSender>,
     tick_interval: Duration,
     worker: BackgroundWorker,
+    replica_config: ReplicaConfig,
+    snapshots: Arc<SnapshotRegistry>,
+    registry: Arc<RangeRegistry>,
+    /// Ticks counted by the loop, and when each data range was last asked to close.
+    ticks: u64,
+    closed_at: BTreeMap<u64, u64>,
 }
 
+fn view_of(replica: &Replica) -> RangeView {
+    RangeView {
+        status: replica.status(),
+        compacted: replica.compacted_changes(),
+        leader_changes: replica.leader_changes(),
+        revision_changes: replica.revision_changes(),
+    }
+}
+
+/// A lagging range is asked to close at most this often (in ticks), while a watcher
+/// waits for it.
+const CLOSE_EVERY_TICKS: u64 = 2;
+
 impl Store {
-    pub fn new(
-        node_id: u64,
-        replicas: Vec<Replica>,
-        engine: Arc<dyn Engine>,
-        inbox: flume::Receiver<StoreInput>,
-        sender: Arc<dyn RaftSender>,
-        tick_interval: Duration,
-        worker: BackgroundWorker,
-    ) -> (Self, BTreeMap<u64, RangeView>) {
-        let views = replicas
-            .iter()
-            .map(|replica| {
-                (
-                    replica.range_id(),
-                    RangeView {
-                        status: replica.status(),
-                        compacted: replica.compacted_changes(),
-                        leader_changes: replica.leader_changes(),
-                        revision_changes: replica.revision_changes(),
-                    },
-                )
-            })
-            .collect();
+    /// The store loop over `replicas`; every one is entered in the registry.
+    pub fn new(parts: StoreParts, replicas: Vec<Replica>) -> Self {
+        for replica in &replicas {
+            parts.registry.insert(replica.descriptor().clone(), view_of(replica));
+        }
         let store = Self {
-            node_id,
+            node_id: parts.node_id,
             replicas: replicas
                 .into_iter()
                 .map(|replica| (replica.range_id(), replica))
                 .collect(),
-            engine,
-            inbox,
-            sender,
-            tick_interval,
-            worker,
+            engine: parts.engine,
+            inbox: parts.inbox,
+            sender: parts.sender,
+            tick_interval: parts.tick_interval,
+            worker: parts.worker,
+            replica_config: parts.replica_config,
+            snapshots: parts.snapshots,
+            registry: parts.registry,
+            ticks: 0,
+            closed_at: BTreeMap::new(),
         };
-        (store, views)
+        store.publish_frontier();
+        store
+    }
+
+    /// Opens the replicas of ranges that splits created, and hands every changed
+    /// descriptor to the registry.
+    fn open_created_ranges(&mut self) -> Result<(), StorageError> {
+        let mut created = Vec::new();
+        for replica in self.replicas.values_mut() {
+            created.extend(replica.take_created_ranges());
+            if let Some(descriptor) = replica.take_descriptor_change() {
+                self.registry.update(&descriptor);
+            }
+        }
+        for descriptor in created {
+            if self.replicas.contains_key(&descriptor.id) {
+                continue;
+            }
+            let replica = Replica::open(
+                descriptor.id,
+                self.replica_config.clone(),
+                self.engine.clone(),
+                self.snapshots.clone(),
+                descriptor.clone(),
+                None,
+            )?;
+            self.registry.insert(replica.descriptor().clone(), view_of(&replica));
+            tracing::info!(range = descriptor.id, "opened a range created by a split");
+            self.replicas.insert(descriptor.id, replica);
+        }
+        Ok(())
+    }
+
+    /// Publishes how far every local data range has applied.
+    fn publish_frontier(&self) {
+        let mut frontier = Frontier {
+            revision: i64::MAX,
+            compact: 0,
+        };
+        for replica in self.replicas.values().filter(|replica| !replica.machine().is_meta()) {
+            let revisions = replica.machine().revisions();
+            frontier.revision = frontier.revision.min(revisions.current);
+            frontier.compact = frontier.compact.max(revisions.compact);
+        }
+        if frontier.revision == i64::MAX {
+            frontier.revision = 1;
+        }
+        self.registry.publish_frontier(frontier);
+    }
+
+    /// A watcher waits for changes up to `wanted`: data ranges that have not applied that
+    /// far are closed there (a `Close` gets a fresh revision), at most every few ticks.
+    fn close_lagging_ranges(&mut self) {
+        let wanted = self.registry.wanted_frontier();
+        if wanted <= 0 {
+            return;
+        }
+        for (range_id, replica) in self.replicas.iter_mut() {
+            if replica.machine().is_meta() || replica.machine().revisions().current >= wanted {
+                continue;
+            }
+            let due = self
+                .closed_at
+                .get(range_id)
+                .is_none_or(|at| self.ticks >= at + CLOSE_EVERY_TICKS);
+            if due {
+                self.closed_at.insert(*range_id, self.ticks);
+                let (responder, _) = oneshot::channel();
+                replica.propose(crate::range::close_command(), responder);
+            }
+        }
     }
 
     /// Runs until `Stop` arrives or every handle is gone. An engine error ends the loop:
@@ -269,9 +363,11 @@ impl Store {
                 break Ok(());
             }
             if now >= next_tick {
+                self.ticks += 1;
                 for replica in self.replicas.values_mut() {
                     replica.tick(now);
                 }
+                self.close_lagging_ranges();
                 next_tick += self.tick_interval;
                 // After a stall (a long fsync), do not fire a burst of catch-up ticks.
                 if next_tick < now {
@@ -289,6 +385,10 @@ impl Store {
                 break Err(error);
             }
             self.deliver_timestamps();
+            if let Err(error) = self.open_created_ranges() {
+                break Err(error);
+            }
+            self.publish_frontier();
             for replica in self.replicas.values_mut() {
                 if let Some(job) = replica.take_compaction() {
                     self.worker.compact(job);

@@ -11,12 +11,12 @@ use crate::proto::shoal::state::RangeDescriptor;
 use crate::range::replica::LeaseQueryKind;
 use crate::range::{snapshot, state_machine, RangeError};
 use crate::storage::Space;
-use crate::store::{StoreHandle, StoreInput};
+use crate::store::{RangeRegistry, StoreHandle, StoreInput};
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -28,7 +28,7 @@ pub struct PeerService {
     store: StoreHandle,
     /// Where received snapshots are staged until the store loop installs them.
     snapshot_dir: PathBuf,
-    descriptors: HashMap<u64, RangeDescriptor>,
+    registry: Arc<RangeRegistry>,
     staged_files: AtomicU64,
     /// True once the node is stopping: Raft streams end, so a graceful stop need not
     /// wait for the peers to hang up.
@@ -40,14 +40,14 @@ impl PeerService {
         identity: PeerIdentity,
         store: StoreHandle,
         snapshot_dir: PathBuf,
-        descriptors: HashMap<u64, RangeDescriptor>,
+        registry: Arc<RangeRegistry>,
         stopping: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
         Self {
             identity,
             store,
             snapshot_dir,
-            descriptors,
+            registry,
             staged_files: AtomicU64::new(0),
             stopping,
         }
@@ -92,7 +92,7 @@ impl PeerService {
                 message.to, self.identity.member_id
             )));
         }
-        if !self.descriptors.contains_key(&range_id) {
+        if self.registry.status(range_id).is_none() {
             return Err(Status::not_found(format!("range {range_id} is not on this node")));
         }
         Ok(())
@@ -177,7 +177,10 @@ impl Peer for PeerService {
         let range_id = first.range_id;
         self.check_message(from, range_id, &message)
             .map_err(|status| refuse(from, status))?;
-        let descriptor = self.descriptors[&range_id].clone();
+        let descriptor = self
+            .registry
+            .descriptor(range_id)
+            .ok_or_else(|| refuse(from, Status::not_found(format!("range {range_id} is not on this node"))))?;
         let metadata = message.get_snapshot().get_metadata().clone();
         if metadata.index == 0 || metadata.term == 0 || metadata.get_conf_state().voters.is_empty() {
             return Err(refuse(

@@ -10,4 +10,5 @@ mod durability;
 mod etcdctl;
 mod kv;
 mod operations;
+mod ranges;
 mod tls;

@@ -48,7 +48,7 @@ pub fn key_range(etcd_key: &[u8], range_end: &[u8]) -> crate::storage::KeyRange 
 }
 
 /// The etcd key of an internal key of the etcd namespace.
-fn etcd_key(internal: Bytes) -> Bytes {
+pub fn etcd_key(internal: Bytes) -> Bytes {
     debug_assert_eq!(internal.first(), Some(&ETCD), "not an etcd key");
     internal.slice(1.min(internal.len())..)
 }

@@ -49,6 +49,9 @@ pub fn kv(error: KvError) -> Status {
         // Never applied; the router retries these until its deadline.
         KvError::StaleRevision => Status::unavailable("etcdserver: leader changed"),
         KvError::WrongRange(what) => Status::internal(format!("etcdserver: {what} reached the wrong range")),
+        // Routed by a stale range map; the router re-plans these until its deadline.
+        KvError::EpochMismatch { .. } => Status::unavailable("etcdserver: leader changed"),
+        KvError::BadSplit(detail) => Status::internal(format!("etcdserver: {detail}")),
         // What grpc-go, and so etcd, answers when a response is over its send limit.
         KvError::ResponseTooLarge { size, limit } => Status::resource_exhausted(format!(
             "grpc: trying to send message larger than max ({size} vs. {limit})"
@@ -65,6 +68,11 @@ pub fn route(error: RouteError) -> Status {
         RouteError::NoLeader | RouteError::Range(RangeError::NotLeader { .. }) => {
             Status::unavailable("etcdserver: no leader")
         }
+        // Until transactions span ranges (two-phase commit), such a command is refused.
+        RouteError::CrossRange(ranges) => Status::unimplemented(format!(
+            "etcdserver: the keys of this request live in {} ranges; a write across ranges is not supported yet",
+            ranges.len()
+        )),
         RouteError::Range(RangeError::Timeout) => Status::unavailable("etcdserver: request timed out"),
         RouteError::Range(RangeError::LeaderChanged) => Status::unavailable("etcdserver: leader changed"),
         RouteError::Range(RangeError::Stopped) => Status::unavailable("etcdserver: server stopped"),

@@ -7,10 +7,12 @@ use crate::proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
     RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
-use crate::proto::shoal::command::{command_result, raft_command, Compact};
+use crate::proto::shoal::command::{command_result, raft_command, CommandResult, Compact};
 use crate::proto::shoal::kv::{op, op_result, Txn, TxnResult};
 use crate::range::ops;
+use crate::range::reader::PinnedRange;
 use crate::range::state_machine::refusal_from_proto;
+use crate::storage::KeyRange;
 use prost::Message;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -49,42 +51,52 @@ impl EtcdContext {
             .write(self.router.range_of(key), crate::range::encode_command(op))
             .await
             .map_err(errors::route)?;
-        match applied.result {
-            Some(command_result::Result::Error(refusal)) => Err(errors::kv(refusal_from_proto(&refusal))),
-            Some(result) => Ok((result, applied.revision)),
-            None => Err(Status::internal("etcdserver: empty apply result")),
-        }
+        outcome(applied)
     }
 
-    /// Replicates a transaction and returns its result.
-    pub(super) async fn replicate_txn(&self, key: &[u8], txn: Txn) -> Result<TxnResult, Status> {
-        match self.replicate(key, raft_command::Op::Txn(txn)).await? {
+    /// Replicates a transaction through the range holding its keys and returns its
+    /// result.
+    pub(super) async fn replicate_txn(&self, txn: Txn) -> Result<TxnResult, Status> {
+        let spans = ops::key_ranges(&txn);
+        let applied = self
+            .router
+            .write_keys(&spans, crate::range::encode_command(raft_command::Op::Txn(txn)))
+            .await
+            .map_err(errors::route)?;
+        match outcome(applied)? {
             (command_result::Result::Txn(result), _) => Ok(result),
             (other, _) => Err(unexpected(other)),
         }
     }
 
-    /// Waits until this member reflects every write acknowledged before the call, for
-    /// the range holding the internal key `key`.
-    async fn linearize(&self, key: &[u8]) -> Result<(), Status> {
-        self.router
-            .linearize(self.router.range_of(key))
-            .await
-            .map_err(errors::route)
+    /// This member's copy of the one range holding every key of `spans`, made current
+    /// first unless the read is `serializable`, and still the range the keys were
+    /// planned against when pinned (a split meanwhile plans again).
+    async fn pinned_for(&self, spans: &[KeyRange], serializable: bool) -> Result<PinnedRange, Status> {
+        let deadline = tokio::time::Instant::now() + self.router.request_timeout();
+        loop {
+            let plan = self.router.plan(spans).map_err(errors::route)?;
+            if !serializable {
+                self.router.linearize(plan.range_id).await.map_err(errors::route)?;
+            }
+            let pinned = self.router.pinned(plan.range_id).await.map_err(errors::route)?;
+            let epoch = pinned.epoch().map_err(|error| errors::kv(error.into()))?;
+            if epoch == plan.epoch || plan.epoch == 0 || tokio::time::Instant::now() >= deadline {
+                return Ok(pinned);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
     }
 
     pub async fn range(&self, request: RangeRequest) -> Result<RangeResponse, Status> {
         validate::range(&request)?;
         let read = convert::read(&request);
-        let key = convert::key(&request.key);
-        if !request.serializable {
-            self.linearize(&key).await?;
-        }
+        let spans = [crate::range::kv::key_range(
+            read.span.as_ref().unwrap_or(&Default::default()),
+        )];
         let result = self
-            .router
-            .pinned(self.router.range_of(&key))
-            .await
-            .map_err(errors::route)?
+            .pinned_for(&spans, request.serializable)
+            .await?
             .read(&read, self.limits.max_response_bytes)
             .map_err(errors::kv)?;
         let header = Some(self.header(result.revision));
@@ -95,8 +107,7 @@ impl EtcdContext {
         validate::put(&request)?;
         self.check_size(&request)?;
         let put = convert::put(request);
-        let key = put.key.clone();
-        match ops::only_result(self.replicate_txn(&key, ops::single(op::Op::Put(put))).await?) {
+        match ops::only_result(self.replicate_txn(ops::single(op::Op::Put(put))).await?) {
             Some(op_result::Result::Put(result)) => {
                 let header = Some(self.header(result.revision));
                 Ok(convert::put_response(result, header))
@@ -109,8 +120,7 @@ impl EtcdContext {
         validate::delete(&request)?;
         self.check_size(&request)?;
         let delete = convert::delete(&request);
-        let key = convert::key(&request.key);
-        match ops::only_result(self.replicate_txn(&key, ops::single(op::Op::Delete(delete))).await?) {
+        match ops::only_result(self.replicate_txn(ops::single(op::Op::Delete(delete))).await?) {
             Some(op_result::Result::Delete(result)) => {
                 let header = Some(self.header(result.revision));
                 Ok(convert::delete_response(result, header))
@@ -124,42 +134,56 @@ impl EtcdContext {
     pub async fn txn(&self, request: TxnRequest) -> Result<TxnResponse, Status> {
         validate::txn(&request, self.limits.max_txn_ops)?;
         self.check_size(&request)?;
-        // Until transactions span ranges, a txn runs in the range of its first key.
-        let key = convert::key(&first_key(&request));
         let read_only = validate::txn_is_read_only(&request);
         let serializable = validate::txn_is_serializable(&request);
         let txn = convert::txn(request);
         let result = if read_only {
-            if !serializable {
-                self.linearize(&key).await?;
-            }
-            self.router
-                .pinned(self.router.range_of(&key))
-                .await
-                .map_err(errors::route)?
+            self.pinned_for(&ops::key_ranges(&txn), serializable)
+                .await?
                 .read_only_txn(&txn)
                 .map_err(errors::kv)?
         } else {
-            self.replicate_txn(&key, txn).await?
+            self.replicate_txn(txn).await?
         };
         let header = Some(self.header(result.revision));
         Ok(convert::txn_response(result, header))
     }
 
+    /// Compacts every data range at the revision, one after the other (the compaction
+    /// point is the same in all; a range that was already compacted there refuses).
     pub async fn compact(&self, request: CompactionRequest) -> Result<CompactionResponse, Status> {
         let (revision, physical) = (request.revision, request.physical);
-        let (_, current) = self
-            .replicate(&convert::key(b""), raft_command::Op::Compact(Compact { revision }))
-            .await?;
-        if physical {
-            self.router
-                .wait_compacted(self.router.range_of(&convert::key(b"")), revision)
+        let mut current = 0;
+        for range in self.router.registry().data_ranges() {
+            let range_id = range.descriptor.id;
+            let applied = self
+                .router
+                .write(
+                    range_id,
+                    crate::range::encode_command(raft_command::Op::Compact(Compact { revision })),
+                )
                 .await
-                .map_err(|error| errors::route(error.into()))?;
+                .map_err(errors::route)?;
+            current = current.max(outcome(applied)?.1);
+            if physical {
+                self.router
+                    .wait_compacted(range_id, revision)
+                    .await
+                    .map_err(|error| errors::route(error.into()))?;
+            }
         }
         Ok(CompactionResponse {
             header: Some(self.header(current)),
         })
+    }
+}
+
+/// What applying a command produced, a refusal as etcd's error, with the revision after.
+fn outcome(applied: CommandResult) -> Result<(command_result::Result, i64), Status> {
+    match applied.result {
+        Some(command_result::Result::Error(refusal)) => Err(errors::kv(refusal_from_proto(&refusal))),
+        Some(result) => Ok((result, applied.revision)),
+        None => Err(Status::internal("etcdserver: empty apply result")),
     }
 }
 
@@ -201,22 +225,4 @@ impl Kv for KvService {
             .await
             .map(Response::new)
     }
-}
-
-fn first_key(request: &TxnRequest) -> bytes::Bytes {
-    use crate::proto::etcdserverpb::request_op::Request as Op;
-    if let Some(compare) = request.compare.first() {
-        return compare.key.clone();
-    }
-    request
-        .success
-        .iter()
-        .chain(&request.failure)
-        .find_map(|op| match &op.request {
-            Some(Op::RequestRange(range)) => Some(range.key.clone()),
-            Some(Op::RequestPut(put)) => Some(put.key.clone()),
-            Some(Op::RequestDeleteRange(delete)) => Some(delete.key.clone()),
-            _ => None,
-        })
-        .unwrap_or_default()
 }

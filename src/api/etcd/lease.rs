@@ -186,7 +186,7 @@ impl Lease for LeaseService {
                     .lease_keys(request.id)
                     .map_err(storage)?
                     .into_iter()
-                    .map(Into::into)
+                    .map(|internal| super::convert::etcd_key(internal.into()))
                     .collect()
             } else {
                 Vec::new()

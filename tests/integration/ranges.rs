@@ -1,0 +1,107 @@
+//! Many ranges: data ranges split as they grow (here past 50 keys), every member holds
+//! and routes to all of them, and a full restart keeps data, revisions and the map.
+
+use crate::support::{bounded, get, put, Cluster};
+use std::time::Duration;
+
+/// The data ranges member `index` reports on `/v1/ranges`.
+async fn ranges(cluster: &Cluster, index: usize) -> Vec<serde_json::Value> {
+    let port = cluster.nodes[index].metrics_port;
+    let (status, body) = shoal::http_probe::get(port, "/v1/ranges", Duration::from_secs(5))
+        .await
+        .expect("/v1/ranges answers");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str::<Vec<serde_json::Value>>(&body).unwrap_or_else(|error| panic!("{error}: {body}"))
+}
+
+/// Waits until every member reports at least `count` ranges, the same ones, none of
+/// them over the split limit (splitting has settled).
+async fn wait_for_ranges(cluster: &Cluster, count: usize) -> Vec<serde_json::Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut seen = Vec::new();
+        for node in 0..cluster.nodes.len() {
+            seen.push(ranges(cluster, node).await);
+        }
+        let ids = |ranges: &Vec<serde_json::Value>| ranges.iter().map(|range| range["id"].clone()).collect::<Vec<_>>();
+        let settled = seen[0]
+            .iter()
+            .all(|range| range["keys"].as_u64().is_some_and(|keys| keys <= 50));
+        if settled && seen[0].len() >= count && seen.iter().all(|other| ids(other) == ids(&seen[0])) {
+            return seen.swap_remove(0);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ranges did not reach {count} on every member: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn data_ranges_split_as_they_grow_and_survive_a_full_restart() {
+    bounded(async {
+        let mut cluster = Cluster::start_with(3, &["--range-max-keys", "50"]).await;
+        let mut clients = Vec::new();
+        for node in 0..3 {
+            clients.push(cluster.kv(node).await);
+        }
+        let mut written = Vec::new();
+        for i in 0..500 {
+            let key = format!("split/{i:04}");
+            let revision = put(&mut clients[i % 3], &key, &format!("v{i}")).await;
+            written.push((key, revision));
+        }
+        let before = wait_for_ranges(&cluster, 8).await;
+        // The ranges tile the key space: each starts where the previous ends.
+        for pair in before.windows(2) {
+            assert_eq!(pair[0]["end_key"], pair[1]["start_key"], "{before:?}");
+        }
+        assert_eq!(
+            before[0]["start_key"], "AQ==",
+            "the first data range starts at the etcd namespace"
+        );
+        assert_eq!(before.last().unwrap()["end_key"], "", "the last one is unbounded");
+        for range in &before {
+            assert_eq!(range["replicas"].as_array().map(Vec::len), Some(3), "{range}");
+            assert_ne!(range["leader"], "0", "{range}");
+        }
+        // Every key reads back through every member, each from its own range.
+        for (i, (key, _)) in written.iter().enumerate() {
+            assert_eq!(
+                get(&mut clients[(i + 1) % 3], key, false).await.as_deref(),
+                Some(&*format!("v{i}"))
+            );
+        }
+
+        for node in 0..3 {
+            cluster.stop(node);
+        }
+        for node in 0..3 {
+            cluster.restart(node);
+        }
+        cluster.wait_ready(Duration::from_secs(30)).await;
+        let after = wait_for_ranges(&cluster, before.len()).await;
+        let spans = |ranges: &[serde_json::Value]| {
+            ranges
+                .iter()
+                .map(|range| {
+                    (
+                        range["id"].clone(),
+                        range["start_key"].clone(),
+                        range["end_key"].clone(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(spans(&after), spans(&before), "the range map survives the restart");
+        let mut client = cluster.kv(2).await;
+        for (i, (key, _)) in written.iter().enumerate().step_by(7) {
+            assert_eq!(get(&mut client, key, false).await.as_deref(), Some(&*format!("v{i}")));
+        }
+        // Revisions go on above everything written before the restart.
+        let last = written.iter().map(|(_, revision)| *revision).max().unwrap_or(0);
+        assert!(put(&mut client, "split/after", "x").await > last);
+    })
+    .await;
+}
