@@ -106,4 +106,7 @@ pub enum RangeError {
     /// A snapshot is being written over the replica's data; it cannot be read now.
     #[error("installing a snapshot")]
     Installing,
+    /// The engine failed under a read outside the store loop.
+    #[error("storage: {0}")]
+    Storage(String),
 }

@@ -4,12 +4,12 @@
 //! ([`RangeStatus::whole_view`]). Whether the copy is current enough is the caller's
 //! business (a read index first for linearizable reads, nothing for serializable ones).
 
-use super::kv::{self, KvError};
+use super::kv::{self, KvError, Revisions};
 use super::replica::RangeStatus;
 use super::state_machine::{self, StateMachine};
 use crate::proto::shoal::kv::{Read, ReadResult, Txn, TxnResult};
 use crate::proto::shoal::state::MemberInfo;
-use crate::storage::mvcc::MvccRead;
+use crate::storage::mvcc::{AsOf, MvccRead};
 use crate::storage::{keys, Engine, KeyRange, ReadView, Space, StorageError};
 use std::sync::Arc;
 
@@ -27,7 +27,28 @@ impl RangeReader {
     /// over it (ask again once it is done).
     pub fn pin(&self, range_id: u64, status: &RangeStatus) -> Option<PinnedRange> {
         let view = status.whole_view(self.engine.as_ref())?;
-        Some(PinnedRange { range_id, view })
+        Some(PinnedRange {
+            range_id,
+            view,
+            revisions: None,
+        })
+    }
+
+    /// Several ranges' data as they were at `revision` (each final at it), read from one
+    /// pinned view; `compact` is the highest compaction point among them.
+    pub fn pin_as_of(&self, view: Arc<dyn ReadView>, revision: i64, compact: i64) -> PinnedRange {
+        PinnedRange {
+            range_id: 0,
+            view: Arc::new(AsOf { view, revision }),
+            revisions: Some(Revisions {
+                current: revision,
+                compact,
+            }),
+        }
+    }
+
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
     }
 
     pub fn disk_space_bytes(&self) -> u64 {
@@ -43,23 +64,32 @@ pub struct SplitPoint {
     pub left_bytes: u64,
 }
 
-/// One range's data at one applied state.
+/// One range's data at one applied state, or several ranges' at one revision.
 pub struct PinnedRange {
     range_id: u64,
     view: Arc<dyn ReadView>,
+    /// Set for several ranges at a revision; one range's come from its apply state.
+    revisions: Option<Revisions>,
 }
 
 impl PinnedRange {
     /// A read at this state, its result kept under `max_response_bytes` (see
     /// [`kv::range`]).
     pub fn read(&self, request: &Read, max_response_bytes: usize) -> Result<ReadResult, KvError> {
-        let revisions = StateMachine::revisions_in(self.range_id, self.view.as_ref())?;
+        let revisions = self.revisions()?;
         kv::range(&self.view, request, revisions, revisions.current, max_response_bytes)
     }
 
     pub fn read_only_txn(&self, request: &Txn) -> Result<TxnResult, KvError> {
-        let revisions = StateMachine::revisions_in(self.range_id, self.view.as_ref())?;
+        let revisions = self.revisions()?;
         state_machine::read_only_txn(self.view.as_ref(), revisions, request)
+    }
+
+    fn revisions(&self) -> Result<Revisions, StorageError> {
+        match self.revisions {
+            Some(revisions) => Ok(revisions),
+            None => StateMachine::revisions_in(self.range_id, self.view.as_ref()),
+        }
     }
 
     /// Where to split the range so that its halves hold about as many bytes (or keys,

@@ -369,6 +369,9 @@ impl Replica {
             .map_err(|error| StorageError::Engine(format!("starting raft for range {range_id}: {error}")))?;
         let status = Arc::new(RangeStatus::default());
         status.revision.store(machine.revisions().current, Ordering::Release);
+        let (live_keys, live_bytes) = machine.live();
+        status.live_keys.store(live_keys, Ordering::Release);
+        status.live_bytes.store(live_bytes, Ordering::Release);
         status.applied_index.store(machine.applied_index(), Ordering::Release);
         // What the log says was committed before this start: a follower restarted into
         // an idle cluster may get no new hard state for a long time, and must not look

@@ -164,6 +164,99 @@ impl Router {
             .load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// The data of every range the spans touch, as of one revision, from one pinned
+    /// view: `requested` (> 0), or else a revision at or above every write acknowledged
+    /// before the call. Each range is made final at it first: a linearizable read closes
+    /// every range (a `Close` takes a fresh revision from the oracle and applies here;
+    /// the lowest of them is the read's revision), and ranges still below a requested
+    /// revision are closed again. A serializable read takes what this member applied.
+    pub async fn pin_across(
+        self: &Arc<Self>,
+        spans: &[KeyRange],
+        serializable: bool,
+        requested: i64,
+    ) -> Result<PinnedRange, RouteError> {
+        let mut ranges: Vec<u64> = Vec::new();
+        for span in spans {
+            for (range_id, _) in self.registry.overlapping(span) {
+                if !ranges.contains(&range_id) {
+                    ranges.push(range_id);
+                }
+            }
+        }
+        let deadline = Instant::now() + self.request_timeout;
+        let applied = |range_id: u64| self.revision(range_id);
+        let revision = if serializable {
+            ranges.iter().map(|range_id| applied(*range_id)).min().unwrap_or(1)
+        } else {
+            let mut closed = self.close_all(&ranges).await?;
+            let newest = closed.iter().copied().max().unwrap_or(1);
+            let target = if requested > 0 {
+                requested
+            } else {
+                closed.iter().copied().min().unwrap_or(1)
+            };
+            // A requested revision past every fresh one is in the future: the read
+            // reports it (the view's revision is the newest, so it refuses).
+            let target = target.min(newest);
+            loop {
+                let behind: Vec<u64> = ranges
+                    .iter()
+                    .copied()
+                    .filter(|range_id| applied(*range_id) < target)
+                    .collect();
+                if behind.is_empty() {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    return Err(RouteError::Range(RangeError::Timeout));
+                }
+                closed = self.close_all(&behind).await?;
+                debug_assert!(!closed.is_empty());
+            }
+            if requested > newest {
+                newest
+            } else {
+                target
+            }
+        };
+        loop {
+            if let Some(view) = self.registry.whole_view(self.reader.engine().as_ref()) {
+                let compact = ranges
+                    .iter()
+                    .map(|range_id| {
+                        crate::range::state_machine::StateMachine::revisions_in(*range_id, view.as_ref())
+                            .map(|revisions| revisions.compact)
+                    })
+                    .collect::<Result<Vec<i64>, _>>()
+                    .map_err(|error| RouteError::Range(RangeError::Storage(error.to_string())))?
+                    .into_iter()
+                    .max()
+                    .unwrap_or(0);
+                return Ok(self.reader.pin_as_of(view, revision, compact));
+            }
+            if Instant::now() >= deadline {
+                return Err(RouteError::Range(RangeError::Installing));
+            }
+            tokio::time::sleep(INSTALL_POLL).await;
+        }
+    }
+
+    /// Closes every one of `ranges` at once (see `Close`); the revision each closed at.
+    async fn close_all(self: &Arc<Self>, ranges: &[u64]) -> Result<Vec<i64>, RouteError> {
+        let mut closing = tokio::task::JoinSet::new();
+        for &range_id in ranges {
+            let router = self.clone();
+            closing.spawn(async move { router.write(range_id, crate::range::close_command()).await });
+        }
+        let mut closed = Vec::with_capacity(ranges.len());
+        while let Some(outcome) = closing.join_next().await {
+            let applied = outcome.map_err(|error| RouteError::Range(RangeError::Storage(error.to_string())))??;
+            closed.push(applied.revision);
+        }
+        Ok(closed)
+    }
+
     pub fn disk_space_bytes(&self) -> u64 {
         self.reader.disk_space_bytes()
     }

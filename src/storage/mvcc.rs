@@ -11,7 +11,7 @@
 //! nothing of etcd's request semantics.
 
 use super::keys;
-use super::{KeyRange, ReadView, Result, Space, StorageError, WriteBatch};
+use super::{KeyRange, ReadView, Result, ScanIter, Space, StorageError, WriteBatch};
 use std::collections::BTreeMap;
 use std::iter::Peekable;
 
@@ -166,6 +166,48 @@ impl<I: Iterator<Item = Result<(Vec<u8>, Vec<u8>)>>> Iterator for VersionsAt<I> 
                 Err(error) => return Some(Err(error)),
             }
         }
+    }
+}
+
+/// The engine as it was at `revision`: its newest-version space shows, for each key,
+/// the version current at that revision (from history); everything else reads through.
+/// A read or transaction over several ranges runs on one pinned view seen this way,
+/// at a revision every range involved is final at, even where a range has applied
+/// further.
+pub struct AsOf<V> {
+    pub view: V,
+    pub revision: i64,
+}
+
+impl<V: ReadView> ReadView for AsOf<V> {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if space != Space::KvLatest {
+            return self.view.get(space, key);
+        }
+        let mut end = key.to_vec();
+        end.push(0);
+        match self
+            .view
+            .scan_at(&KeyRange::new(key.to_vec(), Some(end)), self.revision)
+            .next()
+        {
+            Some(Ok((found, record))) if found == key => Ok(Some(record.encode())),
+            Some(Err(error)) => Err(error),
+            _ => Ok(None),
+        }
+    }
+
+    fn scan(&self, space: Space, range: &KeyRange, reverse: bool) -> ScanIter {
+        if space != Space::KvLatest || reverse {
+            // Only forward scans of newest versions are asked of a view at a revision.
+            return self.view.scan(space, range, reverse);
+        }
+        let versions: Vec<Result<(Vec<u8>, Vec<u8>)>> = self
+            .view
+            .scan_at(range, self.revision)
+            .map(|item| item.map(|(key, record)| (key, record.encode())))
+            .collect();
+        Box::new(versions.into_iter())
     }
 }
 

@@ -59,9 +59,11 @@ fn failure(error: &RangeError) -> LeaderFailure {
         RangeError::LeaderChanged => leader_failure::Kind::LeaderChanged,
         RangeError::Stopped => leader_failure::Kind::Stopped,
         RangeError::UnknownRange(_) => leader_failure::Kind::UnknownRange,
-        RangeError::Timeout | RangeError::NotLeader { .. } | RangeError::BadTransferee(_) | RangeError::Installing => {
-            leader_failure::Kind::Timeout
-        }
+        RangeError::Timeout
+        | RangeError::NotLeader { .. }
+        | RangeError::BadTransferee(_)
+        | RangeError::Installing
+        | RangeError::Storage(_) => leader_failure::Kind::Timeout,
     };
     LeaderFailure { kind: kind as i32 }
 }

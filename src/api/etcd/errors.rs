@@ -73,6 +73,7 @@ pub fn route(error: RouteError) -> Status {
             "etcdserver: the keys of this request live in {} ranges; a write across ranges is not supported yet",
             ranges.len()
         )),
+        RouteError::Range(RangeError::Storage(detail)) => Status::internal(format!("etcdserver: storage: {detail}")),
         RouteError::Range(RangeError::Timeout) => Status::unavailable("etcdserver: request timed out"),
         RouteError::Range(RangeError::LeaderChanged) => Status::unavailable("etcdserver: leader changed"),
         RouteError::Range(RangeError::Stopped) => Status::unavailable("etcdserver: server stopped"),

@@ -9,9 +9,11 @@ use crate::proto::etcdserverpb::{
 };
 use crate::proto::shoal::command::{command_result, raft_command, CommandResult, Compact};
 use crate::proto::shoal::kv::{op, op_result, Txn, TxnResult};
+use crate::range::kv::KvError;
 use crate::range::ops;
 use crate::range::reader::PinnedRange;
 use crate::range::state_machine::refusal_from_proto;
+use crate::router::RouteError;
 use crate::storage::KeyRange;
 use prost::Message;
 use std::sync::Arc;
@@ -88,17 +90,40 @@ impl EtcdContext {
         }
     }
 
+    /// The data a read of `spans` needs: this member's copy of the one range holding
+    /// them (the fast path), or, when they span ranges, every range involved at one
+    /// revision (see [`Router::pin_across`]).
+    async fn pinned_read(&self, spans: &[KeyRange], serializable: bool, revision: i64) -> Result<PinnedRange, Status> {
+        match self.router.plan(spans) {
+            Ok(_) => self.pinned_for(spans, serializable).await,
+            Err(RouteError::CrossRange(_)) => self
+                .router
+                .pin_across(spans, serializable, revision)
+                .await
+                .map_err(errors::route),
+            Err(error) => Err(errors::route(error)),
+        }
+    }
+
     pub async fn range(&self, request: RangeRequest) -> Result<RangeResponse, Status> {
         validate::range(&request)?;
         let read = convert::read(&request);
         let spans = [crate::range::kv::key_range(
             read.span.as_ref().unwrap_or(&Default::default()),
         )];
-        let result = self
-            .pinned_for(&spans, request.serializable)
-            .await?
-            .read(&read, self.limits.max_response_bytes)
-            .map_err(errors::kv)?;
+        let pinned = self.pinned_read(&spans, request.serializable, request.revision).await?;
+        let result = match pinned.read(&read, self.limits.max_response_bytes) {
+            // A revision past what this range applied may still be in the cluster's
+            // past (another range wrote it): make the range final there and read again.
+            Err(KvError::FutureRevision) if request.revision > 0 && !request.serializable => self
+                .router
+                .pin_across(&spans, false, request.revision)
+                .await
+                .map_err(errors::route)?
+                .read(&read, self.limits.max_response_bytes),
+            other => other,
+        }
+        .map_err(errors::kv)?;
         let header = Some(self.header(result.revision));
         Ok(convert::range_response(result, header))
     }
@@ -138,7 +163,7 @@ impl EtcdContext {
         let serializable = validate::txn_is_serializable(&request);
         let txn = convert::txn(request);
         let result = if read_only {
-            self.pinned_for(&ops::key_ranges(&txn), serializable)
+            self.pinned_read(&ops::key_ranges(&txn), serializable, 0)
                 .await?
                 .read_only_txn(&txn)
                 .map_err(errors::kv)?
