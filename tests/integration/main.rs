@@ -8,6 +8,7 @@ mod chaos;
 mod coordination;
 mod durability;
 mod etcdctl;
+mod gateway;
 mod kv;
 mod operations;
 mod ranges;
