@@ -93,6 +93,13 @@ async fn bind(
     Ok(listeners)
 }
 
+/// Checks what [`run`] checks before it binds a port or opens the data folder: the TLS
+/// certificate, key and CA files load (`shoal server --dry-run`).
+pub fn check(config: &NodeConfig) -> Result<(), NodeError> {
+    tls::NodeTls::load(config)?;
+    Ok(())
+}
+
 /// Runs a node until `shutdown` resolves (or a fatal error). `metrics` renders
 /// `/metrics`; the caller installs the recorder once per process.
 pub async fn run(

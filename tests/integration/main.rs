@@ -6,6 +6,7 @@ mod support;
 mod bad_input;
 mod chaos;
 mod coordination;
+mod deploy;
 mod durability;
 mod etcdctl;
 mod gateway;
