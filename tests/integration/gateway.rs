@@ -432,9 +432,22 @@ async fn a_watch_streams_json_lines_while_etcdctl_writes_on_the_same_port() {
         let revisions: Vec<i64> = events.iter().map(|event| int64(&event["kv"]["mod_revision"])).collect();
         assert!(revisions.windows(2).all(|pair| pair[0] < pair[1]), "{revisions:?}");
 
-        // The stream is still open after the request body ended (as etcd keeps it).
+        // The stream is still open after the request body ended (as etcd keeps it), and
+        // ends on the server when its client goes away.
         assert!(watch.try_wait().expect("curl's state").is_none(), "the watch ended");
+        let open_watches = |count: u32| format!("shoal_gateway_streams_open{{stream=\"watch\"}} {count}");
+        let metrics = curl_with(&[&format!("{}/metrics", urls[0])]).await;
+        assert!(metrics.body.contains(&open_watches(1)), "{}", metrics.body);
         watch.kill().await.expect("stopping curl");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !curl_with(&[&format!("{}/metrics", urls[0])])
+            .await
+            .body
+            .contains(&open_watches(0))
+        {
+            assert!(Instant::now() < deadline, "the watch outlived its client");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
 
         // A watch from a compacted revision is created and cancelled with etcd's reason.
         let at = int64(

@@ -45,14 +45,14 @@ enum AtBodyEnd {
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 pub(super) async fn watch(gateway: &Gateway, body: Body) -> http::Response<Body> {
-    bidirectional::<WatchRequest, _, _, _>(gateway, body, AtBodyEnd::KeepOpen, |requests| {
+    bidirectional::<WatchRequest, _, _, _>(gateway, body, "watch", AtBodyEnd::KeepOpen, |requests| {
         gateway.watch.watch(tonic::Request::new(requests))
     })
     .await
 }
 
 pub(super) async fn keep_alive(gateway: &Gateway, body: Body) -> http::Response<Body> {
-    bidirectional::<LeaseKeepAliveRequest, _, _, _>(gateway, body, AtBodyEnd::Close, |requests| {
+    bidirectional::<LeaseKeepAliveRequest, _, _, _>(gateway, body, "keepalive", AtBodyEnd::Close, |requests| {
         gateway.lease.lease_keep_alive(tonic::Request::new(requests))
     })
     .await
@@ -106,6 +106,7 @@ fn grpc_frame(message: &impl prost::Message) -> Bytes {
 async fn bidirectional<Req, Resp, Call, Answer>(
     gateway: &Gateway,
     body: Body,
+    kind: &'static str,
     at_end: AtBodyEnd,
     call: Call,
 ) -> http::Response<Body>
@@ -151,6 +152,7 @@ where
     let mut response = http::Response::new(Body::new(http_body_util::StreamBody::new(Lines {
         responses,
         done: false,
+        _open: OpenStream::new(kind),
     })));
     response
         .headers_mut()
@@ -237,10 +239,29 @@ fn error_line(status: &Status) -> Bytes {
     line(serde_json::to_vec(&error).unwrap_or_default())
 }
 
+/// Counts a gateway stream in `shoal_gateway_streams_open` while its response lasts:
+/// dropped when the response ends or the client goes away (and with it the service's
+/// stream, so a watch ends with its HTTP client).
+struct OpenStream(&'static str);
+
+impl OpenStream {
+    fn new(kind: &'static str) -> Self {
+        metrics::gauge!("shoal_gateway_streams_open", "stream" => kind).increment(1.0);
+        Self(kind)
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        metrics::gauge!("shoal_gateway_streams_open", "stream" => self.0).decrement(1.0);
+    }
+}
+
 /// The service's responses as lines of the HTTP response body; an error is the last line.
 struct Lines<T> {
     responses: ResponseStream<T>,
     done: bool,
+    _open: OpenStream,
 }
 
 impl<T> Stream for Lines<T>
