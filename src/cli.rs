@@ -36,6 +36,11 @@ pub struct ServerArgs {
     /// override it, flags override both.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Load and check the whole configuration (flags, file, environment, TLS files) as
+    /// the server would, print it as a --config file and exit: binds no port and does
+    /// not touch the data folder. Exits non-zero with the error if it does not hold.
+    #[arg(long)]
+    pub dry_run: bool,
     #[command(flatten)]
     pub flags: ServerFlags,
 }

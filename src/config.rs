@@ -27,6 +27,8 @@ pub enum ConfigError {
     Load(Box<figment::Error>),
     #[error("--{setting}: {problem}")]
     Invalid { setting: &'static str, problem: String },
+    #[error("printing the configuration: {0}")]
+    Print(String),
 }
 
 fn invalid(setting: &'static str, problem: impl Into<String>) -> ConfigError {
@@ -209,6 +211,30 @@ impl ServerSettings {
             .merge(Serialized::defaults(flags))
             .extract()
             .map_err(|error| ConfigError::Load(Box::new(error)))
+    }
+}
+
+impl ServerSettings {
+    /// These settings with the defaults that follow from others filled in as `config`
+    /// resolved them (data folder, advertised URLs, initial cluster): what the node runs
+    /// with, spelled as a `--config` file spells it.
+    pub fn resolved(&self, config: &NodeConfig) -> ServerSettings {
+        let mut resolved = self.clone();
+        resolved.data_dir = Some(config.data_dir.clone());
+        resolved.advertise_client_urls = Some(config.advertise_client_urls.join(","));
+        resolved.initial_advertise_peer_urls = Some(config.advertise_peer_urls.join(","));
+        let members: Vec<String> = config
+            .initial_cluster
+            .iter()
+            .flat_map(|member| member.peer_urls.iter().map(move |url| format!("{}={url}", member.name)))
+            .collect();
+        resolved.initial_cluster = Some(members.join(","));
+        resolved
+    }
+
+    /// The settings as TOML, a file `--config` reads back.
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        toml::to_string(self).map_err(|error| ConfigError::Print(error.to_string()))
     }
 }
 
@@ -422,12 +448,37 @@ fn check_tls_urls<'a>(
     }
 }
 
+/// Checks that `url` is `http://host:port` or `https://host:port`, without resolving
+/// the host. URLs other members dial (advertised and initial-cluster URLs) need not
+/// resolve when this member starts: in a Kubernetes StatefulSet a pod's DNS name appears
+/// only once the pod runs, and the peer transport resolves names when it connects (and
+/// keeps trying). Only the URLs this member listens on are resolved, to bind them.
+pub fn check_url(setting: &'static str, url: &str) -> Result<(), ConfigError> {
+    let expected = || {
+        invalid(
+            setting,
+            format!("{url}: expected http://host:port or https://host:port"),
+        )
+    };
+    let Some(rest) = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")) else {
+        return Err(expected());
+    };
+    let authority = rest.trim_end_matches('/');
+    if authority.contains('/') {
+        return Err(invalid(setting, format!("{url}: a URL here has no path")));
+    }
+    match authority.parse::<http::uri::Authority>() {
+        Ok(parsed) if parsed.port_u16().is_some() && !parsed.host().is_empty() && !authority.contains('@') => Ok(()),
+        _ => Err(expected()),
+    }
+}
+
 fn check_urls(setting: &'static str, urls: &[String]) -> Result<(), ConfigError> {
     if urls.is_empty() {
         return Err(invalid(setting, "at least one URL is needed"));
     }
     for url in urls {
-        resolve_url(setting, url)?;
+        check_url(setting, url)?;
     }
     Ok(())
 }
@@ -798,6 +849,75 @@ mod tests {
         settings.name = "n2".into();
         settings.listen_peer_urls = "http://127.0.0.1:2999".into();
         assert!(NodeConfig::try_from(settings).is_err());
+    }
+
+    #[test]
+    fn urls_other_members_dial_are_checked_without_resolving_them() {
+        // A StatefulSet's peers do not resolve yet when the first pod starts.
+        let settings = ServerSettings {
+            name: "shoal-0".into(),
+            listen_peer_urls: "http://127.0.0.1:2380".into(),
+            initial_advertise_peer_urls: Some("http://shoal-0.shoal.default.svc.invalid:2380".into()),
+            advertise_client_urls: Some("http://shoal-0.shoal.default.svc.invalid:2379".into()),
+            initial_cluster: Some(
+                "shoal-0=http://shoal-0.shoal.default.svc.invalid:2380,shoal-1=http://shoal-1.shoal.default.svc.invalid:2380"
+                    .into(),
+            ),
+            ..Default::default()
+        };
+        let config = NodeConfig::try_from(settings.clone()).unwrap();
+        assert_eq!(config.initial_cluster.len(), 2);
+        for bad in [
+            "shoal-0.shoal:2380",
+            "http://shoal-0.shoal",
+            "http://:2380",
+            "http://a:b",
+            "http://u@a:1",
+        ] {
+            let error = NodeConfig::try_from(ServerSettings {
+                initial_cluster: Some(format!(
+                    "shoal-0=http://shoal-0.shoal.default.svc.invalid:2380,shoal-1={bad}"
+                )),
+                ..settings.clone()
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(
+                error.starts_with("--initial-cluster: ") && error.contains(bad),
+                "{bad}: {error}"
+            );
+        }
+        // What this member listens on is still resolved, to be bound.
+        let error = NodeConfig::try_from(ServerSettings {
+            listen_peer_urls: "http://nowhere.invalid:2380".into(),
+            ..settings
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(error.starts_with("--listen-peer-urls"), "{error}");
+    }
+
+    #[test]
+    fn resolved_settings_print_as_a_config_file_that_reads_back() {
+        let settings = ServerSettings {
+            name: "n1".into(),
+            max_txn_ops: 9,
+            ..Default::default()
+        };
+        let config = NodeConfig::try_from(settings.clone()).unwrap();
+        let text = settings.resolved(&config).to_toml().unwrap();
+        assert!(text.contains("name = \"n1\""), "{text}");
+        assert!(text.contains("data-dir = \"n1.shoal\""), "{text}");
+        assert!(
+            text.contains("initial-cluster = \"n1=http://127.0.0.1:2380\""),
+            "{text}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("printed.toml");
+        std::fs::write(&file, &text).unwrap();
+        let again = ServerSettings::load(Some(&file), Flags::default()).unwrap();
+        assert_eq!(again.max_txn_ops, 9);
+        assert_eq!(again.initial_cluster.as_deref(), Some("n1=http://127.0.0.1:2380"));
     }
 
     #[test]

@@ -29,9 +29,15 @@ fn main() -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     match cli.command {
         Command::Server(args) => {
-            shoal::parent_watch::arm().context("arming the parent-death signal")?;
             let settings = ServerSettings::load(args.config.as_deref(), &args.flags)?;
-            let config = NodeConfig::try_from(settings)?;
+            let config = NodeConfig::try_from(settings.clone())?;
+            if args.dry_run {
+                shoal::server::check(&config)?;
+                println!("# shoal server --dry-run: this configuration is valid (no port was bound, the data folder was not touched)");
+                print!("{}", settings.resolved(&config).to_toml()?);
+                return Ok(());
+            }
+            shoal::parent_watch::arm().context("arming the parent-death signal")?;
             let metrics = shoal::telemetry::install().context("installing the metrics recorder")?;
             runtime.block_on(shoal::server::run(config, Some(metrics), shutdown_signal()))?;
             Ok(())

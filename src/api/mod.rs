@@ -2,5 +2,7 @@
 //! reply; they never touch storage or Raft.
 
 pub mod etcd;
+pub mod gateway;
 pub mod h2_authority;
+pub mod health;
 pub mod oversize_status;

@@ -11,7 +11,6 @@ use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 #[derive(Clone)]
 struct HttpState {
@@ -38,24 +37,8 @@ fn json(status: StatusCode, body: String) -> impl IntoResponse {
 }
 
 async fn health(State(state): State<HttpState>) -> impl IntoResponse {
-    let check = tokio::time::timeout(Duration::from_secs(2), async {
-        for range_id in state.router.local_ranges() {
-            state.router.linearize(range_id).await?;
-        }
-        Ok::<(), crate::router::RouteError>(())
-    })
-    .await;
-    match check {
-        Ok(Ok(())) => json(StatusCode::OK, r#"{"health":"true","reason":""}"#.into()),
-        Ok(Err(error)) => json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(r#"{{"health":"false","reason":"{error}"}}"#),
-        ),
-        Err(_) => json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            r#"{"health":"false","reason":"timed out waiting for a read index"}"#.into(),
-        ),
-    }
+    let (status, body) = crate::api::health::check(&state.router).await;
+    json(status, body)
 }
 
 async fn ready(State(state): State<HttpState>) -> impl IntoResponse {

@@ -10,6 +10,7 @@ use crate::api::etcd::{
     self, ClusterService, ElectionService, EtcdContext, KvService, LeaseService, Limits, LockService,
     MaintenanceService, WatchService,
 };
+use crate::api::gateway::{Gateway, GatewayLayer};
 use crate::api::h2_authority::AuthorityRepair;
 use crate::api::oversize_status::OversizeStatusLayer;
 use crate::config::{ClusterState, ListenUrl, NodeConfig};
@@ -90,6 +91,13 @@ async fn bind(
         listeners.push((listener, tls));
     }
     Ok(listeners)
+}
+
+/// Checks what [`run`] checks before it binds a port or opens the data folder: the TLS
+/// certificate, key and CA files load (`shoal server --dry-run`).
+pub fn check(config: &NodeConfig) -> Result<(), NodeError> {
+    tls::NodeTls::load(config)?;
+    Ok(())
 }
 
 /// Runs a node until `shutdown` resolves (or a fatal error). `metrics` renders
@@ -294,12 +302,17 @@ pub async fn run(
         );
     }
     let max_decoding = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let gateway = Gateway::new(context.clone(), metrics.clone());
     for (listener, tls) in client_listeners {
         // Behind TLS the authority repair reads the decrypted HTTP/2 frames.
         let connections =
             crate::tls::incoming(listener, tls, "client").map(|accepted| accepted.map(AuthorityRepair::new));
+        // HTTP/1.1 and HTTP/2 on one port: gRPC calls reach the services, every other
+        // request etcd's JSON gateway.
         servers.spawn(
             tonic::transport::Server::builder()
+                .accept_http1(true)
+                .layer(GatewayLayer::new(gateway.clone()))
                 .layer(OversizeStatusLayer)
                 .add_service(KvServer::new(KvService::new(context.clone())).max_decoding_message_size(max_decoding))
                 .add_service(ClusterServer::new(ClusterService::new(context.clone())))

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 /// The node's TLS material, read at startup so a bad file stops it with the flag named.
 pub(super) struct NodeTls {
-    /// Client listeners (gRPC, ALPN h2).
+    /// Client listeners: gRPC and the JSON gateway (ALPN h2, then http/1.1).
     pub(super) client: Option<Arc<rustls::ServerConfig>>,
     /// Metrics listeners: the client side's certificate, HTTP/1.1.
     pub(super) metrics: Option<Arc<rustls::ServerConfig>>,
@@ -34,9 +34,15 @@ impl NodeTls {
             _ => None,
         };
         Ok(Self {
-            client: client.as_ref().map(|side| side.server_config(ALPN_H2)).transpose()?,
-            metrics: client.as_ref().map(|side| side.server_config(ALPN_HTTP1)).transpose()?,
-            peer: peer.as_ref().map(|side| side.server_config(ALPN_H2)).transpose()?,
+            client: client
+                .as_ref()
+                .map(|side| side.server_config(&[ALPN_H2, ALPN_HTTP1]))
+                .transpose()?,
+            metrics: client
+                .as_ref()
+                .map(|side| side.server_config(&[ALPN_HTTP1]))
+                .transpose()?,
+            peer: peer.as_ref().map(|side| side.server_config(&[ALPN_H2])).transpose()?,
             peer_dialer,
         })
     }

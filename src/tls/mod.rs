@@ -31,7 +31,8 @@ pub const RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// ALPN for gRPC listeners (HTTP/2; grpc-go clients insist on it).
 pub const ALPN_H2: &[u8] = b"h2";
-/// ALPN for the metrics listener, which speaks HTTP/1.1 only.
+/// ALPN for HTTP/1.1: the metrics listener speaks only that, the client port also (for
+/// the JSON gateway).
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 
 #[derive(Debug, thiserror::Error)]
@@ -151,8 +152,9 @@ impl ServerTls {
         Ok(Self { certificate, verifier })
     }
 
-    /// A rustls server configuration offering `alpn`.
-    pub fn server_config(&self, alpn: &[u8]) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    /// A rustls server configuration offering the protocols of `alpn`, in order of
+    /// preference.
+    pub fn server_config(&self, alpn: &[&[u8]]) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(PROTOCOL_VERSIONS)
             .map_err(|error| TlsError::Setup(error.to_string()))?;
@@ -161,7 +163,7 @@ impl ServerTls {
             None => builder.with_no_client_auth(),
         };
         let mut config = builder.with_cert_resolver(self.certificate.clone());
-        config.alpn_protocols = vec![alpn.to_vec()];
+        config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
         Ok(Arc::new(config))
     }
 }

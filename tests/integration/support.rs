@@ -188,29 +188,41 @@ pub async fn scan(client: &mut KvClient<Channel>, prefix: &str, serializable: bo
 /// fails the test with what to install — the compatibility tests never skip.
 pub fn etcdctl() -> PathBuf {
     static INSTALL: std::sync::Once = std::sync::Once::new();
+    installed_tool("etcdctl", "etcd-client", &INSTALL)
+}
+
+/// Path of `curl`, installed (apt package curl) as [`etcdctl`] is.
+pub fn curl() -> PathBuf {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    installed_tool("curl", "curl", &INSTALL)
+}
+
+/// `binary` from PATH, installing Debian's `package` once if it is missing and the tests
+/// run as root; a test fails naming the package otherwise.
+fn installed_tool(binary: &str, package: &str, install: &std::sync::Once) -> PathBuf {
     let find = || {
         std::env::var_os("PATH").and_then(|paths| {
             std::env::split_paths(&paths)
-                .map(|dir| dir.join("etcdctl"))
+                .map(|dir| dir.join(binary))
                 .find(|candidate| candidate.is_file())
         })
     };
     if let Some(path) = find() {
         return path;
     }
-    INSTALL.call_once(|| {
+    install.call_once(|| {
         let is_root = rustix::process::geteuid().is_root();
         if is_root && Path::new("/usr/bin/apt-get").exists() {
-            eprintln!("etcdctl is missing: installing the etcd-client package");
+            eprintln!("{binary} is missing: installing the {package} package");
             let status = Command::new("apt-get")
-                .args(["install", "-y", "-q", "etcd-client"])
+                .args(["install", "-y", "-q", package])
                 .env("DEBIAN_FRONTEND", "noninteractive")
                 .status();
-            eprintln!("apt-get install etcd-client: {status:?}");
+            eprintln!("apt-get install {package}: {status:?}");
         }
     });
     find().unwrap_or_else(|| {
-        panic!("etcdctl not found on PATH: install etcd's client (Debian/Ubuntu: apt-get install -y etcd-client)")
+        panic!("{binary} not found on PATH: install it (Debian/Ubuntu: apt-get install -y {package})")
     })
 }
 

@@ -49,9 +49,9 @@ fn client_tls(ca: &Path, identity: Option<(&Path, &Path)>) -> Arc<rustls::Client
     shoal::tls::client_config(roots, certificate).expect("client TLS configuration")
 }
 
-struct TlsNode {
+pub(crate) struct TlsNode {
     name: String,
-    client_port: u16,
+    pub(crate) client_port: u16,
     peer_port: u16,
     metrics_port: u16,
     /// Data, log and this node's own copies of its certificate files.
@@ -60,7 +60,7 @@ struct TlsNode {
 }
 
 impl TlsNode {
-    fn client_url(&self) -> String {
+    pub(crate) fn client_url(&self) -> String {
         format!("https://127.0.0.1:{}", self.client_port)
     }
     fn cert(&self) -> PathBuf {
@@ -84,10 +84,11 @@ impl TlsNode {
 }
 
 /// Real `shoal server` processes serving https on every port, with client and peer
-/// certificates required; killed when dropped, logs printed if the test failed.
-struct TlsCluster {
-    nodes: Vec<TlsNode>,
-    certs: CertFiles,
+/// certificates required; killed when dropped, logs printed if the test failed. The
+/// gateway's TLS test uses it too.
+pub(crate) struct TlsCluster {
+    pub(crate) nodes: Vec<TlsNode>,
+    pub(crate) certs: CertFiles,
     initial_cluster: String,
     _dir: tempfile::TempDir,
 }
@@ -96,7 +97,7 @@ impl TlsCluster {
     /// Starts `size` nodes with certificates of one CA; `rogue_peer` gets a peer
     /// certificate of another CA (and trusts the cluster's CA, so it is the others who
     /// refuse it). Does not wait for readiness.
-    fn start(size: usize, rogue_peer: Option<usize>) -> TlsCluster {
+    pub(crate) fn start(size: usize, rogue_peer: Option<usize>) -> TlsCluster {
         let dir = tempfile::tempdir().expect("temporary folder");
         let certs = make_certs(&dir.path().join("certs"));
         let rogue = rogue_peer.map(|_| make_certs(&dir.path().join("rogue-certs")));
@@ -208,7 +209,7 @@ impl TlsCluster {
         .map(|(status, _)| status)
     }
 
-    async fn wait_ready(&mut self, indexes: &[usize]) {
+    pub(crate) async fn wait_ready(&mut self, indexes: &[usize]) {
         let deadline = Instant::now() + Duration::from_secs(30);
         for &index in indexes {
             while self.ready(index).await != Some(200) {
@@ -238,7 +239,7 @@ impl TlsCluster {
     }
 
     /// etcdctl with the cluster's CA and client certificate.
-    fn etcdctl(&self, indexes: &[usize], args: &[&str]) -> (bool, String, String) {
+    pub(crate) fn etcdctl(&self, indexes: &[usize], args: &[&str]) -> (bool, String, String) {
         let certs = &self.certs;
         run_etcdctl(
             &self.endpoints(indexes),
