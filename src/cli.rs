@@ -142,6 +142,10 @@ pub struct ServerFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub experimental_peer_dial_urls: Option<String>,
+    /// For fault tests only: exit at txn-after-prepare or txn-after-primary-commit
+    #[arg(long, hide = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub experimental_fail_at: Option<String>,
     /// How --auto-compaction-retention is read: periodic or revision [default: periodic]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

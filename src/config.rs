@@ -91,6 +91,9 @@ pub struct ServerSettings {
     /// `name=url,...`: dial these members at these URLs instead of their advertised peer
     /// URLs (their identity is unchanged). For NAT and for fault-injecting proxies.
     pub experimental_peer_dial_urls: Option<String>,
+    /// For fault tests: the process exits at this point (`txn-after-prepare`,
+    /// `txn-after-primary-commit`), as a crash there would end it.
+    pub experimental_fail_at: Option<String>,
     /// `periodic` or `revision`: how `auto-compaction-retention` is read.
     pub auto_compaction_mode: String,
     /// History kept by automatic compaction; "0" keeps everything. Periodic mode: a
@@ -142,6 +145,7 @@ impl Default for ServerSettings {
             range_max_keys: 0,
             experimental_watch_progress_notify_interval: "10m".into(),
             experimental_peer_dial_urls: None,
+            experimental_fail_at: None,
             auto_compaction_mode: "periodic".into(),
             auto_compaction_retention: "0".into(),
             cert_file: None,
@@ -179,6 +183,7 @@ const SETTING_NAMES: &[&str] = &[
     "range-max-keys",
     "experimental-watch-progress-notify-interval",
     "experimental-peer-dial-urls",
+    "experimental-fail-at",
     "auto-compaction-mode",
     "auto-compaction-retention",
     "cert-file",
@@ -281,6 +286,7 @@ pub struct NodeConfig {
     pub watch_progress_notify_interval: Duration,
     /// Member name -> URL to dial it at, overriding its advertised peer URL.
     pub peer_dial_urls: std::collections::HashMap<String, String>,
+    pub fail_at: Option<crate::txn::FailPoint>,
     pub auto_compaction: Retention,
 }
 
@@ -757,6 +763,17 @@ impl TryFrom<ServerSettings> for NodeConfig {
             },
             watch_progress_notify_interval,
             peer_dial_urls,
+            fail_at: match settings.experimental_fail_at.as_deref() {
+                None | Some("") => None,
+                Some("txn-after-prepare") => Some(crate::txn::FailPoint::AfterPrepare),
+                Some("txn-after-primary-commit") => Some(crate::txn::FailPoint::AfterPrimaryCommit),
+                Some(other) => {
+                    return Err(invalid(
+                        "experimental-fail-at",
+                        format!("{other:?}: expected txn-after-prepare or txn-after-primary-commit"),
+                    ))
+                }
+            },
             auto_compaction,
         })
     }

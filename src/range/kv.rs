@@ -37,6 +37,17 @@ pub enum KvError {
     },
     #[error("bad split: {0}")]
     BadSplit(String),
+    /// Keys are locked by a transaction over several ranges (its id and primary range).
+    #[error("keys are locked by a transaction in progress")]
+    Locked { txn_id: Vec<u8>, primary: u64 },
+    /// The transaction was rolled back; nothing of it applied.
+    #[error("the transaction was aborted")]
+    Aborted,
+    /// A rollback came after the transaction committed.
+    #[error("the transaction committed")]
+    Committed,
+    #[error("bad commit: {0}")]
+    BadCommit(String),
     /// A Range whose response would be `size` bytes, over the `limit` a response may be.
     #[error("response of {size} bytes is over the limit of {limit}")]
     ResponseTooLarge { size: usize, limit: usize },
@@ -261,6 +272,35 @@ pub fn compare_holds(view: &dyn MvccRead, compare: &Compare) -> Result<bool, KvE
         return Ok(false);
     }
     Ok(compare_record(compare, &Record::default()))
+}
+
+/// A compare over the keys of `part` (a piece of its span one range holds): whether
+/// any key is there, and whether every one there satisfies it.
+pub fn compare_part(view: &dyn MvccRead, compare: &Compare, part: &Span) -> Result<(bool, bool), KvError> {
+    let mut any = false;
+    for item in view.scan_latest(&key_range(part)) {
+        let (_, record) = item?;
+        any = true;
+        if !compare_record(compare, &record) {
+            return Ok((true, false));
+        }
+    }
+    Ok((any, true))
+}
+
+/// A compare whose span holds no key at all (etcd: a missing key compares as an empty
+/// version, except that a value compare is false).
+pub fn compare_missing(compare: &Compare) -> bool {
+    compare.target() != compare::Target::Value && compare_record(compare, &Record::default())
+}
+
+/// Sorts and cuts a read's keys gathered from several ranges as the read asks.
+pub fn sort_and_limit(result: &mut ReadResult, request: &Read) {
+    sort(&mut result.kvs, request);
+    if request.limit > 0 && result.kvs.len() as i64 > request.limit {
+        result.kvs.truncate(request.limit as usize);
+        result.more = true;
+    }
 }
 
 fn compare_record(compare: &Compare, record: &Record) -> bool {

@@ -17,6 +17,7 @@ pub mod replica;
 pub mod sequencer;
 pub mod snapshot;
 pub mod state_machine;
+pub mod twophase;
 pub mod watch;
 
 /// The meta range: the map of every data range and the timestamp oracle. It holds no

@@ -31,12 +31,13 @@ impl RangeReader {
             range_id,
             view,
             revisions: None,
+            lock_ranges: vec![range_id],
         })
     }
 
     /// Several ranges' data as they were at `revision` (each final at it), read from one
     /// pinned view; `compact` is the highest compaction point among them.
-    pub fn pin_as_of(&self, view: Arc<dyn ReadView>, revision: i64, compact: i64) -> PinnedRange {
+    pub fn pin_as_of(&self, view: Arc<dyn ReadView>, revision: i64, compact: i64, ranges: Vec<u64>) -> PinnedRange {
         PinnedRange {
             range_id: 0,
             view: Arc::new(AsOf { view, revision }),
@@ -44,6 +45,7 @@ impl RangeReader {
                 current: revision,
                 compact,
             }),
+            lock_ranges: ranges,
         }
     }
 
@@ -70,6 +72,8 @@ pub struct PinnedRange {
     view: Arc<dyn ReadView>,
     /// Set for several ranges at a revision; one range's come from its apply state.
     revisions: Option<Revisions>,
+    /// The ranges whose locks a read must respect.
+    lock_ranges: Vec<u64>,
 }
 
 impl PinnedRange {
@@ -77,12 +81,42 @@ impl PinnedRange {
     /// [`kv::range`]).
     pub fn read(&self, request: &Read, max_response_bytes: usize) -> Result<ReadResult, KvError> {
         let revisions = self.revisions()?;
+        // Several ranges at a revision all of them were closed at: their commits at
+        // or below it happened, locks above it do not matter.
+        let at = if request.revision > 0 {
+            Some(request.revision)
+        } else if self.lock_ranges.len() > 1 || self.range_id == 0 {
+            Some(revisions.current)
+        } else {
+            None
+        };
+        self.check_locks(
+            &[kv::key_range(request.span.as_ref().unwrap_or(&Default::default()))],
+            at,
+        )?;
         kv::range(&self.view, request, revisions, revisions.current, max_response_bytes)
     }
 
     pub fn read_only_txn(&self, request: &Txn) -> Result<TxnResult, KvError> {
         let revisions = self.revisions()?;
+        let at = (self.range_id == 0).then_some(revisions.current);
+        self.check_locks(&super::ops::key_ranges(request), at)?;
         state_machine::read_only_txn(self.view.as_ref(), revisions, request)
+    }
+
+    /// A transaction over several ranges holding a lock on these keys may still commit
+    /// at or below `revision`: the read must wait for it (`Locked`).
+    fn check_locks(&self, spans: &[KeyRange], revision: Option<i64>) -> Result<(), KvError> {
+        for range_id in &self.lock_ranges {
+            let locks = state_machine::locks_in(*range_id, self.view.as_ref())?;
+            if let Some(lock) = state_machine::lock_blocking_read(&locks, spans, revision) {
+                return Err(KvError::Locked {
+                    txn_id: lock.txn_id.to_vec(),
+                    primary: lock.primary_range,
+                });
+            }
+        }
+        Ok(())
     }
 
     fn revisions(&self) -> Result<Revisions, StorageError> {
@@ -132,6 +166,16 @@ impl PinnedRange {
     /// Meta range: the map of every data range, in this state.
     pub fn range_map(&self) -> Result<crate::proto::shoal::state::RangeMap, StorageError> {
         StateMachine::range_map_in(self.view.as_ref())
+    }
+
+    /// The locks of transactions over several ranges the range holds, in this state.
+    pub fn locks(&self) -> Result<Vec<crate::proto::shoal::state::TxnLock>, StorageError> {
+        state_machine::locks_in(self.range_id, self.view.as_ref())
+    }
+
+    /// How a transaction whose primary is this range ended, in this state.
+    pub fn txn_record(&self, txn_id: &[u8]) -> Result<Option<crate::proto::shoal::state::TxnRecord>, StorageError> {
+        state_machine::txn_record_in(self.range_id, self.view.as_ref(), txn_id)
     }
 
     /// The range's epoch in this state.

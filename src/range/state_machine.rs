@@ -14,17 +14,21 @@
 use super::kv::{self, KvError, Revisions};
 use super::lease::Lessor;
 use super::proposals::{Applied, ProposalId};
-use super::snapshot;
+use super::{ops, snapshot, twophase};
 use crate::proto::shoal::command::{self as cmd, command_result, raft_command, CommandResult, RaftCommand};
+use crate::proto::shoal::kv::Span;
 use crate::proto::shoal::kv::{
     op, op_result, Delete, DeleteResult, OpResult, Put, PutResult, Read, ReadResult, Txn, TxnResult,
 };
 use crate::proto::shoal::state::{
-    LeaseRecord, MemberInfo, OracleState, PublishedMembers, RangeApplyState, RangeDescriptor, RangeMap,
+    LeaseRecord, MemberInfo, OracleState, PublishedMembers, RangeApplyState, RangeDescriptor, RangeMap, TxnLock,
+    TxnRecord,
 };
 use crate::storage::mvcc::{self, MvccRead, Overlaid, Overlay, Record};
+use crate::storage::KeyRange;
 use crate::storage::{keys, Durability, Engine, ReadView, Space, StorageError, WriteBatch};
 use prost::Message;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -35,6 +39,63 @@ const DESCRIPTOR: u8 = b'd';
 const RANGE_MAP: u8 = b'r';
 /// Meta range: the timestamp oracle's high-water mark.
 const ORACLE: u8 = b'o';
+/// Data ranges: a lock of a transaction over several ranges (then the transaction id).
+const LOCK: u8 = b'L';
+/// Data ranges: how a transaction over several ranges whose primary this is ended.
+const TXN_RECORD: u8 = b'T';
+
+fn txn_key(range_id: u64, kind: u8, txn_id: &[u8]) -> Vec<u8> {
+    let mut key = keys::range_record_key(range_id, kind);
+    key.extend_from_slice(txn_id);
+    key
+}
+
+/// Whether two key ranges share a key.
+fn overlaps(a: &KeyRange, b: &KeyRange) -> bool {
+    let empty = |range: &KeyRange| range.end.as_ref() == Some(&range.start);
+    !empty(a)
+        && !empty(b)
+        && b.end.as_ref().is_none_or(|end| a.start < *end)
+        && a.end.as_ref().is_none_or(|end| b.start < *end)
+}
+
+/// The locks of a range as stored in `view`.
+pub fn locks_in(range_id: u64, view: &dyn ReadView) -> Result<Vec<TxnLock>, StorageError> {
+    let mut locks = Vec::new();
+    let prefix = crate::storage::KeyRange::prefix(&keys::range_record_key(range_id, LOCK));
+    for pair in view.scan(Space::RangeMeta, &prefix, false) {
+        let (_, value) = pair?;
+        if let Some(lock) = decode::<TxnLock>(Space::RangeMeta, Some(value), "lock")? {
+            locks.push(lock);
+        }
+    }
+    Ok(locks)
+}
+
+/// How a transaction whose primary is `range_id` ended, as stored in `view`.
+pub fn txn_record_in(range_id: u64, view: &dyn ReadView, txn_id: &[u8]) -> Result<Option<TxnRecord>, StorageError> {
+    decode(
+        Space::RangeMeta,
+        view.get(Space::RangeMeta, &txn_key(range_id, TXN_RECORD, txn_id))?,
+        "transaction record",
+    )
+}
+
+/// A lock among `locks` on a key of `spans` that a read must wait for. A read of the
+/// newest state (`revision` is `None`) waits for every one: its transaction may have
+/// passed its commit point on another range already, and a read that saw that must not
+/// be followed by one that does not. A read at a past revision waits only for locks
+/// whose transaction may still commit at or below it.
+pub fn lock_blocking_read<'a>(locks: &'a [TxnLock], spans: &[KeyRange], revision: Option<i64>) -> Option<&'a TxnLock> {
+    locks.iter().find(|lock| {
+        revision.is_none_or(|revision| lock.floor < revision)
+            && lock
+                .spans
+                .iter()
+                .any(|span| spans.iter().any(|read| overlaps(&kv::key_range(span), read)))
+    })
+}
+
 /// The first revision the oracle hands out: a new store is at revision 1, as etcd's.
 const FIRST_REVISION: i64 = 2;
 /// The revision through which history is physically removed (a u64, big-endian).
@@ -95,6 +156,8 @@ pub struct StateMachine {
     last_split: Option<RangeDescriptor>,
     /// Meta range: the id the command being applied handed out.
     allocated_range_id: u64,
+    /// Data ranges: locks of transactions over several ranges, by transaction id.
+    locks: BTreeMap<Vec<u8>, TxnLock>,
 }
 
 /// Where a range created by a split starts its log, as if from a snapshot at this index
@@ -142,6 +205,10 @@ impl StateMachine {
         // A crash (or a snapshot taken) before the worker finished: finish it.
         let compaction_due = (state.compact_revision > compacted_through).then_some(state.compact_revision);
         let oracle: Option<OracleState> = decode(Space::RangeMeta, record(ORACLE)?, "oracle")?;
+        let locks = locks_in(range_id, engine.as_ref())?
+            .into_iter()
+            .map(|lock| (lock.txn_id.to_vec(), lock))
+            .collect();
         let range_map = if range_id == super::META_RANGE_ID {
             decode(Space::RangeMeta, record(RANGE_MAP)?, "range map")?.unwrap_or_default()
         } else {
@@ -168,7 +235,237 @@ impl StateMachine {
             created: Vec::new(),
             last_split: None,
             allocated_range_id: 0,
+            locks,
         })
+    }
+
+    /// Locks of transactions over several ranges held here.
+    pub fn locks(&self) -> impl Iterator<Item = &TxnLock> {
+        self.locks.values()
+    }
+
+    /// The revision at or below which nothing can change here any more: the range's,
+    /// or just below where a lock's transaction may still commit.
+    pub fn resolved(&self) -> i64 {
+        self.locks
+            .values()
+            .map(|lock| lock.floor)
+            .chain(std::iter::once(self.state.revision))
+            .min()
+            .unwrap_or(self.state.revision)
+    }
+
+    /// A refusal for a command touching a key some transaction holds a lock on.
+    fn lock_blocking(&self, spans: &[KeyRange], except: &[u8]) -> Option<KvError> {
+        self.locks
+            .values()
+            .filter(|lock| lock.txn_id.as_ref() != except)
+            .find(|lock| {
+                lock.spans
+                    .iter()
+                    .any(|locked| spans.iter().any(|span| overlaps(&kv::key_range(locked), span)))
+            })
+            .map(|lock| KvError::Locked {
+                txn_id: lock.txn_id.to_vec(),
+                primary: lock.primary_range,
+            })
+    }
+
+    fn txn_record(&self, txn_id: &[u8]) -> Result<Option<TxnRecord>, StorageError> {
+        decode(
+            Space::RangeMeta,
+            self.engine
+                .get(Space::RangeMeta, &txn_key(self.range_id, TXN_RECORD, txn_id))?,
+            "transaction record",
+        )
+    }
+
+    /// Locks this range's keys of a transaction over several ranges, and evaluates its
+    /// compares and checks its operations on them (see `twophase`).
+    fn apply_prepare(
+        &mut self,
+        prepare: cmd::Prepare,
+        pending: &mut ApplyBatch,
+    ) -> Result<command_result::Result, KvError> {
+        let txn_id = prepare.txn_id.to_vec();
+        if self.txn_record(&txn_id)?.is_some() {
+            return Err(KvError::Aborted);
+        }
+        let txn = prepare.txn.clone().unwrap_or_default();
+        let spans: Vec<KeyRange> = prepare.spans.iter().map(kv::key_range).collect();
+        let within = snapshot::descriptor_span(&self.descriptor);
+        let outside = spans.iter().any(|span| {
+            span.start < within.start
+                || match (&within.end, &span.end) {
+                    (None, _) => false,
+                    (Some(_), None) => true,
+                    (Some(end), Some(span_end)) => span_end > end,
+                }
+        });
+        if outside {
+            return Err(self.epoch_mismatch("a key of the transaction's part is outside the range".to_string()));
+        }
+        if let Some(refusal) = self.lock_blocking(&spans, &txn_id) {
+            return Err(refusal);
+        }
+        let view = Overlaid {
+            base: self.engine.as_ref(),
+            overlay: &pending.overlay,
+        };
+        let compares = twophase::evaluate_compares(&view, &txn, &within)?;
+        let mut refusals = Vec::new();
+        let revisions = self.revisions();
+        let mut failure = None;
+        twophase::for_each_op(&txn, &mut |index, operation| {
+            let refused = match operation {
+                op::Op::Read(read) => {
+                    let part = twophase::intersect(read.span.as_ref().unwrap_or(&Default::default()), &within);
+                    match part {
+                        Some(_) => revisions.check(read.revision).err(),
+                        None => None,
+                    }
+                }
+                op::Op::Put(put) if within.contains(&put.key) => {
+                    if put.lease != 0 && !self.lessor.contains(put.lease) {
+                        Some(KvError::LeaseNotFound)
+                    } else if put.ignore_value || put.ignore_lease {
+                        match view.latest(&put.key) {
+                            Ok(None) => Some(KvError::KeyNotFound),
+                            Ok(Some(_)) => None,
+                            Err(error) => {
+                                failure.get_or_insert(error);
+                                None
+                            }
+                        }
+                    } else {
+                        None
+                    }
+                }
+                _ => None,
+            };
+            if let Some(error) = refused {
+                refusals.push(cmd::OpRefusal {
+                    index,
+                    error: Some(refusal_to_proto(&error)),
+                });
+            }
+        });
+        if let Some(error) = failure {
+            return Err(error.into());
+        }
+        let lock = TxnLock {
+            txn_id: prepare.txn_id.clone(),
+            primary_range: prepare.primary_range,
+            floor: self.state.revision,
+            txn: prepare.txn,
+            spans: prepare.spans,
+        };
+        // A prepare sent again (its answer was lost) finds its own lock: same answer.
+        if !self.locks.contains_key(&txn_id) {
+            pending.batch.put(
+                Space::RangeMeta,
+                txn_key(self.range_id, LOCK, &txn_id),
+                lock.encode_to_vec(),
+            );
+            self.locks.insert(txn_id, lock);
+        }
+        Ok(command_result::Result::Prepare(cmd::PrepareResult {
+            compares,
+            refusals,
+        }))
+    }
+
+    /// Applies this range's part of a prepared transaction at its commit revision and
+    /// releases the lock; on the primary range, records the commit (the commit point).
+    fn apply_commit(
+        &mut self,
+        commit: cmd::Commit,
+        pending: &mut ApplyBatch,
+    ) -> Result<command_result::Result, KvError> {
+        let txn_id = commit.txn_id.to_vec();
+        let Some(lock) = self.locks.get(&txn_id).cloned() else {
+            return match self.txn_record(&txn_id)? {
+                Some(record) if record.committed => Ok(command_result::Result::Empty(cmd::Empty {})),
+                _ => Err(KvError::Aborted),
+            };
+        };
+        if commit.commit_revision <= lock.floor {
+            return Err(KvError::BadCommit(format!(
+                "commit revision {} is not above the lock's floor {}",
+                commit.commit_revision, lock.floor
+            )));
+        }
+        let txn = lock.txn.clone().unwrap_or_default();
+        let revisions = self.revisions();
+        let mut exec = TxnExec {
+            base: self.engine.as_ref(),
+            overlay: &mut pending.overlay,
+            batch: &mut pending.batch,
+            revisions,
+            revision: commit.commit_revision,
+            sub: 0,
+            keys_delta: 0,
+            bytes_delta: 0,
+            restrict: Some(snapshot::descriptor_span(&self.descriptor)),
+        };
+        let mut result = exec.txn(&txn, &commit.path, &mut 0)?;
+        let (wrote, keys_delta, bytes_delta) = (exec.sub > 0, exec.keys_delta, exec.bytes_delta);
+        self.count_live(keys_delta, bytes_delta);
+        if wrote {
+            self.state.revision = self.state.revision.max(commit.commit_revision);
+        }
+        pending
+            .batch
+            .delete(Space::RangeMeta, txn_key(self.range_id, LOCK, &txn_id));
+        if lock.primary_range == self.range_id {
+            let record = TxnRecord {
+                txn_id: commit.txn_id.clone(),
+                committed: true,
+                commit_revision: commit.commit_revision,
+                path: commit.path.clone(),
+            };
+            pending.batch.put(
+                Space::RangeMeta,
+                txn_key(self.range_id, TXN_RECORD, &txn_id),
+                record.encode_to_vec(),
+            );
+        }
+        self.locks.remove(&txn_id);
+        result.revision = commit.commit_revision;
+        Ok(command_result::Result::Txn(result))
+    }
+
+    /// Releases a transaction's lock without applying it; on the primary range,
+    /// records that it will never commit (unless it already did: `Committed`).
+    fn apply_rollback(
+        &mut self,
+        rollback: cmd::Rollback,
+        batch: &mut WriteBatch,
+    ) -> Result<command_result::Result, KvError> {
+        let txn_id = rollback.txn_id.to_vec();
+        if rollback.primary {
+            match self.txn_record(&txn_id)? {
+                Some(record) if record.committed => return Err(KvError::Committed),
+                Some(_) => {}
+                None => {
+                    let record = TxnRecord {
+                        txn_id: rollback.txn_id.clone(),
+                        committed: false,
+                        commit_revision: 0,
+                        path: Vec::new(),
+                    };
+                    batch.put(
+                        Space::RangeMeta,
+                        txn_key(self.range_id, TXN_RECORD, &txn_id),
+                        record.encode_to_vec(),
+                    );
+                }
+            }
+        }
+        if self.locks.remove(&txn_id).is_some() {
+            batch.delete(Space::RangeMeta, txn_key(self.range_id, LOCK, &txn_id));
+        }
+        Ok(command_result::Result::Empty(cmd::Empty {}))
     }
 
     /// Ranges created by splits applied since the last call.
@@ -515,9 +812,16 @@ impl StateMachine {
                 Some(raft_command::Op::Txn(txn)) if !self.holds_all(&txn) => {
                     Err(self.epoch_mismatch("a key of the transaction is outside the range".to_string()))
                 }
-                Some(raft_command::Op::Txn(txn)) => {
-                    self.apply_txn(txn, revision, batch).map(command_result::Result::Txn)
-                }
+                Some(raft_command::Op::Txn(txn)) => match self.lock_blocking(&ops::key_ranges(&txn), &[]) {
+                    Some(refusal) => Err(refusal),
+                    None => self.apply_txn(txn, revision, batch).map(command_result::Result::Txn),
+                },
+                Some(raft_command::Op::Prepare(prepare)) => self.apply_prepare(prepare, batch),
+                Some(raft_command::Op::Commit(commit)) => self.apply_commit(commit, batch),
+                Some(raft_command::Op::Rollback(rollback)) => self.apply_rollback(rollback, &mut batch.batch),
+                Some(raft_command::Op::Split(_)) if !self.locks.is_empty() => Err(KvError::BadSplit(
+                    "the range holds locks of transactions in progress".to_string(),
+                )),
                 Some(raft_command::Op::Split(split)) => self.apply_split(split, &mut batch.batch),
                 Some(raft_command::Op::Close(_)) => {
                     // Everything at or below this revision is final here from now on.
@@ -645,6 +949,7 @@ impl StateMachine {
             sub: 0,
             keys_delta: 0,
             bytes_delta: 0,
+            restrict: None,
         };
         let mut result = exec.txn(&request, &path, &mut 0)?;
         if exec.sub > 0 {
@@ -735,6 +1040,7 @@ impl StateMachine {
             sub: 0,
             keys_delta: 0,
             bytes_delta: 0,
+            restrict: None,
         };
         for key in &attached {
             match exec.base.latest(key)? {
@@ -805,7 +1111,11 @@ fn reads_beyond_overlay(command: &RaftCommand) -> bool {
     }
     match &command.op {
         Some(raft_command::Op::Txn(txn)) => txn_reads_history(txn),
-        Some(raft_command::Op::Compact(_)) | Some(raft_command::Op::LeaseRevoke(_)) => true,
+        Some(raft_command::Op::Compact(_))
+        | Some(raft_command::Op::LeaseRevoke(_))
+        | Some(raft_command::Op::Prepare(_))
+        | Some(raft_command::Op::Commit(_))
+        | Some(raft_command::Op::Rollback(_)) => true,
         _ => false,
     }
 }
@@ -868,6 +1178,7 @@ pub fn read_only_txn(view: &dyn ReadView, revisions: Revisions, request: &Txn) -
         sub: 0,
         keys_delta: 0,
         bytes_delta: 0,
+        restrict: None,
     };
     let mut result = exec.txn(request, &path, &mut 0)?;
     assert!(exec.sub == 0 && unused.is_empty(), "a read-only transaction wrote");
@@ -885,10 +1196,15 @@ pub fn refusal_to_proto(error: &KvError) -> cmd::CommandError {
         KvError::LeaseExists => cmd::ErrorKind::LeaseExists,
         KvError::StaleRevision => cmd::ErrorKind::StaleRevision,
         KvError::EpochMismatch { .. } => cmd::ErrorKind::EpochMismatch,
+        KvError::Locked { .. } => cmd::ErrorKind::Locked,
+        KvError::Aborted => cmd::ErrorKind::Aborted,
+        KvError::Committed => cmd::ErrorKind::Committed,
         // Applying never bounds a response; a replicated refusal cannot carry it.
-        KvError::Storage(_) | KvError::ResponseTooLarge { .. } | KvError::WrongRange(_) | KvError::BadSplit(_) => {
-            cmd::ErrorKind::Unspecified
-        }
+        KvError::Storage(_)
+        | KvError::ResponseTooLarge { .. }
+        | KvError::WrongRange(_)
+        | KvError::BadSplit(_)
+        | KvError::BadCommit(_) => cmd::ErrorKind::Unspecified,
     };
     cmd::CommandError {
         kind: kind as i32,
@@ -896,6 +1212,14 @@ pub fn refusal_to_proto(error: &KvError) -> cmd::CommandError {
         current: match error {
             KvError::EpochMismatch { current, .. } => current.clone(),
             _ => Vec::new(),
+        },
+        locked_by: match error {
+            KvError::Locked { txn_id, .. } => txn_id.clone().into(),
+            _ => Default::default(),
+        },
+        locked_primary: match error {
+            KvError::Locked { primary, .. } => *primary,
+            _ => 0,
         },
     }
 }
@@ -913,6 +1237,12 @@ pub fn refusal_from_proto(error: &cmd::CommandError) -> KvError {
             detail: error.detail.clone(),
             current: error.current.clone(),
         },
+        cmd::ErrorKind::Locked => KvError::Locked {
+            txn_id: error.locked_by.to_vec(),
+            primary: error.locked_primary,
+        },
+        cmd::ErrorKind::Aborted => KvError::Aborted,
+        cmd::ErrorKind::Committed => KvError::Committed,
         cmd::ErrorKind::Unspecified => KvError::Storage(StorageError::Engine(error.detail.clone())),
     }
 }
@@ -991,6 +1321,8 @@ struct TxnExec<'a> {
     /// How the range's live keys and bytes change.
     keys_delta: i64,
     bytes_delta: i64,
+    /// A transaction over several ranges runs only on the keys this range holds.
+    restrict: Option<KeyRange>,
 }
 
 /// Bytes a live key counts for in the range's statistics.
@@ -1016,9 +1348,31 @@ impl TxnExec<'_> {
         let mut results = Vec::with_capacity(ops.len());
         for operation in ops {
             let result = match &operation.op {
-                Some(op::Op::Read(read)) => op_result::Result::Read(self.read(read)?),
+                Some(op::Op::Read(read)) => match self.restricted(read.span.as_ref()) {
+                    Some(span) => op_result::Result::Read(self.read(&Read {
+                        span: Some(span),
+                        ..read.clone()
+                    })?),
+                    None => op_result::Result::Read(ReadResult {
+                        revision: self.read_revision(),
+                        ..Default::default()
+                    }),
+                },
+                Some(op::Op::Put(put)) if !self.holds(&put.key) => op_result::Result::Put(PutResult {
+                    prev_kv: None,
+                    revision: self.revision,
+                }),
                 Some(op::Op::Put(put)) => op_result::Result::Put(self.put(put)?),
-                Some(op::Op::Delete(delete)) => op_result::Result::Delete(self.delete(delete)?),
+                Some(op::Op::Delete(delete)) => match self.restricted(delete.span.as_ref()) {
+                    Some(span) => op_result::Result::Delete(self.delete(&Delete {
+                        span: Some(span),
+                        prev_kv: delete.prev_kv,
+                    })?),
+                    None => op_result::Result::Delete(DeleteResult {
+                        revision: self.read_revision(),
+                        ..Default::default()
+                    }),
+                },
                 Some(op::Op::Txn(nested)) => {
                     let mut result = self.txn(nested, path, position)?;
                     result.revision = self.read_revision();
@@ -1033,6 +1387,20 @@ impl TxnExec<'_> {
             results,
             revision: 0,
         })
+    }
+
+    /// The part of `span` this execution covers (all of it unless restricted).
+    fn restricted(&self, span: Option<&Span>) -> Option<Span> {
+        let whole = Span::default();
+        let span = span.unwrap_or(&whole);
+        match &self.restrict {
+            None => Some(span.clone()),
+            Some(within) => twophase::intersect(span, within),
+        }
+    }
+
+    fn holds(&self, key: &[u8]) -> bool {
+        self.restrict.as_ref().is_none_or(|within| within.contains(key))
     }
 
     fn read(&self, request: &Read) -> Result<ReadResult, KvError> {

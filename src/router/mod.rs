@@ -233,7 +233,7 @@ impl Router {
                     .into_iter()
                     .max()
                     .unwrap_or(0);
-                return Ok(self.reader.pin_as_of(view, revision, compact));
+                return Ok(self.reader.pin_as_of(view, revision, compact, ranges.clone()));
             }
             if Instant::now() >= deadline {
                 return Err(RouteError::Range(RangeError::Installing));
@@ -340,6 +340,19 @@ impl Router {
                     .map_err(ForwardError::Range)
             } else {
                 self.peers.lease_query(leader, range_id, lease_id, kind).await
+            }
+        })
+        .await
+    }
+
+    /// A fresh revision from the timestamp oracle: above every revision handed out
+    /// before the call (the commit revision of a transaction over several ranges).
+    pub async fn timestamp(&self) -> Result<i64, RouteError> {
+        self.retry_until_leader(META_RANGE_ID, |leader| async move {
+            if leader == self.node_id {
+                self.store.oracle_request(1).await.map_err(ForwardError::Range)
+            } else {
+                self.peers.timestamps(leader, 1).await
             }
         })
         .await

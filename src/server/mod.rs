@@ -260,8 +260,18 @@ pub async fn run(
         config.max_request_bytes,
     )?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let txns = crate::txn::Transactions::new(
+        router.clone(),
+        me,
+        incarnation,
+        // Well within a request's time: a client waiting on an abandoned lock still gets
+        // its answer once the lock is resolved.
+        config.request_timeout() / 2,
+        config.fail_at,
+    );
     let context = Arc::new(EtcdContext {
         router: router.clone(),
+        txns: txns.clone(),
         cluster_id: identity.cluster_id,
         member_id: me,
         limits: Limits {
@@ -346,6 +356,7 @@ pub async fn run(
         config.auto_compaction,
     ));
     let splitter = tokio::spawn(crate::placement::splitter::run(router.clone(), me, config.split));
+    let resolver = tokio::spawn(crate::txn::resolver::run(txns.clone(), me));
     let publisher = tokio::spawn(publish_member(
         router.clone(),
         me,
@@ -365,6 +376,7 @@ pub async fn run(
     tracing::info!("shutting down");
     publisher.abort();
     splitter.abort();
+    resolver.abort();
     compactor.abort();
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), async {

@@ -294,7 +294,7 @@ impl Store {
         };
         for replica in self.replicas.values().filter(|replica| !replica.machine().is_meta()) {
             let revisions = replica.machine().revisions();
-            frontier.revision = frontier.revision.min(revisions.current);
+            frontier.revision = frontier.revision.min(replica.machine().resolved());
             frontier.compact = frontier.compact.max(revisions.compact);
         }
         if frontier.revision == i64::MAX {
@@ -311,7 +311,7 @@ impl Store {
             return;
         }
         for (range_id, replica) in self.replicas.iter_mut() {
-            if replica.machine().is_meta() || replica.machine().revisions().current >= wanted {
+            if replica.machine().is_meta() || replica.machine().resolved() >= wanted {
                 continue;
             }
             let due = self

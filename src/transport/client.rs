@@ -108,6 +108,30 @@ impl PeerTransport {
 }
 
 impl PeerTransport {
+    /// Asks the meta range's leader `leader` for `count` revisions; the first of them.
+    pub async fn timestamps(&self, leader: u64, count: u32) -> Result<i64, ForwardError> {
+        let link = self.links.get(&leader).ok_or(RangeError::NotLeader { leader: 0 })?;
+        let mut client = PeerClient::new(link.channel.clone());
+        let mut request = tonic::Request::new(TimestampRequest { count });
+        self.identity.stamp(request.metadata_mut());
+        let answer = client
+            .timestamps(request)
+            .await
+            .map_err(|status| ForwardError::ConnectionLost(status.message().to_string()))?
+            .into_inner();
+        match answer.outcome {
+            Some(timestamp_answer::Outcome::Grant(grant)) if grant.count == count => Ok(grant.first),
+            Some(timestamp_answer::Outcome::NotLeader(not_leader)) => Err(RangeError::NotLeader {
+                leader: not_leader.leader_id,
+            }
+            .into()),
+            Some(timestamp_answer::Outcome::Failure(failure)) => {
+                Err(failure_to_error(&failure, crate::range::META_RANGE_ID).into())
+            }
+            _ => Err(ForwardError::ConnectionLost("malformed timestamp answer".into())),
+        }
+    }
+
     /// Asks the range's leader `leader` about a lease.
     pub async fn lease_query(
         &self,

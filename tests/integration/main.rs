@@ -14,3 +14,4 @@ mod kv;
 mod operations;
 mod ranges;
 mod tls;
+mod transactions;

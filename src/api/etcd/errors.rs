@@ -52,6 +52,15 @@ pub fn kv(error: KvError) -> Status {
         // Routed by a stale range map; the router re-plans these until its deadline.
         KvError::EpochMismatch { .. } => Status::unavailable("etcdserver: leader changed"),
         KvError::BadSplit(detail) => Status::internal(format!("etcdserver: {detail}")),
+        // Waited out by the transaction layer until its deadline.
+        KvError::Locked { .. } => {
+            Status::unavailable("etcdserver: request timed out, keys are locked by a transaction")
+        }
+        // Nothing applied: the client may send it again.
+        KvError::Aborted => {
+            Status::unavailable("etcdserver: transaction aborted by a conflicting one; nothing applied")
+        }
+        KvError::Committed | KvError::BadCommit(_) => Status::internal(format!("etcdserver: {error}")),
         // What grpc-go, and so etcd, answers when a response is over its send limit.
         KvError::ResponseTooLarge { size, limit } => Status::resource_exhausted(format!(
             "grpc: trying to send message larger than max ({size} vs. {limit})"
@@ -98,5 +107,12 @@ pub fn route(error: RouteError) -> Status {
 pub fn watch(error: crate::range::watch::WatchError) -> Status {
     match error {
         crate::range::watch::WatchError::Storage(detail) => Status::internal(format!("etcdserver: {detail}")),
+    }
+}
+
+pub fn txn(error: crate::txn::TxnError) -> Status {
+    match error {
+        crate::txn::TxnError::Route(error) => route(error),
+        crate::txn::TxnError::Refused(error) => kv(error),
     }
 }

@@ -15,6 +15,7 @@ use crate::range::reader::PinnedRange;
 use crate::range::state_machine::refusal_from_proto;
 use crate::router::RouteError;
 use crate::storage::KeyRange;
+use crate::txn::TxnError;
 use prost::Message;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -27,10 +28,6 @@ impl KvService {
     pub fn new(context: Arc<EtcdContext>) -> Self {
         Self { context }
     }
-}
-
-fn unexpected(result: command_result::Result) -> Status {
-    Status::internal(format!("etcdserver: unexpected apply result {result:?}"))
 }
 
 impl EtcdContext {
@@ -56,33 +53,24 @@ impl EtcdContext {
         outcome(applied)
     }
 
-    /// Replicates a transaction through the range holding its keys and returns its
-    /// result.
+    /// Runs a transaction that writes, wherever its keys live (one range, or a
+    /// two-phase commit over several).
     pub(super) async fn replicate_txn(&self, txn: Txn) -> Result<TxnResult, Status> {
-        let spans = ops::key_ranges(&txn);
-        let applied = self
-            .router
-            .write_keys(&spans, crate::range::encode_command(raft_command::Op::Txn(txn)))
-            .await
-            .map_err(errors::route)?;
-        match outcome(applied)? {
-            (command_result::Result::Txn(result), _) => Ok(result),
-            (other, _) => Err(unexpected(other)),
-        }
+        self.txns.write(txn).await.map_err(errors::txn)
     }
 
     /// This member's copy of the one range holding every key of `spans`, made current
     /// first unless the read is `serializable`, and still the range the keys were
     /// planned against when pinned (a split meanwhile plans again).
-    async fn pinned_for(&self, spans: &[KeyRange], serializable: bool) -> Result<PinnedRange, Status> {
+    async fn pinned_for(&self, spans: &[KeyRange], serializable: bool) -> Result<PinnedRange, TxnError> {
         let deadline = tokio::time::Instant::now() + self.router.request_timeout();
         loop {
-            let plan = self.router.plan(spans).map_err(errors::route)?;
+            let plan = self.router.plan(spans)?;
             if !serializable {
-                self.router.linearize(plan.range_id).await.map_err(errors::route)?;
+                self.router.linearize(plan.range_id).await?;
             }
-            let pinned = self.router.pinned(plan.range_id).await.map_err(errors::route)?;
-            let epoch = pinned.epoch().map_err(|error| errors::kv(error.into()))?;
+            let pinned = self.router.pinned(plan.range_id).await?;
+            let epoch = pinned.epoch().map_err(KvError::from)?;
             if epoch == plan.epoch || plan.epoch == 0 || tokio::time::Instant::now() >= deadline {
                 return Ok(pinned);
             }
@@ -93,15 +81,16 @@ impl EtcdContext {
     /// The data a read of `spans` needs: this member's copy of the one range holding
     /// them (the fast path), or, when they span ranges, every range involved at one
     /// revision (see [`Router::pin_across`]).
-    async fn pinned_read(&self, spans: &[KeyRange], serializable: bool, revision: i64) -> Result<PinnedRange, Status> {
+    async fn pinned_read(
+        &self,
+        spans: &[KeyRange],
+        serializable: bool,
+        revision: i64,
+    ) -> Result<PinnedRange, TxnError> {
         match self.router.plan(spans) {
             Ok(_) => self.pinned_for(spans, serializable).await,
-            Err(RouteError::CrossRange(_)) => self
-                .router
-                .pin_across(spans, serializable, revision)
-                .await
-                .map_err(errors::route),
-            Err(error) => Err(errors::route(error)),
+            Err(RouteError::CrossRange(_)) => Ok(self.router.pin_across(spans, serializable, revision).await?),
+            Err(error) => Err(error.into()),
         }
     }
 
@@ -111,19 +100,28 @@ impl EtcdContext {
         let spans = [crate::range::kv::key_range(
             read.span.as_ref().unwrap_or(&Default::default()),
         )];
-        let pinned = self.pinned_read(&spans, request.serializable, request.revision).await?;
-        let result = match pinned.read(&read, self.limits.max_response_bytes) {
+        let limit = self.limits.max_response_bytes;
+        let outcome = self
+            .txns
+            .read(
+                || self.pinned_read(&spans, request.serializable, request.revision),
+                |pinned| pinned.read(&read, limit),
+            )
+            .await;
+        let result = match outcome {
             // A revision past what this range applied may still be in the cluster's
             // past (another range wrote it): make the range final there and read again.
-            Err(KvError::FutureRevision) if request.revision > 0 && !request.serializable => self
-                .router
-                .pin_across(&spans, false, request.revision)
-                .await
-                .map_err(errors::route)?
-                .read(&read, self.limits.max_response_bytes),
+            Err(TxnError::Refused(KvError::FutureRevision)) if request.revision > 0 && !request.serializable => {
+                self.txns
+                    .read(
+                        || async { Ok(self.router.pin_across(&spans, false, request.revision).await?) },
+                        |pinned| pinned.read(&read, limit),
+                    )
+                    .await
+            }
             other => other,
         }
-        .map_err(errors::kv)?;
+        .map_err(errors::txn)?;
         let header = Some(self.header(result.revision));
         Ok(convert::range_response(result, header))
     }
@@ -163,10 +161,14 @@ impl EtcdContext {
         let serializable = validate::txn_is_serializable(&request);
         let txn = convert::txn(request);
         let result = if read_only {
-            self.pinned_read(&ops::key_ranges(&txn), serializable, 0)
-                .await?
-                .read_only_txn(&txn)
-                .map_err(errors::kv)?
+            let spans = ops::key_ranges(&txn);
+            self.txns
+                .read(
+                    || self.pinned_read(&spans, serializable, 0),
+                    |pinned| pinned.read_only_txn(&txn),
+                )
+                .await
+                .map_err(errors::txn)?
         } else {
             self.replicate_txn(txn).await?
         };

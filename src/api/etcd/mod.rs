@@ -46,6 +46,8 @@ pub struct Limits {
 /// What every etcd handler needs.
 pub struct EtcdContext {
     pub router: Arc<Router>,
+    /// Writes and reads wherever their keys live (two-phase commit across ranges).
+    pub txns: Arc<crate::txn::Transactions>,
     pub cluster_id: u64,
     pub member_id: u64,
     pub limits: Limits,
