@@ -19,6 +19,7 @@ pub fn single(operation: op::Op) -> Txn {
         compare: Vec::new(),
         success: vec![Op { op: Some(operation) }],
         failure: Vec::new(),
+        unknown_leases: Vec::new(),
     }
 }
 
@@ -67,6 +68,7 @@ pub fn key_ranges(txn: &Txn) -> Vec<KeyRange> {
                 Some(op::Op::Put(put)) => out.push(super::kv::key_range(&span(put.key.clone(), Bytes::new()))),
                 Some(op::Op::Delete(delete)) => out.push(super::kv::key_range(delete.span.as_ref().unwrap_or(&whole))),
                 Some(op::Op::Txn(nested)) => visit(nested, out),
+                Some(op::Op::RevokeLease(_)) => out.push(super::kv::key_range(&all_keys_span())),
                 None => {}
             }
         }
@@ -76,4 +78,15 @@ pub fn key_ranges(txn: &Txn) -> Vec<KeyRange> {
     // An empty span touches no range.
     out.retain(|keys| keys.end.as_ref() != Some(&keys.start));
     out
+}
+
+/// Every key of every front-end's namespace: what a lease revocation may touch.
+pub fn all_keys_span() -> Span {
+    span(vec![0x01], vec![0xff])
+}
+
+/// A transaction revoking a lease: every key attached to it, in every range, deleted at
+/// one revision.
+pub fn revoke_lease(lease: i64) -> Txn {
+    single(op::Op::RevokeLease(crate::proto::shoal::kv::RevokeLease { lease }))
 }

@@ -191,22 +191,61 @@ impl PinnedRange {
         state_machine::members_in(self.range_id, self.view.as_ref())
     }
 
-    /// Ids of every lease of the range.
-    pub fn lease_ids(&self) -> Result<Vec<i64>, StorageError> {
-        let prefix_bytes = 8;
-        let mut ids = Vec::new();
+    /// Every lease record of the range (the meta range holds the leases).
+    fn lease_records(&self) -> Result<Vec<crate::proto::shoal::state::LeaseRecord>, StorageError> {
+        let mut leases = Vec::new();
         for pair in self
             .view
             .scan(Space::Leases, &keys::range_records(self.range_id), false)
         {
-            let (key, _) = pair?;
-            let raw: [u8; 8] = key[prefix_bytes..].try_into().map_err(|_| StorageError::Corrupt {
-                space: Space::Leases,
-                detail: "lease key of the wrong length".into(),
-            })?;
-            ids.push(u64::from_be_bytes(raw) as i64);
+            let (_, value) = pair?;
+            let lease = <crate::proto::shoal::state::LeaseRecord as prost::Message>::decode(value.as_slice()).map_err(
+                |error| StorageError::Corrupt {
+                    space: Space::Leases,
+                    detail: format!("lease: {error}"),
+                },
+            )?;
+            leases.push(lease);
         }
-        Ok(ids)
+        Ok(leases)
+    }
+
+    /// Ids of every lease in use (not being revoked).
+    pub fn lease_ids(&self) -> Result<Vec<i64>, StorageError> {
+        Ok(self
+            .lease_records()?
+            .into_iter()
+            .filter(|lease| !lease.revoking)
+            .map(|lease| lease.id)
+            .collect())
+    }
+
+    /// Ids of the leases being revoked.
+    pub fn revoking_leases(&self) -> Result<Vec<i64>, StorageError> {
+        Ok(self
+            .lease_records()?
+            .into_iter()
+            .filter(|lease| lease.revoking)
+            .map(|lease| lease.id)
+            .collect())
+    }
+
+    /// Whether the lease exists and is in use.
+    pub fn lease_exists(&self, lease_id: i64) -> Result<bool, StorageError> {
+        let Some(bytes) = self
+            .view
+            .get(Space::Leases, &keys::lease_key(self.range_id, lease_id))?
+        else {
+            return Ok(false);
+        };
+        let lease =
+            <crate::proto::shoal::state::LeaseRecord as prost::Message>::decode(bytes.as_slice()).map_err(|error| {
+                StorageError::Corrupt {
+                    space: Space::Leases,
+                    detail: format!("lease: {error}"),
+                }
+            })?;
+        Ok(!lease.revoking)
     }
 
     /// The etcd keys attached to a lease.

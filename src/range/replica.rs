@@ -508,8 +508,9 @@ impl Replica {
                 lease = format!("{id:x}"),
                 "lease expired; revoking"
             );
-            let command = super::encode_command(crate::proto::shoal::command::raft_command::Op::LeaseRevoke(
-                crate::proto::shoal::command::LeaseRevoke { id },
+            // The meta range marks it; the lease task deletes its keys in every range.
+            let command = super::encode_command(crate::proto::shoal::command::raft_command::Op::LeaseRevoking(
+                crate::proto::shoal::command::LeaseRevoking { id },
             ));
             // Nobody waits for the outcome: a lost proposal is proposed again later.
             let (responder, _) = oneshot::channel();

@@ -28,7 +28,7 @@ use crate::storage::mvcc::{self, MvccRead, Overlaid, Overlay, Record};
 use crate::storage::KeyRange;
 use crate::storage::{keys, Durability, Engine, ReadView, Space, StorageError, WriteBatch};
 use prost::Message;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -41,6 +41,8 @@ const RANGE_MAP: u8 = b'r';
 const ORACLE: u8 = b'o';
 /// Data ranges: a lock of a transaction over several ranges (then the transaction id).
 const LOCK: u8 = b'L';
+/// Data ranges: a lease revoked here (then the lease id).
+const REVOKED: u8 = b'R';
 /// Data ranges: how a transaction over several ranges whose primary this is ended.
 const TXN_RECORD: u8 = b'T';
 
@@ -158,6 +160,10 @@ pub struct StateMachine {
     allocated_range_id: u64,
     /// Data ranges: locks of transactions over several ranges, by transaction id.
     locks: BTreeMap<Vec<u8>, TxnLock>,
+    /// Meta range: leases being revoked (their keys are being deleted in every range).
+    revoking: BTreeSet<i64>,
+    /// Data ranges: leases revoked here; a put with one is refused.
+    revoked: BTreeSet<i64>,
 }
 
 /// Where a range created by a split starts its log, as if from a snapshot at this index
@@ -215,11 +221,24 @@ impl StateMachine {
             RangeMap::default()
         };
         let mut lessor = Lessor::default();
+        let mut revoking = BTreeSet::new();
         let now = Instant::now();
         for pair in engine.scan(Space::Leases, &keys::range_records(range_id), false) {
             let (_, bytes) = pair?;
             let lease: LeaseRecord = decode(Space::Leases, Some(bytes), "lease")?.unwrap_or_default();
-            lessor.insert(lease.id, lease.ttl, now);
+            if lease.revoking {
+                revoking.insert(lease.id);
+            } else {
+                lessor.insert(lease.id, lease.ttl, now);
+            }
+        }
+        let mut revoked = BTreeSet::new();
+        let tombstones = crate::storage::KeyRange::prefix(&keys::range_record_key(range_id, REVOKED));
+        for pair in engine.scan(Space::RangeMeta, &tombstones, false) {
+            let (key, _) = pair?;
+            if let Some(raw) = key.get(9..17).and_then(|raw| <[u8; 8]>::try_from(raw).ok()) {
+                revoked.insert(i64::from_be_bytes(raw));
+            }
         }
         Ok(Self {
             range_id,
@@ -236,6 +255,8 @@ impl StateMachine {
             last_split: None,
             allocated_range_id: 0,
             locks,
+            revoking,
+            revoked,
         })
     }
 
@@ -326,7 +347,8 @@ impl StateMachine {
                     }
                 }
                 op::Op::Put(put) if within.contains(&put.key) => {
-                    if put.lease != 0 && !self.lessor.contains(put.lease) {
+                    if put.lease != 0 && (self.revoked.contains(&put.lease) || txn.unknown_leases.contains(&put.lease))
+                    {
                         Some(KvError::LeaseNotFound)
                     } else if put.ignore_value || put.ignore_lease {
                         match view.latest(&put.key) {
@@ -407,9 +429,14 @@ impl StateMachine {
             keys_delta: 0,
             bytes_delta: 0,
             restrict: Some(snapshot::descriptor_span(&self.descriptor)),
+            range_id: self.range_id,
+            span: snapshot::descriptor_span(&self.descriptor),
+            revoked: Vec::new(),
         };
         let mut result = exec.txn(&txn, &commit.path, &mut 0)?;
         let (wrote, keys_delta, bytes_delta) = (exec.sub > 0, exec.keys_delta, exec.bytes_delta);
+        let revoked = std::mem::take(&mut exec.revoked);
+        self.revoked.extend(revoked);
         self.count_live(keys_delta, bytes_delta);
         if wrote {
             self.state.revision = self.state.revision.max(commit.commit_revision);
@@ -534,6 +561,7 @@ impl StateMachine {
                         }),
                         Some(op::Op::Delete(delete)) => holds(delete.span.as_ref().unwrap_or(&default)),
                         Some(op::Op::Txn(nested)) => visit(nested, holds),
+                        Some(op::Op::RevokeLease(_)) => holds(&ops::all_keys_span()),
                         None => true,
                     })
         }
@@ -829,8 +857,11 @@ impl StateMachine {
                     Ok(command_result::Result::Empty(cmd::Empty {}))
                 }
                 Some(raft_command::Op::Compact(compact)) => self.apply_compact(compact.revision, revision, batch),
-                Some(raft_command::Op::LeaseGrant(grant)) => self.apply_lease_grant(&grant, &mut batch.batch),
-                Some(raft_command::Op::LeaseRevoke(revoke)) => self.apply_lease_revoke(revoke.id, revision, batch),
+                Some(
+                    raft_command::Op::LeaseGrant(_)
+                    | raft_command::Op::LeaseRevoke(_)
+                    | raft_command::Op::LeaseRevoking(_),
+                ) => Err(KvError::WrongRange("a lease command (leases live in the meta range)")),
                 Some(raft_command::Op::PublishMember(_)) => Err(KvError::WrongRange("member publishing")),
                 Some(
                     raft_command::Op::OracleAdvance(_)
@@ -886,6 +917,35 @@ impl StateMachine {
             }
             // A mark at or below the current one changes nothing.
             Some(raft_command::Op::OracleAdvance(_)) => {}
+            Some(raft_command::Op::LeaseGrant(grant)) => {
+                self.apply_lease_grant(&grant, batch)?;
+            }
+            Some(raft_command::Op::LeaseRevoking(revoking)) => {
+                let id = revoking.id;
+                if !self.revoking.contains(&id) {
+                    let Some(time) = self.lessor.time(id, Instant::now()) else {
+                        return Err(KvError::LeaseNotFound);
+                    };
+                    let record = LeaseRecord {
+                        id,
+                        ttl: time.granted_ttl,
+                        revoking: true,
+                    };
+                    batch.put(
+                        Space::Leases,
+                        keys::lease_key(self.range_id, id),
+                        record.encode_to_vec(),
+                    );
+                    self.lessor.remove(id);
+                    self.revoking.insert(id);
+                }
+            }
+            Some(raft_command::Op::LeaseRevoke(revoke)) => {
+                // Its keys are gone in every range; removing it twice is harmless.
+                batch.delete(Space::Leases, keys::lease_key(self.range_id, revoke.id));
+                self.lessor.remove(revoke.id);
+                self.revoking.remove(&revoke.id);
+            }
             Some(raft_command::Op::AllocateRangeId(_)) => {
                 let id = self.range_map.next_range_id.max(super::FIRST_DATA_RANGE_ID + 1);
                 self.range_map.next_range_id = id + 1;
@@ -937,7 +997,8 @@ impl StateMachine {
                 overlay: &pending.overlay,
             };
             let path = compare_path(&view, &request)?;
-            check_chosen(&view, &self.lessor, &request, &path, &mut 0, revisions)?;
+            let unusable: BTreeSet<i64> = self.revoked.iter().chain(&request.unknown_leases).copied().collect();
+            check_chosen(&view, &unusable, &request, &path, &mut 0, revisions)?;
             path
         };
         let mut exec = TxnExec {
@@ -950,11 +1011,16 @@ impl StateMachine {
             keys_delta: 0,
             bytes_delta: 0,
             restrict: None,
+            range_id: self.range_id,
+            span: snapshot::descriptor_span(&self.descriptor),
+            revoked: Vec::new(),
         };
         let mut result = exec.txn(&request, &path, &mut 0)?;
         if exec.sub > 0 {
             self.state.revision = revision;
         }
+        let revoked = std::mem::take(&mut exec.revoked);
+        self.revoked.extend(revoked);
         let (keys_delta, bytes_delta) = (exec.keys_delta, exec.bytes_delta);
         self.count_live(keys_delta, bytes_delta);
         result.revision = self.state.revision;
@@ -962,9 +1028,7 @@ impl StateMachine {
     }
 
     /// Compacts history below `revision`. The command's own revision is a fresh one from
-    /// the oracle: a compaction point above it is in the cluster's future. Applying it
-    /// also closes the range at the command's revision (as `Close`), so a range that has
-    /// been idle still has its compaction point at or below its revision.
+    /// the oracle: a compaction point above it is in the cluster's future.
     fn apply_compact(
         &mut self,
         revision: i64,
@@ -977,7 +1041,10 @@ impl StateMachine {
         if revision > command_revision {
             return Err(KvError::FutureRevision);
         }
-        self.state.revision = self.state.revision.max(command_revision);
+        // The range is final at the command's revision (commands apply in revision
+        // order), so an idle range may move up to the compaction point; not further,
+        // as etcd's revision does not move with a compaction.
+        self.state.revision = self.state.revision.max(revision);
         // The new compaction point is stored first: from then on no read can ask for
         // what the history removal takes, so it need not be atomic with it, and it runs
         // on the background worker, never holding up the log. (Earlier commands were
@@ -993,12 +1060,13 @@ impl StateMachine {
         request: &cmd::LeaseGrant,
         batch: &mut WriteBatch,
     ) -> Result<command_result::Result, KvError> {
-        if self.lessor.contains(request.id) {
+        if self.lessor.contains(request.id) || self.revoking.contains(&request.id) {
             return Err(KvError::LeaseExists);
         }
         let record = LeaseRecord {
             id: request.id,
             ttl: request.ttl,
+            revoking: false,
         };
         batch.put(
             Space::Leases,
@@ -1006,60 +1074,6 @@ impl StateMachine {
             record.encode_to_vec(),
         );
         self.lessor.insert(request.id, request.ttl, Instant::now());
-        Ok(command_result::Result::Empty(cmd::Empty {}))
-    }
-
-    /// Deletes every key attached to the lease, in one revision, then the lease.
-    fn apply_lease_revoke(
-        &mut self,
-        lease_id: i64,
-        revision: i64,
-        pending: &mut ApplyBatch,
-    ) -> Result<command_result::Result, KvError> {
-        if !self.lessor.contains(lease_id) {
-            return Err(KvError::LeaseNotFound);
-        }
-        let span = snapshot::descriptor_span(&self.descriptor);
-        let mut attached = Vec::new();
-        for pair in self.engine.scan(Space::LeaseKeys, &keys::lease_keys(lease_id), false) {
-            let (entry, _) = pair?;
-            // The lease's keys in other ranges are theirs to delete.
-            let key = keys::lease_entry_key(&entry);
-            if span.contains(key) {
-                attached.push(key.to_vec());
-            }
-        }
-        let revisions = self.revisions();
-        // Earlier commands were flushed (see `reads_beyond_overlay`): the engine is current.
-        let mut exec = TxnExec {
-            base: self.engine.as_ref(),
-            overlay: &mut pending.overlay,
-            batch: &mut pending.batch,
-            revisions,
-            revision,
-            sub: 0,
-            keys_delta: 0,
-            bytes_delta: 0,
-            restrict: None,
-        };
-        for key in &attached {
-            match exec.base.latest(key)? {
-                Some(record) if record.lease == lease_id => exec.delete_key(key, &record),
-                // The key moved to another lease or is gone: only the index entry is stale.
-                _ => exec
-                    .batch
-                    .delete(Space::LeaseKeys, keys::lease_key_entry(lease_id, key)),
-            }
-        }
-        if exec.sub > 0 {
-            self.state.revision = revision;
-        }
-        let (keys_delta, bytes_delta) = (exec.keys_delta, exec.bytes_delta);
-        self.count_live(keys_delta, bytes_delta);
-        pending
-            .batch
-            .delete(Space::Leases, keys::lease_key(self.range_id, lease_id));
-        self.lessor.remove(lease_id);
         Ok(command_result::Result::Empty(cmd::Empty {}))
     }
 
@@ -1105,6 +1119,8 @@ fn reads_beyond_overlay(command: &RaftCommand) -> bool {
             .chain(&request.failure)
             .any(|operation| match &operation.op {
                 Some(op::Op::Read(read)) => read.revision > 0,
+                // Attachments written earlier in the batch are not in the overlay.
+                Some(op::Op::RevokeLease(_)) => true,
                 Some(op::Op::Txn(nested)) => txn_reads_history(nested),
                 _ => false,
             })
@@ -1112,7 +1128,6 @@ fn reads_beyond_overlay(command: &RaftCommand) -> bool {
     match &command.op {
         Some(raft_command::Op::Txn(txn)) => txn_reads_history(txn),
         Some(raft_command::Op::Compact(_))
-        | Some(raft_command::Op::LeaseRevoke(_))
         | Some(raft_command::Op::Prepare(_))
         | Some(raft_command::Op::Commit(_))
         | Some(raft_command::Op::Rollback(_)) => true,
@@ -1166,7 +1181,14 @@ pub fn read_only_txn(view: &dyn ReadView, revisions: Revisions, request: &Txn) -
         overlay: &overlay,
     };
     let path = compare_path(&view_now, request)?;
-    check_chosen(&view_now, &Lessor::default(), request, &path, &mut 0, revisions)?;
+    check_chosen(
+        &view_now,
+        &request.unknown_leases.iter().copied().collect(),
+        request,
+        &path,
+        &mut 0,
+        revisions,
+    )?;
     let mut unused = WriteBatch::new();
     let mut unused_overlay = Overlay::new();
     let mut exec = TxnExec {
@@ -1179,6 +1201,9 @@ pub fn read_only_txn(view: &dyn ReadView, revisions: Revisions, request: &Txn) -
         keys_delta: 0,
         bytes_delta: 0,
         restrict: None,
+        range_id: 0,
+        span: KeyRange::new(Vec::new(), None),
+        revoked: Vec::new(),
     };
     let mut result = exec.txn(request, &path, &mut 0)?;
     assert!(exec.sub == 0 && unused.is_empty(), "a read-only transaction wrote");
@@ -1279,7 +1304,7 @@ fn fill_path(view: &dyn MvccRead, request: &Txn, path: &mut Vec<bool>) -> Result
 /// `ignore_value`/`ignore_lease` on a missing key.
 fn check_chosen(
     view: &dyn MvccRead,
-    lessor: &Lessor,
+    revoked: &BTreeSet<i64>,
     request: &Txn,
     path: &[bool],
     position: &mut usize,
@@ -1292,15 +1317,15 @@ fn check_chosen(
         match &operation.op {
             Some(op::Op::Read(read)) => revisions.check(read.revision)?,
             Some(op::Op::Put(put)) => {
-                if put.lease != 0 && !lessor.contains(put.lease) {
+                if put.lease != 0 && revoked.contains(&put.lease) {
                     return Err(KvError::LeaseNotFound);
                 }
                 if (put.ignore_value || put.ignore_lease) && view.latest(&put.key)?.is_none() {
                     return Err(KvError::KeyNotFound);
                 }
             }
-            Some(op::Op::Txn(nested)) => check_chosen(view, lessor, nested, path, position, revisions)?,
-            Some(op::Op::Delete(_)) | None => {}
+            Some(op::Op::Txn(nested)) => check_chosen(view, revoked, nested, path, position, revisions)?,
+            Some(op::Op::Delete(_)) | Some(op::Op::RevokeLease(_)) | None => {}
         }
     }
     Ok(())
@@ -1323,6 +1348,11 @@ struct TxnExec<'a> {
     bytes_delta: i64,
     /// A transaction over several ranges runs only on the keys this range holds.
     restrict: Option<KeyRange>,
+    /// The range (for the records a lease revocation leaves) and its span.
+    range_id: u64,
+    span: KeyRange,
+    /// Leases this transaction revoked here.
+    revoked: Vec<i64>,
 }
 
 /// Bytes a live key counts for in the range's statistics.
@@ -1378,6 +1408,7 @@ impl TxnExec<'_> {
                     result.revision = self.read_revision();
                     op_result::Result::Txn(result)
                 }
+                Some(op::Op::RevokeLease(revoke)) => op_result::Result::Delete(self.revoke_lease(revoke.lease)?),
                 None => continue,
             };
             results.push(OpResult { result: Some(result) });
@@ -1386,6 +1417,45 @@ impl TxnExec<'_> {
             succeeded,
             results,
             revision: 0,
+        })
+    }
+
+    /// Deletes every key of this range (of its part, when restricted) attached to the
+    /// lease, and leaves a record that refuses later puts with it.
+    fn revoke_lease(&mut self, lease: i64) -> Result<DeleteResult, KvError> {
+        let within = self.restrict.clone().unwrap_or_else(|| self.span.clone());
+        let mut attached = Vec::new();
+        for pair in self.base.scan(Space::LeaseKeys, &keys::lease_keys(lease), false) {
+            let (entry, _) = pair?;
+            let key = keys::lease_entry_key(&entry);
+            if within.contains(key) {
+                attached.push(key.to_vec());
+            }
+        }
+        let mut deleted = 0;
+        for key in &attached {
+            let current = Overlaid {
+                base: self.base,
+                overlay: self.overlay,
+            }
+            .latest(key)?;
+            match current {
+                Some(record) if record.lease == lease => {
+                    self.delete_key(key, &record);
+                    deleted += 1;
+                }
+                // The key moved to another lease or is gone: only the index entry is stale.
+                _ => self.batch.delete(Space::LeaseKeys, keys::lease_key_entry(lease, key)),
+            }
+        }
+        let mut tombstone = keys::range_record_key(self.range_id, REVOKED);
+        tombstone.extend_from_slice(&(lease as u64).to_be_bytes());
+        self.batch.put(Space::RangeMeta, tombstone, Vec::new());
+        self.revoked.push(lease);
+        Ok(DeleteResult {
+            deleted,
+            prev_kvs: Vec::new(),
+            revision: self.read_revision(),
         })
     }
 
@@ -1746,6 +1816,7 @@ mod tests {
             }],
             success: vec![put_op("a", "2"), put_op("b", "2"), read_op("a", 0)],
             failure: vec![],
+            unknown_leases: vec![],
         }));
         let command_result::Result::Txn(txn) = result else {
             panic!("{result:?}")

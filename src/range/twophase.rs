@@ -236,7 +236,7 @@ fn merge_txn(parts: Vec<TxnResult>, request: &Txn, path: &[bool], position: &mut
                 });
                 op_result::Result::Put(PutResult { prev_kv, revision })
             }
-            op::Op::Delete(_) => {
+            op::Op::Delete(_) | op::Op::RevokeLease(_) => {
                 let mut merged = DeleteResult {
                     deleted: 0,
                     prev_kvs: Vec::new(),
@@ -326,6 +326,7 @@ mod tests {
                     op: Some(op::Op::Put(ops::put(b"n".to_vec(), b"v".to_vec()))),
                 }],
                 failure: Vec::new(),
+                unknown_leases: Vec::new(),
             })),
         }
     }
@@ -351,6 +352,7 @@ mod tests {
             compare: vec![compare_key("a"), compare_key("b")],
             success: vec![nested(vec![compare_key("c")])],
             failure: vec![nested(vec![compare_key("d")])],
+            unknown_leases: Vec::new(),
         };
         // Compares numbered: a=0, b=1, c=2 (success's nested), d=3 (failure's nested).
         assert_eq!(path(&txn, &[true, true, false, true]), vec![true, false]);

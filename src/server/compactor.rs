@@ -1,7 +1,8 @@
 //! Automatic compaction, as etcd's `--auto-compaction-mode` and
 //! `--auto-compaction-retention`: without it the MVCC history of every key grows without
-//! bound. Every node samples its range's applied revision; the range's leader proposes
-//! `Compact` through the log, exactly as a client's `KV.Compact` would.
+//! bound. Every node samples the newest revision its data ranges applied; the meta
+//! range's leader proposes `Compact` to every data range, as a client's `KV.Compact`
+//! would.
 //!
 //! - periodic: keep the revisions of the last `retention` of wall time. Revisions are
 //!   sampled every tenth of the retention (of an hour at most); at most once per
@@ -12,6 +13,7 @@
 use crate::config::Retention;
 
 use crate::proto::shoal::command::{command_result, raft_command, Compact, ErrorKind};
+use crate::range::META_RANGE_ID;
 use crate::router::Router;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -82,37 +84,46 @@ impl Schedule {
     }
 }
 
-/// Runs the schedule for `range_id` until the task is dropped.
-pub async fn run(router: Arc<Router>, node_id: u64, range_id: u64, retention: Retention) {
+/// Runs the schedule until the task is dropped. Every node samples the newest revision
+/// its data ranges applied; the meta range's leader compacts every data range (one
+/// compactor for the cluster, as etcd's runs on its leader).
+pub async fn run(router: Arc<Router>, node_id: u64, retention: Retention) {
     let mut schedule = Schedule::new(retention);
     let Some(interval) = schedule.poll_interval() else {
         return;
     };
-    let revisions = router.revision_changes(range_id);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
         let now = Instant::now();
-        let Some(target) = schedule.observe(now, *revisions.borrow()) else {
+        let newest = router
+            .registry()
+            .data_ranges()
+            .iter()
+            .map(|range| router.revision(range.descriptor.id))
+            .max()
+            .unwrap_or(0);
+        let Some(target) = schedule.observe(now, newest) else {
             continue;
         };
-        if router.status(range_id).leader() != node_id {
-            continue; // the leader compacts; samples stay for when this node leads
+        if router.status(META_RANGE_ID).leader() != node_id {
+            continue; // the meta leader compacts; samples stay for when this node leads
         }
-        match compact(&router, range_id, target).await {
-            Ok(()) => {
-                tracing::info!(
-                    range = range_id,
-                    revision = target,
-                    ?retention,
-                    "auto-compacted history"
-                );
+        let mut failed = None;
+        for range in router.registry().data_ranges() {
+            match compact(&router, range.descriptor.id, target).await {
+                Ok(()) | Err(CompactFailure::AlreadyCompacted) => {}
+                Err(CompactFailure::Other(error)) => failed = Some(error),
+            }
+        }
+        match failed {
+            None => {
+                tracing::info!(revision = target, ?retention, "auto-compacted history");
                 schedule.compacted(now, target);
             }
-            Err(CompactFailure::AlreadyCompacted) => schedule.compacted(now, target),
-            Err(CompactFailure::Other(error)) => {
-                tracing::warn!(range = range_id, revision = target, %error, "auto-compaction failed; will retry");
+            Some(error) => {
+                tracing::warn!(revision = target, %error, "auto-compaction failed; will retry");
             }
         }
     }

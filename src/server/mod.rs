@@ -349,14 +349,10 @@ pub async fn run(
         "serving"
     );
 
-    let compactor = tokio::spawn(compactor::run(
-        router.clone(),
-        me,
-        FIRST_DATA_RANGE_ID,
-        config.auto_compaction,
-    ));
+    let compactor = tokio::spawn(compactor::run(router.clone(), me, config.auto_compaction));
     let splitter = tokio::spawn(crate::placement::splitter::run(router.clone(), me, config.split));
     let resolver = tokio::spawn(crate::txn::resolver::run(txns.clone(), me));
+    let lease_revoker = tokio::spawn(crate::txn::leases::run(txns.clone(), me));
     let publisher = tokio::spawn(publish_member(
         router.clone(),
         me,
@@ -377,6 +373,7 @@ pub async fn run(
     publisher.abort();
     splitter.abort();
     resolver.abort();
+    lease_revoker.abort();
     compactor.abort();
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), async {

@@ -17,6 +17,7 @@
 //! on the ranges this node leads, so a failed coordinator never blocks keys (or
 //! watches) for long.
 
+pub mod leases;
 pub mod resolver;
 
 use crate::proto::shoal::command::{

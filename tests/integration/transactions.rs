@@ -308,3 +308,131 @@ async fn a_coordinator_that_dies_mid_commit_leaves_nothing_half_done() {
     })
     .await;
 }
+
+const LEASED: [&str; 3] = ["a-leased", "fill/050-leased", "z-leased"];
+
+/// Puts every leased key with `lease`; their revisions.
+async fn attach(client: &mut KvClient<Channel>, lease: i64) -> Vec<i64> {
+    let mut revisions = Vec::new();
+    for key in LEASED {
+        let response = client
+            .put(PutRequest {
+                key: bytes(key),
+                value: bytes("v"),
+                lease,
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|status| panic!("put {key}: {status}"))
+            .into_inner();
+        revisions.push(response.header.unwrap().revision);
+    }
+    revisions
+}
+
+/// How many leased keys there are at `revision` (0: now).
+async fn present_at(client: &mut KvClient<Channel>, revision: i64) -> i64 {
+    let mut present = 0;
+    for key in LEASED {
+        let response = client
+            .range(RangeRequest {
+                key: bytes(key),
+                revision,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        present += response.count;
+    }
+    present
+}
+
+/// A lease whose keys live in several ranges: revoking it, or letting it expire,
+/// deletes every one of them at one revision, and a put naming it afterwards is
+/// refused as etcd refuses it.
+#[tokio::test]
+async fn a_lease_with_keys_in_several_ranges_goes_as_one() {
+    use shoal::proto::etcdserverpb::lease_client::LeaseClient;
+    use shoal::proto::etcdserverpb::{LeaseGrantRequest, LeaseRevokeRequest};
+    bounded(async {
+        let cluster = Cluster::start_with(3, &["--range-max-keys", "20"]).await;
+        let mut client = cluster.kv(0).await;
+        for i in 0..100 {
+            put(&mut client, &format!("fill/{i:03}"), "x").await;
+        }
+        wait_for_ranges(&cluster, 4).await;
+        let mut leases = LeaseClient::new(crate::support::channel(&cluster.nodes[1].client_url()).await);
+
+        // Revoked on request.
+        let lease = leases
+            .lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
+            .await
+            .unwrap()
+            .into_inner()
+            .id;
+        attach(&mut client, lease).await;
+        let revoked = leases
+            .lease_revoke(LeaseRevokeRequest { id: lease })
+            .await
+            .unwrap()
+            .into_inner()
+            .header
+            .unwrap()
+            .revision;
+        assert_eq!(present_at(&mut client, 0).await, 0, "every leased key is gone");
+        assert_eq!(
+            present_at(&mut client, revoked - 1).await,
+            3,
+            "all there just before the revoke's revision"
+        );
+        let refused = client
+            .put(PutRequest {
+                key: bytes("z-leased"),
+                value: bytes("again"),
+                lease,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.message(), "etcdserver: requested lease not found");
+
+        // Expired: the short TTL runs out with no keep-alive.
+        let lease = leases
+            .lease_grant(LeaseGrantRequest { ttl: 1, id: 0 })
+            .await
+            .unwrap()
+            .into_inner()
+            .id;
+        let attached = attach(&mut client, lease).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while present_at(&mut client, 0).await > 0 {
+            assert!(tokio::time::Instant::now() < deadline, "the lease's keys outlived it");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // One revision took them all: between the last put and now, every revision
+        // has all three or none (searched by halves; revisions may have gaps).
+        let (mut all, mut none) = (*attached.iter().max().unwrap(), {
+            let now = client
+                .range(RangeRequest {
+                    key: bytes("fill/000"),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            now.header.unwrap().revision
+        });
+        assert_eq!(present_at(&mut client, all).await, 3);
+        assert_eq!(present_at(&mut client, none).await, 0);
+        while none - all > 1 {
+            let middle = all + (none - all) / 2;
+            match present_at(&mut client, middle).await {
+                3 => all = middle,
+                0 => none = middle,
+                partly => panic!("{partly} of the lease's keys at revision {middle}"),
+            }
+        }
+    })
+    .await;
+}

@@ -141,6 +141,7 @@ pub fn txn(request: TxnRequest) -> Txn {
         compare: request.compare.into_iter().map(compare).collect(),
         success: ops(request.success),
         failure: ops(request.failure),
+        unknown_leases: Vec::new(),
     }
 }
 

@@ -38,25 +38,35 @@ impl EtcdContext {
         Ok(())
     }
 
-    /// Replicates `op` through the range holding the internal key `key` and returns
-    /// what applying it produced (a refusal becomes etcd's error) and the revision after.
-    pub(super) async fn replicate(
-        &self,
-        key: &[u8],
-        op: raft_command::Op,
-    ) -> Result<(command_result::Result, i64), Status> {
-        let applied = self
-            .router
-            .write(self.router.range_of(key), crate::range::encode_command(op))
-            .await
-            .map_err(errors::route)?;
-        outcome(applied)
-    }
-
     /// Runs a transaction that writes, wherever its keys live (one range, or a
     /// two-phase commit over several).
-    pub(super) async fn replicate_txn(&self, txn: Txn) -> Result<TxnResult, Status> {
+    pub(super) async fn replicate_txn(&self, mut txn: Txn) -> Result<TxnResult, Status> {
+        txn.unknown_leases = self.unknown_leases(&txn).await?;
         self.txns.write(txn).await.map_err(errors::txn)
+    }
+
+    /// The leases puts of the transaction name that do not exist (leases live in the
+    /// meta range; a data range only knows the ones revoked in it). The range refuses
+    /// the transaction if a put naming one is on the path it takes, as etcd does.
+    async fn unknown_leases(&self, txn: &Txn) -> Result<Vec<i64>, Status> {
+        let mut leases = Vec::new();
+        crate::range::twophase::for_each_op(txn, &mut |_, operation| {
+            if let op::Op::Put(put) = operation {
+                if put.lease != 0 && !leases.contains(&put.lease) {
+                    leases.push(put.lease);
+                }
+            }
+        });
+        let mut unknown = Vec::new();
+        for lease in leases {
+            if !crate::txn::leases::exists(&self.txns, lease)
+                .await
+                .map_err(errors::txn)?
+            {
+                unknown.push(lease);
+            }
+        }
+        Ok(unknown)
     }
 
     /// This member's copy of the one range holding every key of `spans`, made current

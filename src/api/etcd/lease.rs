@@ -8,11 +8,12 @@ use crate::proto::etcdserverpb::{
     LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest,
     LeaseTimeToLiveResponse,
 };
-use crate::proto::shoal::command::{raft_command, LeaseGrant, LeaseRevoke};
+use crate::proto::shoal::command::{command_result, raft_command, LeaseGrant};
 use crate::range::kv::KvError;
 use crate::range::lease::MAX_LEASE_TTL_SECONDS;
 use crate::range::replica::LeaseQueryKind;
-use crate::range::FIRST_DATA_RANGE_ID;
+use crate::range::state_machine::refusal_from_proto;
+use crate::range::{FIRST_DATA_RANGE_ID, META_RANGE_ID};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -55,12 +56,6 @@ impl LeaseService {
     }
 }
 
-/// Where leases are replicated: the range of the first etcd key, until leases get a
-/// home of their own.
-fn lease_key() -> bytes::Bytes {
-    super::convert::key(b"")
-}
-
 fn storage(error: crate::storage::StorageError) -> Status {
     errors::kv(KvError::Storage(error))
 }
@@ -85,10 +80,19 @@ impl Lease for LeaseService {
                 id: request.id,
                 ttl: request.ttl,
             };
-            let (_, revision) = self
+            let applied = self
                 .context
-                .replicate(&lease_key(), raft_command::Op::LeaseGrant(grant))
-                .await?;
+                .router
+                .write(
+                    META_RANGE_ID,
+                    crate::range::encode_command(raft_command::Op::LeaseGrant(grant)),
+                )
+                .await
+                .map_err(errors::route)?;
+            if let Some(command_result::Result::Error(error)) = &applied.result {
+                return Err(errors::kv(refusal_from_proto(error)));
+            }
+            let revision = self.context.router.revision(FIRST_DATA_RANGE_ID);
             Ok(Response::new(LeaseGrantResponse {
                 header: Some(self.context.header(revision)),
                 id: request.id,
@@ -104,13 +108,9 @@ impl Lease for LeaseService {
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
         observe("etcdserverpb.Lease", "LeaseRevoke", async {
-            let revoke = LeaseRevoke {
-                id: request.into_inner().id,
-            };
-            let (_, revision) = self
-                .context
-                .replicate(&lease_key(), raft_command::Op::LeaseRevoke(revoke))
-                .await?;
+            let revision = crate::txn::leases::revoke(&self.context.txns, request.into_inner().id)
+                .await
+                .map_err(errors::txn)?;
             Ok(Response::new(LeaseRevokeResponse {
                 header: Some(self.context.header(revision)),
             }))
@@ -136,7 +136,7 @@ impl Lease for LeaseService {
                 };
                 let renewed = context
                     .router
-                    .lease_query(FIRST_DATA_RANGE_ID, request.id, LeaseQueryKind::Renew)
+                    .lease_query(META_RANGE_ID, request.id, LeaseQueryKind::Renew)
                     .await;
                 let response = match renewed {
                     // An unknown or expired lease answers TTL 0, as in etcd.
@@ -164,7 +164,7 @@ impl Lease for LeaseService {
             let request = request.into_inner();
             let router = &self.context.router;
             let time = router
-                .lease_query(FIRST_DATA_RANGE_ID, request.id, LeaseQueryKind::TimeToLive)
+                .lease_query(META_RANGE_ID, request.id, LeaseQueryKind::TimeToLive)
                 .await
                 .map_err(errors::route)?;
             let Some(time) = time else {
@@ -178,9 +178,12 @@ impl Lease for LeaseService {
                 }));
             };
             let keys = if request.keys {
-                router.linearize(FIRST_DATA_RANGE_ID).await.map_err(errors::route)?;
+                // Attachment records of every local range (each holds its own keys').
+                for range_id in router.local_ranges() {
+                    router.linearize(range_id).await.map_err(errors::route)?;
+                }
                 router
-                    .pinned(FIRST_DATA_RANGE_ID)
+                    .pinned(META_RANGE_ID)
                     .await
                     .map_err(errors::route)?
                     .lease_keys(request.id)
@@ -208,9 +211,9 @@ impl Lease for LeaseService {
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
         observe("etcdserverpb.Lease", "LeaseLeases", async {
             let router = &self.context.router;
-            router.linearize(FIRST_DATA_RANGE_ID).await.map_err(errors::route)?;
+            router.linearize(META_RANGE_ID).await.map_err(errors::route)?;
             let leases = router
-                .pinned(FIRST_DATA_RANGE_ID)
+                .pinned(META_RANGE_ID)
                 .await
                 .map_err(errors::route)?
                 .lease_ids()
