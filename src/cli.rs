@@ -146,6 +146,10 @@ pub struct ServerFlags {
     #[arg(long, hide = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub experimental_fail_at: Option<String>,
+    /// A new cluster starts with its data ranges cut at these etcd keys (comma-separated)
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub experimental_initial_split_keys: Option<String>,
     /// How --auto-compaction-retention is read: periodic or revision [default: periodic]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -94,6 +94,9 @@ pub struct ServerSettings {
     /// For fault tests: the process exits at this point (`txn-after-prepare`,
     /// `txn-after-primary-commit`), as a crash there would end it.
     pub experimental_fail_at: Option<String>,
+    /// A new cluster starts with its data ranges already cut at these etcd keys
+    /// (comma-separated), as if they had split there.
+    pub experimental_initial_split_keys: Option<String>,
     /// `periodic` or `revision`: how `auto-compaction-retention` is read.
     pub auto_compaction_mode: String,
     /// History kept by automatic compaction; "0" keeps everything. Periodic mode: a
@@ -146,6 +149,7 @@ impl Default for ServerSettings {
             experimental_watch_progress_notify_interval: "10m".into(),
             experimental_peer_dial_urls: None,
             experimental_fail_at: None,
+            experimental_initial_split_keys: None,
             auto_compaction_mode: "periodic".into(),
             auto_compaction_retention: "0".into(),
             cert_file: None,
@@ -184,6 +188,7 @@ const SETTING_NAMES: &[&str] = &[
     "experimental-watch-progress-notify-interval",
     "experimental-peer-dial-urls",
     "experimental-fail-at",
+    "experimental-initial-split-keys",
     "auto-compaction-mode",
     "auto-compaction-retention",
     "cert-file",
@@ -287,6 +292,8 @@ pub struct NodeConfig {
     /// Member name -> URL to dial it at, overriding its advertised peer URL.
     pub peer_dial_urls: std::collections::HashMap<String, String>,
     pub fail_at: Option<crate::txn::FailPoint>,
+    /// etcd keys a new cluster's data ranges are cut at.
+    pub initial_split_keys: Vec<String>,
     pub auto_compaction: Retention,
 }
 
@@ -763,6 +770,14 @@ impl TryFrom<ServerSettings> for NodeConfig {
             },
             watch_progress_notify_interval,
             peer_dial_urls,
+            initial_split_keys: settings
+                .experimental_initial_split_keys
+                .as_deref()
+                .unwrap_or_default()
+                .split(',')
+                .filter(|key| !key.is_empty())
+                .map(str::to_string)
+                .collect(),
             fail_at: match settings.experimental_fail_at.as_deref() {
                 None | Some("") => None,
                 Some("txn-after-prepare") => Some(crate::txn::FailPoint::AfterPrepare),

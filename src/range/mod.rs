@@ -42,6 +42,39 @@ pub fn meta_range(replicas: Vec<u64>) -> crate::proto::shoal::state::RangeDescri
     }
 }
 
+/// A new cluster's data ranges: the first one, cut at each of `split_keys` (internal
+/// keys, ascending after sorting), ids from the first data range's on.
+pub fn initial_data_ranges(
+    replicas: Vec<u64>,
+    split_keys: &[Vec<u8>],
+) -> Vec<crate::proto::shoal::state::RangeDescriptor> {
+    let mut keys: Vec<Vec<u8>> = split_keys
+        .iter()
+        .filter(|key| key.as_slice() > &[0x01][..])
+        .cloned()
+        .collect();
+    keys.sort();
+    keys.dedup();
+    let first = first_data_range(replicas);
+    let mut ranges = Vec::with_capacity(keys.len() + 1);
+    let mut start = first.start_key.to_vec();
+    for (offset, key) in keys.iter().enumerate() {
+        ranges.push(crate::proto::shoal::state::RangeDescriptor {
+            id: FIRST_DATA_RANGE_ID + offset as u64,
+            start_key: start.clone().into(),
+            end_key: key.clone().into(),
+            ..first.clone()
+        });
+        start = key.clone();
+    }
+    ranges.push(crate::proto::shoal::state::RangeDescriptor {
+        id: FIRST_DATA_RANGE_ID + keys.len() as u64,
+        start_key: start.into(),
+        ..first
+    });
+    ranges
+}
+
 /// The first data range's descriptor: every front-end's keys.
 pub fn first_data_range(replicas: Vec<u64>) -> crate::proto::shoal::state::RangeDescriptor {
     crate::proto::shoal::state::RangeDescriptor {

@@ -145,6 +145,9 @@ pub struct RangeStatus {
     pub commit_index: AtomicU64,
     pub applied_index: AtomicU64,
     pub revision: AtomicI64,
+    /// The newest revision a write applied in the range (closes and compactions move
+    /// `revision` without writing).
+    pub last_write: AtomicI64,
     /// Live keys and their bytes (approximate after a split): what decides a split.
     pub live_keys: AtomicU64,
     pub live_bytes: AtomicU64,
@@ -369,6 +372,7 @@ impl Replica {
             .map_err(|error| StorageError::Engine(format!("starting raft for range {range_id}: {error}")))?;
         let status = Arc::new(RangeStatus::default());
         status.revision.store(machine.revisions().current, Ordering::Release);
+        status.last_write.store(machine.last_write(), Ordering::Release);
         let (live_keys, live_bytes) = machine.live();
         status.live_keys.store(live_keys, Ordering::Release);
         status.live_bytes.store(live_bytes, Ordering::Release);
@@ -409,6 +413,10 @@ impl Replica {
             created_ranges: Vec::new(),
             descriptor_changed: false,
         })
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
     }
 
     pub fn descriptor(&self) -> &RangeDescriptor {
@@ -466,6 +474,9 @@ impl Replica {
 
     fn publish_revision(&self) {
         let (keys, bytes) = self.machine.live();
+        self.status
+            .last_write
+            .store(self.machine.last_write(), Ordering::Release);
         self.status.live_keys.store(keys, Ordering::Release);
         self.status.live_bytes.store(bytes, Ordering::Release);
         let revision = self.machine.revisions().current;
@@ -621,7 +632,11 @@ impl Replica {
     /// Correct peers never send these; a confused or hostile one must not crash us.
     fn check_peer_message(&self, message: &Message) -> Result<(), String> {
         let raft = &self.raw.raft;
-        if raft.prs().get(message.from).is_none() {
+        // An empty replica (opened for a range whose split this node missed) knows the
+        // members from the range's descriptor until a snapshot gives it the group.
+        let uninitialized =
+            raft.prs().conf().voters().ids().is_empty() && self.machine.descriptor().replicas.contains(&message.from);
+        if raft.prs().get(message.from).is_none() && !uninitialized {
             return Err("the sender is not a member of the range".into());
         }
         if message.term < raft.term {

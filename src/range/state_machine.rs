@@ -164,6 +164,9 @@ pub struct StateMachine {
     revoking: BTreeSet<i64>,
     /// Data ranges: leases revoked here; a put with one is refused.
     revoked: BTreeSet<i64>,
+    /// Data ranges: the newest revision a write applied here (a `Close` or a compaction
+    /// moves the range's revision, not this).
+    last_write: i64,
 }
 
 /// Where a range created by a split starts its log, as if from a snapshot at this index
@@ -257,6 +260,7 @@ impl StateMachine {
             locks,
             revoking,
             revoked,
+            last_write: state.revision,
         })
     }
 
@@ -381,6 +385,7 @@ impl StateMachine {
             floor: self.state.revision,
             txn: prepare.txn,
             spans: prepare.spans,
+            part: prepare.part,
         };
         // A prepare sent again (its answer was lost) finds its own lock: same answer.
         if !self.locks.contains_key(&txn_id) {
@@ -425,7 +430,8 @@ impl StateMachine {
             batch: &mut pending.batch,
             revisions,
             revision: commit.commit_revision,
-            sub: 0,
+            sub: i64::from(lock.part) << 32,
+            base_sub: i64::from(lock.part) << 32,
             keys_delta: 0,
             bytes_delta: 0,
             restrict: Some(snapshot::descriptor_span(&self.descriptor)),
@@ -434,12 +440,13 @@ impl StateMachine {
             revoked: Vec::new(),
         };
         let mut result = exec.txn(&txn, &commit.path, &mut 0)?;
-        let (wrote, keys_delta, bytes_delta) = (exec.sub > 0, exec.keys_delta, exec.bytes_delta);
+        let (wrote, keys_delta, bytes_delta) = (exec.sub > exec.base_sub, exec.keys_delta, exec.bytes_delta);
         let revoked = std::mem::take(&mut exec.revoked);
         self.revoked.extend(revoked);
         self.count_live(keys_delta, bytes_delta);
         if wrote {
             self.state.revision = self.state.revision.max(commit.commit_revision);
+            self.last_write = self.last_write.max(commit.commit_revision);
         }
         pending
             .batch
@@ -515,6 +522,11 @@ impl StateMachine {
         };
         self.state.live_keys = apply(self.state.live_keys, keys_delta);
         self.state.live_bytes = apply(self.state.live_bytes, bytes_delta);
+    }
+
+    /// The newest revision a write applied here.
+    pub fn last_write(&self) -> i64 {
+        self.last_write
     }
 
     /// Live keys and their bytes in the range (approximate after a split).
@@ -1008,6 +1020,7 @@ impl StateMachine {
             revisions,
             revision,
             sub: 0,
+            base_sub: 0,
             keys_delta: 0,
             bytes_delta: 0,
             restrict: None,
@@ -1016,8 +1029,9 @@ impl StateMachine {
             revoked: Vec::new(),
         };
         let mut result = exec.txn(&request, &path, &mut 0)?;
-        if exec.sub > 0 {
+        if exec.sub > exec.base_sub {
             self.state.revision = revision;
+            self.last_write = revision;
         }
         let revoked = std::mem::take(&mut exec.revoked);
         self.revoked.extend(revoked);
@@ -1198,6 +1212,7 @@ pub fn read_only_txn(view: &dyn ReadView, revisions: Revisions, request: &Txn) -
         revisions,
         revision: revisions.current + 1,
         sub: 0,
+        base_sub: 0,
         keys_delta: 0,
         bytes_delta: 0,
         restrict: None,
@@ -1341,8 +1356,9 @@ struct TxnExec<'a> {
     revisions: Revisions,
     /// The revision every write of this transaction gets.
     revision: i64,
-    /// Writes so far; each gets its own sub revision.
+    /// Writes so far; each gets its own sub revision, from `base_sub` on.
     sub: i64,
+    base_sub: i64,
     /// How the range's live keys and bytes change.
     keys_delta: i64,
     bytes_delta: i64,
@@ -1364,7 +1380,7 @@ impl TxnExec<'_> {
     /// The revision reads inside the transaction report: the one being built once the
     /// transaction has written, the store's before.
     fn read_revision(&self) -> i64 {
-        if self.sub > 0 {
+        if self.sub > self.base_sub {
             self.revision
         } else {
             self.revisions.current

@@ -157,6 +157,50 @@ impl Router {
         }
     }
 
+    /// The lowest revision every local data range has applied everything up to (locks
+    /// of transactions in progress count): what a watch from now starts after.
+    pub fn frontier(&self) -> i64 {
+        self.registry.frontier().borrow().revision
+    }
+
+    /// Closes the local data ranges that have applied less than the newest one, and
+    /// waits (within the request timeout) for the frontier to reach the lowest of those
+    /// closes. Failures are left to the caller, which reads the frontier it gets.
+    pub async fn catch_up_frontier(self: &Arc<Self>) {
+        let newest = self.newest_revision();
+        let lagging: Vec<u64> = self
+            .registry
+            .data_ranges()
+            .iter()
+            .filter(|range| range.view.status.revision.load(std::sync::atomic::Ordering::Acquire) < newest)
+            .map(|range| range.descriptor.id)
+            .collect();
+        if lagging.is_empty() {
+            return;
+        }
+        let Ok(closed) = self.close_all(&lagging).await else {
+            return;
+        };
+        let target = closed.iter().copied().min().unwrap_or(newest).min(newest);
+        let mut frontier = self.registry.frontier();
+        let _ = tokio::time::timeout(
+            self.request_timeout,
+            frontier.wait_for(|frontier| frontier.revision >= target),
+        )
+        .await;
+    }
+
+    /// The newest revision any local data range applied: the store's revision as a
+    /// header reports it.
+    pub fn newest_revision(&self) -> i64 {
+        self.registry
+            .data_ranges()
+            .iter()
+            .map(|range| range.view.status.revision.load(std::sync::atomic::Ordering::Acquire))
+            .max()
+            .unwrap_or(1)
+    }
+
     /// The newest revision the local replica of the range applied.
     pub fn revision(&self, range_id: u64) -> i64 {
         self.status(range_id)
@@ -176,20 +220,31 @@ impl Router {
         serializable: bool,
         requested: i64,
     ) -> Result<PinnedRange, RouteError> {
-        let mut ranges: Vec<u64> = Vec::new();
-        for span in spans {
-            for (range_id, _) in self.registry.overlapping(span) {
-                if !ranges.contains(&range_id) {
-                    ranges.push(range_id);
+        let overlapping = || {
+            let mut ranges: Vec<u64> = Vec::new();
+            for span in spans {
+                for (range_id, _) in self.registry.overlapping(span) {
+                    if !ranges.contains(&range_id) {
+                        ranges.push(range_id);
+                    }
                 }
             }
-        }
+            ranges
+        };
         let deadline = Instant::now() + self.request_timeout;
         let applied = |range_id: u64| self.revision(range_id);
-        let revision = if serializable {
-            ranges.iter().map(|range_id| applied(*range_id)).min().unwrap_or(1)
+        let (revision, target) = if serializable {
+            let ranges = overlapping();
+            if requested <= 0 {
+                // Each range as this member applied it, without waiting for any: like a
+                // serializable read of one range, possibly stale, and here the ranges'
+                // states may be of different moments (the README says so).
+                return self.pin_latest(&ranges, deadline).await;
+            }
+            let revision = ranges.iter().map(|range_id| applied(*range_id)).min().unwrap_or(1);
+            (revision, None)
         } else {
-            let mut closed = self.close_all(&ranges).await?;
+            let closed = self.close_all(&overlapping()).await?;
             let newest = closed.iter().copied().max().unwrap_or(1);
             let target = if requested > 0 {
                 requested
@@ -199,29 +254,30 @@ impl Router {
             // A requested revision past every fresh one is in the future: the read
             // reports it (the view's revision is the newest, so it refuses).
             let target = target.min(newest);
-            loop {
+            (if requested > newest { newest } else { target }, Some(target))
+        };
+        loop {
+            // Ranges split while this read went on: the new ones must be final at the
+            // target too (a split's new range may not have applied as far yet here).
+            let ranges = overlapping();
+            if let Some(target) = target {
                 let behind: Vec<u64> = ranges
                     .iter()
                     .copied()
                     .filter(|range_id| applied(*range_id) < target)
                     .collect();
-                if behind.is_empty() {
-                    break;
+                if !behind.is_empty() {
+                    if Instant::now() >= deadline {
+                        return Err(RouteError::Range(RangeError::Timeout));
+                    }
+                    self.close_all(&behind).await?;
+                    continue;
                 }
-                if Instant::now() >= deadline {
-                    return Err(RouteError::Range(RangeError::Timeout));
-                }
-                closed = self.close_all(&behind).await?;
-                debug_assert!(!closed.is_empty());
             }
-            if requested > newest {
-                newest
-            } else {
-                target
-            }
-        };
-        loop {
             if let Some(view) = self.registry.whole_view(self.reader.engine().as_ref()) {
+                if overlapping() != ranges {
+                    continue; // a split between the check and the view
+                }
                 let compact = ranges
                     .iter()
                     .map(|range_id| {
@@ -233,7 +289,27 @@ impl Router {
                     .into_iter()
                     .max()
                     .unwrap_or(0);
-                return Ok(self.reader.pin_as_of(view, revision, compact, ranges.clone()));
+                return Ok(self.reader.pin_as_of(view, revision, compact, ranges));
+            }
+            if Instant::now() >= deadline {
+                return Err(RouteError::Range(RangeError::Installing));
+            }
+            tokio::time::sleep(INSTALL_POLL).await;
+        }
+    }
+
+    /// The newest state this member applied of every one of `ranges`, from one view.
+    async fn pin_latest(&self, ranges: &[u64], deadline: Instant) -> Result<PinnedRange, RouteError> {
+        loop {
+            if let Some(view) = self.registry.whole_view(self.reader.engine().as_ref()) {
+                let mut revisions = crate::range::kv::Revisions { current: 1, compact: 0 };
+                for range_id in ranges {
+                    let stored = crate::range::state_machine::StateMachine::revisions_in(*range_id, view.as_ref())
+                        .map_err(|error| RouteError::Range(RangeError::Storage(error.to_string())))?;
+                    revisions.current = revisions.current.max(stored.current);
+                    revisions.compact = revisions.compact.max(stored.compact);
+                }
+                return Ok(self.reader.pin_latest(view, revisions, ranges.to_vec()));
             }
             if Instant::now() >= deadline {
                 return Err(RouteError::Range(RangeError::Installing));

@@ -101,7 +101,7 @@ pub async fn run(router: Arc<Router>, node_id: u64, retention: Retention) {
             .registry()
             .data_ranges()
             .iter()
-            .map(|range| router.revision(range.descriptor.id))
+            .map(|range| range.view.status.last_write.load(std::sync::atomic::Ordering::Acquire))
             .max()
             .unwrap_or(0);
         let Some(target) = schedule.observe(now, newest) else {

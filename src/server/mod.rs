@@ -20,6 +20,7 @@ use crate::proto::etcdserverpb::{
 };
 use crate::proto::shoal::command::{raft_command, PublishMember};
 use crate::proto::shoal::peer::peer_server::PeerServer;
+use crate::proto::shoal::state::RangeDescriptor;
 use crate::proto::v3electionpb::election_server::ElectionServer;
 use crate::proto::v3lockpb::lock_server::LockServer;
 use crate::range::reader::RangeReader;
@@ -147,7 +148,16 @@ pub async fn run(
     let voters: Vec<u64> = identity.initial_members.iter().map(|member| member.id).collect();
     let create = loaded.created && config.cluster_state == ClusterState::New;
     let meta_descriptor = range::meta_range(voters.clone());
-    let data_descriptor = range::first_data_range(voters.clone());
+    // A new cluster's data ranges: one for every key, or as many as the split keys make.
+    let initial_ranges: Vec<RangeDescriptor> = {
+        let split_keys: Vec<Vec<u8>> = config
+            .initial_split_keys
+            .iter()
+            .map(|key| crate::api::etcd::etcd_internal_key(key.as_bytes()))
+            .collect();
+        range::initial_data_ranges(voters.clone(), &split_keys)
+    };
+    let data_descriptor = initial_ranges[0].clone();
     let snapshots = Arc::new(SnapshotRegistry::default());
     let meta = Replica::open(
         META_RANGE_ID,
@@ -157,7 +167,7 @@ pub async fn run(
         meta_descriptor.clone(),
         create.then(|| Bootstrap {
             voters: voters.clone(),
-            data_ranges: vec![data_descriptor.clone()],
+            data_ranges: initial_ranges.clone(),
         }),
     )?;
     let data = Replica::open(
@@ -171,6 +181,22 @@ pub async fn run(
             data_ranges: Vec::new(),
         }),
     )?;
+    let mut created = Vec::new();
+    if create {
+        for descriptor in initial_ranges.iter().skip(1) {
+            created.push(Replica::open(
+                descriptor.id,
+                replica_config.clone(),
+                engine.clone(),
+                snapshots.clone(),
+                descriptor.clone(),
+                Some(Bootstrap {
+                    voters: voters.clone(),
+                    data_ranges: Vec::new(),
+                }),
+            )?);
+        }
+    }
 
     // Opening the replica finished any install a crash interrupted; what is left in the
     // staging folder are transfers that never got installed.
@@ -198,10 +224,15 @@ pub async fn run(
         snapshots.clone(),
     )?;
     let worker = crate::range::background::BackgroundWorker::start(engine.clone())?;
-    // Ranges created by splits since the cluster started.
+    // Ranges created with the cluster or by splits since it started.
     let mut replicas = vec![meta, data];
+    let created_ids: Vec<u64> = created.iter().map(Replica::range_id).collect();
+    replicas.extend(created);
     for descriptor in crate::range::state_machine::local_descriptors(engine.as_ref())? {
-        if descriptor.id == META_RANGE_ID || descriptor.id == FIRST_DATA_RANGE_ID {
+        if descriptor.id == META_RANGE_ID
+            || descriptor.id == FIRST_DATA_RANGE_ID
+            || created_ids.contains(&descriptor.id)
+        {
             continue;
         }
         replicas.push(Replica::open(

@@ -286,6 +286,55 @@ impl Store {
         Ok(())
     }
 
+    /// Opens, empty, every range the meta range's map names this node a replica of
+    /// whose keys no local range holds: a range this node missed the split of (it
+    /// caught up on the split range from a snapshot taken after it). The range's leader
+    /// finds the replica empty and sends it a snapshot.
+    fn open_missing_ranges(&mut self) -> Result<(), StorageError> {
+        let Some(meta) = self.replicas.get(&META_RANGE_ID) else {
+            return Ok(());
+        };
+        let local: Vec<crate::storage::KeyRange> = self
+            .replicas
+            .values()
+            .filter(|replica| !replica.machine().is_meta())
+            .map(|replica| crate::range::snapshot::descriptor_span(replica.descriptor()))
+            .collect();
+        let overlaps = |span: &crate::storage::KeyRange| {
+            local.iter().any(|held| {
+                held.end.as_ref().is_none_or(|end| span.start < *end)
+                    && span.end.as_ref().is_none_or(|end| held.start < *end)
+            })
+        };
+        let missing: Vec<crate::proto::shoal::state::RangeDescriptor> = meta
+            .machine()
+            .range_map()
+            .ranges
+            .iter()
+            .filter(|descriptor| descriptor.replicas.contains(&self.node_id))
+            .filter(|descriptor| !self.replicas.contains_key(&descriptor.id))
+            .filter(|descriptor| !overlaps(&crate::range::snapshot::descriptor_span(descriptor)))
+            .cloned()
+            .collect();
+        for descriptor in missing {
+            let replica = Replica::open(
+                descriptor.id,
+                self.replica_config.clone(),
+                self.engine.clone(),
+                self.snapshots.clone(),
+                descriptor.clone(),
+                None,
+            )?;
+            self.registry.insert(descriptor.clone(), view_of(&replica));
+            tracing::info!(
+                range = descriptor.id,
+                "opened an empty replica of a range whose split this node missed"
+            );
+            self.replicas.insert(descriptor.id, replica);
+        }
+        Ok(())
+    }
+
     /// Publishes how far every local data range has applied.
     fn publish_frontier(&self) {
         let mut frontier = Frontier {
@@ -303,15 +352,29 @@ impl Store {
         self.registry.publish_frontier(frontier);
     }
 
-    /// A watcher waits for changes up to `wanted`: data ranges that have not applied that
-    /// far are closed there (a `Close` gets a fresh revision), at most every few ticks.
+    /// Data ranges that have not applied as far as a watcher waits for (`wanted`), or
+    /// as far as the newest local range, are closed there (a `Close` gets a fresh
+    /// revision), at most every few ticks: idle ranges keep up with busy ones, so the
+    /// watch frontier follows the present. Only a range's leader closes it on its own
+    /// account (a watcher's want is met on any replica: the proposal is forwarded).
     fn close_lagging_ranges(&mut self) {
+        // The newest write, not the newest revision: a close moves a range's revision,
+        // and closing up to other closes would never stop.
+        let newest = self
+            .replicas
+            .values()
+            .filter(|replica| !replica.machine().is_meta())
+            .map(|replica| replica.machine().last_write())
+            .max()
+            .unwrap_or(0);
         let wanted = self.registry.wanted_frontier();
-        if wanted <= 0 {
-            return;
-        }
         for (range_id, replica) in self.replicas.iter_mut() {
-            if replica.machine().is_meta() || replica.machine().resolved() >= wanted {
+            if replica.machine().is_meta() {
+                continue;
+            }
+            let behind_wanted = wanted > 0 && replica.machine().resolved() < wanted;
+            let idle_behind = replica.is_leader() && replica.machine().revisions().current < newest;
+            if !behind_wanted && !idle_behind {
                 continue;
             }
             let due = self
@@ -368,6 +431,9 @@ impl Store {
                     replica.tick(now);
                 }
                 self.close_lagging_ranges();
+                if let Err(error) = self.open_missing_ranges() {
+                    break Err(error);
+                }
                 next_tick += self.tick_interval;
                 // After a stall (a long fsync), do not fire a burst of catch-up ticks.
                 if next_tick < now {

@@ -336,13 +336,14 @@ impl Transactions {
     /// what was (the primary first, recorded, so a late commit can never happen).
     async fn prepare_all(&self, txn_id: &[u8], primary: u64, txn: &Txn, parts: &[Part]) -> Result<Prepared, TxnError> {
         let mut preparing = tokio::task::JoinSet::new();
-        for part in parts {
+        for (position, part) in parts.iter().enumerate() {
             let router = self.router.clone();
             let mut command = encode_command(raft_command::Op::Prepare(Prepare {
                 txn_id: txn_id.to_vec().into(),
                 primary_range: primary,
                 txn: Some(txn.clone()),
                 spans: part.spans.clone(),
+                part: position as u32,
             }));
             stamp_epoch(&mut command, part.epoch);
             let range_id = part.range_id;

@@ -451,7 +451,7 @@ async fn malformed_peer_input_is_refused_and_the_node_keeps_serving() {
             "{}",
             garbage.message()
         );
-        let no_state = record(shoal::storage::Space::KvLatest, b"\x01k", b"v");
+        let no_state = record(shoal::storage::Space::KvLatest, b"\x01a", b"v");
         assert_status(
             peer.install_snapshot(stamped(
                 snapshot_stream(1000, voters.clone(), no_state),

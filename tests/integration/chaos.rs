@@ -28,6 +28,11 @@ fn three_fault_schedules_find_no_violation() {
             .args(["chaos", "--nodes", "3", "--duration", "30"])
             .args(["--seed", &seed.to_string()])
             .args(short_log)
+            .args(
+                crate::support::split_args(&[])
+                    .into_iter()
+                    .map(|arg| format!("--server-arg={arg}")),
+            )
             .arg("--out")
             .arg(out.path())
             .spawn()

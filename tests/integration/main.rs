@@ -1,6 +1,9 @@
 //! End-to-end tests against real `shoal` processes. One test binary (one link step)
 //! holding every suite.
 
+/// Clusters of these suites start with one data range (see `support::Cluster::start_with`).
+pub const SPLIT: bool = false;
+
 mod support;
 
 mod bad_input;

@@ -53,7 +53,8 @@ impl Cluster {
 
     pub async fn start_with(size: usize, extra_args: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("temporary folder");
-        let extra: Vec<String> = extra_args.iter().map(|arg| arg.to_string()).collect();
+        let mut extra: Vec<String> = extra_args.iter().map(|arg| arg.to_string()).collect();
+        extra.extend(split_args(extra_args));
         let binary = Path::new(env!("CARGO_BIN_EXE_shoal"));
         let inner = shoal::chaos::cluster::Cluster::start(binary, size, dir.path(), &extra)
             .await
@@ -253,4 +254,20 @@ pub fn run_etcdctl(endpoints: &[String], args: &[&str], stdin: Option<&str>) -> 
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+/// etcd keys the clusters of the split suites start cut at: the prefixes the tests use
+/// fall into many ranges.
+pub const SPLIT_KEYS: &str = "b,d,f,h,k,l,m,p,r,s,t,w";
+
+/// Server flags that put a cluster's keys in many ranges, for the split suites (none
+/// where the test chose its own split limit).
+pub fn split_args(chosen: &[&str]) -> Vec<String> {
+    if !crate::SPLIT || chosen.iter().any(|arg| arg.starts_with("--range-max-keys")) {
+        return Vec::new();
+    }
+    vec![
+        "--range-max-keys=50".to_string(),
+        format!("--experimental-initial-split-keys={SPLIT_KEYS}"),
+    ]
 }

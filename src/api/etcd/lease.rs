@@ -13,7 +13,7 @@ use crate::range::kv::KvError;
 use crate::range::lease::MAX_LEASE_TTL_SECONDS;
 use crate::range::replica::LeaseQueryKind;
 use crate::range::state_machine::refusal_from_proto;
-use crate::range::{FIRST_DATA_RANGE_ID, META_RANGE_ID};
+use crate::range::META_RANGE_ID;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -92,7 +92,7 @@ impl Lease for LeaseService {
             if let Some(command_result::Result::Error(error)) = &applied.result {
                 return Err(errors::kv(refusal_from_proto(error)));
             }
-            let revision = self.context.router.revision(FIRST_DATA_RANGE_ID);
+            let revision = self.context.router.newest_revision();
             Ok(Response::new(LeaseGrantResponse {
                 header: Some(self.context.header(revision)),
                 id: request.id,

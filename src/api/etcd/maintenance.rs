@@ -23,7 +23,7 @@ impl MaintenanceService {
 
     /// A response header at the member's applied revision.
     fn current_header(&self) -> Result<crate::proto::etcdserverpb::ResponseHeader, Status> {
-        Ok(self.context.header(self.context.router.revision(FIRST_DATA_RANGE_ID)))
+        Ok(self.context.header(self.context.router.newest_revision()))
     }
 }
 

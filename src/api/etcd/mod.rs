@@ -13,6 +13,11 @@ mod validate;
 mod watch;
 
 pub use cluster::ClusterService;
+
+/// The internal key of an etcd key (etcd keys live under their namespace byte).
+pub fn etcd_internal_key(key: &[u8]) -> Vec<u8> {
+    convert::key(key).to_vec()
+}
 pub use election::ElectionService;
 pub use kv::KvService;
 pub use lease::{LeaseIds, LeaseService};

@@ -9,7 +9,6 @@ use crate::proto::etcdserverpb::{
     watch_create_request, watch_request, WatchCreateRequest, WatchRequest, WatchResponse,
 };
 use crate::range::watch::{Sink, StreamId, WatchSpec, NO_WATCH_ID};
-use crate::range::FIRST_DATA_RANGE_ID;
 use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -89,8 +88,10 @@ impl Session {
         self.sink.send(Ok(response)).await.map_err(|_| Gone)
     }
 
+    /// The revision a watch "from now" starts after: the frontier, below which every
+    /// range has applied everything (a write acknowledged later lands above it).
     fn current_revision(&self) -> i64 {
-        self.context.router.revision(FIRST_DATA_RANGE_ID)
+        self.context.router.frontier()
     }
 
     /// A create refused as etcd refuses it: created and cancelled at once, no watch id.
@@ -167,7 +168,14 @@ impl Session {
         };
         // The created response names the revision after which events start when the
         // client gave none.
-        let revision = self.current_revision();
+        let revision = if create.start_revision == 0 {
+            // Ranges that have applied less than the newest are closed first, so "now"
+            // is the present and not an idle range's past.
+            self.context.router.catch_up_frontier().await;
+            self.current_revision()
+        } else {
+            self.current_revision()
+        };
         let start_revision = if create.start_revision == 0 {
             revision + 1
         } else {
