@@ -124,13 +124,12 @@ pub struct ServerFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot_catchup_entries: Option<u64>,
-    /// Split a data range holding more live key and value bytes than this (0: never;
-    /// off by default until writes across ranges are supported) [default: 0]
+    /// Split a data range holding more live key and value bytes than this (0: never)
+    /// [default: 67108864]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub range_max_bytes: Option<u64>,
-    /// Split a data range holding more live keys than this (0: never; off by default
-    /// until writes across ranges are supported) [default: 0]
+    /// Split a data range holding more live keys than this (0: never) [default: 200000]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub range_max_keys: Option<u64>,

@@ -144,8 +144,8 @@ impl Default for ServerSettings {
             snapshot_count: 10_000,
             snapshot_catchup_entries: 5_000,
             // Off until writes across ranges (two-phase commit) land: see the README.
-            range_max_bytes: 0,
-            range_max_keys: 0,
+            range_max_bytes: 64 * 1024 * 1024,
+            range_max_keys: 200_000,
             experimental_watch_progress_notify_interval: "10m".into(),
             experimental_peer_dial_urls: None,
             experimental_fail_at: None,

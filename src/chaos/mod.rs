@@ -4,6 +4,7 @@
 //! the recorded histories. Everything it starts is stopped when it returns, also on
 //! failure.
 
+pub mod bank;
 pub mod checker;
 pub mod cluster;
 pub mod nemesis;
@@ -45,6 +46,25 @@ pub struct ChaosArgs {
     /// `--server-arg=--snapshot-count=200` makes lagging nodes catch up by snapshot.
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     pub server_args: Vec<String>,
+    /// Start the cluster cut into ranges between the workloads' keys (each register,
+    /// each pair of bank accounts, the set and the lock in ranges of their own), and
+    /// split ranges past 50 keys: every workload then crosses ranges.
+    #[arg(long)]
+    pub split: bool,
+}
+
+/// Where `--split` cuts the keyspace: 10 data ranges, one per register, two bank
+/// accounts per range, the lock and the set in their own.
+fn split_keys() -> Vec<String> {
+    let mut keys = bank::split_keys();
+    keys.push("chaos/lock".to_string());
+    keys.extend((0..REGISTER_KEYS).map(register_key));
+    keys.push(workload::SET_PREFIX.to_string());
+    keys
+}
+
+fn register_key(index: usize) -> String {
+    format!("chaos/register/{index}")
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +109,8 @@ pub struct Report {
     pub duration_s: u64,
     pub faults: Vec<FaultRecord>,
     pub verdicts: Vec<WorkloadVerdict>,
+    /// Data ranges the cluster held at the end (from a node's `/v1/ranges`).
+    pub ranges: Option<usize>,
     pub out: PathBuf,
 }
 
@@ -129,6 +151,9 @@ impl std::fmt::Display for Report {
                 writeln!(f, "           {line}")?;
             }
         }
+        if let Some(ranges) = self.ranges {
+            writeln!(f, "data ranges at the end: {ranges}")?;
+        }
         writeln!(f, "histories and node logs: {}", self.out.display())
     }
 }
@@ -139,6 +164,8 @@ const REGISTER_KEYS: usize = 4;
 const SET_CLIENTS: u64 = 3;
 const WATCHERS: usize = 2;
 const LOCK_CONTENDERS: u64 = 3;
+const BANK_CLIENTS: u64 = 3;
+const BANK_READERS: u64 = 2;
 /// Quiet time before the first fault (the cluster settles) and after the last.
 const SETTLE: Duration = Duration::from_secs(2);
 
@@ -173,8 +200,14 @@ pub async fn run(args: &ChaosArgs) -> Result<Report, ChaosError> {
         plan.len()
     );
 
-    let mut cluster = Cluster::start(&binary, args.nodes, &out, &args.server_args).await?;
+    let mut server_args = args.server_args.clone();
+    if args.split {
+        server_args.push("--range-max-keys=50".to_string());
+        server_args.push(format!("--experimental-initial-split-keys={}", split_keys().join(",")));
+    }
+    let mut cluster = Cluster::start(&binary, args.nodes, &out, &server_args).await?;
     let endpoints = cluster.endpoints();
+    bank::open_accounts(&endpoints).await.map_err(ChaosError::Setup)?;
     let start_revision = workload::current_revision(&endpoints[0])
         .await
         .map_err(|status| ChaosError::Setup(format!("reading the start revision: {status}")))?
@@ -187,7 +220,7 @@ pub async fn run(args: &ChaosArgs) -> Result<Report, ChaosError> {
     let watched: Vec<Arc<Mutex<Vec<SeenEvent>>>> = (0..WATCHERS).map(|_| Arc::new(Mutex::new(Vec::new()))).collect();
 
     let mut tasks = tokio::task::JoinSet::new();
-    let keys: Vec<String> = (0..REGISTER_KEYS).map(|key| format!("chaos/register/{key}")).collect();
+    let keys: Vec<String> = (0..REGISTER_KEYS).map(register_key).collect();
     for process in 0..REGISTER_CLIENTS {
         tasks.spawn(workload::register_client(
             process,
@@ -205,6 +238,26 @@ pub async fn run(args: &ChaosArgs) -> Result<Report, ChaosError> {
             endpoints.clone(),
             stop.clone(),
             set.clone(),
+        ));
+    }
+    let bank = Arc::new(Mutex::new(bank::BankRecord::default()));
+    for process in 0..BANK_CLIENTS {
+        tasks.spawn(bank::transfer_client(
+            process,
+            endpoints.clone(),
+            seed,
+            stop.clone(),
+            bank.clone(),
+        ));
+    }
+    for process in 0..BANK_READERS {
+        tasks.spawn(bank::reader(
+            process,
+            endpoints.clone(),
+            seed,
+            clock.clone(),
+            stop.clone(),
+            bank.clone(),
         ));
     }
     for contender in 0..LOCK_CONTENDERS {
@@ -277,6 +330,13 @@ pub async fn run(args: &ChaosArgs) -> Result<Report, ChaosError> {
     verdicts.push(check_watchers(&history, &watcher_histories, &register_record));
     let holds = holds.lock().map(|holds| holds.clone()).unwrap_or_default();
     verdicts.push(check_locks(&holds));
+    let mut bank_record = std::mem::take(&mut *bank.lock().map_err(|_| ChaosError::Setup("poisoned".into()))?);
+    let final_read = bank::final_read(&endpoints[0], &clock)
+        .await
+        .map_err(|status| ChaosError::Setup(format!("reading the bank accounts: {status}")))?;
+    bank_record.reads.push(final_read);
+    verdicts.push(check_bank(&bank_record));
+    let ranges = count_ranges(&cluster).await;
 
     write_json(&out.join("registers.json"), &register_record.operations)?;
     write_json(&out.join("acked-writes.json"), &register_record.acked_writes)?;
@@ -284,6 +344,7 @@ pub async fn run(args: &ChaosArgs) -> Result<Report, ChaosError> {
     write_json(&out.join("committed-history.json"), &history)?;
     write_json(&out.join("watchers.json"), &watcher_histories)?;
     write_json(&out.join("locks.json"), &holds)?;
+    write_json(&out.join("bank.json"), &bank_record)?;
     write_json(&out.join("faults.json"), &faults)?;
     let report = Report {
         seed,
@@ -291,6 +352,7 @@ pub async fn run(args: &ChaosArgs) -> Result<Report, ChaosError> {
         duration_s: args.duration,
         faults,
         verdicts,
+        ranges,
         out: out.clone(),
     };
     std::fs::File::create(out.join("report.txt"))?.write_all(report.to_string().as_bytes())?;
@@ -447,6 +509,58 @@ fn check_watchers(
             )
         } else {
             problems.join("\n")
+        },
+    }
+}
+
+/// Data ranges the first running node lists, if it answers.
+async fn count_ranges(cluster: &Cluster) -> Option<usize> {
+    let node = cluster.nodes.iter().find(|node| node.is_running())?;
+    let (status, body) = crate::http_probe::get(node.metrics_port, "/v1/ranges", Duration::from_secs(2)).await?;
+    if status != 200 {
+        return None;
+    }
+    let ranges: Vec<serde_json::Value> = serde_json::from_str(&body).ok()?;
+    Some(ranges.len())
+}
+
+fn check_bank(record: &bank::BankRecord) -> WorkloadVerdict {
+    let problems = bank::problems(&record.reads);
+    let passed = problems.is_empty() && record.transfers_ok > 0;
+    let past = record.reads.iter().filter(|read| read.asked != 0).count();
+    WorkloadVerdict {
+        workload: "bank",
+        passed,
+        counts: Counts {
+            attempted: record.transfers_attempted,
+            ok: record.transfers_ok,
+            failed: record.transfers_failed + record.transfers_conflicted,
+            indeterminate: record.transfers_unknown,
+        },
+        detail: if !problems.is_empty() {
+            let shown: Vec<&String> = problems.iter().take(10).collect();
+            format!(
+                "{} of {} reads broke the total:\n{}",
+                problems.len(),
+                record.reads.len(),
+                shown
+                    .iter()
+                    .map(|problem| problem.as_str())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        } else if record.transfers_ok == 0 {
+            "no transfer committed".to_string()
+        } else {
+            format!(
+                "{} reads ({past} at past revisions, {} failed) all found {} accounts summing to {}; {} transfers committed, {} conflicted",
+                record.reads.len(),
+                record.failed_reads,
+                bank::ACCOUNTS,
+                bank::ACCOUNTS as i64 * bank::OPENING_BALANCE,
+                record.transfers_ok,
+                record.transfers_conflicted
+            )
         },
     }
 }

@@ -52,14 +52,14 @@ impl Default for RunClock {
 }
 
 /// How a failed call ended.
-enum Failure {
+pub(super) enum Failure {
     /// The request certainly had no effect (refused before it was sent or proposed).
     Definite,
     /// It may or may not have taken effect.
     Unknown,
 }
 
-fn classify(status: &tonic::Status) -> Failure {
+pub(super) fn classify(status: &tonic::Status) -> Failure {
     let message = status.message();
     // Not proposed: no leader was found in time, or the proposal lost its log slot.
     let not_applied = [
@@ -75,7 +75,7 @@ fn classify(status: &tonic::Status) -> Failure {
     }
 }
 
-fn channel(url: &str) -> Channel {
+pub(super) fn channel(url: &str) -> Channel {
     // A valid loopback URL from the cluster itself; a bad one is a bug.
     tonic::transport::Endpoint::from_shared(url.to_string())
         .unwrap_or_else(|error| panic!("endpoint {url}: {error}"))
@@ -261,7 +261,7 @@ pub struct SetRecord {
 /// The set is spread over lists of this many elements (`chaos/set/0`, `/1`, ...), so no
 /// value, and no history of values, grows without bound.
 const SET_ELEMENTS_PER_KEY: usize = 200;
-const SET_PREFIX: &str = "chaos/set/";
+pub(super) const SET_PREFIX: &str = "chaos/set/";
 
 fn set_key(index: usize) -> Bytes {
     Bytes::from(format!("{SET_PREFIX}{index:06}"))

@@ -28,11 +28,7 @@ fn three_fault_schedules_find_no_violation() {
             .args(["chaos", "--nodes", "3", "--duration", "30"])
             .args(["--seed", &seed.to_string()])
             .args(short_log)
-            .args(
-                crate::support::split_args(&[])
-                    .into_iter()
-                    .map(|arg| format!("--server-arg={arg}")),
-            )
+            .args(crate::SPLIT.then_some("--split"))
             .arg("--out")
             .arg(out.path())
             .spawn()
@@ -58,7 +54,7 @@ fn three_fault_schedules_find_no_violation() {
         };
         let report = std::fs::read_to_string(out.path().join("report.txt")).unwrap_or_default();
         assert!(status.success(), "chaos run with seed {seed} failed:\n{report}");
-        for workload in ["registers", "set", "watch", "lock"] {
+        for workload in ["registers", "set", "watch", "lock", "bank"] {
             assert!(
                 report
                     .lines()
@@ -67,5 +63,13 @@ fn three_fault_schedules_find_no_violation() {
             );
         }
         assert!(report.contains("faults:"), "{report}");
+        if crate::SPLIT {
+            let ranges: usize = report
+                .lines()
+                .find_map(|line| line.strip_prefix("data ranges at the end: "))
+                .and_then(|count| count.trim().parse().ok())
+                .unwrap_or(0);
+            assert!(ranges >= 8, "the data should span at least 8 ranges:\n{report}");
+        }
     }
 }
