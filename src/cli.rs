@@ -28,6 +28,8 @@ pub enum Command {
     Chaos(crate::chaos::ChaosArgs),
     /// Create a CA and node and client certificates for local TLS (not for production).
     Cert(crate::certs::CertArgs),
+    /// Look at a running cluster: `shoal ctl ranges --endpoints URL[,URL...]`.
+    Ctl(crate::ctl::CtlArgs),
 }
 
 #[derive(Args, Debug)]

@@ -1,6 +1,6 @@
-//! A minimal HTTP/1.0 GET for probing a node's `/ready` and `/health`, used by the
-//! playground and by tests (no HTTP client library needed for two endpoints), over
-//! plain TCP or TLS.
+//! A minimal HTTP/1.0 GET for probing a node's `/ready`, `/health` and `/v1/ranges`,
+//! used by the playground, `shoal ctl` and tests (no HTTP client library needed for a
+//! few JSON endpoints), over plain TCP or TLS.
 
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -8,11 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// Status code and body of `GET path` on `127.0.0.1:port`, or None if no answer came
 /// within `timeout`.
 pub async fn get(port: u16, path: &str, timeout: Duration) -> Option<(u16, String)> {
-    let attempt = async {
-        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        exchange(stream, path).await
-    };
-    parse(&tokio::time::timeout(timeout, attempt).await.ok()?.ok()?)
+    get_from("127.0.0.1", port, path, timeout, None).await.ok()
 }
 
 /// [`get`] over TLS with `tls` (its ALPN is set to HTTP/1.1 here).
@@ -22,14 +18,33 @@ pub async fn get_tls(
     timeout: Duration,
     tls: &std::sync::Arc<rustls::ClientConfig>,
 ) -> Option<(u16, String)> {
-    let mut config = rustls::ClientConfig::clone(tls);
-    config.alpn_protocols = vec![crate::tls::ALPN_HTTP1.to_vec()];
-    let connector = crate::tls::TlsConnector::new(std::sync::Arc::new(config));
+    get_from("127.0.0.1", port, path, timeout, Some(tls)).await.ok()
+}
+
+/// Status code and body of `GET path` on `host:port`, over TLS when `tls` is given
+/// (its ALPN is set to HTTP/1.1 here).
+pub async fn get_from(
+    host: &str,
+    port: u16,
+    path: &str,
+    timeout: Duration,
+    tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
+) -> std::io::Result<(u16, String)> {
     let attempt = async {
-        let stream = connector.connect("127.0.0.1", port).await?;
-        exchange(stream, path).await
+        match tls {
+            None => exchange(tokio::net::TcpStream::connect((host, port)).await?, path).await,
+            Some(tls) => {
+                let mut config = rustls::ClientConfig::clone(tls);
+                config.alpn_protocols = vec![crate::tls::ALPN_HTTP1.to_vec()];
+                let connector = crate::tls::TlsConnector::new(std::sync::Arc::new(config));
+                exchange(connector.connect(host, port).await?, path).await
+            }
+        }
     };
-    parse(&tokio::time::timeout(timeout, attempt).await.ok()?.ok()?)
+    let response = tokio::time::timeout(timeout, attempt)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in time"))??;
+    parse(&response).ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "not an HTTP answer"))
 }
 
 async fn exchange(

@@ -9,6 +9,7 @@ pub mod chaos;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod ctl;
 pub mod http_probe;
 pub mod parent_watch;
 pub mod placement;

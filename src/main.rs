@@ -57,6 +57,11 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Ctl(args) => {
+            let text = runtime.block_on(shoal::ctl::run(&args))?;
+            print!("{text}");
+            Ok(())
+        }
         Command::Cert(args) => {
             let files = shoal::certs::create(&args)?;
             println!(

@@ -6,3 +6,4 @@ pub mod gateway;
 pub mod h2_authority;
 pub mod health;
 pub mod oversize_status;
+pub mod ranges;

@@ -44,7 +44,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 0)]
     pub rate: u64,
     /// Operations and weights, e.g. `put`, `get:90,put:10`. Ops: put, get (linearizable),
-    /// sget (serializable), range, cas (txn compare-and-swap), delete.
+    /// sget (serializable), range, cas (txn compare-and-swap), delete, txn (a Txn putting
+    /// two keys half the key space apart).
     #[arg(long, default_value = "put")]
     pub workload: String,
     /// Number of distinct keys.
@@ -173,6 +174,7 @@ pub async fn run(args: &BenchArgs) -> Result<Report, BenchError> {
         key_size: args.key_size,
         value: vec![b'v'; args.value_size].into(),
         range_keys: args.range_keys,
+        key_space: args.key_space,
     };
     if args.preload {
         preload(args, &channels, &shape).await?;

@@ -24,6 +24,9 @@ pub enum Op {
     Cas,
     /// Delete one key.
     Delete,
+    /// A Txn putting two keys half the key space apart (in two ranges when the key
+    /// space is split into equal ranges: a two-phase commit in Shoal).
+    Txn,
 }
 
 impl Op {
@@ -35,13 +38,22 @@ impl Op {
             Op::Range => "range",
             Op::Cas => "cas",
             Op::Delete => "delete",
+            Op::Txn => "txn",
         }
     }
 
     fn parse(name: &str) -> Option<Op> {
-        [Op::Put, Op::Get, Op::SerializableGet, Op::Range, Op::Cas, Op::Delete]
-            .into_iter()
-            .find(|op| op.name() == name)
+        [
+            Op::Put,
+            Op::Get,
+            Op::SerializableGet,
+            Op::Range,
+            Op::Cas,
+            Op::Delete,
+            Op::Txn,
+        ]
+        .into_iter()
+        .find(|op| op.name() == name)
     }
 }
 
@@ -64,7 +76,7 @@ impl Mix {
                 None => (item, 1),
             };
             let op = Op::parse(name)
-                .ok_or_else(|| format!("unknown operation {name:?}; known: put, get, sget, range, cas, delete"))?;
+                .ok_or_else(|| format!("unknown operation {name:?}; known: put, get, sget, range, cas, delete, txn"))?;
             if weight > 0 {
                 choices.push((op, weight));
             }
@@ -99,6 +111,7 @@ pub struct Shape {
     pub key_size: usize,
     pub value: Bytes,
     pub range_keys: u64,
+    pub key_space: u64,
 }
 
 /// How one operation ended, for counting.
@@ -168,6 +181,22 @@ impl Client {
                     .await?;
             }
             Op::Cas => return self.compare_and_swap(index, key).await,
+            Op::Txn => {
+                let other = self.key((index + self.shape.key_space / 2) % self.shape.key_space.max(1));
+                let put = |key: Bytes| RequestOp {
+                    request: Some(request_op::Request::RequestPut(PutRequest {
+                        key,
+                        value: self.shape.value.clone(),
+                        ..Default::default()
+                    })),
+                };
+                self.kv
+                    .txn(TxnRequest {
+                        success: vec![put(key), put(other)],
+                        ..Default::default()
+                    })
+                    .await?;
+            }
         }
         Ok(Outcome::Done)
     }

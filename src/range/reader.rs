@@ -49,16 +49,6 @@ impl RangeReader {
         }
     }
 
-    /// Several ranges' newest applied data, from one pinned view (a serializable read).
-    pub fn pin_latest(&self, view: Arc<dyn ReadView>, revisions: Revisions, ranges: Vec<u64>) -> PinnedRange {
-        PinnedRange {
-            range_id: 0,
-            view,
-            revisions: Some(revisions),
-            lock_ranges: ranges,
-        }
-    }
-
     pub fn engine(&self) -> &Arc<dyn Engine> {
         &self.engine
     }

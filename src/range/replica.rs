@@ -148,6 +148,9 @@ pub struct RangeStatus {
     /// The newest revision a write applied in the range (closes and compactions move
     /// `revision` without writing).
     pub last_write: AtomicI64,
+    /// At or below this revision nothing can change in the range's local state any more
+    /// (`StateMachine::resolved`): reads across ranges at or below it are atomic.
+    pub resolved: AtomicI64,
     /// Live keys and their bytes (approximate after a split): what decides a split.
     pub live_keys: AtomicU64,
     pub live_bytes: AtomicU64,
@@ -373,6 +376,7 @@ impl Replica {
         let status = Arc::new(RangeStatus::default());
         status.revision.store(machine.revisions().current, Ordering::Release);
         status.last_write.store(machine.last_write(), Ordering::Release);
+        status.resolved.store(machine.resolved(), Ordering::Release);
         let (live_keys, live_bytes) = machine.live();
         status.live_keys.store(live_keys, Ordering::Release);
         status.live_bytes.store(live_bytes, Ordering::Release);
@@ -477,6 +481,7 @@ impl Replica {
         self.status
             .last_write
             .store(self.machine.last_write(), Ordering::Release);
+        self.status.resolved.store(self.machine.resolved(), Ordering::Release);
         self.status.live_keys.store(keys, Ordering::Release);
         self.status.live_bytes.store(bytes, Ordering::Release);
         let revision = self.machine.revisions().current;
@@ -555,14 +560,28 @@ impl Replica {
     }
 
     /// Starts handing leadership to `target` (etcd's MoveLeader); only the leader can.
-    /// Whether it worked shows in the leader this replica reports next.
-    pub fn transfer_leader(&mut self, target: u64) -> Result<(), RangeError> {
+    /// Whether it worked shows in the leader this replica reports next. With
+    /// `only_if_ready` (the leader balancer) nothing happens, and `Ok(false)` says so,
+    /// unless the move can finish at once: the target answered within the last
+    /// election timeout and holds the whole log, and nothing proposed is still
+    /// unapplied (no split or other command is in flight across the handover). A
+    /// transfer to a node that cannot take over would stop this range's writes for an
+    /// election timeout.
+    pub fn transfer_leader(&mut self, target: u64, only_if_ready: bool) -> Result<bool, RangeError> {
         let raft = &self.raw.raft;
         if raft.state != StateRole::Leader {
             return Err(RangeError::NotLeader { leader: raft.leader_id });
         }
-        if raft.prs().get(target).is_none() {
+        let Some(progress) = raft.prs().get(target) else {
             return Err(RangeError::BadTransferee(target));
+        };
+        if only_if_ready {
+            let last = raft.raft_log.last_index();
+            let settled = raft.raft_log.committed == last && raft.raft_log.applied == last;
+            let ready = progress.recent_active && progress.matched == last && settled;
+            if !ready || raft.lead_transferee.is_some() || self.holds_ready() || target == self.config.node_id {
+                return Ok(false);
+            }
         }
         if target != self.config.node_id {
             tracing::info!(
@@ -572,7 +591,7 @@ impl Replica {
             );
             self.raw.transfer_leader(target);
         }
-        Ok(())
+        Ok(true)
     }
 
     pub fn step(&mut self, message: Message) {
@@ -1073,7 +1092,6 @@ impl Replica {
         if let Some(hard_state) = ready.hs() {
             self.status.term.store(hard_state.term, Ordering::Release);
             self.status.commit_index.store(hard_state.commit, Ordering::Release);
-            metrics::gauge!("shoal_raft_term").set(hard_state.term as f64);
             self.raw.mut_store().set_hard_state(hard_state.clone(), log_batch);
         }
         let must_sync = ready.must_sync();
@@ -1107,8 +1125,6 @@ impl Replica {
             // deadline rather than risk expiring one that was kept alive.
             self.machine.lessor_mut().promote(now);
         }
-        metrics::gauge!("etcd_server_is_leader").set(if is_leader { 1.0 } else { 0.0 });
-        metrics::gauge!("etcd_server_has_leader").set(if leader != 0 { 1.0 } else { 0.0 });
         if previous != leader {
             if leader != 0 {
                 metrics::counter!("etcd_server_leader_changes_seen_total").increment(1);

@@ -22,6 +22,11 @@ const LEADER_POLL: Duration = Duration::from_millis(50);
 /// How often a read waiting for a snapshot install looks again.
 const INSTALL_POLL: Duration = Duration::from_millis(5);
 
+/// Longest a serializable read across ranges waits for idle ranges to catch up with
+/// the newest one (a few ticks when the leaders are reachable), and how often it looks.
+const SETTLE_WAIT: Duration = Duration::from_secs(1);
+const SETTLE_POLL: Duration = Duration::from_millis(10);
+
 /// How long a command refused for a stale plan waits before it is planned again.
 const REPLAN_PAUSE: Duration = Duration::from_millis(2);
 
@@ -115,6 +120,11 @@ impl Router {
     /// Ids of the ranges this node holds a replica of.
     pub fn local_ranges(&self) -> Vec<u64> {
         self.registry.ids()
+    }
+
+    /// This node's member id.
+    pub fn node_id(&self) -> u64 {
+        self.node_id
     }
 
     pub fn status(&self, range_id: u64) -> Arc<RangeStatus> {
@@ -234,15 +244,19 @@ impl Router {
         let deadline = Instant::now() + self.request_timeout;
         let applied = |range_id: u64| self.revision(range_id);
         let (revision, target) = if serializable {
+            // What this member applied, as one snapshot: every range read at a revision
+            // all of them are final at here (no write at or below it can still apply
+            // locally, a transaction over several ranges is in all of them or none).
+            // Idle ranges are closed up to the newest revision applied here first, so a
+            // member's own recent writes show; a member cut off from the leaders reads
+            // at the revision where its ranges stand, as a stale serializable read does.
             let ranges = overlapping();
-            if requested <= 0 {
-                // Each range as this member applied it, without waiting for any: like a
-                // serializable read of one range, possibly stale, and here the ranges'
-                // states may be of different moments (the README says so).
-                return self.pin_latest(&ranges, deadline).await;
-            }
-            let revision = ranges.iter().map(|range_id| applied(*range_id)).min().unwrap_or(1);
-            (revision, None)
+            let target = if requested > 0 {
+                requested
+            } else {
+                ranges.iter().map(|range_id| applied(*range_id)).max().unwrap_or(1)
+            };
+            (self.settle(&ranges, target).await, None)
         } else {
             let closed = self.close_all(&overlapping()).await?;
             let newest = closed.iter().copied().max().unwrap_or(1);
@@ -298,23 +312,35 @@ impl Router {
         }
     }
 
-    /// The newest state this member applied of every one of `ranges`, from one view.
-    async fn pin_latest(&self, ranges: &[u64], deadline: Instant) -> Result<PinnedRange, RouteError> {
+    /// Waits, at most `SETTLE_WAIT`, for every one of `ranges` to be final here at
+    /// `target` (asking for lagging ranges to be closed); the lowest revision they are
+    /// all final at when it returns.
+    async fn settle(&self, ranges: &[u64], target: i64) -> i64 {
+        let resolved = || {
+            ranges
+                .iter()
+                .map(|range_id| {
+                    self.status(*range_id)
+                        .resolved
+                        .load(std::sync::atomic::Ordering::Acquire)
+                })
+                .min()
+                .unwrap_or(1)
+        };
+        if resolved() >= target {
+            return resolved();
+        }
+        self.registry.want_frontier(target);
+        let mut changes = self.registry.frontier();
+        let deadline = Instant::now() + SETTLE_WAIT;
         loop {
-            if let Some(view) = self.registry.whole_view(self.reader.engine().as_ref()) {
-                let mut revisions = crate::range::kv::Revisions { current: 1, compact: 0 };
-                for range_id in ranges {
-                    let stored = crate::range::state_machine::StateMachine::revisions_in(*range_id, view.as_ref())
-                        .map_err(|error| RouteError::Range(RangeError::Storage(error.to_string())))?;
-                    revisions.current = revisions.current.max(stored.current);
-                    revisions.compact = revisions.compact.max(stored.compact);
-                }
-                return Ok(self.reader.pin_latest(view, revisions, ranges.to_vec()));
+            let now = resolved();
+            if now >= target || Instant::now() >= deadline {
+                return now;
             }
-            if Instant::now() >= deadline {
-                return Err(RouteError::Range(RangeError::Installing));
-            }
-            tokio::time::sleep(INSTALL_POLL).await;
+            // The frontier moves with these ranges' closes; the poll covers a frontier
+            // held back by a range outside this read.
+            let _ = tokio::time::timeout(SETTLE_POLL.min(deadline - Instant::now()), changes.changed()).await;
         }
     }
 
@@ -481,7 +507,14 @@ impl Router {
     /// Has this node, the range's leader, hand leadership to `target`; the change shows
     /// in [`Router::leader_changes`] once it happened.
     pub async fn transfer_leader(&self, range_id: u64, target: u64) -> Result<(), RouteError> {
-        Ok(self.store.transfer_leader(range_id, target).await?)
+        self.store.transfer_leader(range_id, target, false).await?;
+        Ok(())
+    }
+
+    /// Hands leadership of a range this node leads to `target` only if the move can
+    /// finish at once (see `Replica::transfer_leader`); false if it did not start.
+    pub async fn transfer_leader_if_ready(&self, range_id: u64, target: u64) -> Result<bool, RouteError> {
+        Ok(self.store.transfer_leader(range_id, target, true).await?)
     }
 
     /// Waits until this node's replica reflects every write acknowledged before the call.

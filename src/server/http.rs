@@ -28,6 +28,7 @@ pub fn routes(router: Arc<Router>, metrics: Option<PrometheusHandle>) -> axum::R
 }
 
 async fn render_metrics(State(state): State<HttpState>) -> impl IntoResponse {
+    crate::api::ranges::set_gauges(&state.router);
     let body = state.metrics.as_ref().map(PrometheusHandle::render).unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
@@ -66,31 +67,7 @@ async fn ready(State(state): State<HttpState>) -> impl IntoResponse {
     }
 }
 
-/// One object per data range this member holds: `id`, `start_key` and `end_key` (base64,
-/// empty = unbounded), `epoch`, `replicas` (member ids in hex, as etcdctl prints them),
-/// `leader`, `keys` and `bytes` (live keys and their bytes, approximate after a split).
+/// See `api::ranges::describe`.
 async fn ranges(State(state): State<HttpState>) -> impl IntoResponse {
-    use base64::Engine as _;
-    let encode = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
-    let ranges: Vec<serde_json::Value> = state
-        .router
-        .registry()
-        .data_ranges()
-        .into_iter()
-        .map(|range| {
-            let descriptor = &range.descriptor;
-            let status = &range.view.status;
-            serde_json::json!({
-                "id": descriptor.id,
-                "start_key": encode(&descriptor.start_key),
-                "end_key": encode(&descriptor.end_key),
-                "epoch": descriptor.epoch,
-                "replicas": descriptor.replicas.iter().map(|id| format!("{id:x}")).collect::<Vec<_>>(),
-                "leader": format!("{:x}", status.leader()),
-                "keys": status.live_keys.load(Ordering::Acquire),
-                "bytes": status.live_bytes.load(Ordering::Acquire),
-            })
-        })
-        .collect();
-    json(StatusCode::OK, serde_json::Value::Array(ranges).to_string())
+    json(StatusCode::OK, crate::api::ranges::describe(&state.router).to_string())
 }

@@ -382,6 +382,7 @@ pub async fn run(
 
     let compactor = tokio::spawn(compactor::run(router.clone(), me, config.auto_compaction));
     let splitter = tokio::spawn(crate::placement::splitter::run(router.clone(), me, config.split));
+    let balancer = tokio::spawn(crate::placement::balancer::run(router.clone(), me));
     let resolver = tokio::spawn(crate::txn::resolver::run(txns.clone(), me));
     let lease_revoker = tokio::spawn(crate::txn::leases::run(txns.clone(), me));
     let publisher = tokio::spawn(publish_member(
@@ -403,6 +404,10 @@ pub async fn run(
     tracing::info!("shutting down");
     publisher.abort();
     splitter.abort();
+    balancer.abort();
+    if outcome.is_ok() {
+        crate::placement::balancer::hand_off_all(&router, me, HAND_OFF_TIMEOUT).await;
+    }
     resolver.abort();
     lease_revoker.abort();
     compactor.abort();
@@ -419,6 +424,9 @@ pub async fn run(
     tracing::info!("stopped");
     outcome
 }
+
+/// Longest a graceful stop waits for the ranges it leads to get new leaders.
+const HAND_OFF_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Announces this member's name and client URLs through the log once per start, as
 /// etcd members do, so every member lists them in MemberList. Retries until it lands.

@@ -57,7 +57,8 @@ pub enum StoreInput {
     TransferLeader {
         range_id: u64,
         target: u64,
-        responder: oneshot::Sender<Result<(), RangeError>>,
+        only_if_ready: bool,
+        responder: oneshot::Sender<Result<bool, RangeError>>,
     },
     InstallSnapshot {
         range_id: u64,
@@ -167,11 +168,13 @@ impl StoreHandle {
         .await
     }
 
-    /// Asks the range's leader (this node) to hand leadership to `target`.
-    pub async fn transfer_leader(&self, range_id: u64, target: u64) -> Result<(), RangeError> {
+    /// Asks the range's leader (this node) to hand leadership to `target`; see
+    /// `Replica::transfer_leader` for `only_if_ready` and the answer.
+    pub async fn transfer_leader(&self, range_id: u64, target: u64, only_if_ready: bool) -> Result<bool, RangeError> {
         self.ask(|responder| StoreInput::TransferLeader {
             range_id,
             target,
+            only_if_ready,
             responder,
         })
         .await
@@ -505,10 +508,11 @@ impl Store {
             StoreInput::TransferLeader {
                 range_id,
                 target,
+                only_if_ready,
                 responder,
             } => {
                 let answer = match replica_of(&mut self.replicas, range_id) {
-                    Some(replica) => replica.transfer_leader(target),
+                    Some(replica) => replica.transfer_leader(target, only_if_ready),
                     None => Err(RangeError::UnknownRange(range_id)),
                 };
                 let _ = responder.send(answer);

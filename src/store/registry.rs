@@ -60,8 +60,10 @@ impl RangeRegistry {
         self.frontier.subscribe()
     }
 
+    /// Asks for every local data range to be made final up to `revision` (lagging
+    /// ones are closed); the highest revision anyone asked for stands.
     pub fn want_frontier(&self, revision: i64) {
-        self.wanted.store(revision, Ordering::Release);
+        self.wanted.fetch_max(revision, Ordering::AcqRel);
     }
 
     pub fn wanted_frontier(&self) -> i64 {

@@ -189,3 +189,137 @@ async fn reads_and_watches_span_ranges_as_one_store() {
     })
     .await;
 }
+
+/// Leaders of the data ranges each member reports, counted per member id (hex, as
+/// `/v1/ranges` names them), members leading nothing included.
+async fn leader_counts(cluster: &Cluster, observer: usize) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for range in ranges(cluster, observer).await {
+        for replica in range["replicas"].as_array().into_iter().flatten() {
+            counts
+                .entry(replica.as_str().unwrap_or_default().to_string())
+                .or_insert(0);
+        }
+        let leader = range["leader"].as_str().unwrap_or("0").to_string();
+        *counts.entry(leader).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Waits until `observer` sees every data range led by one of `members`, each leading
+/// within one range of the others.
+async fn wait_for_spread(cluster: &Cluster, observer: usize, members: &[String]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let counts = leader_counts(cluster, observer).await;
+        let led: Vec<usize> = members
+            .iter()
+            .map(|member| counts.get(member).copied().unwrap_or(0))
+            .collect();
+        let others: usize = counts
+            .iter()
+            .filter(|(member, _)| !members.contains(member))
+            .map(|(_, count)| count)
+            .sum();
+        let (most, least) = (
+            led.iter().max().copied().unwrap_or(0),
+            led.iter().min().copied().unwrap_or(0),
+        );
+        if others == 0 && most - least <= 1 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "leaders did not spread over {members:?}: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Placement: the leaders of 9 data ranges end up 3 per node, move onto the two nodes
+/// left when one stops (writes go on in every range), and spread again when it is back.
+#[tokio::test]
+async fn range_leaders_spread_over_the_nodes() {
+    use shoal::proto::etcdserverpb::StatusRequest;
+    bounded(async {
+        let mut cluster = Cluster::start_with(
+            3,
+            &[
+                "--range-max-keys=0",
+                "--experimental-initial-split-keys=b,c,d,e,f,g,h,i",
+            ],
+        )
+        .await;
+        let mut members = Vec::new();
+        for node in 0..3 {
+            let status = cluster
+                .maintenance(node)
+                .await
+                .status(StatusRequest {})
+                .await
+                .expect("status")
+                .into_inner();
+            members.push(format!("{:x}", status.header.expect("header").member_id));
+        }
+        assert_eq!(ranges(&cluster, 0).await.len(), 9);
+        wait_for_spread(&cluster, 0, &members).await;
+
+        cluster.stop(2);
+        wait_for_spread(&cluster, 0, &members[..2]).await;
+        let mut client = cluster.kv(0).await;
+        for key in ["a", "b", "c", "d", "e", "f", "g", "h", "i"] {
+            put(&mut client, key, "while one node is down").await;
+        }
+
+        cluster.restart(2);
+        cluster.wait_ready(Duration::from_secs(30)).await;
+        wait_for_spread(&cluster, 0, &members).await;
+        for key in ["a", "b", "c", "d", "e", "f", "g", "h", "i"] {
+            assert_eq!(
+                get(&mut client, key, false).await.as_deref(),
+                Some("while one node is down")
+            );
+        }
+
+        // Operators see the same through `shoal ctl ranges` (client URLs) and the gauges.
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .args(["ctl", "ranges", "--endpoints"])
+            .arg(format!("http://127.0.0.1:1,{}", cluster.endpoints().join(",")))
+            .output()
+            .expect("running shoal ctl");
+        let table = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{table}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let rows: Vec<&str> = table
+            .lines()
+            .filter(|line| line.starts_with("| ") && !line.starts_with("| RANGE"))
+            .collect();
+        assert_eq!(rows.len(), 9, "{table}");
+        assert!(rows[0].contains("| \"\"") && rows[1].contains("| \"b\""), "{table}");
+        assert!(
+            members
+                .iter()
+                .all(|member| rows.iter().any(|row| row.contains(&format!("| {member} ")))),
+            "{table}"
+        );
+        let mut led = 0.0;
+        for node in 0..3 {
+            let (_, text) =
+                shoal::http_probe::get(cluster.nodes[node].metrics_port, "/metrics", Duration::from_secs(5))
+                    .await
+                    .expect("metrics");
+            let gauge = |name: &str| -> f64 {
+                text.lines()
+                    .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+                    .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+            };
+            assert_eq!(gauge("shoal_ranges"), 9.0);
+            led += gauge("shoal_range_leaders");
+        }
+        assert_eq!(led, 9.0, "each range has one leader");
+    })
+    .await;
+}

@@ -73,11 +73,20 @@ fn get_op(key: &str, range_end: &str) -> RequestOp {
 
 /// Every account's balance and the read's revision, as one snapshot.
 async fn balances(client: &mut KvClient<Channel>, revision: i64) -> (Vec<(String, i64, i64)>, i64) {
+    balances_read(client, revision, false).await
+}
+
+async fn balances_read(
+    client: &mut KvClient<Channel>,
+    revision: i64,
+    serializable: bool,
+) -> (Vec<(String, i64, i64)>, i64) {
     let response = client
         .range(RangeRequest {
             key: bytes("acct/"),
             range_end: bytes("acct0"),
             revision,
+            serializable,
             ..Default::default()
         })
         .await
@@ -220,6 +229,7 @@ async fn bank_transfers_across_ranges_keep_the_total() {
             });
         }
         let mut reader = cluster.kv(1).await;
+        let mut local_reader = cluster.kv(2).await;
         let mut checked = 0;
         while !transfers.is_empty() {
             let (accounts, revision) = balances(&mut reader, 0).await;
@@ -233,6 +243,11 @@ async fn bank_transfers_across_ranges_keep_the_total() {
                 let sum: i64 = accounts.iter().map(|(_, balance, _)| balance).sum();
                 assert_eq!(sum, TOTAL, "at past revision {past}: {accounts:?}");
             }
+            // Serializable, on a member that may lag: one snapshot all the same.
+            let (accounts, revision) = balances_read(&mut local_reader, 0, true).await;
+            assert_eq!(accounts.len(), ACCOUNTS);
+            let sum: i64 = accounts.iter().map(|(_, balance, _)| balance).sum();
+            assert_eq!(sum, TOTAL, "serializable at revision {revision}: {accounts:?}");
             checked += 1;
             while let Some(joined) = transfers.try_join_next() {
                 joined.expect("a transfer task panicked");

@@ -132,7 +132,7 @@ impl EtcdContext {
             other => other,
         }
         .map_err(errors::txn)?;
-        let header = Some(self.header(result.revision));
+        let header = Some(self.header_at(result.revision, &spans[0].start));
         Ok(convert::range_response(result, header))
     }
 
@@ -140,9 +140,10 @@ impl EtcdContext {
         validate::put(&request)?;
         self.check_size(&request)?;
         let put = convert::put(request);
+        let key = put.key.clone();
         match ops::only_result(self.replicate_txn(ops::single(op::Op::Put(put))).await?) {
             Some(op_result::Result::Put(result)) => {
-                let header = Some(self.header(result.revision));
+                let header = Some(self.header_at(result.revision, &key));
                 Ok(convert::put_response(result, header))
             }
             other => Err(Status::internal(format!("etcdserver: unexpected put result {other:?}"))),
@@ -153,9 +154,10 @@ impl EtcdContext {
         validate::delete(&request)?;
         self.check_size(&request)?;
         let delete = convert::delete(&request);
+        let key = convert::key(&request.key);
         match ops::only_result(self.replicate_txn(ops::single(op::Op::Delete(delete))).await?) {
             Some(op_result::Result::Delete(result)) => {
-                let header = Some(self.header(result.revision));
+                let header = Some(self.header_at(result.revision, &key));
                 Ok(convert::delete_response(result, header))
             }
             other => Err(Status::internal(format!(
@@ -170,8 +172,8 @@ impl EtcdContext {
         let read_only = validate::txn_is_read_only(&request);
         let serializable = validate::txn_is_serializable(&request);
         let txn = convert::txn(request);
+        let spans = ops::key_ranges(&txn);
         let result = if read_only {
-            let spans = ops::key_ranges(&txn);
             self.txns
                 .read(
                     || self.pinned_read(&spans, serializable, 0),
@@ -182,7 +184,10 @@ impl EtcdContext {
         } else {
             self.replicate_txn(txn).await?
         };
-        let header = Some(self.header(result.revision));
+        let header = Some(match spans.first() {
+            Some(first) => self.header_at(result.revision, &first.start),
+            None => self.header(result.revision),
+        });
         Ok(convert::txn_response(result, header))
     }
 

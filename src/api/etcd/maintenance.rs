@@ -102,11 +102,18 @@ impl Maintenance for MaintenanceService {
             let header = self.current_header()?;
             let db_size = i64::try_from(router.disk_space_bytes()).unwrap_or(i64::MAX);
             let leader = status.leader();
-            let errors = if leader == 0 {
+            let mut errors = if leader == 0 {
                 vec!["etcdserver: no leader".to_string()]
             } else {
                 Vec::new()
             };
+            // The figures are the first data range's (etcd has one group); a member
+            // whose other ranges lost their leader must not look healthy.
+            for range in router.registry().data_ranges() {
+                if range.descriptor.id != FIRST_DATA_RANGE_ID && range.view.status.leader() == 0 {
+                    errors.push(format!("shoal: range {} has no leader", range.descriptor.id));
+                }
+            }
             Ok(Response::new(StatusResponse {
                 header: Some(header),
                 version: ETCD_API_VERSION.to_string(),

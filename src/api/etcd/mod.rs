@@ -74,12 +74,30 @@ impl EtcdContext {
 }
 
 impl EtcdContext {
+    /// A header for an answer that no one range gave (leases, members, status): the
+    /// Raft term is the first data range's, the range etcd's Status speaks for.
     pub fn header(&self, revision: i64) -> ResponseHeader {
+        self.header_from(revision, FIRST_DATA_RANGE_ID)
+    }
+
+    /// A header for an answer about `key` (internal): the Raft term is that of the
+    /// range holding it on this member, the range that answered (for a request over
+    /// several ranges, the one holding its first key).
+    pub fn header_at(&self, revision: i64, key: &[u8]) -> ResponseHeader {
+        let range_id = self
+            .router
+            .registry()
+            .route(key)
+            .map_or(FIRST_DATA_RANGE_ID, |(range_id, _)| range_id);
+        self.header_from(revision, range_id)
+    }
+
+    fn header_from(&self, revision: i64, range_id: u64) -> ResponseHeader {
         ResponseHeader {
             cluster_id: self.cluster_id,
             member_id: self.member_id,
             revision,
-            raft_term: self.router.status(FIRST_DATA_RANGE_ID).term(),
+            raft_term: self.router.status(range_id).term(),
         }
     }
 }

@@ -70,6 +70,8 @@ enum Route {
     Version,
     Health,
     Metrics,
+    /// Shoal's `/v1/ranges`, also served here so `shoal ctl` needs only client URLs.
+    Ranges,
 }
 
 impl Route {
@@ -99,6 +101,7 @@ impl Route {
             "/version" => Route::Version,
             "/health" => Route::Health,
             "/metrics" => Route::Metrics,
+            "/v1/ranges" => Route::Ranges,
             _ => return None,
         };
         Some((route, Method::GET))
@@ -181,7 +184,12 @@ impl Gateway {
                 let (status, body) = crate::api::health::check(&self.context.router).await;
                 json_response(status, body.into_bytes())
             }
+            Route::Ranges => {
+                let body = crate::api::ranges::describe(&self.context.router).to_string();
+                json_response(StatusCode::OK, body.into_bytes())
+            }
             Route::Metrics => {
+                crate::api::ranges::set_gauges(&self.context.router);
                 let text = self.metrics.as_ref().map(PrometheusHandle::render).unwrap_or_default();
                 let mut response = http::Response::new(full(text.into_bytes()));
                 response.headers_mut().insert(
