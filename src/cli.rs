@@ -91,6 +91,10 @@ pub struct ServerFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen_metrics_urls: Option<String>,
+    /// host:port to serve the Redis protocol on [default: none]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen_redis_addr: Option<String>,
     /// Milliseconds between leader heartbeats [default: 100]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -211,6 +215,9 @@ pub struct PlaygroundArgs {
     /// Metrics port of the first node; node i uses base + i
     #[arg(long, default_value_t = 9090)]
     pub metrics_port_base: u16,
+    /// Redis port of the first node; node i uses base + i
+    #[arg(long, default_value_t = 6379)]
+    pub redis_port_base: u16,
     /// Serve https on every port with mutual TLS between the nodes, using certificates
     /// made in <data-dir>/certs (kept across restarts)
     #[arg(long)]

@@ -68,6 +68,8 @@ pub struct ServerSettings {
     /// HTTP for /metrics, /health, /ready; empty (the default) opens no such listener, so
     /// members started with etcd's flags alone never compete for one port.
     pub listen_metrics_urls: String,
+    /// `HOST:PORT` to serve the Redis protocol on; none (the default) serves no Redis.
+    pub listen_redis_addr: Option<String>,
     /// Milliseconds between leader heartbeats (one Raft tick).
     pub heartbeat_interval: u64,
     /// Milliseconds without a leader before an election.
@@ -134,6 +136,7 @@ impl Default for ServerSettings {
             initial_cluster_state: ClusterState::New,
             initial_cluster_token: "shoal-cluster".into(),
             listen_metrics_urls: String::new(),
+            listen_redis_addr: None,
             heartbeat_interval: 100,
             election_timeout: 1000,
             max_txn_ops: 128,
@@ -275,6 +278,8 @@ pub struct NodeConfig {
     pub cluster_state: ClusterState,
     pub cluster_token: String,
     pub metrics_listen: Vec<ListenUrl>,
+    /// Where the Redis protocol is served, if anywhere.
+    pub redis_listen: Option<SocketAddr>,
     /// TLS of the client and metrics listeners (`--cert-file`...), if configured.
     pub client_tls: Option<ServerTlsFiles>,
     /// TLS of the peer listener and of dialing `https://` peers (`--peer-cert-file`...).
@@ -359,6 +364,15 @@ pub fn resolve_url(setting: &'static str, url: &str) -> Result<Vec<SocketAddr>, 
         return Err(invalid(setting, format!("{url}: resolves to no address")));
     }
     Ok(addresses)
+}
+
+/// A `host:port` address (no scheme), e.g. for the Redis listener.
+fn resolve_address(setting: &'static str, address: &str) -> Result<SocketAddr, ConfigError> {
+    address
+        .to_socket_addrs()
+        .map_err(|error| invalid(setting, format!("{address}: {error} (expected host:port)")))?
+        .next()
+        .ok_or_else(|| invalid(setting, format!("{address}: resolves to no address")))
 }
 
 fn resolve_list(setting: &'static str, value: &str) -> Result<Vec<ListenUrl>, ConfigError> {
@@ -632,6 +646,10 @@ impl TryFrom<ServerSettings> for NodeConfig {
             ));
         }
         let metrics_listen = resolve_list("listen-metrics-urls", &settings.listen_metrics_urls)?;
+        let redis_listen = match settings.listen_redis_addr.as_deref() {
+            None | Some("") => None,
+            Some(address) => Some(resolve_address("listen-redis-addr", address)?),
+        };
         let client_tls = tls_files(
             &CLIENT_TLS,
             &settings.cert_file,
@@ -754,6 +772,7 @@ impl TryFrom<ServerSettings> for NodeConfig {
             cluster_state: settings.initial_cluster_state,
             cluster_token: settings.initial_cluster_token,
             metrics_listen,
+            redis_listen,
             client_tls,
             peer_tls,
             heartbeat_interval: Duration::from_millis(settings.heartbeat_interval),

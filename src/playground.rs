@@ -22,6 +22,8 @@ struct PlaygroundNode {
     client_url: String,
     peer_url: String,
     metrics_port: u16,
+    /// None with --tls: the Redis port has no TLS yet.
+    redis_port: Option<u16>,
     log: PathBuf,
     child: Child,
 }
@@ -107,18 +109,22 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
         );
         let peer_url = format!("{scheme}://127.0.0.1:{}", port(args.peer_port_base, 2 * index, "peer")?);
         let metrics_port = port(args.metrics_port_base, index, "metrics")?;
-        plan.push((name, client_url, peer_url, metrics_port));
+        let redis_port = match tls {
+            None => Some(port(args.redis_port_base, index, "redis")?),
+            Some(_) => None,
+        };
+        plan.push((name, client_url, peer_url, metrics_port, redis_port));
     }
     let initial_cluster = plan
         .iter()
-        .map(|(name, _, peer_url, _)| format!("{name}={peer_url}"))
+        .map(|(name, _, peer_url, _, _)| format!("{name}={peer_url}"))
         .collect::<Vec<_>>()
         .join(",");
 
     // The nodes die with this process even if it is killed before it can stop them.
     let parent_env = shoal::parent_watch::child_env();
     let mut nodes = Vec::new();
-    for (name, client_url, peer_url, metrics_port) in plan {
+    for (name, client_url, peer_url, metrics_port, redis_port) in plan {
         let log = data_dir.join(format!("{name}.log"));
         let log_file = std::fs::OpenOptions::new()
             .create(true)
@@ -136,6 +142,11 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
             .args(["--initial-cluster", &initial_cluster])
             .args(["--initial-cluster-token", "shoal-playground"])
             .args(tls.as_ref().map(PlaygroundTls::server_args).unwrap_or_default())
+            .args(
+                redis_port
+                    .map(|port| vec!["--listen-redis-addr".to_string(), format!("127.0.0.1:{port}")])
+                    .unwrap_or_default(),
+            )
             .env(parent_env.0, &parent_env.1)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
@@ -148,6 +159,7 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
             client_url,
             peer_url,
             metrics_port,
+            redis_port,
             log,
             child,
         });
@@ -201,11 +213,14 @@ async fn serve(nodes: &mut [PlaygroundNode], data_dir: &Path, tls: Option<&Playg
     );
     for node in nodes.iter() {
         banner += &format!(
-            "  {:<4} client {}  peer {}  metrics {scheme}://127.0.0.1:{}/metrics  log {}\n",
+            "  {:<4} client {}  peer {}  metrics {scheme}://127.0.0.1:{}/metrics{}  log {}\n",
             node.name,
             node.client_url,
             node.peer_url,
             node.metrics_port,
+            node.redis_port
+                .map(|port| format!("  redis 127.0.0.1:{port}"))
+                .unwrap_or_default(),
             node.log.display()
         );
     }
@@ -229,6 +244,17 @@ async fn serve(nodes: &mut [PlaygroundNode], data_dir: &Path, tls: Option<&Playg
          \x20 etcdctl --endpoints={endpoints}{etcdctl_tls} get greeting\n\
          \x20 etcdctl --endpoints={endpoints}{etcdctl_tls} endpoint status -w table\n\n"
     );
+    match nodes.first().and_then(|node| node.redis_port) {
+        Some(port) => {
+            banner += &format!(
+                "Try it with redis-cli (any node takes any key):\n\
+                 \x20 redis-cli -p {port} set greeting hello\n\
+                 \x20 redis-cli -p {port} get greeting\n\n"
+            )
+        }
+        None if tls.is_some() => banner += "Redis is not served with --tls yet (the Redis port has no TLS).\n\n",
+        None => {}
+    }
     if let (Some(_), Some(node)) = (tls, nodes.first()) {
         banner += &format!(
             "Metrics:\n\

@@ -23,5 +23,7 @@ mod etcdctl;
 mod gateway;
 #[path = "integration/kv.rs"]
 mod kv;
+#[path = "integration/redis.rs"]
+mod redis;
 #[path = "integration/tls.rs"]
 mod tls;

@@ -7,3 +7,4 @@ pub mod h2_authority;
 pub mod health;
 pub mod oversize_status;
 pub mod ranges;
+pub mod redis;

@@ -29,6 +29,7 @@ pub struct Node {
     pub client_port: u16,
     pub peer_port: u16,
     pub metrics_port: u16,
+    pub redis_port: u16,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     /// Flags for this node only, after the cluster's; they take effect at its next
@@ -138,6 +139,7 @@ impl Cluster {
                 client_port: port()?,
                 peer_port: port()?,
                 metrics_port: port()?,
+                redis_port: port()?,
                 data_dir: dir.join(&name),
                 log: dir.join(format!("{name}.log")),
                 name,
@@ -152,7 +154,7 @@ impl Cluster {
             .collect();
         let reserved: Vec<u16> = nodes
             .iter()
-            .flat_map(|node| [node.client_port, node.peer_port, node.metrics_port])
+            .flat_map(|node| [node.client_port, node.peer_port, node.metrics_port, node.redis_port])
             .collect();
         let network = Network::start(&peers, &reserved).await?;
         let initial_cluster = nodes
@@ -214,6 +216,7 @@ impl Cluster {
                 "--listen-metrics-urls",
                 &format!("http://127.0.0.1:{}", node.metrics_port),
             ])
+            .args(["--listen-redis-addr", &format!("127.0.0.1:{}", node.redis_port)])
             .args(["--initial-cluster", &self.initial_cluster])
             .args(["--initial-cluster-token", "shoal-chaos"])
             .args(if dial.is_empty() {

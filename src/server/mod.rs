@@ -129,6 +129,14 @@ pub async fn run(
     let peer_listeners = bind(&config.peer_listen, "peer traffic", tls.peer.clone()).await?;
     let client_listeners = bind(&config.client_listen, "clients", tls.client.clone()).await?;
     let metrics_listeners = bind(&config.metrics_listen, "metrics", tls.metrics.clone()).await?;
+    let redis_listener = match config.redis_listen {
+        Some(address) => Some(TcpListener::bind(address).await.map_err(|source| NodeError::Bind {
+            address,
+            purpose: "Redis clients",
+            source,
+        })?),
+        None => None,
+    };
 
     let tick = config.heartbeat_interval;
     let ticks = |duration: Duration| (duration.as_millis() / tick.as_millis().max(1)).max(1) as u64;
@@ -366,6 +374,21 @@ pub async fn run(
         );
     }
     let mut http_servers = tokio::task::JoinSet::new();
+    let mut redis_expiry = None;
+    if let Some(listener) = redis_listener {
+        let port = listener.local_addr()?.port();
+        let redis = crate::api::redis::RedisContext::new(
+            txns.clone(),
+            me,
+            port,
+            crate::api::redis::RedisLimits {
+                max_bulk: config.max_request_bytes,
+            },
+        );
+        redis_expiry = Some(tokio::spawn(redis.expire_keys(router.clone())));
+        let stop = stopped();
+        http_servers.spawn(crate::api::redis::serve(listener, redis, stop));
+    }
     for (listener, tls) in metrics_listeners {
         // As etcd: https metrics use the client side's certificate and client auth.
         let listener = crate::tls::ServerListener::new(listener, tls, "metrics");
@@ -377,6 +400,7 @@ pub async fn run(
         clients = ?config.advertise_client_urls,
         peers = ?config.advertise_peer_urls,
         metrics = ?config.metrics_listen,
+        redis = ?config.redis_listen,
         "serving"
     );
 
@@ -410,6 +434,9 @@ pub async fn run(
     }
     resolver.abort();
     lease_revoker.abort();
+    if let Some(expiry) = redis_expiry {
+        expiry.abort();
+    }
     compactor.abort();
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), async {

@@ -5,6 +5,8 @@
 pub mod namespace {
     /// Keys of the etcd v3 API.
     pub const ETCD: u8 = 0x01;
+    /// Keys of the Redis protocol front-end (see `api::redis::keys`).
+    pub const REDIS: u8 = 0x02;
 }
 
 /// The smallest key greater than every key starting with `prefix`, or `None` when no

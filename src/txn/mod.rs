@@ -18,6 +18,7 @@
 //! watches) for long.
 
 pub mod leases;
+mod reads;
 pub mod resolver;
 
 use crate::proto::shoal::command::{

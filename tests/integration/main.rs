@@ -16,5 +16,6 @@ mod gateway;
 mod kv;
 mod operations;
 mod ranges;
+mod redis;
 mod tls;
 mod transactions;

@@ -198,6 +198,12 @@ pub fn curl() -> PathBuf {
     installed_tool("curl", "curl", &INSTALL)
 }
 
+/// Path of `redis-cli`, installed (apt package redis-tools) as [`etcdctl`] is.
+pub fn redis_cli() -> PathBuf {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    installed_tool("redis-cli", "redis-tools", &INSTALL)
+}
+
 /// `binary` from PATH, installing Debian's `package` once if it is missing and the tests
 /// run as root; a test fails naming the package otherwise.
 fn installed_tool(binary: &str, package: &str, install: &std::sync::Once) -> PathBuf {

@@ -9,13 +9,8 @@ use crate::proto::etcdserverpb::{
 };
 use crate::proto::shoal::command::{command_result, raft_command, CommandResult, Compact};
 use crate::proto::shoal::kv::{op, op_result, Txn, TxnResult};
-use crate::range::kv::KvError;
 use crate::range::ops;
-use crate::range::reader::PinnedRange;
 use crate::range::state_machine::refusal_from_proto;
-use crate::router::RouteError;
-use crate::storage::KeyRange;
-use crate::txn::TxnError;
 use prost::Message;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -69,41 +64,6 @@ impl EtcdContext {
         Ok(unknown)
     }
 
-    /// This member's copy of the one range holding every key of `spans`, made current
-    /// first unless the read is `serializable`, and still the range the keys were
-    /// planned against when pinned (a split meanwhile plans again).
-    async fn pinned_for(&self, spans: &[KeyRange], serializable: bool) -> Result<PinnedRange, TxnError> {
-        let deadline = tokio::time::Instant::now() + self.router.request_timeout();
-        loop {
-            let plan = self.router.plan(spans)?;
-            if !serializable {
-                self.router.linearize(plan.range_id).await?;
-            }
-            let pinned = self.router.pinned(plan.range_id).await?;
-            let epoch = pinned.epoch().map_err(KvError::from)?;
-            if epoch == plan.epoch || plan.epoch == 0 || tokio::time::Instant::now() >= deadline {
-                return Ok(pinned);
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-        }
-    }
-
-    /// The data a read of `spans` needs: this member's copy of the one range holding
-    /// them (the fast path), or, when they span ranges, every range involved at one
-    /// revision (see [`Router::pin_across`]).
-    async fn pinned_read(
-        &self,
-        spans: &[KeyRange],
-        serializable: bool,
-        revision: i64,
-    ) -> Result<PinnedRange, TxnError> {
-        match self.router.plan(spans) {
-            Ok(_) => self.pinned_for(spans, serializable).await,
-            Err(RouteError::CrossRange(_)) => Ok(self.router.pin_across(spans, serializable, revision).await?),
-            Err(error) => Err(error.into()),
-        }
-    }
-
     pub async fn range(&self, request: RangeRequest) -> Result<RangeResponse, Status> {
         validate::range(&request)?;
         let read = convert::read(&request);
@@ -111,27 +71,13 @@ impl EtcdContext {
             read.span.as_ref().unwrap_or(&Default::default()),
         )];
         let limit = self.limits.max_response_bytes;
-        let outcome = self
+        let result = self
             .txns
-            .read(
-                || self.pinned_read(&spans, request.serializable, request.revision),
-                |pinned| pinned.read(&read, limit),
-            )
-            .await;
-        let result = match outcome {
-            // A revision past what this range applied may still be in the cluster's
-            // past (another range wrote it): make the range final there and read again.
-            Err(TxnError::Refused(KvError::FutureRevision)) if request.revision > 0 && !request.serializable => {
-                self.txns
-                    .read(
-                        || async { Ok(self.router.pin_across(&spans, false, request.revision).await?) },
-                        |pinned| pinned.read(&read, limit),
-                    )
-                    .await
-            }
-            other => other,
-        }
-        .map_err(errors::txn)?;
+            .read_spans(&spans, request.serializable, request.revision, |pinned| {
+                pinned.read(&read, limit)
+            })
+            .await
+            .map_err(errors::txn)?;
         let header = Some(self.header_at(result.revision, &spans[0].start));
         Ok(convert::range_response(result, header))
     }
@@ -175,10 +121,7 @@ impl EtcdContext {
         let spans = ops::key_ranges(&txn);
         let result = if read_only {
             self.txns
-                .read(
-                    || self.pinned_read(&spans, serializable, 0),
-                    |pinned| pinned.read_only_txn(&txn),
-                )
+                .read_spans(&spans, serializable, 0, |pinned| pinned.read_only_txn(&txn))
                 .await
                 .map_err(errors::txn)?
         } else {

@@ -1,0 +1,387 @@
+//! Commands on keys of any type: deletion, existence, expiry, renaming, iteration.
+
+use super::{integer, internal_keys, syntax_error, upper, Outcome};
+use crate::api::redis::data::{now_ms, Write};
+use crate::api::redis::keys::{self, DATABASES, SLOTS};
+use crate::api::redis::resp::Reply;
+use crate::api::redis::{glob, RedisContext, Session};
+use bytes::Bytes;
+
+pub async fn run(context: &RedisContext, session: &mut Session, name: &str, args: &[Bytes]) -> Outcome {
+    match name {
+        "del" | "unlink" => delete(context, session, &args[1..]).await,
+        "exists" => {
+            let found = context.data.get_many(&internal_keys(session, &args[1..])).await?;
+            Ok(Reply::Integer(
+                found.iter().filter(|stored| stored.record.is_some()).count() as i64,
+            ))
+        }
+        "type" => {
+            let stored = context.data.get(&internal_keys(session, &args[1..2])[0]).await?;
+            Ok(Reply::Simple(
+                stored.record.map_or("none", |record| record.kind.name()).into(),
+            ))
+        }
+        "rename" | "renamenx" => rename(context, session, name == "renamenx", &args[1], &args[2]).await,
+        "copy" => copy(context, session, args).await,
+        "expire" | "pexpire" | "expireat" | "pexpireat" => expire(context, session, name, args).await,
+        "ttl" | "pttl" | "expiretime" | "pexpiretime" => {
+            let stored = context.data.get(&internal_keys(session, &args[1..2])[0]).await?;
+            let Some(record) = stored.record else {
+                return Ok(Reply::Integer(-2));
+            };
+            if record.expires_at == 0 {
+                return Ok(Reply::Integer(-1));
+            }
+            let remaining = (record.expires_at - now_ms()).max(0);
+            Ok(Reply::Integer(match name {
+                "ttl" => (remaining + 500) / 1000,
+                "pttl" => remaining,
+                "expiretime" => record.expires_at / 1000,
+                _ => record.expires_at,
+            }))
+        }
+        "persist" => {
+            let key = internal_keys(session, &args[1..2]).remove(0);
+            let reply = context
+                .data
+                .update(std::slice::from_ref(&key), |found| match &found[0].record {
+                    Some(record) if record.expires_at != 0 => {
+                        let mut record = record.clone();
+                        record.expires_at = 0;
+                        (
+                            vec![Write {
+                                key: key.clone(),
+                                record: Some(record),
+                            }],
+                            Reply::Integer(1),
+                        )
+                    }
+                    _ => (Vec::new(), Reply::Integer(0)),
+                })
+                .await?;
+            Ok(reply)
+        }
+        "keys" => {
+            let (start, end) = keys::database_span(session.db);
+            let found = context.data.scan(start, end).await?;
+            let pattern = &args[1];
+            Ok(Reply::Array(
+                found
+                    .into_iter()
+                    .filter(|(key, _)| glob::matches(pattern, key))
+                    .map(|(key, _)| Reply::bulk(key))
+                    .collect(),
+            ))
+        }
+        "scan" => scan(context, session, args).await,
+        "randomkey" => {
+            let (start, end) = keys::database_span(session.db);
+            let found = context.data.scan(start, end).await?;
+            if found.is_empty() {
+                return Ok(Reply::Null);
+            }
+            let pick = rand::random::<usize>() % found.len();
+            Ok(Reply::bulk(found[pick].0.clone()))
+        }
+        "object" => object(context, session, args).await,
+        _ => unreachable!("{name} is not a keyspace command"),
+    }
+}
+
+async fn delete(context: &RedisContext, session: &Session, keys: &[Bytes]) -> Outcome {
+    let mut internal = internal_keys(session, keys);
+    internal.sort();
+    internal.dedup();
+    let reply = context
+        .data
+        .update(&internal, |found| {
+            let mut writes = Vec::new();
+            let mut live = 0;
+            for (key, stored) in internal.iter().zip(found) {
+                // An expired key still stored goes too, but does not count.
+                if stored.mod_revision != 0 {
+                    writes.push(Write {
+                        key: key.clone(),
+                        record: None,
+                    });
+                }
+                live += i64::from(stored.record.is_some());
+            }
+            (writes, Reply::Integer(live))
+        })
+        .await?;
+    Ok(reply)
+}
+
+async fn rename(context: &RedisContext, session: &Session, only_new: bool, from: &Bytes, to: &Bytes) -> Outcome {
+    let source = internal_keys(session, std::slice::from_ref(from)).remove(0);
+    let target = internal_keys(session, std::slice::from_ref(to)).remove(0);
+    let keys = [source.clone(), target.clone()];
+    context
+        .data
+        .update(&keys, |found| {
+            let Some(record) = found[0].record.clone() else {
+                return (Vec::new(), Err(Reply::error("ERR no such key")));
+            };
+            if only_new && found[1].record.is_some() {
+                return (Vec::new(), Ok(Reply::Integer(0)));
+            }
+            let answer = if only_new { Reply::Integer(1) } else { Reply::ok() };
+            if source == target {
+                return (Vec::new(), Ok(if only_new { Reply::Integer(0) } else { answer }));
+            }
+            // The expiry moves with the value, as in Redis.
+            let writes = vec![
+                Write {
+                    key: source.clone(),
+                    record: None,
+                },
+                Write {
+                    key: target.clone(),
+                    record: Some(record),
+                },
+            ];
+            (writes, Ok(answer))
+        })
+        .await?
+}
+
+async fn copy(context: &RedisContext, session: &Session, args: &[Bytes]) -> Outcome {
+    let mut db = session.db;
+    let mut replace = false;
+    let mut at = 3;
+    while at < args.len() {
+        match upper(&args[at]).as_str() {
+            "REPLACE" => replace = true,
+            "DB" if at + 1 < args.len() => {
+                let index = integer(&args[at + 1])?;
+                if !(0..DATABASES as i64).contains(&index) {
+                    return Err(Reply::error("ERR DB index is out of range"));
+                }
+                db = index as u8;
+                at += 1;
+            }
+            _ => return Err(syntax_error()),
+        }
+        at += 1;
+    }
+    let source = keys::internal_key(session.db, &args[1]);
+    let target = keys::internal_key(db, &args[2]);
+    if source == target {
+        return Err(Reply::error("ERR source and destination objects are the same"));
+    }
+    let keys = [source, target.clone()];
+    let reply = context
+        .data
+        .update(&keys, |found| {
+            let Some(record) = found[0].record.clone() else {
+                return (Vec::new(), Reply::Integer(0));
+            };
+            if found[1].record.is_some() && !replace {
+                return (Vec::new(), Reply::Integer(0));
+            }
+            (
+                vec![Write {
+                    key: target.clone(),
+                    record: Some(record),
+                }],
+                Reply::Integer(1),
+            )
+        })
+        .await?;
+    Ok(reply)
+}
+
+async fn expire(context: &RedisContext, session: &Session, name: &str, args: &[Bytes]) -> Outcome {
+    let amount = integer(&args[2])?;
+    let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
+    for option in &args[3..] {
+        match upper(option).as_str() {
+            "NX" => nx = true,
+            "XX" => xx = true,
+            "GT" => gt = true,
+            "LT" => lt = true,
+            other => return Err(Reply::error(format!("ERR Unsupported option {other}"))),
+        }
+    }
+    if nx && (xx || gt || lt) {
+        return Err(Reply::error(
+            "ERR NX and XX, GT or LT options at the same time are not compatible",
+        ));
+    }
+    if gt && lt {
+        return Err(Reply::error(
+            "ERR GT and LT options at the same time are not compatible",
+        ));
+    }
+    let now = now_ms();
+    let expires_at = match name {
+        "expire" => amount.checked_mul(1000).and_then(|ms| ms.checked_add(now)),
+        "pexpire" => amount.checked_add(now),
+        "expireat" => amount.checked_mul(1000),
+        _ => Some(amount),
+    }
+    .ok_or_else(|| Reply::error(format!("ERR invalid expire time in '{name}' command")))?;
+    let key = internal_keys(session, &args[1..2]).remove(0);
+    let reply = context
+        .data
+        .update(std::slice::from_ref(&key), |found| {
+            let Some(record) = &found[0].record else {
+                return (Vec::new(), Reply::Integer(0));
+            };
+            // No expiry counts as an infinite one for GT and LT.
+            let current = if record.expires_at == 0 {
+                i64::MAX
+            } else {
+                record.expires_at
+            };
+            let refused = (nx && record.expires_at != 0)
+                || (xx && record.expires_at == 0)
+                || (gt && expires_at <= current)
+                || (lt && expires_at >= current);
+            if refused {
+                return (Vec::new(), Reply::Integer(0));
+            }
+            if expires_at <= now {
+                // A time in the past deletes the key, as in Redis.
+                return (
+                    vec![Write {
+                        key: key.clone(),
+                        record: None,
+                    }],
+                    Reply::Integer(1),
+                );
+            }
+            let mut record = record.clone();
+            record.expires_at = expires_at;
+            (
+                vec![Write {
+                    key: key.clone(),
+                    record: Some(record),
+                }],
+                Reply::Integer(1),
+            )
+        })
+        .await?;
+    Ok(reply)
+}
+
+/// SCAN's cursor is the hash slot to go on from: every call returns whole slots, so a
+/// key present from the first call to the last is returned at least once, as Redis
+/// promises, whatever is written meanwhile.
+async fn scan(context: &RedisContext, session: &Session, args: &[Bytes]) -> Outcome {
+    let cursor = std::str::from_utf8(&args[1])
+        .ok()
+        .and_then(|text| text.parse::<u64>().ok())
+        .ok_or_else(|| Reply::error("ERR invalid cursor"))?;
+    let mut pattern: Option<Bytes> = None;
+    let mut count: usize = 10;
+    let mut kind: Option<String> = None;
+    let mut at = 2;
+    while at < args.len() {
+        let option = upper(&args[at]);
+        if at + 1 >= args.len() {
+            return Err(syntax_error());
+        }
+        match option.as_str() {
+            "MATCH" => pattern = Some(args[at + 1].clone()),
+            "COUNT" => {
+                let value = integer(&args[at + 1])?;
+                if value < 1 {
+                    return Err(syntax_error());
+                }
+                count = value as usize;
+            }
+            "TYPE" => kind = Some(String::from_utf8_lossy(&args[at + 1]).to_lowercase()),
+            _ => return Err(syntax_error()),
+        }
+        at += 2;
+    }
+    let mut slot = cursor.min(SLOTS as u64) as u16;
+    let mut found = Vec::new();
+    // Whole slots, a batch at a time, until COUNT keys are seen or the slots run out.
+    const SLOTS_PER_READ: u16 = 256;
+    while slot < SLOTS && found.len() < count {
+        let last = (slot + SLOTS_PER_READ - 1).min(SLOTS - 1);
+        let (start, end) = keys::slots_span(session.db, slot, last);
+        let batch = context.data.scan(start, end).await?;
+        let room = count - found.len();
+        if batch.len() > room {
+            // More than COUNT: keep whole slots, stopping after the slot COUNT falls in.
+            let mut next = slot;
+            for (taken, (key, record)) in batch.into_iter().enumerate() {
+                let key_slot = keys::slot(&key);
+                if taken >= room && key_slot != next {
+                    break;
+                }
+                next = key_slot;
+                found.push((key, record.kind));
+            }
+            slot = next + 1;
+            break;
+        }
+        found.extend(batch.into_iter().map(|(key, record)| (key, record.kind)));
+        slot = last + 1;
+    }
+    let next_cursor = if slot >= SLOTS { 0 } else { slot as u64 };
+    let keys: Vec<Reply> = found
+        .into_iter()
+        .filter(|(key, record_kind)| {
+            pattern.as_ref().is_none_or(|pattern| glob::matches(pattern, key))
+                && kind.as_ref().is_none_or(|kind| record_kind.name() == kind)
+        })
+        .map(|(key, _)| Reply::bulk(key))
+        .collect();
+    Ok(Reply::Array(vec![
+        Reply::bulk(next_cursor.to_string()),
+        Reply::Array(keys),
+    ]))
+}
+
+async fn object(context: &RedisContext, session: &Session, args: &[Bytes]) -> Outcome {
+    let sub = upper(&args[1]);
+    match sub.as_str() {
+        "ENCODING" | "REFCOUNT" | "IDLETIME" | "FREQ" if args.len() == 3 => {
+            let stored = context.data.get(&keys::internal_key(session.db, &args[2])).await?;
+            let Some(record) = stored.record else {
+                return Ok(Reply::Null);
+            };
+            Ok(match sub.as_str() {
+                "ENCODING" => {
+                    let payload = &record.payload;
+                    let is_int = payload.len() <= 20
+                        && std::str::from_utf8(payload).ok().and_then(|text| text.parse::<i64>().ok()).is_some();
+                    Reply::bulk(if is_int {
+                        "int"
+                    } else if payload.len() <= 44 {
+                        "embstr"
+                    } else {
+                        "raw"
+                    })
+                }
+                "REFCOUNT" => Reply::Integer(1),
+                "IDLETIME" => Reply::Integer(0),
+                _ => Reply::error(
+                    "ERR An LFU maxmemory policy is not selected, access frequency not tracked. Please note that when switching between policies at runtime LRU and LFU data will take some time to adjust.",
+                ),
+            })
+        }
+        "HELP" => Ok(Reply::Array(
+            [
+                "OBJECT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+                "ENCODING <key>",
+                "FREQ <key>",
+                "IDLETIME <key>",
+                "REFCOUNT <key>",
+            ]
+            .into_iter()
+            .map(|line| Reply::Simple(line.into()))
+            .collect(),
+        )),
+        _ => Err(Reply::error(format!(
+            "ERR unknown subcommand or wrong number of arguments for '{}'. Try OBJECT HELP.",
+            String::from_utf8_lossy(&args[1])
+        ))),
+    }
+}

@@ -1,0 +1,246 @@
+//! The command table and dispatch: arity checks and errors with Redis's texts, then
+//! the handler of each group.
+
+mod keyspace;
+mod server;
+mod strings;
+
+use super::data::DataError;
+use super::resp::Reply;
+use super::{RedisContext, Session};
+use bytes::Bytes;
+
+/// A command Shoal serves: Redis's name, arity (negative: at least that many
+/// arguments, the name included), flags, and key positions, as COMMAND reports them.
+pub struct Spec {
+    pub name: &'static str,
+    pub arity: i64,
+    pub flags: &'static [&'static str],
+    pub first_key: i64,
+    pub last_key: i64,
+    pub step: i64,
+}
+
+const fn spec(name: &'static str, arity: i64, flags: &'static [&'static str], keys: (i64, i64, i64)) -> Spec {
+    Spec {
+        name,
+        arity,
+        flags,
+        first_key: keys.0,
+        last_key: keys.1,
+        step: keys.2,
+    }
+}
+
+const W: &[&str] = &["write"];
+const WD: &[&str] = &["write", "denyoom"];
+const R: &[&str] = &["readonly", "fast"];
+const RS: &[&str] = &["readonly"];
+const C: &[&str] = &["fast", "loading", "stale"];
+const NONE: (i64, i64, i64) = (0, 0, 0);
+const ONE: (i64, i64, i64) = (1, 1, 1);
+const ALL: (i64, i64, i64) = (1, -1, 1);
+
+pub static COMMANDS: &[Spec] = &[
+    // Connection and server.
+    spec("ping", -1, C, NONE),
+    spec("echo", 2, C, NONE),
+    spec("quit", -1, C, NONE),
+    spec("hello", -1, C, NONE),
+    spec("auth", -2, C, NONE),
+    spec("select", 2, C, NONE),
+    spec("client", -2, C, NONE),
+    spec("command", -1, C, NONE),
+    spec("info", -1, &["loading", "stale"], NONE),
+    spec("dbsize", 1, R, NONE),
+    spec("flushdb", -1, W, NONE),
+    spec("flushall", -1, W, NONE),
+    spec("time", 1, C, NONE),
+    spec("config", -2, &["admin", "loading", "stale"], NONE),
+    // Keys.
+    spec("del", -2, W, ALL),
+    spec("unlink", -2, W, ALL),
+    spec("exists", -2, R, ALL),
+    spec("type", 2, R, ONE),
+    spec("rename", 3, W, (1, 2, 1)),
+    spec("renamenx", 3, W, (1, 2, 1)),
+    spec("copy", -3, W, (1, 2, 1)),
+    spec("expire", -3, W, ONE),
+    spec("pexpire", -3, W, ONE),
+    spec("expireat", -3, W, ONE),
+    spec("pexpireat", -3, W, ONE),
+    spec("ttl", 2, R, ONE),
+    spec("pttl", 2, R, ONE),
+    spec("expiretime", 2, R, ONE),
+    spec("pexpiretime", 2, R, ONE),
+    spec("persist", 2, W, ONE),
+    spec("keys", 2, RS, NONE),
+    spec("scan", -2, RS, NONE),
+    spec("randomkey", 1, RS, NONE),
+    spec("object", -2, RS, (2, 2, 1)),
+    // Strings.
+    spec("get", 2, R, ONE),
+    spec("set", -3, WD, ONE),
+    spec("setnx", 3, WD, ONE),
+    spec("setex", 4, WD, ONE),
+    spec("psetex", 4, WD, ONE),
+    spec("getset", 3, WD, ONE),
+    spec("getdel", 2, W, ONE),
+    spec("getex", -2, W, ONE),
+    spec("mget", -2, R, ALL),
+    spec("mset", -3, WD, (1, -1, 2)),
+    spec("msetnx", -3, WD, (1, -1, 2)),
+    spec("incr", 2, WD, ONE),
+    spec("decr", 2, WD, ONE),
+    spec("incrby", 3, WD, ONE),
+    spec("decrby", 3, WD, ONE),
+    spec("incrbyfloat", 3, WD, ONE),
+    spec("append", 3, WD, ONE),
+    spec("strlen", 2, R, ONE),
+    spec("getrange", 4, RS, ONE),
+    spec("substr", 4, RS, ONE),
+    spec("setrange", 4, WD, ONE),
+];
+
+/// A command's failure, as the reply it gets.
+pub type Outcome = Result<Reply, Reply>;
+
+pub fn syntax_error() -> Reply {
+    Reply::error("ERR syntax error")
+}
+
+pub fn not_integer() -> Reply {
+    Reply::error("ERR value is not an integer or out of range")
+}
+
+pub fn wrong_type() -> Reply {
+    Reply::error("WRONGTYPE Operation against a key holding the wrong kind of value")
+}
+
+pub fn wrong_arity(name: &str) -> Reply {
+    Reply::error(format!("ERR wrong number of arguments for '{name}' command"))
+}
+
+/// A failure of the store below (no leader, a timeout): the write may or may not have
+/// applied when it timed out, which the text says.
+pub fn store_error(error: DataError) -> Reply {
+    use crate::router::RouteError;
+    use crate::txn::TxnError;
+    let text = match &error {
+        DataError::Store(TxnError::Route(RouteError::Range(crate::range::RangeError::Timeout))) => {
+            "ERR shoal: request timed out; a write may or may not have been applied".to_string()
+        }
+        DataError::Store(TxnError::Route(RouteError::NoLeader)) => "TRYAGAIN shoal: no leader".to_string(),
+        other => format!("ERR shoal: {other}"),
+    };
+    Reply::Error(text)
+}
+
+impl From<DataError> for Reply {
+    fn from(error: DataError) -> Self {
+        store_error(error)
+    }
+}
+
+/// An integer argument as Redis parses one (no spaces, no '+', within i64).
+pub fn integer(arg: &[u8]) -> Result<i64, Reply> {
+    std::str::from_utf8(arg)
+        .ok()
+        .filter(|text| !text.starts_with('+') && !text.is_empty() && !text.contains(char::is_whitespace))
+        .and_then(|text| text.parse::<i64>().ok())
+        .ok_or_else(not_integer)
+}
+
+/// A float argument ("inf" allowed, NaN refused).
+pub fn float(arg: &[u8]) -> Option<f64> {
+    let text = std::str::from_utf8(arg).ok()?;
+    if text.is_empty() || text.contains(char::is_whitespace) {
+        return None;
+    }
+    let value = match text.to_ascii_lowercase().as_str() {
+        "inf" | "+inf" | "infinity" | "+infinity" => f64::INFINITY,
+        "-inf" | "-infinity" => f64::NEG_INFINITY,
+        _ => text.parse::<f64>().ok()?,
+    };
+    (!value.is_nan()).then_some(value)
+}
+
+pub fn upper(arg: &[u8]) -> String {
+    String::from_utf8_lossy(arg).to_ascii_uppercase()
+}
+
+pub fn find(name: &str) -> Option<&'static Spec> {
+    COMMANDS.iter().find(|spec| spec.name.eq_ignore_ascii_case(name))
+}
+
+/// Runs one request.
+pub async fn run(context: &RedisContext, session: &mut Session, args: &[Bytes]) -> Reply {
+    let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
+    let Some(spec) = find(&name) else {
+        return unknown_command(args);
+    };
+    let count = args.len() as i64;
+    if (spec.arity > 0 && count != spec.arity) || (spec.arity < 0 && count < -spec.arity) {
+        return wrong_arity(spec.name);
+    }
+    let outcome = match spec.name {
+        "ping" | "echo" | "quit" | "hello" | "auth" | "select" | "client" | "command" | "info" | "dbsize"
+        | "flushdb" | "flushall" | "time" | "config" => server::run(context, session, spec.name, args).await,
+        "get" | "set" | "setnx" | "setex" | "psetex" | "getset" | "getdel" | "getex" | "mget" | "mset" | "msetnx"
+        | "incr" | "decr" | "incrby" | "decrby" | "incrbyfloat" | "append" | "strlen" | "getrange" | "substr"
+        | "setrange" => strings::run(context, session, spec.name, args).await,
+        _ => keyspace::run(context, session, spec.name, args).await,
+    };
+    outcome.unwrap_or_else(|error| error)
+}
+
+fn unknown_command(args: &[Bytes]) -> Reply {
+    let name: String = String::from_utf8_lossy(&args[0]).chars().take(128).collect();
+    let mut text = format!("ERR unknown command '{name}', with args beginning with: ");
+    for arg in args.iter().skip(1) {
+        let arg: String = String::from_utf8_lossy(arg).chars().take(128).collect();
+        text.push_str(&format!("'{arg}' "));
+        if text.len() > 1024 {
+            break;
+        }
+    }
+    Reply::Error(text)
+}
+
+/// The internal keys of `args` in the session's database.
+fn internal_keys(session: &Session, args: &[Bytes]) -> Vec<Bytes> {
+    args.iter()
+        .map(|key| super::keys::internal_key(session.db, key))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_read_as_redis_writes_them() {
+        let unknown = unknown_command(&[Bytes::from("foo"), Bytes::from("a"), Bytes::from("b")]);
+        assert_eq!(
+            unknown,
+            Reply::Error("ERR unknown command 'foo', with args beginning with: 'a' 'b' ".into())
+        );
+        assert_eq!(
+            wrong_arity("get"),
+            Reply::Error("ERR wrong number of arguments for 'get' command".into())
+        );
+        assert_eq!(integer(b"12"), Ok(12));
+        assert!(integer(b"+12").is_err() && integer(b"1 ").is_err() && integer(b"99999999999999999999").is_err());
+        assert_eq!(float(b"1.5"), Some(1.5));
+        assert_eq!(float(b"nan"), None);
+    }
+
+    #[test]
+    fn every_command_has_a_unique_lowercase_name() {
+        let mut names: Vec<&str> = COMMANDS.iter().map(|spec| spec.name).collect();
+        assert!(names.iter().all(|name| name.chars().all(|c| c.is_ascii_lowercase())));
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), COMMANDS.len());
+    }
+}

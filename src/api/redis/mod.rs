@@ -1,0 +1,240 @@
+//! The Redis protocol front-end: RESP2/RESP3 over TCP, Redis's commands and error
+//! texts, on Shoal's replicated store. Every write is a Raft command acknowledged after
+//! a quorum fsynced it; every read is linearizable. Redis keys live in their own
+//! namespace (see [`keys`]), invisible to the etcd API.
+
+mod commands;
+mod data;
+pub mod expiry;
+mod glob;
+pub mod keys;
+pub mod resp;
+
+use bytes::BytesMut;
+use data::Data;
+use resp::Reply;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// The Redis version Shoal answers as (HELLO, INFO): the command set it follows.
+pub const REDIS_VERSION: &str = "7.2.0";
+/// Most clients connected at once to one node (Redis's maxclients default).
+pub const MAX_CLIENTS: usize = 10_000;
+/// Largest reply buffered before it is written out, while a pipeline is drained.
+const FLUSH_BYTES: usize = 64 * 1024;
+
+/// Settings of the Redis front-end.
+#[derive(Clone, Debug)]
+pub struct RedisLimits {
+    /// Longest bulk string a request may carry (Redis's proto-max-bulk-len).
+    pub max_bulk: usize,
+}
+
+/// What a connection knows of the others (CLIENT LIST, INFO clients).
+#[derive(Clone, Debug)]
+struct ClientInfo {
+    address: SocketAddr,
+    local: SocketAddr,
+    name: String,
+    db: u8,
+    resp: u8,
+    connected: Instant,
+    last_command_at: Instant,
+    last_command: String,
+}
+
+/// Counters INFO stats reports.
+#[derive(Default)]
+struct Stats {
+    connections_received: AtomicU64,
+    commands_processed: AtomicU64,
+    rejected_connections: AtomicU64,
+}
+
+/// What every Redis connection of a node shares.
+pub struct RedisContext {
+    data: Arc<Data>,
+    member_id: u64,
+    started: Instant,
+    limits: RedisLimits,
+    port: u16,
+    next_client: AtomicU64,
+    clients: Mutex<BTreeMap<u64, ClientInfo>>,
+    stats: Stats,
+}
+
+impl RedisContext {
+    pub fn new(txns: Arc<crate::txn::Transactions>, member_id: u64, port: u16, limits: RedisLimits) -> Arc<Self> {
+        Arc::new(RedisContext {
+            data: Arc::new(Data::new(txns)),
+            member_id,
+            started: Instant::now(),
+            limits,
+            port,
+            next_client: AtomicU64::new(1),
+            clients: Mutex::new(BTreeMap::new()),
+            stats: Stats::default(),
+        })
+    }
+
+    /// Removes expired keys from the ranges this node leads, until aborted.
+    pub fn expire_keys(
+        &self,
+        router: Arc<crate::router::Router>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        expiry::run(self.data.clone(), router)
+    }
+
+    fn clients(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, ClientInfo>> {
+        self.clients.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// One client connection's state.
+pub struct Session {
+    pub id: u64,
+    pub db: u8,
+    /// Protocol version of replies: 2, or 3 after `HELLO 3`.
+    pub resp: u8,
+    pub name: String,
+    /// Set by QUIT: close after this reply.
+    pub closing: bool,
+}
+
+/// Accepts Redis connections until `stopped` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    context: Arc<RedisContext>,
+    stopped: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    tokio::pin!(stopped);
+    loop {
+        let (stream, address) = tokio::select! {
+            () = &mut stopped => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: wait a little, keep serving.
+                    tracing::warn!(%error, "accepting a Redis connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().unwrap_or(address);
+        context.stats.connections_received.fetch_add(1, Ordering::Relaxed);
+        if context.clients().len() >= MAX_CLIENTS {
+            context.stats.rejected_connections.fetch_add(1, Ordering::Relaxed);
+            let mut stream = stream;
+            tokio::spawn(async move {
+                let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
+            });
+            continue;
+        }
+        let context = context.clone();
+        tokio::spawn(async move {
+            let (reader, writer) = stream.into_split();
+            connection(context, reader, writer, address, local).await;
+        });
+    }
+}
+
+/// Serves one connection: requests are parsed as they arrive and run one after the
+/// other; replies to a pipeline are written together once no whole request is left.
+async fn connection(
+    context: Arc<RedisContext>,
+    mut reader: impl AsyncRead + Unpin,
+    mut writer: impl AsyncWrite + Unpin,
+    address: SocketAddr,
+    local: SocketAddr,
+) {
+    let id = context.next_client.fetch_add(1, Ordering::Relaxed);
+    let now = Instant::now();
+    context.clients().insert(
+        id,
+        ClientInfo {
+            address,
+            local,
+            name: String::new(),
+            db: 0,
+            resp: 2,
+            connected: now,
+            last_command_at: now,
+            last_command: "NULL".into(),
+        },
+    );
+    let mut session = Session {
+        id,
+        db: 0,
+        resp: 2,
+        name: String::new(),
+        closing: false,
+    };
+    let mut input = BytesMut::with_capacity(16 * 1024);
+    let mut output = Vec::with_capacity(16 * 1024);
+    'serve: loop {
+        match reader.read_buf(&mut input).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        loop {
+            match resp::parse(&mut input, context.limits.max_bulk) {
+                Ok(Some(args)) if args.is_empty() => continue,
+                Ok(Some(args)) => {
+                    // CLIENT LIST shows the command running, as Redis does.
+                    context.note_command(&session, &args);
+                    let reply = commands::run(&context, &mut session, &args).await;
+                    reply.write(&mut output, session.resp);
+                    context.stats.commands_processed.fetch_add(1, Ordering::Relaxed);
+                    context.note_command(&session, &args);
+                    if session.closing {
+                        let _ = writer.write_all(&output).await;
+                        break 'serve;
+                    }
+                    if output.len() >= FLUSH_BYTES {
+                        if writer.write_all(&output).await.is_err() {
+                            break 'serve;
+                        }
+                        output.clear();
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    Reply::error(format!("ERR {error}")).write(&mut output, session.resp);
+                    let _ = writer.write_all(&output).await;
+                    break 'serve;
+                }
+            }
+        }
+        if !output.is_empty() {
+            if writer.write_all(&output).await.is_err() {
+                break;
+            }
+            output.clear();
+        }
+        // Do not keep a large buffer for a connection that sent one large request.
+        if input.is_empty() && input.capacity() > 1024 * 1024 {
+            input = BytesMut::with_capacity(16 * 1024);
+        }
+    }
+    let _ = writer.shutdown().await;
+    context.clients().remove(&id);
+}
+
+impl RedisContext {
+    fn note_command(&self, session: &Session, args: &[bytes::Bytes]) {
+        if let Some(client) = self.clients().get_mut(&session.id) {
+            client.name.clone_from(&session.name);
+            client.db = session.db;
+            client.resp = session.resp;
+            client.last_command_at = Instant::now();
+            client.last_command = String::from_utf8_lossy(&args[0]).to_lowercase();
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! Reads wherever their keys live, for every front-end: the one range holding them (the
+//! fast path, made current first unless serializable), or every range involved at one
+//! revision (see [`Router::pin_across`]); locks of transactions in progress are waited
+//! for or resolved.
+
+use super::{Transactions, TxnError};
+use crate::range::kv::KvError;
+use crate::range::reader::PinnedRange;
+use crate::router::RouteError;
+use crate::storage::KeyRange;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How long a read pinned against a range that split meanwhile waits to plan again.
+const REPLAN_PAUSE: Duration = Duration::from_millis(2);
+
+impl Transactions {
+    /// Runs `read` on the data of `spans` as of `revision` (0: the newest), made
+    /// current first unless `serializable`.
+    pub async fn read_spans<T>(
+        &self,
+        spans: &[KeyRange],
+        serializable: bool,
+        revision: i64,
+        read: impl Fn(&PinnedRange) -> Result<T, KvError>,
+    ) -> Result<T, TxnError> {
+        let outcome = self
+            .read(|| self.pinned_read(spans, serializable, revision), &read)
+            .await;
+        match outcome {
+            // A revision past what this range applied may still be in the cluster's
+            // past (another range wrote it): make the range final there and read again.
+            Err(TxnError::Refused(KvError::FutureRevision)) if revision > 0 && !serializable => {
+                self.read(
+                    || async { Ok(self.router.pin_across(spans, false, revision).await?) },
+                    &read,
+                )
+                .await
+            }
+            other => other,
+        }
+    }
+
+    async fn pinned_read(
+        &self,
+        spans: &[KeyRange],
+        serializable: bool,
+        revision: i64,
+    ) -> Result<PinnedRange, TxnError> {
+        match self.router.plan(spans) {
+            Ok(_) => self.pinned_for(spans, serializable).await,
+            Err(RouteError::CrossRange(_)) => Ok(self.router.pin_across(spans, serializable, revision).await?),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// This member's copy of the one range holding every key of `spans`, made current
+    /// first unless the read is `serializable`, and still the range the keys were
+    /// planned against when pinned (a split meanwhile plans again).
+    async fn pinned_for(&self, spans: &[KeyRange], serializable: bool) -> Result<PinnedRange, TxnError> {
+        let deadline = Instant::now() + self.router.request_timeout();
+        loop {
+            let plan = self.router.plan(spans)?;
+            if !serializable {
+                self.router.linearize(plan.range_id).await?;
+            }
+            let pinned = self.router.pinned(plan.range_id).await?;
+            let epoch = pinned.epoch().map_err(KvError::from)?;
+            if epoch == plan.epoch || plan.epoch == 0 || Instant::now() >= deadline {
+                return Ok(pinned);
+            }
+            tokio::time::sleep(REPLAN_PAUSE).await;
+        }
+    }
+}

@@ -1,0 +1,559 @@
+//! The Redis front-end end to end: a raw RESP client and redis-cli against a real
+//! 3-node cluster, every node taking every key.
+
+use crate::support::{bounded, redis_cli, Cluster};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// A reply as the server wrote it (RESP2 and RESP3 types kept apart).
+#[derive(Clone, Debug, PartialEq)]
+enum Value {
+    Simple(String),
+    Error(String),
+    Int(i64),
+    Bulk(Vec<u8>),
+    /// `$-1`, `*-1` or RESP3 `_`.
+    Nil,
+    Array(Vec<Value>),
+    Map(Vec<(Value, Value)>),
+    Double(String),
+    Bool(bool),
+}
+
+impl Value {
+    fn text(&self) -> String {
+        match self {
+            Value::Simple(text) | Value::Error(text) | Value::Double(text) => text.clone(),
+            Value::Bulk(data) => String::from_utf8_lossy(data).into_owned(),
+            Value::Int(value) => value.to_string(),
+            other => panic!("not a text reply: {other:?}"),
+        }
+    }
+}
+
+fn bulk(text: &str) -> Value {
+    Value::Bulk(text.as_bytes().to_vec())
+}
+
+fn ok() -> Value {
+    Value::Simple("OK".into())
+}
+
+struct Client {
+    stream: BufReader<TcpStream>,
+}
+
+impl Client {
+    async fn connect(port: u16) -> Client {
+        let stream = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connecting to the Redis port");
+        Client {
+            stream: BufReader::new(stream),
+        }
+    }
+
+    async fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.get_mut().write_all(bytes).await.expect("writing a request");
+    }
+
+    fn encode(args: &[&str]) -> Vec<u8> {
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for arg in args {
+            out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+            out.extend_from_slice(arg.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out
+    }
+
+    async fn call(&mut self, args: &[&str]) -> Value {
+        self.send_raw(&Self::encode(args)).await;
+        self.read().await
+    }
+
+    async fn line(&mut self) -> String {
+        let mut line = String::new();
+        let read = self.stream.read_line(&mut line).await.expect("reading a reply");
+        assert!(read > 0, "the server closed the connection");
+        line.trim_end_matches("\r\n").to_string()
+    }
+
+    async fn read(&mut self) -> Value {
+        let line = self.line().await;
+        let (tag, rest) = line.split_at(1);
+        match tag {
+            "+" => Value::Simple(rest.into()),
+            "-" => Value::Error(rest.into()),
+            ":" => Value::Int(rest.parse().expect("an integer reply")),
+            "_" => Value::Nil,
+            "," => Value::Double(rest.into()),
+            "#" => Value::Bool(rest == "t"),
+            "$" | "=" => {
+                let length: i64 = rest.parse().expect("a bulk length");
+                if length < 0 {
+                    return Value::Nil;
+                }
+                let mut data = vec![0; length as usize + 2];
+                self.stream.read_exact(&mut data).await.expect("reading a bulk");
+                data.truncate(length as usize);
+                Value::Bulk(data)
+            }
+            "*" | "~" => {
+                let count: i64 = rest.parse().expect("an array length");
+                if count < 0 {
+                    return Value::Nil;
+                }
+                let mut items = Vec::new();
+                for _ in 0..count {
+                    items.push(Box::pin(self.read()).await);
+                }
+                Value::Array(items)
+            }
+            "%" => {
+                let count: usize = rest.parse().expect("a map length");
+                let mut pairs = Vec::new();
+                for _ in 0..count {
+                    let key = Box::pin(self.read()).await;
+                    let value = Box::pin(self.read()).await;
+                    pairs.push((key, value));
+                }
+                Value::Map(pairs)
+            }
+            other => panic!("unknown reply type {other:?} in {line:?}"),
+        }
+    }
+
+    /// Whether the server closed the connection (reads EOF within a few seconds).
+    async fn closed(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut byte)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+}
+
+async fn clients(cluster: &Cluster) -> Vec<Client> {
+    let mut out = Vec::new();
+    for node in &cluster.nodes {
+        out.push(Client::connect(node.redis_port).await);
+    }
+    out
+}
+
+#[tokio::test]
+async fn strings_and_keys_through_every_node() {
+    bounded(async {
+        let cluster = Cluster::start(3).await;
+        let mut c = clients(&cluster).await;
+        assert_eq!(c[0].call(&["PING"]).await, Value::Simple("PONG".into()));
+        assert_eq!(c[0].call(&["SET", "greeting", "hello"]).await, ok());
+        // Linearizable: acknowledged on one node, read on the others at once.
+        assert_eq!(c[1].call(&["GET", "greeting"]).await, bulk("hello"));
+        assert_eq!(c[2].call(&["get", "greeting"]).await, bulk("hello"));
+        assert_eq!(c[2].call(&["GET", "missing"]).await, Value::Nil);
+
+        // Counters from every node add up.
+        for round in 0..10 {
+            assert_eq!(
+                c[round % 3].call(&["INCR", "counter"]).await,
+                Value::Int(round as i64 + 1)
+            );
+        }
+        assert_eq!(c[1].call(&["INCRBY", "counter", "-15"]).await, Value::Int(-5));
+        assert_eq!(c[2].call(&["DECR", "counter"]).await, Value::Int(-6));
+        assert_eq!(c[0].call(&["INCRBYFLOAT", "counter", "0.5"]).await, bulk("-5.5"));
+        assert_eq!(
+            c[0].call(&["INCR", "greeting"]).await,
+            Value::Error("ERR value is not an integer or out of range".into())
+        );
+        assert_eq!(c[0].call(&["SET", "big", "9223372036854775807"]).await, ok());
+        assert_eq!(
+            c[0].call(&["INCR", "big"]).await,
+            Value::Error("ERR increment or decrement would overflow".into())
+        );
+
+        // SET's options.
+        assert_eq!(c[0].call(&["SET", "greeting", "x", "NX"]).await, Value::Nil);
+        assert_eq!(c[1].call(&["SET", "fresh", "1", "XX"]).await, Value::Nil);
+        assert_eq!(c[1].call(&["SET", "greeting", "hi", "XX", "GET"]).await, bulk("hello"));
+        assert_eq!(c[2].call(&["SETNX", "greeting", "no"]).await, Value::Int(0));
+        assert_eq!(c[2].call(&["GETSET", "greeting", "hey"]).await, bulk("hi"));
+        assert_eq!(
+            c[0].call(&["SET", "k", "v", "NX", "XX"]).await,
+            Value::Error("ERR syntax error".into())
+        );
+        assert_eq!(
+            c[0].call(&["SET", "k", "v", "EX", "0"]).await,
+            Value::Error("ERR invalid expire time in 'set' command".into())
+        );
+
+        // Multi-key commands are atomic wherever the keys live.
+        assert_eq!(c[0].call(&["MSET", "a", "1", "b", "2", "{a}c", "3"]).await, ok());
+        assert_eq!(
+            c[1].call(&["MGET", "a", "b", "nope", "{a}c"]).await,
+            Value::Array(vec![bulk("1"), bulk("2"), Value::Nil, bulk("3")])
+        );
+        assert_eq!(c[2].call(&["MSETNX", "a", "9", "z", "9"]).await, Value::Int(0));
+        assert_eq!(c[2].call(&["EXISTS", "z"]).await, Value::Int(0));
+        assert_eq!(c[2].call(&["MSETNX", "y", "9", "z", "9"]).await, Value::Int(1));
+        assert_eq!(c[0].call(&["EXISTS", "a", "b", "nope", "a"]).await, Value::Int(3));
+        assert_eq!(c[0].call(&["DEL", "a", "b", "nope"]).await, Value::Int(2));
+        assert_eq!(c[1].call(&["EXISTS", "a", "b"]).await, Value::Int(0));
+        assert_eq!(c[1].call(&["TYPE", "y"]).await, Value::Simple("string".into()));
+        assert_eq!(c[1].call(&["TYPE", "a"]).await, Value::Simple("none".into()));
+
+        // Editing strings.
+        assert_eq!(c[0].call(&["APPEND", "s", "Hello"]).await, Value::Int(5));
+        assert_eq!(c[1].call(&["APPEND", "s", " World"]).await, Value::Int(11));
+        assert_eq!(c[2].call(&["GETRANGE", "s", "-5", "-1"]).await, bulk("World"));
+        assert_eq!(c[2].call(&["SETRANGE", "s", "6", "Redis"]).await, Value::Int(11));
+        assert_eq!(c[0].call(&["GET", "s"]).await, bulk("Hello Redis"));
+        assert_eq!(c[0].call(&["STRLEN", "s"]).await, Value::Int(11));
+        assert_eq!(c[0].call(&["GETDEL", "s"]).await, bulk("Hello Redis"));
+        assert_eq!(c[0].call(&["GETDEL", "s"]).await, Value::Nil);
+
+        // Renaming and copying keep the value (and its expiry).
+        assert_eq!(c[0].call(&["SET", "old", "v", "EX", "100"]).await, ok());
+        assert_eq!(c[1].call(&["RENAME", "old", "new"]).await, ok());
+        assert_eq!(c[2].call(&["GET", "new"]).await, bulk("v"));
+        assert!(matches!(c[2].call(&["TTL", "new"]).await, Value::Int(99 | 100)));
+        assert_eq!(
+            c[2].call(&["RENAME", "old", "x"]).await,
+            Value::Error("ERR no such key".into())
+        );
+        assert_eq!(c[2].call(&["RENAMENX", "new", "y"]).await, Value::Int(0));
+        assert_eq!(c[0].call(&["COPY", "new", "copied"]).await, Value::Int(1));
+        assert_eq!(c[0].call(&["COPY", "new", "copied"]).await, Value::Int(0));
+        assert_eq!(c[0].call(&["COPY", "new", "copied", "DB", "3"]).await, Value::Int(1));
+
+        // Databases are separate.
+        assert_eq!(c[1].call(&["SELECT", "3"]).await, ok());
+        assert_eq!(c[1].call(&["DBSIZE"]).await, Value::Int(1));
+        assert_eq!(c[1].call(&["GET", "greeting"]).await, Value::Nil);
+        assert_eq!(c[1].call(&["FLUSHDB"]).await, ok());
+        assert_eq!(c[1].call(&["DBSIZE"]).await, Value::Int(0));
+        assert_eq!(
+            c[1].call(&["SELECT", "16"]).await,
+            Value::Error("ERR DB index is out of range".into())
+        );
+        assert_eq!(c[1].call(&["SELECT", "0"]).await, ok());
+        assert_eq!(c[1].call(&["GET", "greeting"]).await, bulk("hey"));
+
+        // KEYS and a full SCAN see every key once, in any number of steps.
+        assert_eq!(c[0].call(&["FLUSHALL"]).await, ok());
+        for index in 0..120 {
+            let key = format!("user:{index}");
+            assert_eq!(c[index % 3].call(&["SET", &key, "x"]).await, ok());
+        }
+        assert_eq!(c[0].call(&["SET", "other", "x"]).await, ok());
+        let Value::Array(listed) = c[1].call(&["KEYS", "user:*"]).await else {
+            panic!("KEYS gives an array");
+        };
+        assert_eq!(listed.len(), 120);
+        let mut seen = std::collections::BTreeSet::new();
+        let mut cursor = "0".to_string();
+        let mut steps = 0;
+        loop {
+            let reply = c[2].call(&["SCAN", &cursor, "MATCH", "user:*", "COUNT", "7"]).await;
+            let Value::Array(parts) = reply else {
+                panic!("SCAN gives an array")
+            };
+            cursor = parts[0].text();
+            let Value::Array(keys) = &parts[1] else {
+                panic!("SCAN's keys are an array")
+            };
+            for key in keys {
+                seen.insert(key.text());
+            }
+            steps += 1;
+            if cursor == "0" {
+                break;
+            }
+            assert!(steps < 10_000, "SCAN never ended");
+        }
+        assert_eq!(seen.len(), 120, "SCAN returned every key");
+        assert!(steps > 2, "COUNT 7 takes several steps");
+        assert_eq!(c[0].call(&["DBSIZE"]).await, Value::Int(121));
+
+        // Redis keys are not etcd keys.
+        let mut kv = cluster.kv(0).await;
+        let all = kv
+            .range(shoal::proto::etcdserverpb::RangeRequest {
+                key: vec![0].into(),
+                range_end: vec![0].into(),
+                ..Default::default()
+            })
+            .await
+            .expect("reading every etcd key")
+            .into_inner();
+        assert_eq!(all.count, 0, "the etcd API sees no Redis key: {:?}", all.kvs);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn keys_expire_on_time_and_not_before() {
+    bounded(async {
+        let cluster = Cluster::start(3).await;
+        let mut c = clients(&cluster).await;
+        assert_eq!(c[0].call(&["TTL", "none"]).await, Value::Int(-2));
+        assert_eq!(c[0].call(&["SET", "plain", "v"]).await, ok());
+        assert_eq!(c[1].call(&["TTL", "plain"]).await, Value::Int(-1));
+        assert_eq!(c[1].call(&["EXPIRE", "plain", "100", "XX"]).await, Value::Int(0));
+        assert_eq!(c[1].call(&["EXPIRE", "plain", "100", "NX"]).await, Value::Int(1));
+        assert_eq!(c[2].call(&["EXPIRE", "plain", "50", "GT"]).await, Value::Int(0));
+        assert_eq!(c[2].call(&["EXPIRE", "plain", "200", "GT"]).await, Value::Int(1));
+        assert_eq!(c[2].call(&["EXPIRE", "plain", "20", "LT"]).await, Value::Int(1));
+        let Value::Int(pttl) = c[0].call(&["PTTL", "plain"]).await else {
+            panic!("PTTL is an integer")
+        };
+        assert!((15_000..=20_000).contains(&pttl), "PTTL {pttl}");
+        assert_eq!(c[0].call(&["PERSIST", "plain"]).await, Value::Int(1));
+        assert_eq!(c[0].call(&["TTL", "plain"]).await, Value::Int(-1));
+        assert_eq!(
+            c[0].call(&["EXPIRE", "plain", "10", "NX", "GT"]).await,
+            Value::Error("ERR NX and XX, GT or LT options at the same time are not compatible".into())
+        );
+        // A time in the past deletes at once.
+        assert_eq!(c[0].call(&["EXPIREAT", "plain", "1"]).await, Value::Int(1));
+        assert_eq!(c[1].call(&["EXISTS", "plain"]).await, Value::Int(0));
+
+        // A key with a TTL is there until the TTL has passed, then gone on every node.
+        let set_at = Instant::now();
+        assert_eq!(c[0].call(&["SET", "short", "v", "PX", "1500"]).await, ok());
+        let expired_at = set_at + Duration::from_millis(1500);
+        loop {
+            let before = Instant::now();
+            let replies = [
+                c[0].call(&["GET", "short"]).await,
+                c[1].call(&["GET", "short"]).await,
+                c[2].call(&["GET", "short"]).await,
+            ];
+            if replies.iter().all(|reply| *reply == Value::Nil) {
+                assert!(Instant::now() >= expired_at, "the key expired before its TTL");
+                break;
+            }
+            for reply in &replies {
+                if *reply == Value::Nil {
+                    // Gone on one node while still read on another: only after the TTL.
+                    assert!(Instant::now() >= expired_at, "the key expired before its TTL");
+                } else {
+                    assert_eq!(*reply, bulk("v"));
+                    assert!(
+                        before < expired_at + Duration::from_millis(500),
+                        "the key outlived its TTL"
+                    );
+                }
+            }
+            assert!(set_at.elapsed() < Duration::from_secs(10), "the key never expired");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(c[2].call(&["EXISTS", "short"]).await, Value::Int(0));
+        assert_eq!(c[2].call(&["TTL", "short"]).await, Value::Int(-2));
+        // SETEX and GETEX.
+        assert_eq!(c[0].call(&["SETEX", "s", "100", "v"]).await, ok());
+        assert!(matches!(c[1].call(&["TTL", "s"]).await, Value::Int(99 | 100)));
+        assert_eq!(c[1].call(&["GETEX", "s", "PERSIST"]).await, bulk("v"));
+        assert_eq!(c[2].call(&["TTL", "s"]).await, Value::Int(-1));
+        assert_eq!(c[2].call(&["GETEX", "s", "EX", "50"]).await, bulk("v"));
+        assert!(matches!(c[0].call(&["TTL", "s"]).await, Value::Int(49 | 50)));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn protocol_errors_pipelines_and_resp3() {
+    bounded(async {
+        let cluster = Cluster::start(3).await;
+        let port = cluster.nodes[1].redis_port;
+        let mut c = Client::connect(port).await;
+        assert_eq!(
+            c.call(&["GET"]).await,
+            Value::Error("ERR wrong number of arguments for 'get' command".into())
+        );
+        assert_eq!(
+            c.call(&["NOSUCH", "a"]).await,
+            Value::Error("ERR unknown command 'NOSUCH', with args beginning with: 'a' ".into())
+        );
+        // Inline commands, as telnet sends them, with quoting.
+        c.send_raw(b"SET inline \"two words\\x21\"\r\nGET inline\r\n").await;
+        assert_eq!(c.read().await, ok());
+        assert_eq!(c.read().await, bulk("two words!"));
+        // A pipeline: every reply, in order.
+        let mut pipeline = Vec::new();
+        for index in 0..100 {
+            pipeline.extend(Client::encode(&["SET", &format!("p{index}"), &index.to_string()]));
+            pipeline.extend(Client::encode(&["INCR", &format!("p{index}")]));
+        }
+        c.send_raw(&pipeline).await;
+        for index in 0..100 {
+            assert_eq!(c.read().await, ok());
+            assert_eq!(c.read().await, Value::Int(index + 1));
+        }
+        // RESP3 after HELLO 3: maps, nulls and doubles of their own.
+        let Value::Map(hello) = c.call(&["HELLO", "3"]).await else {
+            panic!("HELLO 3 answers a map")
+        };
+        assert!(hello.contains(&(bulk("proto"), Value::Int(3))));
+        assert_eq!(c.call(&["GET", "missing"]).await, Value::Nil);
+        assert_eq!(
+            c.call(&["HELLO", "4"]).await,
+            Value::Error("NOPROTO unsupported protocol version".into())
+        );
+        assert_eq!(c.call(&["CLIENT", "SETNAME", "tester"]).await, ok());
+        assert_eq!(c.call(&["CLIENT", "GETNAME"]).await, bulk("tester"));
+
+        // Broken requests get Redis's protocol errors and the connection closes; the
+        // node keeps serving everyone else.
+        let mut broken = Client::connect(port).await;
+        broken.send_raw(b"SET k \"unbalanced\r\n").await;
+        assert_eq!(
+            broken.read().await,
+            Value::Error("ERR Protocol error: unbalanced quotes in request".into())
+        );
+        assert!(broken.closed().await);
+        let mut oversize = Client::connect(port).await;
+        oversize.send_raw(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$999999999\r\n").await;
+        assert_eq!(
+            oversize.read().await,
+            Value::Error("ERR Protocol error: invalid bulk length".into())
+        );
+        assert!(oversize.closed().await);
+        let mut garbage = Client::connect(port).await;
+        garbage.send_raw(b"*2\r\n:1\r\n").await;
+        assert_eq!(
+            garbage.read().await,
+            Value::Error("ERR Protocol error: expected '$', got ':'".into())
+        );
+        assert_eq!(c.call(&["PING"]).await, Value::Simple("PONG".into()));
+        let mut fresh = Client::connect(port).await;
+        assert_eq!(fresh.call(&["GET", "inline"]).await, bulk("two words!"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn redis_cli_talks_to_any_node() {
+    bounded(async {
+        let cluster = Cluster::start(3).await;
+        let cli = redis_cli();
+        let run = |port: u16, args: &[&str]| {
+            let output = std::process::Command::new(&cli)
+                .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+                .args(args)
+                .output()
+                .expect("running redis-cli");
+            assert!(output.status.success(), "redis-cli {args:?}: {output:?}");
+            String::from_utf8_lossy(&output.stdout).trim_end().to_string()
+        };
+        let ports: Vec<u16> = cluster.nodes.iter().map(|node| node.redis_port).collect();
+        assert_eq!(run(ports[0], &["set", "greeting", "hello world"]), "OK");
+        assert_eq!(run(ports[1], &["get", "greeting"]), "hello world");
+        assert_eq!(run(ports[2], &["incr", "visits"]), "1");
+        assert_eq!(run(ports[0], &["incrby", "visits", "41"]), "42");
+        assert_eq!(run(ports[1], &["get", "nothing"]), "");
+        assert_eq!(run(ports[1], &["exists", "greeting", "visits"]), "2");
+        assert!(run(ports[2], &["info", "server"]).contains("redis_version:"));
+        assert!(run(ports[2], &["info", "keyspace"]).contains("db0:keys=2,expires=0"));
+        // Piped commands (redis-cli sends them as a pipeline of requests).
+        let mut child = std::process::Command::new(&cli)
+            .args(["-h", "127.0.0.1", "-p", &ports[2].to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("running redis-cli");
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().expect("stdin");
+            stdin
+                .write_all(b"set piped 1\nincr piped\nget piped\n")
+                .expect("writing commands");
+        }
+        let output = child.wait_with_output().expect("redis-cli output");
+        assert_eq!(String::from_utf8_lossy(&output.stdout).trim_end(), "OK\n2\n2");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn acknowledged_increments_survive_a_leader_kill() {
+    bounded(async {
+        let mut cluster = Cluster::start(3).await;
+        let leader = cluster.leader().await;
+        let survivors: Vec<usize> = (0..3).filter(|index| *index != leader).collect();
+        let mut c = Client::connect(cluster.nodes[survivors[0]].redis_port).await;
+        let (mut acknowledged, mut failed) = (0i64, 0i64);
+        for round in 0..150 {
+            if round == 50 {
+                cluster.kill(leader);
+            }
+            match c.call(&["INCR", "total"]).await {
+                Value::Int(value) => {
+                    acknowledged += 1;
+                    assert!(value >= acknowledged, "an acknowledged increment was lost");
+                }
+                Value::Error(_) => failed += 1,
+                other => panic!("INCR answered {other:?}"),
+            }
+        }
+        let mut other = Client::connect(cluster.nodes[survivors[1]].redis_port).await;
+        let total: i64 = other.call(&["GET", "total"]).await.text().parse().expect("a number");
+        // Every acknowledged increment applied once; a failed one may have applied.
+        assert!(
+            total >= acknowledged && total <= acknowledged + failed,
+            "total {total}, acknowledged {acknowledged}, failed {failed}"
+        );
+        assert!(acknowledged >= 100, "the cluster kept serving: {acknowledged} of 150");
+        cluster.restart(leader);
+        cluster.wait_ready(Duration::from_secs(30)).await;
+        let mut back = Client::connect(cluster.nodes[leader].redis_port).await;
+        assert_eq!(back.call(&["GET", "total"]).await, bulk(&total.to_string()));
+    })
+    .await;
+}
+
+/// Sum of a counter over every node's /metrics.
+async fn counter_total(cluster: &Cluster, name: &str) -> f64 {
+    let mut total = 0.0;
+    for node in &cluster.nodes {
+        let Some((200, text)) = shoal::http_probe::get(node.metrics_port, "/metrics", Duration::from_secs(5)).await
+        else {
+            continue;
+        };
+        total += text
+            .lines()
+            .filter(|line| line.starts_with(name))
+            .filter_map(|line| line.split_whitespace().last()?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    total
+}
+
+#[tokio::test]
+async fn leaders_remove_expired_keys_and_spare_the_rest() {
+    bounded(async {
+        let cluster = Cluster::start(3).await;
+        let mut c = clients(&cluster).await;
+        for index in 0..40 {
+            let key = format!("session:{index}");
+            assert_eq!(c[index % 3].call(&["SET", &key, "x", "PX", "300"]).await, ok());
+        }
+        assert_eq!(c[0].call(&["SET", "keep", "v"]).await, ok());
+        assert_eq!(c[0].call(&["SET", "renewed", "v", "PX", "300"]).await, ok());
+        assert_eq!(c[1].call(&["SET", "renewed", "again"]).await, ok());
+        // The leaders' passes remove every expired key (the counter counts removals).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while counter_total(&cluster, "shoal_redis_expired_keys_total").await < 40.0 {
+            assert!(Instant::now() < deadline, "expired keys were not removed");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(c[2].call(&["GET", "keep"]).await, bulk("v"));
+        assert_eq!(c[2].call(&["GET", "renewed"]).await, bulk("again"));
+        assert_eq!(c[2].call(&["DBSIZE"]).await, Value::Int(2));
+        assert_eq!(counter_total(&cluster, "shoal_redis_expired_keys_total").await, 40.0);
+    })
+    .await;
+}
