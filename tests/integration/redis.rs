@@ -557,3 +557,111 @@ async fn leaders_remove_expired_keys_and_spare_the_rest() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn multi_exec_is_atomic_and_watch_aborts_on_change() {
+    bounded(async {
+        let cluster = Cluster::start(3).await;
+        let mut c = clients(&cluster).await;
+        assert_eq!(
+            c[0].call(&["EXEC"]).await,
+            Value::Error("ERR EXEC without MULTI".into())
+        );
+        assert_eq!(c[0].call(&["MULTI"]).await, ok());
+        assert_eq!(c[0].call(&["SET", "a", "1"]).await, Value::Simple("QUEUED".into()));
+        assert_eq!(c[0].call(&["INCR", "a"]).await, Value::Simple("QUEUED".into()));
+        assert_eq!(
+            c[0].call(&["SET", "{other}b", "x"]).await,
+            Value::Simple("QUEUED".into())
+        );
+        assert_eq!(c[0].call(&["GET", "a"]).await, Value::Simple("QUEUED".into()));
+        assert_eq!(
+            c[0].call(&["MULTI"]).await,
+            Value::Error("ERR MULTI calls can not be nested".into())
+        );
+        assert_eq!(
+            c[0].call(&["EXEC"]).await,
+            Value::Array(vec![ok(), Value::Int(2), ok(), bulk("2")])
+        );
+        assert_eq!(
+            c[1].call(&["MGET", "a", "{other}b"]).await,
+            Value::Array(vec![bulk("2"), bulk("x")])
+        );
+
+        // A command failing at run time fails alone; the others apply.
+        assert_eq!(c[0].call(&["MULTI"]).await, ok());
+        c[0].call(&["INCR", "{other}b"]).await;
+        c[0].call(&["SET", "t", "1"]).await;
+        assert_eq!(
+            c[0].call(&["EXEC"]).await,
+            Value::Array(vec![
+                Value::Error("ERR value is not an integer or out of range".into()),
+                ok()
+            ])
+        );
+        assert_eq!(c[2].call(&["GET", "t"]).await, bulk("1"));
+
+        // A command refused when queued discards the whole transaction.
+        assert_eq!(c[0].call(&["MULTI"]).await, ok());
+        c[0].call(&["SET", "never", "1"]).await;
+        assert!(matches!(c[0].call(&["SET", "never"]).await, Value::Error(_)));
+        assert_eq!(
+            c[0].call(&["EXEC"]).await,
+            Value::Error("EXECABORT Transaction discarded because of previous errors.".into())
+        );
+        assert_eq!(c[1].call(&["EXISTS", "never"]).await, Value::Int(0));
+        assert_eq!(c[0].call(&["MULTI"]).await, ok());
+        c[0].call(&["SET", "never", "1"]).await;
+        assert_eq!(c[0].call(&["DISCARD"]).await, ok());
+        assert_eq!(c[1].call(&["EXISTS", "never"]).await, Value::Int(0));
+
+        // WATCH: a change by anyone (here through another node) aborts EXEC.
+        assert_eq!(c[0].call(&["WATCH", "w"]).await, ok());
+        assert_eq!(c[1].call(&["SET", "w", "theirs"]).await, ok());
+        assert_eq!(c[0].call(&["MULTI"]).await, ok());
+        c[0].call(&["SET", "w", "mine"]).await;
+        assert_eq!(c[0].call(&["EXEC"]).await, Value::Nil);
+        assert_eq!(c[2].call(&["GET", "w"]).await, bulk("theirs"));
+        // Unchanged, it goes through; EXEC forgets the watch.
+        assert_eq!(c[0].call(&["WATCH", "w"]).await, ok());
+        assert_eq!(c[0].call(&["MULTI"]).await, ok());
+        c[0].call(&["SET", "w", "mine"]).await;
+        assert_eq!(c[0].call(&["EXEC"]).await, Value::Array(vec![ok()]));
+        assert_eq!(c[2].call(&["GET", "w"]).await, bulk("mine"));
+
+        // The optimistic-locking pattern from three nodes at once loses no increment.
+        let ports: Vec<u16> = cluster.nodes.iter().map(|node| node.redis_port).collect();
+        let mut workers = Vec::new();
+        for port in ports {
+            workers.push(tokio::spawn(async move {
+                let mut client = Client::connect(port).await;
+                let mut retries = 0;
+                for _ in 0..15 {
+                    loop {
+                        assert_eq!(client.call(&["WATCH", "shared"]).await, ok());
+                        let current = match client.call(&["GET", "shared"]).await {
+                            Value::Nil => 0,
+                            value => value.text().parse::<i64>().expect("a number"),
+                        };
+                        assert_eq!(client.call(&["MULTI"]).await, ok());
+                        client.call(&["SET", "shared", &(current + 1).to_string()]).await;
+                        match client.call(&["EXEC"]).await {
+                            Value::Array(replies) => {
+                                assert_eq!(replies, vec![ok()]);
+                                break;
+                            }
+                            Value::Nil => retries += 1,
+                            other => panic!("EXEC answered {other:?}"),
+                        }
+                    }
+                }
+                retries
+            }));
+        }
+        for worker in workers {
+            worker.await.expect("a worker");
+        }
+        assert_eq!(c[0].call(&["GET", "shared"]).await, bulk("45"));
+    })
+    .await;
+}

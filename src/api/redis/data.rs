@@ -11,6 +11,7 @@ use crate::range::kv::KvError;
 use crate::range::ops;
 use crate::txn::{Transactions, TxnError};
 use bytes::Bytes;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -48,6 +49,51 @@ impl Stored {
             record,
             mod_revision: kv.mod_revision,
         }
+    }
+}
+
+/// Keys as read at one revision, with the writes of the commands run on them so far
+/// (later commands of a transaction see earlier ones' writes).
+pub struct Snapshot {
+    now: i64,
+    read: HashMap<Bytes, Stored>,
+    written: BTreeMap<Bytes, Option<Record>>,
+}
+
+impl Snapshot {
+    /// Unix milliseconds the commands run at (expiry is judged by it).
+    pub fn now(&self) -> i64 {
+        self.now
+    }
+
+    /// The key's value now: `None` when missing or expired. Only keys named to
+    /// [`Data::run`] can be asked for.
+    pub fn get(&self, key: &Bytes) -> Option<&Record> {
+        debug_assert!(self.read.contains_key(key), "a command read a key it did not name");
+        match self.written.get(key) {
+            Some(written) => written.as_ref().filter(|record| !record.expired(self.now)),
+            None => self.read.get(key).and_then(|stored| stored.record.as_ref()),
+        }
+    }
+
+    /// Sets (or with `None`, deletes) the key.
+    pub fn set(&mut self, key: &Bytes, record: Option<Record>) {
+        debug_assert!(self.read.contains_key(key), "a command wrote a key it did not name");
+        self.written.insert(key.clone(), record);
+    }
+
+    /// The writes to apply: deletes of keys nothing is stored under are left out.
+    fn writes(&self) -> Vec<Write> {
+        self.written
+            .iter()
+            .filter(|(key, record)| {
+                record.is_some() || self.read.get(*key).is_some_and(|stored| stored.mod_revision != 0)
+            })
+            .map(|(key, record)| Write {
+                key: key.clone(),
+                record: record.clone(),
+            })
+            .collect()
     }
 }
 
@@ -122,14 +168,6 @@ impl Data {
             .collect())
     }
 
-    pub async fn get(&self, key: &Bytes) -> Result<Stored, DataError> {
-        Ok(self
-            .get_many(std::slice::from_ref(key))
-            .await?
-            .pop()
-            .unwrap_or_default())
-    }
-
     /// Applies `writes` if every key in `expected` still has the mod revision it was
     /// read at; `Ok(false)` if one changed.
     pub async fn write_if(&self, expected: &[(Bytes, i64)], writes: Vec<Write>) -> Result<bool, DataError> {
@@ -163,28 +201,49 @@ impl Data {
         Ok(self.txns.write(txn).await?)
     }
 
-    /// Read-modify-write of `keys`: reads them, lets `decide` choose the writes and the
-    /// answer from what it found, and applies the writes only if nothing changed
-    /// meanwhile, else tries again.
-    pub async fn update<T>(
+    /// Runs `body` on `keys` read at one revision, and applies the writes it made only
+    /// if none of the keys changed meanwhile, else runs it again on what they are now.
+    /// `None` if a key of `watched` no longer has the mod revision given (WATCH).
+    pub async fn run<T>(
         &self,
         keys: &[Bytes],
-        mut decide: impl FnMut(&[Stored]) -> (Vec<Write>, T),
-    ) -> Result<T, DataError> {
-        let _guards = self.lock(keys).await;
+        watched: &[(Bytes, i64)],
+        mut body: impl FnMut(&mut Snapshot) -> T,
+    ) -> Result<Option<T>, DataError> {
+        let mut all: Vec<Bytes> = keys.iter().chain(watched.iter().map(|(key, _)| key)).cloned().collect();
+        all.sort();
+        all.dedup();
+        let _guards = self.lock(&all).await;
         for _ in 0..ATTEMPTS {
-            let found = self.get_many(keys).await?;
-            let (writes, answer) = decide(&found);
-            if writes.is_empty() {
-                return Ok(answer);
-            }
-            let expected: Vec<(Bytes, i64)> = keys
+            let found = self.get_many(&all).await?;
+            let read: HashMap<Bytes, Stored> = all.iter().cloned().zip(found).collect();
+            let changed = watched
                 .iter()
-                .cloned()
-                .zip(found.iter().map(|stored| stored.mod_revision))
+                .any(|(key, revision)| read.get(key).map_or(0, |stored| stored.mod_revision) != *revision);
+            if changed {
+                return Ok(None);
+            }
+            let mut snapshot = Snapshot {
+                now: now_ms(),
+                read,
+                written: BTreeMap::new(),
+            };
+            let answer = body(&mut snapshot);
+            let writes = snapshot.writes();
+            if writes.is_empty() {
+                return Ok(Some(answer));
+            }
+            let expected: Vec<(Bytes, i64)> = all
+                .iter()
+                .map(|key| {
+                    (
+                        key.clone(),
+                        snapshot.read.get(key).map_or(0, |stored| stored.mod_revision),
+                    )
+                })
                 .collect();
             if self.write_if(&expected, writes).await? {
-                return Ok(answer);
+                return Ok(Some(answer));
             }
             // Another node wrote one of the keys: a short pause lets it finish.
             tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 3)).await;

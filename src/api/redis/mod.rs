@@ -104,6 +104,21 @@ pub struct Session {
     pub name: String,
     /// Set by QUIT: close after this reply.
     pub closing: bool,
+    /// Commands queued since MULTI.
+    pub multi: Option<Vec<Vec<bytes::Bytes>>>,
+    /// A command queued since MULTI was refused: EXEC runs nothing.
+    pub multi_failed: bool,
+    /// Keys WATCH named, with their mod revisions then.
+    pub watched: Vec<(bytes::Bytes, i64)>,
+}
+
+impl Session {
+    /// A refused command inside MULTI makes EXEC refuse the transaction.
+    fn abort_multi(&mut self) {
+        if self.multi.is_some() {
+            self.multi_failed = true;
+        }
+    }
 }
 
 /// Accepts Redis connections until `stopped` resolves.
@@ -175,6 +190,9 @@ async fn connection(
         resp: 2,
         name: String::new(),
         closing: false,
+        multi: None,
+        multi_failed: false,
+        watched: Vec::new(),
     };
     let mut input = BytesMut::with_capacity(16 * 1024);
     let mut output = Vec::with_capacity(16 * 1024);

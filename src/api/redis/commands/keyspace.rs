@@ -1,39 +1,136 @@
 //! Commands on keys of any type: deletion, existence, expiry, renaming, iteration.
 
-use super::{integer, internal_keys, syntax_error, upper, Outcome};
-use crate::api::redis::data::{now_ms, Write};
+use super::{integer, syntax_error, upper, Env, Outcome};
+use crate::api::redis::data::Snapshot;
 use crate::api::redis::keys::{self, DATABASES, SLOTS};
 use crate::api::redis::resp::Reply;
 use crate::api::redis::{glob, RedisContext, Session};
 use bytes::Bytes;
 
-pub async fn run(context: &RedisContext, session: &mut Session, name: &str, args: &[Bytes]) -> Outcome {
+/// Whether `name` is a key command run on a snapshot of its keys.
+pub fn handles(name: &str) -> bool {
+    matches!(
+        name,
+        "del"
+            | "unlink"
+            | "exists"
+            | "type"
+            | "rename"
+            | "renamenx"
+            | "copy"
+            | "expire"
+            | "pexpire"
+            | "expireat"
+            | "pexpireat"
+            | "ttl"
+            | "pttl"
+            | "expiretime"
+            | "pexpiretime"
+            | "persist"
+            | "object"
+    )
+}
+
+/// COPY's keys: the source, and the target in the database its DB option names.
+pub fn copy_keys(env: &Env, args: &[Bytes]) -> Vec<Bytes> {
+    let db = copy_options(env, args).map_or(env.db, |(db, _)| db);
+    vec![env.key(&args[1]), keys::internal_key(db, &args[2])]
+}
+
+fn copy_options(env: &Env, args: &[Bytes]) -> Result<(u8, bool), Reply> {
+    let mut db = env.db;
+    let mut replace = false;
+    let mut at = 3;
+    while at < args.len() {
+        match upper(&args[at]).as_str() {
+            "REPLACE" => replace = true,
+            "DB" if at + 1 < args.len() => {
+                let index = integer(&args[at + 1])?;
+                if !(0..DATABASES as i64).contains(&index) {
+                    return Err(Reply::error("ERR DB index is out of range"));
+                }
+                db = index as u8;
+                at += 1;
+            }
+            _ => return Err(syntax_error()),
+        }
+        at += 1;
+    }
+    Ok((db, replace))
+}
+
+pub fn run(snapshot: &mut Snapshot, env: &Env, name: &str, args: &[Bytes]) -> Reply {
+    outcome(snapshot, env, name, args).unwrap_or_else(|error| error)
+}
+
+fn outcome(snapshot: &mut Snapshot, env: &Env, name: &str, args: &[Bytes]) -> Result<Reply, Reply> {
     match name {
-        "del" | "unlink" => delete(context, session, &args[1..]).await,
-        "exists" => {
-            let found = context.data.get_many(&internal_keys(session, &args[1..])).await?;
-            Ok(Reply::Integer(
-                found.iter().filter(|stored| stored.record.is_some()).count() as i64,
-            ))
+        "del" | "unlink" => {
+            let mut keys: Vec<Bytes> = args[1..].iter().map(|key| env.key(key)).collect();
+            keys.sort();
+            keys.dedup();
+            let mut live = 0;
+            for key in keys {
+                live += i64::from(snapshot.get(&key).is_some());
+                // An expired key still stored goes too, but does not count.
+                snapshot.set(&key, None);
+            }
+            Ok(Reply::Integer(live))
         }
-        "type" => {
-            let stored = context.data.get(&internal_keys(session, &args[1..2])[0]).await?;
-            Ok(Reply::Simple(
-                stored.record.map_or("none", |record| record.kind.name()).into(),
-            ))
+        "exists" => Ok(Reply::Integer(
+            args[1..]
+                .iter()
+                .filter(|key| snapshot.get(&env.key(key)).is_some())
+                .count() as i64,
+        )),
+        "type" => Ok(Reply::Simple(
+            snapshot
+                .get(&env.key(&args[1]))
+                .map_or("none", |record| record.kind.name())
+                .into(),
+        )),
+        "rename" | "renamenx" => {
+            let only_new = name == "renamenx";
+            let (source, target) = (env.key(&args[1]), env.key(&args[2]));
+            let Some(record) = snapshot.get(&source).cloned() else {
+                return Err(Reply::error("ERR no such key"));
+            };
+            if only_new && snapshot.get(&target).is_some() {
+                return Ok(Reply::Integer(0));
+            }
+            if source == target {
+                return Ok(if only_new { Reply::Integer(0) } else { Reply::ok() });
+            }
+            // The expiry moves with the value, as in Redis.
+            snapshot.set(&source, None);
+            snapshot.set(&target, Some(record));
+            Ok(if only_new { Reply::Integer(1) } else { Reply::ok() })
         }
-        "rename" | "renamenx" => rename(context, session, name == "renamenx", &args[1], &args[2]).await,
-        "copy" => copy(context, session, args).await,
-        "expire" | "pexpire" | "expireat" | "pexpireat" => expire(context, session, name, args).await,
+        "copy" => {
+            let (_, replace) = copy_options(env, args)?;
+            let keys = copy_keys(env, args);
+            let (source, target) = (&keys[0], &keys[1]);
+            if source == target {
+                return Err(Reply::error("ERR source and destination objects are the same"));
+            }
+            let Some(record) = snapshot.get(source).cloned() else {
+                return Ok(Reply::Integer(0));
+            };
+            if snapshot.get(target).is_some() && !replace {
+                return Ok(Reply::Integer(0));
+            }
+            snapshot.set(target, Some(record));
+            Ok(Reply::Integer(1))
+        }
+        "expire" | "pexpire" | "expireat" | "pexpireat" => expire(snapshot, env, name, args),
         "ttl" | "pttl" | "expiretime" | "pexpiretime" => {
-            let stored = context.data.get(&internal_keys(session, &args[1..2])[0]).await?;
-            let Some(record) = stored.record else {
+            let Some(record) = snapshot.get(&env.key(&args[1])) else {
                 return Ok(Reply::Integer(-2));
             };
             if record.expires_at == 0 {
                 return Ok(Reply::Integer(-1));
             }
-            let remaining = (record.expires_at - now_ms()).max(0);
+            let remaining = (record.expires_at - snapshot.now()).max(0);
             Ok(Reply::Integer(match name {
                 "ttl" => (remaining + 500) / 1000,
                 "pttl" => remaining,
@@ -42,26 +139,24 @@ pub async fn run(context: &RedisContext, session: &mut Session, name: &str, args
             }))
         }
         "persist" => {
-            let key = internal_keys(session, &args[1..2]).remove(0);
-            let reply = context
-                .data
-                .update(std::slice::from_ref(&key), |found| match &found[0].record {
-                    Some(record) if record.expires_at != 0 => {
-                        let mut record = record.clone();
-                        record.expires_at = 0;
-                        (
-                            vec![Write {
-                                key: key.clone(),
-                                record: Some(record),
-                            }],
-                            Reply::Integer(1),
-                        )
-                    }
-                    _ => (Vec::new(), Reply::Integer(0)),
-                })
-                .await?;
-            Ok(reply)
+            let key = env.key(&args[1]);
+            match snapshot.get(&key).cloned() {
+                Some(mut record) if record.expires_at != 0 => {
+                    record.expires_at = 0;
+                    snapshot.set(&key, Some(record));
+                    Ok(Reply::Integer(1))
+                }
+                _ => Ok(Reply::Integer(0)),
+            }
         }
+        "object" => object(snapshot, env, args),
+        _ => unreachable!("{name} is not a keyspace command"),
+    }
+}
+
+/// Commands over a whole database: not run on a snapshot.
+pub async fn run_wide(context: &RedisContext, session: &Session, name: &str, args: &[Bytes]) -> Outcome {
+    match name {
         "keys" => {
             let (start, end) = keys::database_span(session.db);
             let found = context.data.scan(start, end).await?;
@@ -84,116 +179,11 @@ pub async fn run(context: &RedisContext, session: &mut Session, name: &str, args
             let pick = rand::random::<usize>() % found.len();
             Ok(Reply::bulk(found[pick].0.clone()))
         }
-        "object" => object(context, session, args).await,
-        _ => unreachable!("{name} is not a keyspace command"),
+        _ => unreachable!("{name} is not a database-wide command"),
     }
 }
 
-async fn delete(context: &RedisContext, session: &Session, keys: &[Bytes]) -> Outcome {
-    let mut internal = internal_keys(session, keys);
-    internal.sort();
-    internal.dedup();
-    let reply = context
-        .data
-        .update(&internal, |found| {
-            let mut writes = Vec::new();
-            let mut live = 0;
-            for (key, stored) in internal.iter().zip(found) {
-                // An expired key still stored goes too, but does not count.
-                if stored.mod_revision != 0 {
-                    writes.push(Write {
-                        key: key.clone(),
-                        record: None,
-                    });
-                }
-                live += i64::from(stored.record.is_some());
-            }
-            (writes, Reply::Integer(live))
-        })
-        .await?;
-    Ok(reply)
-}
-
-async fn rename(context: &RedisContext, session: &Session, only_new: bool, from: &Bytes, to: &Bytes) -> Outcome {
-    let source = internal_keys(session, std::slice::from_ref(from)).remove(0);
-    let target = internal_keys(session, std::slice::from_ref(to)).remove(0);
-    let keys = [source.clone(), target.clone()];
-    context
-        .data
-        .update(&keys, |found| {
-            let Some(record) = found[0].record.clone() else {
-                return (Vec::new(), Err(Reply::error("ERR no such key")));
-            };
-            if only_new && found[1].record.is_some() {
-                return (Vec::new(), Ok(Reply::Integer(0)));
-            }
-            let answer = if only_new { Reply::Integer(1) } else { Reply::ok() };
-            if source == target {
-                return (Vec::new(), Ok(if only_new { Reply::Integer(0) } else { answer }));
-            }
-            // The expiry moves with the value, as in Redis.
-            let writes = vec![
-                Write {
-                    key: source.clone(),
-                    record: None,
-                },
-                Write {
-                    key: target.clone(),
-                    record: Some(record),
-                },
-            ];
-            (writes, Ok(answer))
-        })
-        .await?
-}
-
-async fn copy(context: &RedisContext, session: &Session, args: &[Bytes]) -> Outcome {
-    let mut db = session.db;
-    let mut replace = false;
-    let mut at = 3;
-    while at < args.len() {
-        match upper(&args[at]).as_str() {
-            "REPLACE" => replace = true,
-            "DB" if at + 1 < args.len() => {
-                let index = integer(&args[at + 1])?;
-                if !(0..DATABASES as i64).contains(&index) {
-                    return Err(Reply::error("ERR DB index is out of range"));
-                }
-                db = index as u8;
-                at += 1;
-            }
-            _ => return Err(syntax_error()),
-        }
-        at += 1;
-    }
-    let source = keys::internal_key(session.db, &args[1]);
-    let target = keys::internal_key(db, &args[2]);
-    if source == target {
-        return Err(Reply::error("ERR source and destination objects are the same"));
-    }
-    let keys = [source, target.clone()];
-    let reply = context
-        .data
-        .update(&keys, |found| {
-            let Some(record) = found[0].record.clone() else {
-                return (Vec::new(), Reply::Integer(0));
-            };
-            if found[1].record.is_some() && !replace {
-                return (Vec::new(), Reply::Integer(0));
-            }
-            (
-                vec![Write {
-                    key: target.clone(),
-                    record: Some(record),
-                }],
-                Reply::Integer(1),
-            )
-        })
-        .await?;
-    Ok(reply)
-}
-
-async fn expire(context: &RedisContext, session: &Session, name: &str, args: &[Bytes]) -> Outcome {
+fn expire(snapshot: &mut Snapshot, env: &Env, name: &str, args: &[Bytes]) -> Result<Reply, Reply> {
     let amount = integer(&args[2])?;
     let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
     for option in &args[3..] {
@@ -215,7 +205,7 @@ async fn expire(context: &RedisContext, session: &Session, name: &str, args: &[B
             "ERR GT and LT options at the same time are not compatible",
         ));
     }
-    let now = now_ms();
+    let now = snapshot.now();
     let expires_at = match name {
         "expire" => amount.checked_mul(1000).and_then(|ms| ms.checked_add(now)),
         "pexpire" => amount.checked_add(now),
@@ -223,48 +213,31 @@ async fn expire(context: &RedisContext, session: &Session, name: &str, args: &[B
         _ => Some(amount),
     }
     .ok_or_else(|| Reply::error(format!("ERR invalid expire time in '{name}' command")))?;
-    let key = internal_keys(session, &args[1..2]).remove(0);
-    let reply = context
-        .data
-        .update(std::slice::from_ref(&key), |found| {
-            let Some(record) = &found[0].record else {
-                return (Vec::new(), Reply::Integer(0));
-            };
-            // No expiry counts as an infinite one for GT and LT.
-            let current = if record.expires_at == 0 {
-                i64::MAX
-            } else {
-                record.expires_at
-            };
-            let refused = (nx && record.expires_at != 0)
-                || (xx && record.expires_at == 0)
-                || (gt && expires_at <= current)
-                || (lt && expires_at >= current);
-            if refused {
-                return (Vec::new(), Reply::Integer(0));
-            }
-            if expires_at <= now {
-                // A time in the past deletes the key, as in Redis.
-                return (
-                    vec![Write {
-                        key: key.clone(),
-                        record: None,
-                    }],
-                    Reply::Integer(1),
-                );
-            }
-            let mut record = record.clone();
-            record.expires_at = expires_at;
-            (
-                vec![Write {
-                    key: key.clone(),
-                    record: Some(record),
-                }],
-                Reply::Integer(1),
-            )
-        })
-        .await?;
-    Ok(reply)
+    let key = env.key(&args[1]);
+    let Some(mut record) = snapshot.get(&key).cloned() else {
+        return Ok(Reply::Integer(0));
+    };
+    // No expiry counts as an infinite one for GT and LT.
+    let current = if record.expires_at == 0 {
+        i64::MAX
+    } else {
+        record.expires_at
+    };
+    let refused = (nx && record.expires_at != 0)
+        || (xx && record.expires_at == 0)
+        || (gt && expires_at <= current)
+        || (lt && expires_at >= current);
+    if refused {
+        return Ok(Reply::Integer(0));
+    }
+    if expires_at <= now {
+        // A time in the past deletes the key, as in Redis.
+        snapshot.set(&key, None);
+        return Ok(Reply::Integer(1));
+    }
+    record.expires_at = expires_at;
+    snapshot.set(&key, Some(record));
+    Ok(Reply::Integer(1))
 }
 
 /// SCAN's cursor is the hash slot to go on from: every call returns whole slots, so a
@@ -339,12 +312,11 @@ async fn scan(context: &RedisContext, session: &Session, args: &[Bytes]) -> Outc
     ]))
 }
 
-async fn object(context: &RedisContext, session: &Session, args: &[Bytes]) -> Outcome {
+fn object(snapshot: &Snapshot, env: &Env, args: &[Bytes]) -> Result<Reply, Reply> {
     let sub = upper(&args[1]);
     match sub.as_str() {
         "ENCODING" | "REFCOUNT" | "IDLETIME" | "FREQ" if args.len() == 3 => {
-            let stored = context.data.get(&keys::internal_key(session.db, &args[2])).await?;
-            let Some(record) = stored.record else {
+            let Some(record) = snapshot.get(&env.key(&args[2])) else {
                 return Ok(Reply::Null);
             };
             Ok(match sub.as_str() {

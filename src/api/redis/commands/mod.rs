@@ -57,6 +57,12 @@ pub static COMMANDS: &[Spec] = &[
     spec("flushall", -1, W, NONE),
     spec("time", 1, C, NONE),
     spec("config", -2, &["admin", "loading", "stale"], NONE),
+    // Transactions.
+    spec("multi", 1, &["noscript", "loading", "stale", "fast"], NONE),
+    spec("exec", 1, &["noscript", "loading", "stale"], NONE),
+    spec("discard", 1, &["noscript", "loading", "stale", "fast"], NONE),
+    spec("watch", -2, &["noscript", "loading", "stale", "fast"], ALL),
+    spec("unwatch", 1, &["noscript", "loading", "stale", "fast"], NONE),
     // Keys.
     spec("del", -2, W, ALL),
     spec("unlink", -2, W, ALL),
@@ -173,25 +179,222 @@ pub fn find(name: &str) -> Option<&'static Spec> {
     COMMANDS.iter().find(|spec| spec.name.eq_ignore_ascii_case(name))
 }
 
+/// What commands run on a snapshot need of their connection.
+pub struct Env {
+    pub db: u8,
+    pub max_bulk: usize,
+}
+
+impl Env {
+    /// The internal key of a key argument in this database.
+    pub fn key(&self, key: &[u8]) -> Bytes {
+        super::keys::internal_key(self.db, key)
+    }
+}
+
+/// Commands that run on a snapshot of the keys they name: atomic, and queueable in
+/// MULTI.
+fn is_keyed(name: &str) -> bool {
+    strings::handles(name) || keyspace::handles(name)
+}
+
+/// Commands MULTI queues: the keyed ones, and those that read no data.
+fn is_queueable(name: &str) -> bool {
+    is_keyed(name) || matches!(name, "ping" | "echo" | "time")
+}
+
+/// The internal keys a keyed command names (its arguments at the spec's positions).
+fn keys_of(spec: &Spec, env: &Env, args: &[Bytes]) -> Vec<Bytes> {
+    if spec.name == "copy" {
+        return keyspace::copy_keys(env, args);
+    }
+    if spec.first_key <= 0 {
+        return Vec::new();
+    }
+    let last = if spec.last_key < 0 {
+        args.len() as i64 + spec.last_key
+    } else {
+        spec.last_key.min(args.len() as i64 - 1)
+    };
+    (spec.first_key..=last)
+        .step_by(spec.step.max(1) as usize)
+        .filter_map(|index| args.get(index as usize))
+        .map(|key| env.key(key))
+        .collect()
+}
+
+/// Runs a keyed command on a snapshot.
+fn run_keyed(snapshot: &mut super::data::Snapshot, env: &Env, name: &str, args: &[Bytes]) -> Reply {
+    if strings::handles(name) {
+        strings::run(snapshot, env, name, args)
+    } else {
+        keyspace::run(snapshot, env, name, args)
+    }
+}
+
 /// Runs one request.
 pub async fn run(context: &RedisContext, session: &mut Session, args: &[Bytes]) -> Reply {
     let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
     let Some(spec) = find(&name) else {
+        session.abort_multi();
         return unknown_command(args);
     };
     let count = args.len() as i64;
     if (spec.arity > 0 && count != spec.arity) || (spec.arity < 0 && count < -spec.arity) {
+        session.abort_multi();
         return wrong_arity(spec.name);
     }
+    if let Some(queued) = &mut session.multi {
+        return match spec.name {
+            "exec" => exec(context, session).await,
+            "discard" => {
+                session.multi = None;
+                session.multi_failed = false;
+                session.watched.clear();
+                Reply::ok()
+            }
+            "multi" => Reply::error("ERR MULTI calls can not be nested"),
+            "watch" => Reply::error("ERR WATCH inside MULTI is not allowed"),
+            name if is_queueable(name) => {
+                queued.push(args.to_vec());
+                Reply::Simple("QUEUED".into())
+            }
+            name => {
+                session.multi_failed = true;
+                Reply::error(format!("ERR '{name}' is not supported inside MULTI by Shoal"))
+            }
+        };
+    }
+    let env = Env {
+        db: session.db,
+        max_bulk: context.limits.max_bulk,
+    };
     let outcome = match spec.name {
-        "ping" | "echo" | "quit" | "hello" | "auth" | "select" | "client" | "command" | "info" | "dbsize"
-        | "flushdb" | "flushall" | "time" | "config" => server::run(context, session, spec.name, args).await,
-        "get" | "set" | "setnx" | "setex" | "psetex" | "getset" | "getdel" | "getex" | "mget" | "mset" | "msetnx"
-        | "incr" | "decr" | "incrby" | "decrby" | "incrbyfloat" | "append" | "strlen" | "getrange" | "substr"
-        | "setrange" => strings::run(context, session, spec.name, args).await,
-        _ => keyspace::run(context, session, spec.name, args).await,
+        "multi" => {
+            session.multi = Some(Vec::new());
+            session.multi_failed = false;
+            Ok(Reply::ok())
+        }
+        "exec" => Err(Reply::error("ERR EXEC without MULTI")),
+        "discard" => Err(Reply::error("ERR DISCARD without MULTI")),
+        "watch" => watch(context, session, &env, spec, args).await,
+        "unwatch" => {
+            session.watched.clear();
+            Ok(Reply::ok())
+        }
+        "set" | "mset" if plain_write(args) => {
+            // Nothing to read first: one unconditional write.
+            let now = super::data::now_ms();
+            let writes = match spec.name {
+                "set" => strings::set_options(args, now).map(|options| {
+                    vec![super::data::Write {
+                        key: env.key(&args[1]),
+                        record: Some(super::keys::Record::string(args[2].clone(), options.expires_at())),
+                    }]
+                }),
+                _ => Ok(args[1..]
+                    .chunks(2)
+                    .map(|pair| super::data::Write {
+                        key: env.key(&pair[0]),
+                        record: Some(super::keys::Record::string(pair[1].clone(), 0)),
+                    })
+                    .collect()),
+            };
+            match writes {
+                Ok(writes) => context
+                    .data
+                    .write_all(writes)
+                    .await
+                    .map(|_| Reply::ok())
+                    .map_err(Reply::from),
+                Err(error) => Err(error),
+            }
+        }
+        name if is_keyed(name) => {
+            let keys = keys_of(spec, &env, args);
+            match context
+                .data
+                .run(&keys, &[], |snapshot| run_keyed(snapshot, &env, name, args))
+                .await
+            {
+                Ok(Some(reply)) => Ok(reply),
+                Ok(None) => Err(Reply::error("ERR shoal: a key changed unexpectedly")),
+                Err(error) => Err(store_error(error)),
+            }
+        }
+        "keys" | "scan" | "randomkey" => keyspace::run_wide(context, session, spec.name, args).await,
+        _ => server::run(context, session, spec.name, args).await,
     };
     outcome.unwrap_or_else(|error| error)
+}
+
+/// A SET without options that need the old value, or an MSET: no read first.
+fn plain_write(args: &[Bytes]) -> bool {
+    match String::from_utf8_lossy(&args[0]).to_ascii_lowercase().as_str() {
+        "set" => strings::set_options(args, 0).is_ok_and(|options| options.is_plain()),
+        _ => (args.len() - 1).is_multiple_of(2),
+    }
+}
+
+async fn watch(context: &RedisContext, session: &mut Session, env: &Env, spec: &Spec, args: &[Bytes]) -> Outcome {
+    let keys = keys_of(spec, env, args);
+    let found = context.data.get_many(&keys).await?;
+    for (key, stored) in keys.into_iter().zip(found) {
+        if !session.watched.iter().any(|(watched, _)| *watched == key) {
+            session.watched.push((key, stored.mod_revision));
+        }
+    }
+    Ok(Reply::ok())
+}
+
+/// Runs the queued commands as one atomic write at one point in the log, unless a
+/// watched key changed (then nothing runs and the reply is a null array).
+async fn exec(context: &RedisContext, session: &mut Session) -> Reply {
+    let queued = session.multi.take().unwrap_or_default();
+    let watched = std::mem::take(&mut session.watched);
+    if std::mem::take(&mut session.multi_failed) {
+        return Reply::error("EXECABORT Transaction discarded because of previous errors.");
+    }
+    let env = Env {
+        db: session.db,
+        max_bulk: context.limits.max_bulk,
+    };
+    let mut keys = Vec::new();
+    for args in &queued {
+        if let Some(spec) = find(&String::from_utf8_lossy(&args[0])) {
+            keys.extend(keys_of(spec, &env, args));
+        }
+    }
+    let outcome = context
+        .data
+        .run(&keys, &watched, |snapshot| {
+            Reply::Array(
+                queued
+                    .iter()
+                    .map(|args| {
+                        let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
+                        match name.as_str() {
+                            "ping" => Reply::Simple("PONG".into()),
+                            "echo" => Reply::Bulk(args[1].clone()),
+                            "time" => {
+                                let now = snapshot.now();
+                                Reply::Array(vec![
+                                    Reply::bulk((now / 1000).to_string()),
+                                    Reply::bulk((now % 1000 * 1000).to_string()),
+                                ])
+                            }
+                            name => run_keyed(snapshot, &env, name, args),
+                        }
+                    })
+                    .collect(),
+            )
+        })
+        .await;
+    match outcome {
+        Ok(Some(replies)) => replies,
+        Ok(None) => Reply::NullArray,
+        Err(error) => store_error(error),
+    }
 }
 
 fn unknown_command(args: &[Bytes]) -> Reply {
@@ -205,13 +408,6 @@ fn unknown_command(args: &[Bytes]) -> Reply {
         }
     }
     Reply::Error(text)
-}
-
-/// The internal keys of `args` in the session's database.
-fn internal_keys(session: &Session, args: &[Bytes]) -> Vec<Bytes> {
-    args.iter()
-        .map(|key| super::keys::internal_key(session.db, key))
-        .collect()
 }
 
 #[cfg(test)]
