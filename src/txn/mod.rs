@@ -126,7 +126,12 @@ impl Transactions {
         loop {
             match self.router.plan(&spans) {
                 Ok(_) => {
-                    let applied = self.router.write_keys(&spans, command.clone()).await?;
+                    let applied = match self.router.write_keys(&spans, command.clone()).await {
+                        Ok(applied) => applied,
+                        // The range split after the plan: the keys now span two.
+                        Err(RouteError::CrossRange(_)) => return self.two_phase(&txn, &spans, deadline).await,
+                        Err(error) => return Err(error.into()),
+                    };
                     match refusal(&applied) {
                         Some(KvError::Locked { txn_id, primary }) if Instant::now() < deadline => {
                             self.wait_or_resolve(&txn_id, primary).await?;

@@ -47,10 +47,16 @@ impl Transactions {
         serializable: bool,
         revision: i64,
     ) -> Result<PinnedRange, TxnError> {
-        match self.router.plan(spans) {
+        let single = match self.router.plan(spans) {
             Ok(_) => self.pinned_for(spans, serializable).await,
-            Err(RouteError::CrossRange(_)) => Ok(self.router.pin_across(spans, serializable, revision).await?),
             Err(error) => Err(error.into()),
+        };
+        match single {
+            // Across ranges from the start, or since a split after the plan.
+            Err(TxnError::Route(RouteError::CrossRange(_))) => {
+                Ok(self.router.pin_across(spans, serializable, revision).await?)
+            }
+            other => other,
         }
     }
 

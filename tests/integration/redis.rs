@@ -665,3 +665,176 @@ async fn multi_exec_is_atomic_and_watch_aborts_on_change() {
     })
     .await;
 }
+
+fn sorted_texts(value: Value) -> Vec<String> {
+    let Value::Array(items) = value else {
+        panic!("not an array: {value:?}")
+    };
+    let mut texts: Vec<String> = items.iter().map(Value::text).collect();
+    texts.sort();
+    texts
+}
+
+#[tokio::test]
+async fn hashes_and_sets_through_every_node() {
+    bounded(async {
+        let cluster = Cluster::start(3).await;
+        let mut c = clients(&cluster).await;
+        let wrongtype = Value::Error("WRONGTYPE Operation against a key holding the wrong kind of value".into());
+
+        // Hashes.
+        assert_eq!(
+            c[0].call(&["HSET", "user:1", "name", "ann", "age", "30"]).await,
+            Value::Int(2)
+        );
+        assert_eq!(c[1].call(&["HGET", "user:1", "name"]).await, bulk("ann"));
+        assert_eq!(
+            c[2].call(&["HSET", "user:1", "name", "bea", "city", "oslo"]).await,
+            Value::Int(1)
+        );
+        assert_eq!(
+            c[0].call(&["HGETALL", "user:1"]).await,
+            Value::Array(vec![
+                bulk("age"),
+                bulk("30"),
+                bulk("city"),
+                bulk("oslo"),
+                bulk("name"),
+                bulk("bea")
+            ])
+        );
+        assert_eq!(c[1].call(&["HINCRBY", "user:1", "age", "5"]).await, Value::Int(35));
+        assert_eq!(
+            c[1].call(&["HINCRBYFLOAT", "user:1", "score", "1.5"]).await,
+            bulk("1.5")
+        );
+        assert_eq!(
+            c[1].call(&["HINCRBY", "user:1", "name", "1"]).await,
+            Value::Error("ERR hash value is not an integer".into())
+        );
+        assert_eq!(c[2].call(&["HLEN", "user:1"]).await, Value::Int(4));
+        assert_eq!(
+            c[2].call(&["HMGET", "user:1", "name", "nope", "city"]).await,
+            Value::Array(vec![bulk("bea"), Value::Nil, bulk("oslo")])
+        );
+        assert_eq!(c[0].call(&["HSETNX", "user:1", "name", "x"]).await, Value::Int(0));
+        assert_eq!(c[0].call(&["HSTRLEN", "user:1", "city"]).await, Value::Int(4));
+        assert_eq!(
+            c[0].call(&["HDEL", "user:1", "score", "nope", "city"]).await,
+            Value::Int(2)
+        );
+        assert_eq!(c[1].call(&["HEXISTS", "user:1", "city"]).await, Value::Int(0));
+        assert_eq!(sorted_texts(c[1].call(&["HKEYS", "user:1"]).await), ["age", "name"]);
+        assert_eq!(sorted_texts(c[1].call(&["HVALS", "user:1"]).await), ["35", "bea"]);
+        assert_eq!(c[2].call(&["TYPE", "user:1"]).await, Value::Simple("hash".into()));
+        assert_eq!(c[2].call(&["GET", "user:1"]).await, wrongtype);
+        assert_eq!(c[2].call(&["SADD", "user:1", "x"]).await, wrongtype);
+        // A hash moves with its fields; its last field takes it away.
+        assert_eq!(c[0].call(&["RENAME", "user:1", "user:2"]).await, ok());
+        assert_eq!(c[1].call(&["HGET", "user:2", "name"]).await, bulk("bea"));
+        assert_eq!(c[1].call(&["HLEN", "user:1"]).await, Value::Int(0));
+        assert_eq!(c[2].call(&["COPY", "user:2", "user:3"]).await, Value::Int(1));
+        assert_eq!(c[2].call(&["HDEL", "user:2", "name", "age"]).await, Value::Int(2));
+        assert_eq!(c[0].call(&["EXISTS", "user:2", "user:3"]).await, Value::Int(1));
+        assert_eq!(c[0].call(&["HGET", "user:3", "age"]).await, bulk("35"));
+        // SET replaces a hash, fields and all.
+        assert_eq!(c[0].call(&["SET", "user:3", "plain"]).await, ok());
+        assert_eq!(c[1].call(&["HGET", "user:3", "age"]).await, wrongtype);
+        assert_eq!(c[1].call(&["DEL", "user:3"]).await, Value::Int(1));
+        assert_eq!(c[1].call(&["HSET", "user:3", "fresh", "1"]).await, Value::Int(1));
+        assert_eq!(
+            c[2].call(&["HGETALL", "user:3"]).await,
+            Value::Array(vec![bulk("fresh"), bulk("1")])
+        );
+
+        // An expired hash recreated starts empty.
+        assert_eq!(c[0].call(&["HSET", "temp", "a", "1", "b", "2"]).await, Value::Int(2));
+        assert_eq!(c[0].call(&["PEXPIRE", "temp", "200"]).await, Value::Int(1));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while c[1].call(&["EXISTS", "temp"]).await != Value::Int(0) {
+            assert!(Instant::now() < deadline, "the hash never expired");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(c[2].call(&["HSET", "temp", "c", "3"]).await, Value::Int(1));
+        assert_eq!(
+            c[0].call(&["HGETALL", "temp"]).await,
+            Value::Array(vec![bulk("c"), bulk("3")])
+        );
+        assert_eq!(c[0].call(&["TTL", "temp"]).await, Value::Int(-1));
+
+        // Many fields.
+        let mut args: Vec<String> = vec!["HSET".into(), "big".into()];
+        for index in 0..200 {
+            args.push(format!("f{index}"));
+            args.push(index.to_string());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_eq!(c[1].call(&args).await, Value::Int(200));
+        assert_eq!(c[2].call(&["HLEN", "big"]).await, Value::Int(200));
+        let Value::Array(scanned) = c[0].call(&["HSCAN", "big", "0", "MATCH", "f1*"]).await else {
+            panic!()
+        };
+        let Value::Array(pairs) = &scanned[1] else { panic!() };
+        assert_eq!(pairs.len(), 2 * 111, "f1, f10-f19, f100-f199");
+
+        // Sets.
+        assert_eq!(c[0].call(&["SADD", "s1", "a", "b", "c"]).await, Value::Int(3));
+        assert_eq!(c[1].call(&["SADD", "s1", "a", "d"]).await, Value::Int(1));
+        assert_eq!(c[2].call(&["SCARD", "s1"]).await, Value::Int(4));
+        assert_eq!(c[2].call(&["SISMEMBER", "s1", "d"]).await, Value::Int(1));
+        assert_eq!(
+            c[2].call(&["SMISMEMBER", "s1", "a", "z"]).await,
+            Value::Array(vec![Value::Int(1), Value::Int(0)])
+        );
+        assert_eq!(sorted_texts(c[0].call(&["SMEMBERS", "s1"]).await), ["a", "b", "c", "d"]);
+        assert_eq!(c[0].call(&["SADD", "other-slot", "c", "d", "e"]).await, Value::Int(3));
+        assert_eq!(
+            sorted_texts(c[1].call(&["SINTER", "s1", "other-slot"]).await),
+            ["c", "d"]
+        );
+        assert_eq!(
+            sorted_texts(c[1].call(&["SUNION", "s1", "other-slot"]).await),
+            ["a", "b", "c", "d", "e"]
+        );
+        assert_eq!(
+            sorted_texts(c[1].call(&["SDIFF", "s1", "other-slot"]).await),
+            ["a", "b"]
+        );
+        assert_eq!(
+            c[2].call(&["SINTERCARD", "2", "s1", "other-slot", "LIMIT", "1"]).await,
+            Value::Int(1)
+        );
+        assert_eq!(
+            c[2].call(&["SUNIONSTORE", "dest", "s1", "other-slot"]).await,
+            Value::Int(5)
+        );
+        assert_eq!(
+            c[2].call(&["SINTERSTORE", "dest", "s1", "other-slot"]).await,
+            Value::Int(2)
+        );
+        assert_eq!(sorted_texts(c[0].call(&["SMEMBERS", "dest"]).await), ["c", "d"]);
+        assert_eq!(c[0].call(&["SMOVE", "s1", "dest", "a"]).await, Value::Int(1));
+        assert_eq!(c[0].call(&["SMOVE", "s1", "dest", "a"]).await, Value::Int(0));
+        assert_eq!(c[1].call(&["SREM", "s1", "b", "zz"]).await, Value::Int(1));
+        assert_eq!(sorted_texts(c[1].call(&["SMEMBERS", "s1"]).await), ["c", "d"]);
+        let popped = sorted_texts(c[2].call(&["SPOP", "dest", "2"]).await);
+        assert_eq!(popped.len(), 2);
+        assert_eq!(c[0].call(&["SCARD", "dest"]).await, Value::Int(1));
+        assert!(matches!(c[0].call(&["SRANDMEMBER", "s1"]).await, Value::Bulk(_)));
+        assert_eq!(c[0].call(&["SREM", "s1", "c", "d"]).await, Value::Int(2));
+        assert_eq!(c[0].call(&["EXISTS", "s1"]).await, Value::Int(0));
+        assert_eq!(c[0].call(&["TYPE", "other-slot"]).await, Value::Simple("set".into()));
+
+        // In a transaction with the other types.
+        assert_eq!(c[1].call(&["MULTI"]).await, ok());
+        c[1].call(&["HSET", "tx-hash", "f", "v"]).await;
+        c[1].call(&["SADD", "tx-set", "m"]).await;
+        c[1].call(&["INCR", "tx-count"]).await;
+        assert_eq!(
+            c[1].call(&["EXEC"]).await,
+            Value::Array(vec![Value::Int(1), Value::Int(1), Value::Int(1)])
+        );
+        assert_eq!(c[2].call(&["DBSIZE"]).await, Value::Int(8));
+    })
+    .await;
+}

@@ -6,6 +6,7 @@
 //! across nodes the compare decides and the loser tries again.
 
 use super::keys::{self, Record};
+use super::snapshot::{Elements, Need, Snapshot};
 use crate::proto::shoal::kv::{compare, op, op_result, Compare, KeyValue, Op, Read, Txn, TxnResult};
 use crate::range::kv::KvError;
 use crate::range::ops;
@@ -37,6 +38,8 @@ pub enum DataError {
 pub struct Stored {
     pub record: Option<Record>,
     pub mod_revision: i64,
+    /// The type of what is stored, expired or not (its elements may need removing).
+    pub raw_kind: Option<keys::Kind>,
 }
 
 impl Stored {
@@ -44,63 +47,34 @@ impl Stored {
         let Some(kv) = kv else {
             return Stored::default();
         };
-        let record = Record::decode(&kv.value).filter(|record| !record.expired(now));
+        let decoded = Record::decode(&kv.value);
+        let raw_kind = decoded.as_ref().map(|record| record.kind);
+        let record = decoded.filter(|record| !record.expired(now));
         Stored {
             record,
             mod_revision: kv.mod_revision,
+            raw_kind,
         }
     }
 }
 
-/// Keys as read at one revision, with the writes of the commands run on them so far
-/// (later commands of a transaction see earlier ones' writes).
-pub struct Snapshot {
-    now: i64,
-    read: HashMap<Bytes, Stored>,
-    written: BTreeMap<Bytes, Option<Record>>,
+/// One change of a conditional batch.
+#[derive(Clone, Debug)]
+pub enum Change {
+    Put(Bytes, Bytes),
+    Delete(Bytes),
+    /// Every key of `[start, end)` (a collection's elements).
+    DeleteSpan(Bytes, Bytes),
 }
 
-impl Snapshot {
-    /// Unix milliseconds the commands run at (expiry is judged by it).
-    pub fn now(&self) -> i64 {
-        self.now
-    }
-
-    /// The key's value now: `None` when missing or expired. Only keys named to
-    /// [`Data::run`] can be asked for.
-    pub fn get(&self, key: &Bytes) -> Option<&Record> {
-        debug_assert!(self.read.contains_key(key), "a command read a key it did not name");
-        match self.written.get(key) {
-            Some(written) => written.as_ref().filter(|record| !record.expired(self.now)),
-            None => self.read.get(key).and_then(|stored| stored.record.as_ref()),
+impl Change {
+    /// A record put or delete.
+    pub fn record(key: Bytes, record: Option<Record>) -> Change {
+        match record {
+            Some(record) => Change::Put(key, record.encode()),
+            None => Change::Delete(key),
         }
     }
-
-    /// Sets (or with `None`, deletes) the key.
-    pub fn set(&mut self, key: &Bytes, record: Option<Record>) {
-        debug_assert!(self.read.contains_key(key), "a command wrote a key it did not name");
-        self.written.insert(key.clone(), record);
-    }
-
-    /// The writes to apply: deletes of keys nothing is stored under are left out.
-    fn writes(&self) -> Vec<Write> {
-        self.written
-            .iter()
-            .filter(|(key, record)| {
-                record.is_some() || self.read.get(*key).is_some_and(|stored| stored.mod_revision != 0)
-            })
-            .map(|(key, record)| Write {
-                key: key.clone(),
-                record: record.clone(),
-            })
-            .collect()
-    }
-}
-
-/// One write of a conditional batch: the key and its new record, or `None` to delete.
-pub struct Write {
-    pub key: Bytes,
-    pub record: Option<Record>,
 }
 
 pub struct Data {
@@ -140,15 +114,45 @@ impl Data {
         guards
     }
 
-    /// Linearizable reads of internal keys, at one revision.
+    /// Linearizable reads of records, at one revision.
     pub async fn get_many(&self, keys: &[Bytes]) -> Result<Vec<Stored>, DataError> {
-        let now = now_ms();
-        let reads: Vec<Op> = keys
+        let needs: Vec<Need> = keys.iter().cloned().map(Need::Record).collect();
+        let (read, _) = self.load(&needs).await?;
+        Ok(keys
             .iter()
-            .map(|key| Op {
-                op: Some(op::Op::Read(ops::read(ops::span(key.clone(), Bytes::new())))),
-            })
-            .collect();
+            .map(|key| read.get(key).cloned().unwrap_or_default())
+            .collect())
+    }
+
+    /// Reads what `needs` name, at one revision (linearizable): each key's record, and
+    /// the elements asked for.
+    pub async fn load(&self, needs: &[Need]) -> Result<(HashMap<Bytes, Stored>, HashMap<Bytes, Elements>), DataError> {
+        let now = now_ms();
+        let read_op = |key: Bytes, end: Bytes| Op {
+            op: Some(op::Op::Read(ops::read(ops::span(key, end)))),
+        };
+        // One read of the record per key, then its elements: positions remembered.
+        let mut reads = Vec::new();
+        let mut plan: Vec<(Bytes, Option<Bytes>)> = Vec::new();
+        for need in needs {
+            let key = need.key().clone();
+            reads.push(read_op(key.clone(), Bytes::new()));
+            plan.push((key.clone(), None));
+            match need {
+                Need::Record(_) => {}
+                Need::Fields(_, fields) => {
+                    for field in fields {
+                        reads.push(read_op(keys::element_key(&key, field), Bytes::new()));
+                        plan.push((key.clone(), Some(field.clone())));
+                    }
+                }
+                Need::All(_) => {
+                    let (start, end) = keys::elements_span(&key);
+                    reads.push(read_op(start, end));
+                    plan.push((key.clone(), Some(Bytes::new())));
+                }
+            }
+        }
         let txn = Txn {
             success: reads,
             ..Default::default()
@@ -158,19 +162,40 @@ impl Data {
             .txns
             .read_spans(&spans, false, 0, |pinned| pinned.read_only_txn(&txn))
             .await?;
-        Ok(result
-            .results
-            .iter()
-            .map(|result| match &result.result {
-                Some(op_result::Result::Read(read)) => Stored::from_kv(read.kvs.first(), now),
-                _ => Stored::default(),
-            })
-            .collect())
+        let mut records: HashMap<Bytes, Stored> = HashMap::new();
+        let mut elements: HashMap<Bytes, Elements> = HashMap::new();
+        for ((key, part), result) in plan.into_iter().zip(&result.results) {
+            let Some(op_result::Result::Read(read)) = &result.result else {
+                continue;
+            };
+            match (part, needs.iter().find(|need| *need.key() == key)) {
+                (None, _) => {
+                    records.insert(key.clone(), Stored::from_kv(read.kvs.first(), now));
+                }
+                (Some(field), Some(Need::Fields(..))) => {
+                    let entry = elements.entry(key.clone()).or_default();
+                    entry.asked.insert(field.clone());
+                    if let Some(kv) = read.kvs.first() {
+                        entry.stored.insert(field, kv.value.clone());
+                    }
+                }
+                (Some(_), _) => {
+                    let entry = elements.entry(key.clone()).or_default();
+                    entry.all = true;
+                    for kv in &read.kvs {
+                        if let Some(field) = keys::field_of(&key, &kv.key) {
+                            entry.stored.insert(Bytes::copy_from_slice(field), kv.value.clone());
+                        }
+                    }
+                }
+            }
+        }
+        Ok((records, elements))
     }
 
-    /// Applies `writes` if every key in `expected` still has the mod revision it was
+    /// Applies `changes` if every key in `expected` still has the mod revision it was
     /// read at; `Ok(false)` if one changed.
-    pub async fn write_if(&self, expected: &[(Bytes, i64)], writes: Vec<Write>) -> Result<bool, DataError> {
+    pub async fn write_if(&self, expected: &[(Bytes, i64)], changes: Vec<Change>) -> Result<bool, DataError> {
         let compare = expected
             .iter()
             .map(|(key, mod_revision)| Compare {
@@ -182,16 +207,16 @@ impl Data {
             .collect();
         let result = self.write(Txn {
             compare,
-            success: writes.into_iter().map(write_op).collect(),
+            success: changes.into_iter().map(change_op).collect(),
             ..Default::default()
         });
         Ok(result.await?.succeeded)
     }
 
-    /// Applies `writes` unconditionally.
-    pub async fn write_all(&self, writes: Vec<Write>) -> Result<TxnResult, DataError> {
+    /// Applies `changes` unconditionally.
+    pub async fn write_all(&self, changes: Vec<Change>) -> Result<TxnResult, DataError> {
         self.write(Txn {
-            success: writes.into_iter().map(write_op).collect(),
+            success: changes.into_iter().map(change_op).collect(),
             ..Default::default()
         })
         .await
@@ -201,48 +226,34 @@ impl Data {
         Ok(self.txns.write(txn).await?)
     }
 
-    /// Runs `body` on `keys` read at one revision, and applies the writes it made only
-    /// if none of the keys changed meanwhile, else runs it again on what they are now.
-    /// `None` if a key of `watched` no longer has the mod revision given (WATCH).
+    /// Runs `body` on what `needs` name, read at one revision, and applies the changes
+    /// it made only if none of the keys changed meanwhile, else runs it again on what
+    /// they are now. `None` if a key of `watched` no longer has the mod revision given
+    /// (WATCH).
     pub async fn run<T>(
         &self,
-        keys: &[Bytes],
+        needs: &[Need],
         watched: &[(Bytes, i64)],
         mut body: impl FnMut(&mut Snapshot) -> T,
     ) -> Result<Option<T>, DataError> {
-        let mut all: Vec<Bytes> = keys.iter().chain(watched.iter().map(|(key, _)| key)).cloned().collect();
-        all.sort();
-        all.dedup();
-        let _guards = self.lock(&all).await;
+        let needs = merge_needs(needs, watched);
+        let keys: Vec<Bytes> = needs.iter().map(|need| need.key().clone()).collect();
+        let _guards = self.lock(&keys).await;
         for _ in 0..ATTEMPTS {
-            let found = self.get_many(&all).await?;
-            let read: HashMap<Bytes, Stored> = all.iter().cloned().zip(found).collect();
+            let (read, elements) = self.load(&needs).await?;
             let changed = watched
                 .iter()
                 .any(|(key, revision)| read.get(key).map_or(0, |stored| stored.mod_revision) != *revision);
             if changed {
                 return Ok(None);
             }
-            let mut snapshot = Snapshot {
-                now: now_ms(),
-                read,
-                written: BTreeMap::new(),
-            };
+            let mut snapshot = Snapshot::new(now_ms(), read, elements);
             let answer = body(&mut snapshot);
-            let writes = snapshot.writes();
-            if writes.is_empty() {
+            let changes = snapshot.changes();
+            if changes.is_empty() {
                 return Ok(Some(answer));
             }
-            let expected: Vec<(Bytes, i64)> = all
-                .iter()
-                .map(|key| {
-                    (
-                        key.clone(),
-                        snapshot.read.get(key).map_or(0, |stored| stored.mod_revision),
-                    )
-                })
-                .collect();
-            if self.write_if(&expected, writes).await? {
+            if self.write_if(&snapshot.expected(), changes).await? {
                 return Ok(Some(answer));
             }
             // Another node wrote one of the keys: a short pause lets it finish.
@@ -316,13 +327,39 @@ impl Data {
     }
 }
 
-fn write_op(write: Write) -> Op {
+fn change_op(change: Change) -> Op {
     Op {
-        op: Some(match write.record {
-            Some(record) => op::Op::Put(ops::put(write.key, record.encode())),
-            None => op::Op::Delete(ops::delete(ops::span(write.key, Bytes::new()))),
+        op: Some(match change {
+            Change::Put(key, value) => op::Op::Put(ops::put(key, value)),
+            Change::Delete(key) => op::Op::Delete(ops::delete(ops::span(key, Bytes::new()))),
+            Change::DeleteSpan(start, end) => op::Op::Delete(ops::delete(ops::span(start, end))),
         }),
     }
+}
+
+/// One need per key (the widest asked), watched keys' records included.
+fn merge_needs(needs: &[Need], watched: &[(Bytes, i64)]) -> Vec<Need> {
+    let mut merged: BTreeMap<Bytes, Need> = BTreeMap::new();
+    let watched = watched.iter().map(|(key, _)| Need::Record(key.clone()));
+    for need in needs.iter().cloned().chain(watched) {
+        let key = need.key().clone();
+        let combined = match (merged.remove(&key), need) {
+            (None, need) => need,
+            (Some(Need::All(_)), _) | (_, Need::All(_)) => Need::All(key.clone()),
+            (Some(Need::Fields(_, mut fields)), Need::Fields(_, more)) => {
+                fields.extend(more);
+                fields.sort();
+                fields.dedup();
+                Need::Fields(key.clone(), fields)
+            }
+            (Some(Need::Fields(_, fields)), Need::Record(_)) | (Some(Need::Record(_)), Need::Fields(_, fields)) => {
+                Need::Fields(key.clone(), fields)
+            }
+            (Some(Need::Record(_)), Need::Record(_)) => Need::Record(key.clone()),
+        };
+        merged.insert(key, combined);
+    }
+    merged.into_values().collect()
 }
 
 impl From<KvError> for DataError {

@@ -4,7 +4,7 @@
 //! having changed since it was seen expired (a SET meanwhile wins). Reads never depend
 //! on it: an expired key reads as missing whether or not it was removed yet.
 
-use super::data::{now_ms, Data};
+use super::data::{now_ms, Change, Data};
 use super::keys::{self, Record};
 use crate::router::Router;
 use bytes::Bytes;
@@ -65,29 +65,32 @@ async fn sweep(data: &Data, from: Bytes, end: Bytes) -> Result<Option<Bytes>, su
     let now = now_ms();
     let (stored, more) = data.scan_raw(from, end, KEYS_PER_PASS).await?;
     let next = more.then(|| stored.last().map(|(key, _, _)| next_key(key))).flatten();
-    let expired: Vec<(Bytes, i64)> = stored
+    // Records only (elements are no keys of their own), expired ones, with what to
+    // delete: the record, and a collection's elements.
+    let expired: Vec<((Bytes, i64), Vec<Change>)> = stored
         .into_iter()
-        .filter(|(_, value, _)| Record::decode(value).is_some_and(|record| record.expired(now)))
-        .map(|(key, _, mod_revision)| (key, mod_revision))
+        .filter(|(key, _, _)| keys::redis_key(key).is_some())
+        .filter_map(|(key, value, mod_revision)| {
+            let record = Record::decode(&value).filter(|record| record.expired(now))?;
+            let mut changes = vec![Change::Delete(key.clone())];
+            if record.kind.is_collection() {
+                let (start, end) = keys::elements_span(&key);
+                changes.push(Change::DeleteSpan(start, end));
+            }
+            Some(((key, mod_revision), changes))
+        })
         .collect();
     if expired.is_empty() {
         return Ok(next);
     }
     let mut removed = expired.len();
-    let deletes = |keys: &[(Bytes, i64)]| {
-        keys.iter()
-            .map(|(key, _)| super::data::Write {
-                key: key.clone(),
-                record: None,
-            })
-            .collect::<Vec<_>>()
-    };
+    let expected: Vec<(Bytes, i64)> = expired.iter().map(|(expected, _)| expected.clone()).collect();
+    let changes: Vec<Change> = expired.iter().flat_map(|(_, changes)| changes.clone()).collect();
     // All at once when none changed meanwhile, else one by one.
-    if !data.write_if(&expired, deletes(&expired)).await? {
+    if !data.write_if(&expected, changes).await? {
         removed = 0;
-        for one in &expired {
-            let single = std::slice::from_ref(one);
-            removed += usize::from(data.write_if(single, deletes(single)).await?);
+        for (expected, changes) in expired {
+            removed += usize::from(data.write_if(&[expected], changes).await?);
         }
     }
     metrics::counter!("shoal_redis_expired_keys_total").increment(removed as u64);

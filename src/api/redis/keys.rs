@@ -94,21 +94,52 @@ pub fn slot_of_internal(internal: &[u8]) -> Option<u16> {
     }
 }
 
+/// The key under which an element (hash field, set member) of the collection at
+/// `record_key` is stored: after the record's key, which ends with the escape's
+/// terminator, so no other key's elements or record can share it.
+pub fn element_key(record_key: &[u8], field: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(record_key.len() + field.len() + 1);
+    out.extend_from_slice(record_key);
+    out.push(ELEMENT);
+    out.extend_from_slice(field);
+    out.into()
+}
+
+/// The span of every element of the collection at `record_key`.
+pub fn elements_span(record_key: &[u8]) -> (Bytes, Bytes) {
+    let start = [record_key, &[ELEMENT]].concat();
+    let end = [record_key, &[ELEMENT + 1]].concat();
+    (start.into(), end.into())
+}
+
+/// The field of an element key of the collection at `record_key`.
+pub fn field_of<'a>(record_key: &[u8], element: &'a [u8]) -> Option<&'a [u8]> {
+    element.strip_prefix(record_key)?.strip_prefix(&[ELEMENT])
+}
+
+const ELEMENT: u8 = b'e';
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     String,
+    Hash,
+    Set,
 }
 
 impl Kind {
     fn tag(self) -> u8 {
         match self {
             Kind::String => b's',
+            Kind::Hash => b'h',
+            Kind::Set => b'S',
         }
     }
 
     fn from_tag(tag: u8) -> Option<Kind> {
         match tag {
             b's' => Some(Kind::String),
+            b'h' => Some(Kind::Hash),
+            b'S' => Some(Kind::Set),
             _ => None,
         }
     }
@@ -117,7 +148,14 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::String => "string",
+            Kind::Hash => "hash",
+            Kind::Set => "set",
         }
+    }
+
+    /// Whether values of this type are stored as elements beside the record.
+    pub fn is_collection(self) -> bool {
+        !matches!(self, Kind::String)
     }
 }
 
@@ -127,6 +165,7 @@ pub struct Record {
     pub kind: Kind,
     /// Unix milliseconds after which the key no longer exists; 0: never.
     pub expires_at: i64,
+    /// A string's bytes; a collection's element count (8 bytes, big-endian).
     pub payload: Bytes,
 }
 
@@ -137,6 +176,27 @@ impl Record {
             expires_at,
             payload: payload.into(),
         }
+    }
+
+    pub fn collection(kind: Kind, expires_at: i64, count: u64) -> Record {
+        debug_assert!(kind.is_collection());
+        Record {
+            kind,
+            expires_at,
+            payload: Bytes::copy_from_slice(&count.to_be_bytes()),
+        }
+    }
+
+    /// A collection's element count.
+    pub fn count(&self) -> u64 {
+        self.payload
+            .get(..8)
+            .and_then(|bytes| bytes.try_into().ok())
+            .map_or(0, u64::from_be_bytes)
+    }
+
+    pub fn set_count(&mut self, count: u64) {
+        self.payload = Bytes::copy_from_slice(&count.to_be_bytes());
     }
 
     pub fn encode(&self) -> Bytes {
@@ -154,6 +214,9 @@ impl Record {
         }
         let kind = Kind::from_tag(stored[0])?;
         let expires_at = i64::from_be_bytes(stored[1..9].try_into().ok()?);
+        if kind.is_collection() && stored.len() != 17 {
+            return None;
+        }
         Some(Record {
             kind,
             expires_at,
@@ -196,5 +259,15 @@ mod tests {
         assert_eq!(Record::decode(&record.encode()), Some(record.clone()));
         assert!(record.expired(1234) && !record.expired(1233));
         assert_eq!(Record::decode(&Bytes::from_static(b"x")), None);
+        let mut set = Record::collection(Kind::Set, 0, 3);
+        assert_eq!(set.count(), 3);
+        set.set_count(4);
+        assert_eq!(Record::decode(&set.encode()).map(|record| record.count()), Some(4));
+        let record_key = internal_key(0, b"k");
+        let element = element_key(&record_key, b"field");
+        let (start, end) = elements_span(&record_key);
+        assert!(element >= start && element < end && record_key < start);
+        assert_eq!(field_of(&record_key, &element), Some(&b"field"[..]));
+        assert_eq!(redis_key(&element), None, "an element is no key of its own");
     }
 }

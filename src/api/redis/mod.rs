@@ -9,6 +9,7 @@ pub mod expiry;
 mod glob;
 pub mod keys;
 pub mod resp;
+mod snapshot;
 
 use bytes::BytesMut;
 use data::Data;

@@ -1,9 +1,9 @@
 //! Commands on keys of any type: deletion, existence, expiry, renaming, iteration.
 
 use super::{integer, syntax_error, upper, Env, Outcome};
-use crate::api::redis::data::Snapshot;
 use crate::api::redis::keys::{self, DATABASES, SLOTS};
 use crate::api::redis::resp::Reply;
+use crate::api::redis::snapshot::Snapshot;
 use crate::api::redis::{glob, RedisContext, Session};
 use bytes::Bytes;
 
@@ -92,18 +92,18 @@ fn outcome(snapshot: &mut Snapshot, env: &Env, name: &str, args: &[Bytes]) -> Re
         "rename" | "renamenx" => {
             let only_new = name == "renamenx";
             let (source, target) = (env.key(&args[1]), env.key(&args[2]));
-            let Some(record) = snapshot.get(&source).cloned() else {
+            if snapshot.get(&source).is_none() {
                 return Err(Reply::error("ERR no such key"));
-            };
+            }
             if only_new && snapshot.get(&target).is_some() {
                 return Ok(Reply::Integer(0));
             }
             if source == target {
                 return Ok(if only_new { Reply::Integer(0) } else { Reply::ok() });
             }
-            // The expiry moves with the value, as in Redis.
+            // The expiry (and a collection's elements) move with the value, as in Redis.
+            snapshot.copy_key(&source, &target);
             snapshot.set(&source, None);
-            snapshot.set(&target, Some(record));
             Ok(if only_new { Reply::Integer(1) } else { Reply::ok() })
         }
         "copy" => {
@@ -113,13 +113,10 @@ fn outcome(snapshot: &mut Snapshot, env: &Env, name: &str, args: &[Bytes]) -> Re
             if source == target {
                 return Err(Reply::error("ERR source and destination objects are the same"));
             }
-            let Some(record) = snapshot.get(source).cloned() else {
-                return Ok(Reply::Integer(0));
-            };
-            if snapshot.get(target).is_some() && !replace {
+            if snapshot.get(source).is_none() || (snapshot.get(target).is_some() && !replace) {
                 return Ok(Reply::Integer(0));
             }
-            snapshot.set(target, Some(record));
+            snapshot.copy_key(source, target);
             Ok(Reply::Integer(1))
         }
         "expire" | "pexpire" | "expireat" | "pexpireat" => expire(snapshot, env, name, args),
@@ -320,6 +317,9 @@ fn object(snapshot: &Snapshot, env: &Env, args: &[Bytes]) -> Result<Reply, Reply
                 return Ok(Reply::Null);
             };
             Ok(match sub.as_str() {
+                "ENCODING" if record.kind.is_collection() => {
+                    Reply::bulk(if record.count() <= 128 { "listpack" } else { "hashtable" })
+                }
                 "ENCODING" => {
                     let payload = &record.payload;
                     let is_int = payload.len() <= 20

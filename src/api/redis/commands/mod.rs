@@ -1,12 +1,16 @@
 //! The command table and dispatch: arity checks and errors with Redis's texts, then
 //! the handler of each group.
 
+mod hashes;
 mod keyspace;
 mod server;
+mod sets;
 mod strings;
 
-use super::data::DataError;
+use super::data::{Change, DataError};
+use super::keys::Record;
 use super::resp::Reply;
+use super::snapshot::{Need, Snapshot};
 use super::{RedisContext, Session};
 use bytes::Bytes;
 
@@ -57,6 +61,41 @@ pub static COMMANDS: &[Spec] = &[
     spec("flushall", -1, W, NONE),
     spec("time", 1, C, NONE),
     spec("config", -2, &["admin", "loading", "stale"], NONE),
+    // Hashes.
+    spec("hset", -4, WD, ONE),
+    spec("hmset", -4, WD, ONE),
+    spec("hsetnx", 4, WD, ONE),
+    spec("hget", 3, R, ONE),
+    spec("hmget", -3, R, ONE),
+    spec("hgetall", 2, RS, ONE),
+    spec("hdel", -3, W, ONE),
+    spec("hlen", 2, R, ONE),
+    spec("hexists", 3, R, ONE),
+    spec("hkeys", 2, RS, ONE),
+    spec("hvals", 2, RS, ONE),
+    spec("hincrby", 4, WD, ONE),
+    spec("hincrbyfloat", 4, WD, ONE),
+    spec("hstrlen", 3, R, ONE),
+    spec("hscan", -3, RS, ONE),
+    spec("hrandfield", -2, RS, ONE),
+    // Sets.
+    spec("sadd", -3, WD, ONE),
+    spec("srem", -3, W, ONE),
+    spec("smembers", 2, RS, ONE),
+    spec("sismember", 3, R, ONE),
+    spec("smismember", -3, R, ONE),
+    spec("scard", 2, R, ONE),
+    spec("spop", -2, W, ONE),
+    spec("srandmember", -2, RS, ONE),
+    spec("smove", 4, W, (1, 2, 1)),
+    spec("sinter", -2, RS, ALL),
+    spec("sunion", -2, RS, ALL),
+    spec("sdiff", -2, RS, ALL),
+    spec("sinterstore", -3, WD, ALL),
+    spec("sunionstore", -3, WD, ALL),
+    spec("sdiffstore", -3, WD, ALL),
+    spec("sintercard", -3, RS, NONE),
+    spec("sscan", -3, RS, ONE),
     // Transactions.
     spec("multi", 1, &["noscript", "loading", "stale", "fast"], NONE),
     spec("exec", 1, &["noscript", "loading", "stale"], NONE),
@@ -195,7 +234,7 @@ impl Env {
 /// Commands that run on a snapshot of the keys they name: atomic, and queueable in
 /// MULTI.
 fn is_keyed(name: &str) -> bool {
-    strings::handles(name) || keyspace::handles(name)
+    strings::handles(name) || keyspace::handles(name) || hashes::handles(name) || sets::handles(name)
 }
 
 /// Commands MULTI queues: the keyed ones, and those that read no data.
@@ -223,10 +262,34 @@ fn keys_of(spec: &Spec, env: &Env, args: &[Bytes]) -> Vec<Bytes> {
         .collect()
 }
 
+/// What a keyed command needs read: its keys' records, and the elements it touches.
+fn needs_of(spec: &Spec, env: &Env, args: &[Bytes]) -> Vec<Need> {
+    if hashes::handles(spec.name) {
+        return hashes::needs(spec.name, env, args);
+    }
+    if sets::handles(spec.name) {
+        return sets::needs(spec.name, env, args);
+    }
+    let keys = keys_of(spec, env, args);
+    match spec.name {
+        // A collection moves or is copied with its elements.
+        "rename" | "renamenx" | "copy" => keys
+            .into_iter()
+            .enumerate()
+            .map(|(index, key)| if index == 0 { Need::All(key) } else { Need::Record(key) })
+            .collect(),
+        _ => keys.into_iter().map(Need::Record).collect(),
+    }
+}
+
 /// Runs a keyed command on a snapshot.
-fn run_keyed(snapshot: &mut super::data::Snapshot, env: &Env, name: &str, args: &[Bytes]) -> Reply {
+fn run_keyed(snapshot: &mut Snapshot, env: &Env, name: &str, args: &[Bytes]) -> Reply {
     if strings::handles(name) {
         strings::run(snapshot, env, name, args)
+    } else if hashes::handles(name) {
+        hashes::run(snapshot, env, name, args)
+    } else if sets::handles(name) {
+        sets::run(snapshot, env, name, args)
     } else {
         keyspace::run(snapshot, env, name, args)
     }
@@ -286,18 +349,11 @@ pub async fn run(context: &RedisContext, session: &mut Session, args: &[Bytes]) 
             // Nothing to read first: one unconditional write.
             let now = super::data::now_ms();
             let writes = match spec.name {
-                "set" => strings::set_options(args, now).map(|options| {
-                    vec![super::data::Write {
-                        key: env.key(&args[1]),
-                        record: Some(super::keys::Record::string(args[2].clone(), options.expires_at())),
-                    }]
-                }),
+                "set" => strings::set_options(args, now)
+                    .map(|options| overwrite(env.key(&args[1]), Record::string(args[2].clone(), options.expires_at()))),
                 _ => Ok(args[1..]
                     .chunks(2)
-                    .map(|pair| super::data::Write {
-                        key: env.key(&pair[0]),
-                        record: Some(super::keys::Record::string(pair[1].clone(), 0)),
-                    })
+                    .flat_map(|pair| overwrite(env.key(&pair[0]), Record::string(pair[1].clone(), 0)))
                     .collect()),
             };
             match writes {
@@ -311,10 +367,10 @@ pub async fn run(context: &RedisContext, session: &mut Session, args: &[Bytes]) 
             }
         }
         name if is_keyed(name) => {
-            let keys = keys_of(spec, &env, args);
+            let needs = needs_of(spec, &env, args);
             match context
                 .data
-                .run(&keys, &[], |snapshot| run_keyed(snapshot, &env, name, args))
+                .run(&needs, &[], |snapshot| run_keyed(snapshot, &env, name, args))
                 .await
             {
                 Ok(Some(reply)) => Ok(reply),
@@ -326,6 +382,13 @@ pub async fn run(context: &RedisContext, session: &mut Session, args: &[Bytes]) 
         _ => server::run(context, session, spec.name, args).await,
     };
     outcome.unwrap_or_else(|error| error)
+}
+
+/// The changes that make `key` hold `record` whatever it held: a collection's elements
+/// go too.
+fn overwrite(key: Bytes, record: Record) -> Vec<Change> {
+    let (start, end) = super::keys::elements_span(&key);
+    vec![Change::DeleteSpan(start, end), Change::record(key, Some(record))]
 }
 
 /// A SET without options that need the old value, or an MSET: no read first.
@@ -359,15 +422,15 @@ async fn exec(context: &RedisContext, session: &mut Session) -> Reply {
         db: session.db,
         max_bulk: context.limits.max_bulk,
     };
-    let mut keys = Vec::new();
+    let mut needs = Vec::new();
     for args in &queued {
         if let Some(spec) = find(&String::from_utf8_lossy(&args[0])) {
-            keys.extend(keys_of(spec, &env, args));
+            needs.extend(needs_of(spec, &env, args));
         }
     }
     let outcome = context
         .data
-        .run(&keys, &watched, |snapshot| {
+        .run(&needs, &watched, |snapshot| {
             Reply::Array(
                 queued
                     .iter()

@@ -3,9 +3,9 @@
 //! [`Data::run`]: crate::api::redis::data::Data::run
 
 use super::{float, integer, not_integer, syntax_error, upper, wrong_type, Env};
-use crate::api::redis::data::Snapshot;
 use crate::api::redis::keys::{Kind, Record};
 use crate::api::redis::resp::{format_double, Reply};
+use crate::api::redis::snapshot::Snapshot;
 use bytes::Bytes;
 
 /// Whether `name` is a string command.
