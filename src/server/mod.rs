@@ -379,6 +379,7 @@ pub async fn run(
         let port = listener.local_addr()?.port();
         let redis = crate::api::redis::RedisContext::new(
             txns.clone(),
+            context.watch_hub.clone(),
             me,
             port,
             crate::api::redis::RedisLimits {

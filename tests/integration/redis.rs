@@ -838,3 +838,107 @@ async fn hashes_and_sets_through_every_node() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn lists_and_blocking_pops_across_nodes() {
+    bounded(async {
+        let cluster = Cluster::start(3).await;
+        let mut c = clients(&cluster).await;
+        assert_eq!(c[0].call(&["RPUSH", "q", "a", "b", "c"]).await, Value::Int(3));
+        assert_eq!(c[1].call(&["LPUSH", "q", "z", "y"]).await, Value::Int(5));
+        assert_eq!(
+            c[2].call(&["LRANGE", "q", "0", "-1"]).await,
+            Value::Array(vec![bulk("y"), bulk("z"), bulk("a"), bulk("b"), bulk("c")])
+        );
+        assert_eq!(
+            c[2].call(&["LRANGE", "q", "1", "2"]).await,
+            Value::Array(vec![bulk("z"), bulk("a")])
+        );
+        assert_eq!(c[0].call(&["LLEN", "q"]).await, Value::Int(5));
+        assert_eq!(c[0].call(&["LINDEX", "q", "0"]).await, bulk("y"));
+        assert_eq!(c[0].call(&["LINDEX", "q", "-1"]).await, bulk("c"));
+        assert_eq!(c[0].call(&["LINDEX", "q", "9"]).await, Value::Nil);
+        assert_eq!(c[1].call(&["LSET", "q", "-2", "B"]).await, ok());
+        assert_eq!(
+            c[1].call(&["LSET", "q", "9", "x"]).await,
+            Value::Error("ERR index out of range".into())
+        );
+        assert_eq!(c[2].call(&["LPOP", "q"]).await, bulk("y"));
+        assert_eq!(
+            c[2].call(&["RPOP", "q", "2"]).await,
+            Value::Array(vec![bulk("c"), bulk("B")])
+        );
+        assert_eq!(c[0].call(&["LINSERT", "q", "BEFORE", "a", "m"]).await, Value::Int(3));
+        assert_eq!(
+            c[1].call(&["LRANGE", "q", "0", "-1"]).await,
+            Value::Array(vec![bulk("z"), bulk("m"), bulk("a")])
+        );
+        assert_eq!(c[1].call(&["RPUSH", "q", "a", "a"]).await, Value::Int(5));
+        assert_eq!(c[1].call(&["LPOS", "q", "a"]).await, Value::Int(2));
+        assert_eq!(
+            c[1].call(&["LPOS", "q", "a", "COUNT", "0"]).await,
+            Value::Array(vec![Value::Int(2), Value::Int(3), Value::Int(4)])
+        );
+        assert_eq!(c[2].call(&["LREM", "q", "-2", "a"]).await, Value::Int(2));
+        assert_eq!(c[2].call(&["LTRIM", "q", "1", "-1"]).await, ok());
+        assert_eq!(
+            c[0].call(&["LRANGE", "q", "0", "-1"]).await,
+            Value::Array(vec![bulk("m"), bulk("a")])
+        );
+        assert_eq!(c[0].call(&["LMOVE", "q", "other", "RIGHT", "LEFT"]).await, bulk("a"));
+        assert_eq!(c[0].call(&["RPOPLPUSH", "q", "other"]).await, bulk("m"));
+        assert_eq!(
+            c[0].call(&["EXISTS", "q"]).await,
+            Value::Int(0),
+            "an empty list is no key"
+        );
+        assert_eq!(
+            c[1].call(&["LRANGE", "other", "0", "-1"]).await,
+            Value::Array(vec![bulk("m"), bulk("a")])
+        );
+        assert_eq!(c[1].call(&["TYPE", "other"]).await, Value::Simple("list".into()));
+        assert_eq!(c[1].call(&["LPUSHX", "missing", "x"]).await, Value::Int(0));
+        assert_eq!(c[1].call(&["LPOP", "missing", "2"]).await, Value::Nil);
+
+        // A blocking pop times out empty, and is woken by a push through another node.
+        let started = Instant::now();
+        assert_eq!(c[0].call(&["BLPOP", "jobs", "0.3"]).await, Value::Nil);
+        assert!(
+            started.elapsed() >= Duration::from_millis(300),
+            "BLPOP waited its timeout"
+        );
+        let port = cluster.nodes[0].redis_port;
+        let waiter = tokio::spawn(async move {
+            let mut client = Client::connect(port).await;
+            let started = Instant::now();
+            let reply = client.call(&["BLPOP", "other-jobs", "jobs", "0"]).await;
+            (reply, started.elapsed())
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(c[2].call(&["RPUSH", "jobs", "job-1"]).await, Value::Int(1));
+        let (reply, waited) = waiter.await.expect("the waiter");
+        assert_eq!(reply, Value::Array(vec![bulk("jobs"), bulk("job-1")]));
+        assert!(
+            waited < Duration::from_secs(4),
+            "woken by the push, not by the 5 s recheck: {waited:?}"
+        );
+        assert_eq!(c[1].call(&["EXISTS", "jobs"]).await, Value::Int(0), "the pop took it");
+        // BLMOVE moves atomically once there is something to move.
+        assert_eq!(c[1].call(&["RPUSH", "src", "v"]).await, Value::Int(1));
+        assert_eq!(
+            c[2].call(&["BLMOVE", "src", "dst", "LEFT", "RIGHT", "1"]).await,
+            bulk("v")
+        );
+        assert_eq!(
+            c[0].call(&["LRANGE", "dst", "0", "-1"]).await,
+            Value::Array(vec![bulk("v")])
+        );
+        assert_eq!(c[0].call(&["BRPOP", "src", "0.1"]).await, Value::Nil);
+        assert_eq!(c[0].call(&["SET", "str", "x"]).await, ok());
+        assert_eq!(
+            c[0].call(&["LPUSH", "str", "x"]).await,
+            Value::Error("WRONGTYPE Operation against a key holding the wrong kind of value".into())
+        );
+    })
+    .await;
+}

@@ -7,6 +7,7 @@
 
 use super::keys::{self, Record};
 use super::snapshot::{Elements, Need, Snapshot};
+use crate::proto::shoal::kv::read::{SortOrder, SortTarget};
 use crate::proto::shoal::kv::{compare, op, op_result, Compare, KeyValue, Op, Read, Txn, TxnResult};
 use crate::range::kv::KvError;
 use crate::range::ops;
@@ -151,6 +152,22 @@ impl Data {
                     reads.push(read_op(start, end));
                     plan.push((key.clone(), Some(Bytes::new())));
                 }
+                Need::Edges(_, front, back) => {
+                    for (count, order) in [(*front, SortOrder::Ascend), (*back, SortOrder::Descend)] {
+                        if count == 0 {
+                            continue;
+                        }
+                        let (start, end) = keys::elements_span(&key);
+                        let mut read = ops::read(ops::span(start, end));
+                        read.limit = count as i64;
+                        read.sort_order = order as i32;
+                        read.sort_target = SortTarget::Key as i32;
+                        reads.push(Op {
+                            op: Some(op::Op::Read(read)),
+                        });
+                        plan.push((key.clone(), Some(Bytes::new())));
+                    }
+                }
             }
         }
         let txn = Txn {
@@ -179,9 +196,10 @@ impl Data {
                         entry.stored.insert(field, kv.value.clone());
                     }
                 }
-                (Some(_), _) => {
+                (Some(_), need) => {
                     let entry = elements.entry(key.clone()).or_default();
-                    entry.all = true;
+                    entry.all |= matches!(need, Some(Need::All(_)));
+                    entry.edges |= matches!(need, Some(Need::Edges(..)));
                     for kv in &read.kvs {
                         if let Some(field) = keys::field_of(&key, &kv.key) {
                             entry.stored.insert(Bytes::copy_from_slice(field), kv.value.clone());
@@ -346,6 +364,15 @@ fn merge_needs(needs: &[Need], watched: &[(Bytes, i64)]) -> Vec<Need> {
         let combined = match (merged.remove(&key), need) {
             (None, need) => need,
             (Some(Need::All(_)), _) | (_, Need::All(_)) => Need::All(key.clone()),
+            (Some(Need::Edges(_, front, back)), Need::Edges(_, more_front, more_back)) => {
+                Need::Edges(key.clone(), front.max(more_front), back.max(more_back))
+            }
+            (Some(Need::Edges(_, front, back)), Need::Record(_))
+            | (Some(Need::Record(_)), Need::Edges(_, front, back)) => Need::Edges(key.clone(), front, back),
+            // Fields by name and edges of one key: read it whole.
+            (Some(Need::Edges(..)), Need::Fields(..)) | (Some(Need::Fields(..)), Need::Edges(..)) => {
+                Need::All(key.clone())
+            }
             (Some(Need::Fields(_, mut fields)), Need::Fields(_, more)) => {
                 fields.extend(more);
                 fields.sort();

@@ -119,11 +119,24 @@ pub fn field_of<'a>(record_key: &[u8], element: &'a [u8]) -> Option<&'a [u8]> {
 
 const ELEMENT: u8 = b'e';
 
+/// A list element's field: its position, ordered as the integers are (the sign bit
+/// flipped, big-endian), so the elements span lists the list from head to tail.
+pub fn position_field(position: i64) -> Bytes {
+    Bytes::copy_from_slice(&((position as u64) ^ (1 << 63)).to_be_bytes())
+}
+
+/// The position a list element's field holds.
+pub fn field_position(field: &[u8]) -> Option<i64> {
+    let bytes: [u8; 8] = field.try_into().ok()?;
+    Some((u64::from_be_bytes(bytes) ^ (1 << 63)) as i64)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     String,
     Hash,
     Set,
+    List,
 }
 
 impl Kind {
@@ -132,6 +145,7 @@ impl Kind {
             Kind::String => b's',
             Kind::Hash => b'h',
             Kind::Set => b'S',
+            Kind::List => b'l',
         }
     }
 
@@ -140,6 +154,7 @@ impl Kind {
             b's' => Some(Kind::String),
             b'h' => Some(Kind::Hash),
             b'S' => Some(Kind::Set),
+            b'l' => Some(Kind::List),
             _ => None,
         }
     }
@@ -150,6 +165,7 @@ impl Kind {
             Kind::String => "string",
             Kind::Hash => "hash",
             Kind::Set => "set",
+            Kind::List => "list",
         }
     }
 
@@ -269,5 +285,12 @@ mod tests {
         assert!(element >= start && element < end && record_key < start);
         assert_eq!(field_of(&record_key, &element), Some(&b"field"[..]));
         assert_eq!(redis_key(&element), None, "an element is no key of its own");
+        let positions = [i64::MIN, -5, -1, 0, 1, 7, i64::MAX];
+        for pair in positions.windows(2) {
+            assert!(position_field(pair[0]) < position_field(pair[1]));
+        }
+        for position in positions {
+            assert_eq!(field_position(&position_field(position)), Some(position));
+        }
     }
 }

@@ -60,6 +60,8 @@ struct Stats {
 /// What every Redis connection of a node shares.
 pub struct RedisContext {
     data: Arc<Data>,
+    watch_hub: crate::range::watch::WatchHub,
+    router: Arc<crate::router::Router>,
     member_id: u64,
     started: Instant,
     limits: RedisLimits,
@@ -70,9 +72,17 @@ pub struct RedisContext {
 }
 
 impl RedisContext {
-    pub fn new(txns: Arc<crate::txn::Transactions>, member_id: u64, port: u16, limits: RedisLimits) -> Arc<Self> {
+    pub fn new(
+        txns: Arc<crate::txn::Transactions>,
+        watch_hub: crate::range::watch::WatchHub,
+        member_id: u64,
+        port: u16,
+        limits: RedisLimits,
+    ) -> Arc<Self> {
         Arc::new(RedisContext {
+            router: txns.router().clone(),
             data: Arc::new(Data::new(txns)),
+            watch_hub,
             member_id,
             started: Instant::now(),
             limits,
@@ -91,8 +101,47 @@ impl RedisContext {
         expiry::run(self.data.clone(), router)
     }
 
+    /// Something that wakes when any of the records at `keys` is written from now on.
+    async fn wake_on(&self, keys: &[bytes::Bytes]) -> Wake {
+        let start = self.router.frontier() + 1;
+        let (sender, receiver) = tokio::sync::mpsc::channel(1);
+        let mut tasks = Vec::with_capacity(keys.len());
+        for key in keys {
+            let span = crate::range::kv::key_range(&crate::range::ops::span(key.clone(), bytes::Bytes::new()));
+            let mut subscription = self.watch_hub.subscribe(span, start, false).await;
+            let sender = sender.clone();
+            tasks.push(tokio::spawn(async move {
+                while subscription.next().await.is_some() {
+                    let _ = sender.try_send(());
+                }
+            }));
+        }
+        Wake { receiver, tasks }
+    }
+
     fn clients(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, ClientInfo>> {
         self.clients.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Wakes a blocked command when one of the keys it waits on is written.
+struct Wake {
+    receiver: tokio::sync::mpsc::Receiver<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Wake {
+    /// Until a write or `longest`, whichever first.
+    async fn wait(mut self, longest: std::time::Duration) {
+        let _ = tokio::time::timeout(longest, self.receiver.recv()).await;
+    }
+}
+
+impl Drop for Wake {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 

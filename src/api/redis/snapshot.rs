@@ -18,12 +18,15 @@ pub enum Need {
     Fields(Bytes, Vec<Bytes>),
     /// The record and every element.
     All(Bytes),
+    /// The record, the first `front` and the last `back` elements (in key order: a
+    /// list's head and tail).
+    Edges(Bytes, usize, usize),
 }
 
 impl Need {
     pub fn key(&self) -> &Bytes {
         match self {
-            Need::Record(key) | Need::Fields(key, _) | Need::All(key) => key,
+            Need::Record(key) | Need::Fields(key, _) | Need::All(key) | Need::Edges(key, ..) => key,
         }
     }
 }
@@ -36,6 +39,9 @@ pub struct Elements {
     /// Fields asked for (present or not), unless `all`.
     pub asked: BTreeSet<Bytes>,
     pub all: bool,
+    /// The first and last elements were read (a list's ends): positions next to them
+    /// are known to be free.
+    pub edges: bool,
     /// The stored elements are gone (the key was deleted, overwritten or recreated).
     cleared: bool,
     changes: BTreeMap<Bytes, Option<Bytes>>,
@@ -91,7 +97,11 @@ impl Snapshot {
         self.get(key).filter(|record| record.kind.is_collection())?;
         let elements = self.elements.get(key)?;
         debug_assert!(
-            elements.all || elements.cleared || elements.asked.contains(field) || elements.changes.contains_key(field),
+            elements.all
+                || elements.edges
+                || elements.cleared
+                || elements.asked.contains(field)
+                || elements.changes.contains_key(field),
             "a command read an element it did not ask for"
         );
         match elements.changes.get(field) {
@@ -125,6 +135,36 @@ impl Snapshot {
             };
         }
         out
+    }
+
+    /// The elements of the collection at `key` that were read (all, or the edges
+    /// asked for), with the changes made since, in key order.
+    pub fn known_fields(&self, key: &Bytes) -> BTreeMap<Bytes, Bytes> {
+        if self.get(key).filter(|record| record.kind.is_collection()).is_none() {
+            return BTreeMap::new();
+        }
+        let Some(elements) = self.elements.get(key) else {
+            return BTreeMap::new();
+        };
+        let mut out = if elements.cleared {
+            BTreeMap::new()
+        } else {
+            elements.stored.clone()
+        };
+        for (field, value) in &elements.changes {
+            match value {
+                Some(value) => out.insert(field.clone(), value.clone()),
+                None => out.remove(field),
+            };
+        }
+        out
+    }
+
+    /// Whether every element of `key` was read.
+    pub fn all_known(&self, key: &Bytes) -> bool {
+        self.elements
+            .get(key)
+            .is_none_or(|elements| elements.all || elements.cleared)
     }
 
     /// Sets an element of the collection of `kind` at `key`, creating the collection

@@ -3,6 +3,7 @@
 
 mod hashes;
 mod keyspace;
+mod lists;
 mod server;
 mod sets;
 mod strings;
@@ -96,6 +97,27 @@ pub static COMMANDS: &[Spec] = &[
     spec("sdiffstore", -3, WD, ALL),
     spec("sintercard", -3, RS, NONE),
     spec("sscan", -3, RS, ONE),
+    // Lists.
+    spec("lpush", -3, WD, ONE),
+    spec("rpush", -3, WD, ONE),
+    spec("lpushx", -3, WD, ONE),
+    spec("rpushx", -3, WD, ONE),
+    spec("lpop", -2, W, ONE),
+    spec("rpop", -2, W, ONE),
+    spec("llen", 2, R, ONE),
+    spec("lrange", 4, RS, ONE),
+    spec("lindex", 3, RS, ONE),
+    spec("lset", 4, WD, ONE),
+    spec("lrem", 4, W, ONE),
+    spec("ltrim", 4, W, ONE),
+    spec("linsert", 5, WD, ONE),
+    spec("lpos", -3, RS, ONE),
+    spec("lmove", 5, WD, (1, 2, 1)),
+    spec("rpoplpush", 3, WD, (1, 2, 1)),
+    spec("blpop", -3, &["write", "blocking"], (1, -2, 1)),
+    spec("brpop", -3, &["write", "blocking"], (1, -2, 1)),
+    spec("blmove", 6, &["write", "denyoom", "blocking"], (1, 2, 1)),
+    spec("brpoplpush", 4, &["write", "denyoom", "blocking"], (1, 2, 1)),
     // Transactions.
     spec("multi", 1, &["noscript", "loading", "stale", "fast"], NONE),
     spec("exec", 1, &["noscript", "loading", "stale"], NONE),
@@ -234,7 +256,11 @@ impl Env {
 /// Commands that run on a snapshot of the keys they name: atomic, and queueable in
 /// MULTI.
 fn is_keyed(name: &str) -> bool {
-    strings::handles(name) || keyspace::handles(name) || hashes::handles(name) || sets::handles(name)
+    strings::handles(name)
+        || keyspace::handles(name)
+        || hashes::handles(name)
+        || sets::handles(name)
+        || lists::handles(name)
 }
 
 /// Commands MULTI queues: the keyed ones, and those that read no data.
@@ -270,6 +296,9 @@ fn needs_of(spec: &Spec, env: &Env, args: &[Bytes]) -> Vec<Need> {
     if sets::handles(spec.name) {
         return sets::needs(spec.name, env, args);
     }
+    if lists::handles(spec.name) {
+        return lists::needs(spec.name, env, args);
+    }
     let keys = keys_of(spec, env, args);
     match spec.name {
         // A collection moves or is copied with its elements.
@@ -290,6 +319,8 @@ fn run_keyed(snapshot: &mut Snapshot, env: &Env, name: &str, args: &[Bytes]) -> 
         hashes::run(snapshot, env, name, args)
     } else if sets::handles(name) {
         sets::run(snapshot, env, name, args)
+    } else if lists::handles(name) {
+        lists::run(snapshot, env, name, args)
     } else {
         keyspace::run(snapshot, env, name, args)
     }
@@ -366,6 +397,7 @@ pub async fn run(context: &RedisContext, session: &mut Session, args: &[Bytes]) 
                 Err(error) => Err(error),
             }
         }
+        name if lists::is_blocking(name) => blocking(context, &env, spec, args).await,
         name if is_keyed(name) => {
             let needs = needs_of(spec, &env, args);
             match context
@@ -383,6 +415,51 @@ pub async fn run(context: &RedisContext, session: &mut Session, args: &[Bytes]) 
     };
     outcome.unwrap_or_else(|error| error)
 }
+
+/// BLPOP, BRPOP, BLMOVE and BRPOPLPUSH outside MULTI: tries, and while the lists are
+/// empty waits for a write to one of them (on any node: the watch hub sees every
+/// range's writes) or the timeout, then tries again.
+async fn blocking(context: &RedisContext, env: &Env, spec: &Spec, args: &[Bytes]) -> Outcome {
+    let timeout = super::commands::float(&args[args.len() - 1])
+        .filter(|seconds| seconds.is_finite())
+        .ok_or_else(|| Reply::error("ERR timeout is not a float or out of range"))?;
+    if timeout < 0.0 {
+        return Err(Reply::error("ERR timeout is negative"));
+    }
+    let deadline = (timeout > 0.0).then(|| tokio::time::Instant::now() + std::time::Duration::from_secs_f64(timeout));
+    let sources: Vec<Bytes> = match spec.name {
+        "blpop" | "brpop" => args[1..args.len() - 1].iter().map(|key| env.key(key)).collect(),
+        _ => vec![env.key(&args[1])],
+    };
+    let needs = needs_of(spec, env, args);
+    loop {
+        // Watch first, so a push between the attempt and the wait still wakes us.
+        let wake = context.wake_on(&sources).await;
+        let reply = match context
+            .data
+            .run(&needs, &[], |snapshot| run_keyed(snapshot, env, spec.name, args))
+            .await
+        {
+            Ok(Some(reply)) => reply,
+            Ok(None) => Reply::NullArray,
+            Err(error) => return Err(store_error(error)),
+        };
+        if !matches!(reply, Reply::NullArray | Reply::Null) {
+            return Ok(reply);
+        }
+        let now = tokio::time::Instant::now();
+        if deadline.is_some_and(|deadline| now >= deadline) {
+            return Ok(Reply::NullArray);
+        }
+        // Woken by a write, or at the latest after a few seconds (a safety net, not the
+        // mechanism), or at the timeout.
+        let wait = deadline.map_or(BLOCK_RECHECK, |deadline| (deadline - now).min(BLOCK_RECHECK));
+        wake.wait(wait).await;
+    }
+}
+
+/// Longest a blocked command waits before it looks at its lists again unwoken.
+const BLOCK_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The changes that make `key` hold `record` whatever it held: a collection's elements
 /// go too.
