@@ -375,6 +375,7 @@ pub async fn run(
     }
     let mut http_servers = tokio::task::JoinSet::new();
     let mut redis_expiry = None;
+    let mut redis_messages = None;
     if let Some(listener) = redis_listener {
         let port = listener.local_addr()?.port();
         let redis = crate::api::redis::RedisContext::new(
@@ -387,6 +388,7 @@ pub async fn run(
             },
         );
         redis_expiry = Some(tokio::spawn(redis.expire_keys(router.clone())));
+        redis_messages = Some(tokio::spawn(redis.deliver_messages()));
         let stop = stopped();
         http_servers.spawn(crate::api::redis::serve(listener, redis, stop));
     }
@@ -435,8 +437,8 @@ pub async fn run(
     }
     resolver.abort();
     lease_revoker.abort();
-    if let Some(expiry) = redis_expiry {
-        expiry.abort();
+    for task in [redis_expiry, redis_messages].into_iter().flatten() {
+        task.abort();
     }
     compactor.abort();
     let _ = stop_tx.send(true);

@@ -7,6 +7,8 @@ pub mod namespace {
     pub const ETCD: u8 = 0x01;
     /// Keys of the Redis protocol front-end (see `api::redis::keys`).
     pub const REDIS: u8 = 0x02;
+    /// Redis pub/sub messages, under their channel (see `api::redis::pubsub`).
+    pub const PUBSUB: u8 = 0x03;
 }
 
 /// The smallest key greater than every key starting with `prefix`, or `None` when no

@@ -100,7 +100,7 @@ impl Client {
                 data.truncate(length as usize);
                 Value::Bulk(data)
             }
-            "*" | "~" => {
+            "*" | "~" | ">" => {
                 let count: i64 = rest.parse().expect("an array length");
                 if count < 0 {
                     return Value::Nil;
@@ -939,6 +939,58 @@ async fn lists_and_blocking_pops_across_nodes() {
             c[0].call(&["LPUSH", "str", "x"]).await,
             Value::Error("WRONGTYPE Operation against a key holding the wrong kind of value".into())
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn pubsub_delivers_across_nodes_in_publish_order() {
+    bounded(async {
+        let cluster = Cluster::start(3).await;
+        let mut c = clients(&cluster).await;
+        let mut other = Client::connect(cluster.nodes[1].redis_port).await;
+        assert_eq!(c[0].call(&["SUBSCRIBE", "news", "sports"]).await, Value::Array(vec![bulk("subscribe"), bulk("news"), Value::Int(1)]));
+        assert_eq!(c[0].read().await, Value::Array(vec![bulk("subscribe"), bulk("sports"), Value::Int(2)]));
+        assert_eq!(c[1].call(&["PSUBSCRIBE", "n*"]).await, Value::Array(vec![bulk("psubscribe"), bulk("n*"), Value::Int(1)]));
+        // RESP2 subscribers run only subscription commands; PING answers in kind.
+        assert_eq!(
+            c[0].call(&["GET", "x"]).await,
+            Value::Error("ERR Can't execute 'get': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context".into())
+        );
+        assert_eq!(c[0].call(&["PING"]).await, Value::Array(vec![bulk("pong"), bulk("")]));
+        let mut numsub = Client::connect(cluster.nodes[0].redis_port).await;
+        assert_eq!(numsub.call(&["PUBSUB", "NUMSUB", "news", "none"]).await, Value::Array(vec![bulk("news"), Value::Int(1), bulk("none"), Value::Int(0)]));
+        assert_eq!(numsub.call(&["PUBSUB", "CHANNELS"]).await, Value::Array(vec![bulk("news"), bulk("sports")]));
+
+        // Published through two other nodes, alternately: every subscriber gets every
+        // message of its channels, in the order they were published.
+        for index in 0..20 {
+            let message = format!("m{index}");
+            let publisher = if index % 2 == 0 { &mut c[2] } else { &mut other };
+            assert!(matches!(publisher.call(&["PUBLISH", "news", &message]).await, Value::Int(_)));
+        }
+        assert!(matches!(c[2].call(&["PUBLISH", "sports", "goal"]).await, Value::Int(_)));
+        for index in 0..20 {
+            let message = format!("m{index}");
+            assert_eq!(c[0].read().await, Value::Array(vec![bulk("message"), bulk("news"), bulk(&message)]));
+            assert_eq!(c[1].read().await, Value::Array(vec![bulk("pmessage"), bulk("n*"), bulk("news"), bulk(&message)]));
+        }
+        assert_eq!(c[0].read().await, Value::Array(vec![bulk("message"), bulk("sports"), bulk("goal")]));
+        // A publish on a subscriber's own node counts it.
+        assert_eq!(numsub.call(&["PUBLISH", "sports", "again"]).await, Value::Int(1));
+        assert_eq!(c[0].read().await, Value::Array(vec![bulk("message"), bulk("sports"), bulk("again")]));
+
+        assert_eq!(c[0].call(&["UNSUBSCRIBE"]).await, Value::Array(vec![bulk("unsubscribe"), bulk("news"), Value::Int(1)]));
+        assert_eq!(c[0].read().await, Value::Array(vec![bulk("unsubscribe"), bulk("sports"), Value::Int(0)]));
+        assert_eq!(c[0].call(&["GET", "x"]).await, Value::Nil);
+
+        // RESP3 subscribers get pushes and may run any command.
+        let mut resp3 = Client::connect(cluster.nodes[2].redis_port).await;
+        assert!(matches!(resp3.call(&["HELLO", "3"]).await, Value::Map(_)));
+        assert_eq!(resp3.call(&["SUBSCRIBE", "news"]).await, Value::Array(vec![bulk("subscribe"), bulk("news"), Value::Int(1)]));
+        assert_eq!(resp3.call(&["SET", "k", "v"]).await, ok());
+        assert!(matches!(other.call(&["PUBLISH", "news", "late"]).await, Value::Int(_)));
+        assert_eq!(resp3.read().await, Value::Array(vec![bulk("message"), bulk("news"), bulk("late")]));
     })
     .await;
 }

@@ -8,6 +8,7 @@ mod data;
 pub mod expiry;
 mod glob;
 pub mod keys;
+mod pubsub;
 pub mod resp;
 mod snapshot;
 
@@ -60,6 +61,7 @@ struct Stats {
 /// What every Redis connection of a node shares.
 pub struct RedisContext {
     data: Arc<Data>,
+    pubsub: Arc<pubsub::PubSub>,
     watch_hub: crate::range::watch::WatchHub,
     router: Arc<crate::router::Router>,
     member_id: u64,
@@ -82,6 +84,7 @@ impl RedisContext {
         Arc::new(RedisContext {
             router: txns.router().clone(),
             data: Arc::new(Data::new(txns)),
+            pubsub: Arc::new(pubsub::PubSub::default()),
             watch_hub,
             member_id,
             started: Instant::now(),
@@ -99,6 +102,11 @@ impl RedisContext {
         router: Arc<crate::router::Router>,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         expiry::run(self.data.clone(), router)
+    }
+
+    /// Delivers published messages to this node's subscribers, until aborted.
+    pub fn deliver_messages(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        pubsub::deliver(self.pubsub.clone(), self.watch_hub.clone(), self.router.clone())
     }
 
     /// Something that wakes when any of the records at `keys` is written from now on.
@@ -160,6 +168,11 @@ pub struct Session {
     pub multi_failed: bool,
     /// Keys WATCH named, with their mod revisions then.
     pub watched: Vec<(bytes::Bytes, i64)>,
+    /// Where messages for this connection's subscriptions go.
+    pub outbox: pubsub::Outbox,
+    /// Channels and patterns subscribed to.
+    pub channels: std::collections::BTreeSet<bytes::Bytes>,
+    pub patterns: std::collections::BTreeSet<bytes::Bytes>,
 }
 
 impl Session {
@@ -234,6 +247,12 @@ async fn connection(
             last_command: "NULL".into(),
         },
     );
+    let (sender, mut messages) = tokio::sync::mpsc::channel(pubsub::QUEUE_MAX);
+    let kicked = Arc::new(tokio::sync::Notify::new());
+    let outbox = pubsub::Outbox {
+        sender,
+        kicked: kicked.clone(),
+    };
     let mut session = Session {
         id,
         db: 0,
@@ -243,13 +262,35 @@ async fn connection(
         multi: None,
         multi_failed: false,
         watched: Vec::new(),
+        outbox,
+        channels: Default::default(),
+        patterns: Default::default(),
     };
     let mut input = BytesMut::with_capacity(16 * 1024);
     let mut output = Vec::with_capacity(16 * 1024);
     'serve: loop {
-        match reader.read_buf(&mut input).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
+        tokio::select! {
+            read = reader.read_buf(&mut input) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            },
+            // A subscriber that fell QUEUE_MAX messages behind is disconnected.
+            () = kicked.notified() => break,
+            message = messages.recv() => {
+                let Some(message) = message else { break };
+                message.write(&mut output, session.resp);
+                while let Ok(message) = messages.try_recv() {
+                    message.write(&mut output, session.resp);
+                    if output.len() >= FLUSH_BYTES {
+                        break;
+                    }
+                }
+                if writer.write_all(&output).await.is_err() {
+                    break;
+                }
+                output.clear();
+                continue;
+            }
         }
         loop {
             match resp::parse(&mut input, context.limits.max_bulk) {
@@ -292,6 +333,7 @@ async fn connection(
         }
     }
     let _ = writer.shutdown().await;
+    context.pubsub.forget(id);
     context.clients().remove(&id);
 }
 

@@ -230,6 +230,10 @@ pub enum Reply {
     Boolean(bool),
     /// Text with a format tag ("txt"): a bulk string in RESP2.
     Verbatim(String),
+    /// Out-of-band data (pub/sub messages): an array in RESP2.
+    Push(Vec<Reply>),
+    /// Several replies to one request, one after the other (SUBSCRIBE a b).
+    Sequence(Vec<Reply>),
 }
 
 impl Reply {
@@ -302,6 +306,17 @@ impl Reply {
                 out.extend_from_slice(b"\r\n");
             }
             Reply::Verbatim(text) => bulk(out, text.as_bytes()),
+            Reply::Push(items) => {
+                line(out, if resp3 { b'>' } else { b'*' }, items.len().to_string().as_bytes());
+                for item in items {
+                    item.write(out, resp);
+                }
+            }
+            Reply::Sequence(replies) => {
+                for reply in replies {
+                    reply.write(out, resp);
+                }
+            }
         }
     }
 }

@@ -4,6 +4,7 @@
 mod hashes;
 mod keyspace;
 mod lists;
+mod pubsub;
 mod server;
 mod sets;
 mod strings;
@@ -118,6 +119,13 @@ pub static COMMANDS: &[Spec] = &[
     spec("brpop", -3, &["write", "blocking"], (1, -2, 1)),
     spec("blmove", 6, &["write", "denyoom", "blocking"], (1, 2, 1)),
     spec("brpoplpush", 4, &["write", "denyoom", "blocking"], (1, 2, 1)),
+    // Pub/sub.
+    spec("subscribe", -2, &["pubsub", "noscript", "loading", "stale"], NONE),
+    spec("psubscribe", -2, &["pubsub", "noscript", "loading", "stale"], NONE),
+    spec("unsubscribe", -1, &["pubsub", "noscript", "loading", "stale"], NONE),
+    spec("punsubscribe", -1, &["pubsub", "noscript", "loading", "stale"], NONE),
+    spec("publish", 3, &["pubsub", "loading", "stale", "fast"], NONE),
+    spec("pubsub", -2, &["pubsub", "loading", "stale"], NONE),
     // Transactions.
     spec("multi", 1, &["noscript", "loading", "stale", "fast"], NONE),
     spec("exec", 1, &["noscript", "loading", "stale"], NONE),
@@ -338,6 +346,19 @@ pub async fn run(context: &RedisContext, session: &mut Session, args: &[Bytes]) 
         session.abort_multi();
         return wrong_arity(spec.name);
     }
+    let subscribed = !session.channels.is_empty() || !session.patterns.is_empty();
+    if subscribed && session.resp < 3 && !pubsub::allowed_while_subscribed(spec.name) {
+        return Reply::error(format!(
+            "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
+            spec.name
+        ));
+    }
+    if subscribed && session.resp < 3 && spec.name == "ping" {
+        return Reply::Array(vec![
+            Reply::bulk("pong"),
+            Reply::Bulk(args.get(1).cloned().unwrap_or_default()),
+        ]);
+    }
     if let Some(queued) = &mut session.multi {
         return match spec.name {
             "exec" => exec(context, session).await,
@@ -411,6 +432,7 @@ pub async fn run(context: &RedisContext, session: &mut Session, args: &[Bytes]) 
             }
         }
         "keys" | "scan" | "randomkey" => keyspace::run_wide(context, session, spec.name, args).await,
+        name if pubsub::handles(name) => pubsub::run(context, session, name, args).await,
         _ => server::run(context, session, spec.name, args).await,
     };
     outcome.unwrap_or_else(|error| error)
