@@ -9,6 +9,7 @@ pub mod checker;
 pub mod cluster;
 pub mod nemesis;
 pub mod network;
+pub mod redis;
 pub mod workload;
 
 use checker::{CheckOptions, Verdict};
@@ -162,6 +163,9 @@ impl std::fmt::Display for Report {
 const REGISTER_CLIENTS: u64 = 5;
 const REGISTER_KEYS: usize = 4;
 const SET_CLIENTS: u64 = 3;
+const REDIS_REGISTER_CLIENTS: u64 = 3;
+const REDIS_REGISTER_KEYS: usize = 2;
+const REDIS_SET_CLIENTS: u64 = 2;
 const WATCHERS: usize = 2;
 const LOCK_CONTENDERS: u64 = 3;
 const BANK_CLIENTS: u64 = 3;
@@ -240,6 +244,31 @@ pub async fn run(args: &ChaosArgs) -> Result<Report, ChaosError> {
             set.clone(),
         ));
     }
+    let redis_ports: Vec<u16> = cluster.nodes.iter().map(|node| node.redis_port).collect();
+    let redis_registers = Arc::new(Mutex::new(RegisterRecord::default()));
+    let redis_set = Arc::new(Mutex::new(SetRecord::default()));
+    let redis_keys: Vec<String> = (0..REDIS_REGISTER_KEYS)
+        .map(|index| format!("chaos:register:{index}"))
+        .collect();
+    for process in 0..REDIS_REGISTER_CLIENTS {
+        tasks.spawn(redis::register_client(
+            process,
+            redis_ports.clone(),
+            redis_keys.clone(),
+            seed,
+            clock.clone(),
+            stop.clone(),
+            redis_registers.clone(),
+        ));
+    }
+    for process in 0..REDIS_SET_CLIENTS {
+        tasks.spawn(redis::set_client(
+            process,
+            redis_ports.clone(),
+            stop.clone(),
+            redis_set.clone(),
+        ));
+    }
     let bank = Arc::new(Mutex::new(bank::BankRecord::default()));
     for process in 0..BANK_CLIENTS {
         tasks.spawn(bank::transfer_client(
@@ -297,12 +326,23 @@ pub async fn run(args: &ChaosArgs) -> Result<Report, ChaosError> {
 
     let mut verdicts = Vec::new();
     let register_record = std::mem::take(&mut *registers.lock().map_err(|_| ChaosError::Setup("poisoned".into()))?);
-    verdicts.push(check_registers(&register_record));
+    verdicts.push(check_registers(&register_record, "registers"));
     let set_record = std::mem::take(&mut *set.lock().map_err(|_| ChaosError::Setup("poisoned".into()))?);
     let final_set = workload::read_set(&endpoints[0])
         .await
         .map_err(|status| ChaosError::Setup(format!("reading the final set: {status}")))?;
-    verdicts.push(check_set(&set_record, &final_set));
+    verdicts.push(check_set(&set_record, &final_set, "set"));
+    let redis_register_record = std::mem::take(
+        &mut *redis_registers
+            .lock()
+            .map_err(|_| ChaosError::Setup("poisoned".into()))?,
+    );
+    verdicts.push(check_registers(&redis_register_record, "redis registers"));
+    let redis_set_record = std::mem::take(&mut *redis_set.lock().map_err(|_| ChaosError::Setup("poisoned".into()))?);
+    let final_redis_set = redis::read_set(redis_ports[0])
+        .await
+        .map_err(|error| ChaosError::Setup(format!("reading the final Redis set: {error}")))?;
+    verdicts.push(check_set(&redis_set_record, &final_redis_set, "redis set"));
     let history = workload::committed_history(&endpoints[0], start_revision)
         .await
         .map_err(ChaosError::Setup)?;
@@ -341,6 +381,8 @@ pub async fn run(args: &ChaosArgs) -> Result<Report, ChaosError> {
     write_json(&out.join("registers.json"), &register_record.operations)?;
     write_json(&out.join("acked-writes.json"), &register_record.acked_writes)?;
     write_json(&out.join("set.json"), &(&set_record, &final_set))?;
+    write_json(&out.join("redis-registers.json"), &redis_register_record.operations)?;
+    write_json(&out.join("redis-set.json"), &(&redis_set_record, &final_redis_set))?;
     write_json(&out.join("committed-history.json"), &history)?;
     write_json(&out.join("watchers.json"), &watcher_histories)?;
     write_json(&out.join("locks.json"), &holds)?;
@@ -389,7 +431,7 @@ async fn run_faults(
     Ok(records)
 }
 
-fn check_registers(record: &RegisterRecord) -> WorkloadVerdict {
+fn check_registers(record: &RegisterRecord, workload: &'static str) -> WorkloadVerdict {
     let operations = &record.operations;
     let counts = Counts {
         attempted: operations.len() + record.definite_failures,
@@ -406,14 +448,14 @@ fn check_registers(record: &RegisterRecord) -> WorkloadVerdict {
         ),
     };
     WorkloadVerdict {
-        workload: "registers",
+        workload,
         passed,
         counts,
         detail,
     }
 }
 
-fn check_set(record: &SetRecord, final_set: &[u64]) -> WorkloadVerdict {
+fn check_set(record: &SetRecord, final_set: &[u64], workload: &'static str) -> WorkloadVerdict {
     let attempted: HashSet<u64> = record.attempted.iter().copied().collect();
     let mut seen = HashSet::new();
     let duplicates: Vec<u64> = final_set
@@ -442,7 +484,7 @@ fn check_set(record: &SetRecord, final_set: &[u64]) -> WorkloadVerdict {
         format!("lost acknowledged: {lost:?}; duplicated: {duplicates:?}; never attempted: {invented:?}")
     };
     WorkloadVerdict {
-        workload: "set",
+        workload,
         passed,
         counts: Counts {
             attempted: record.attempted.len(),

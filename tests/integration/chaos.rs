@@ -54,7 +54,15 @@ fn three_fault_schedules_find_no_violation() {
         };
         let report = std::fs::read_to_string(out.path().join("report.txt")).unwrap_or_default();
         assert!(status.success(), "chaos run with seed {seed} failed:\n{report}");
-        for workload in ["registers", "set", "watch", "lock", "bank"] {
+        for workload in [
+            "registers",
+            "set",
+            "watch",
+            "lock",
+            "bank",
+            "redis registers",
+            "redis set",
+        ] {
             assert!(
                 report
                     .lines()

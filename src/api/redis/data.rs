@@ -7,7 +7,6 @@
 
 use super::keys::{self, Record};
 use super::snapshot::{Elements, Need, Snapshot};
-use crate::proto::shoal::kv::read::{SortOrder, SortTarget};
 use crate::proto::shoal::kv::{compare, op, op_result, Compare, KeyValue, Op, Read, Txn, TxnResult};
 use crate::range::kv::KvError;
 use crate::range::ops;
@@ -83,6 +82,8 @@ pub struct Data {
     /// Expired keys this node removed (INFO's `expired_keys`).
     pub expired: std::sync::atomic::AtomicU64,
     stripes: Vec<tokio::sync::Mutex<()>>,
+    /// Commands waiting to run together, per stripe.
+    pub batches: super::batch::Batches,
 }
 
 /// Unix milliseconds now, the clock expiry is judged by.
@@ -99,11 +100,19 @@ impl Data {
             txns,
             expired: std::sync::atomic::AtomicU64::new(0),
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            batches: super::batch::Batches::new(STRIPES),
         }
     }
 
     /// Takes the stripe locks of `keys` (in stripe order, so two commands never wait on
     /// each other), held until the guard drops.
+    /// The stripe every key of `keys` falls in, if they share one.
+    pub fn stripe_of(keys: &[Bytes]) -> Option<usize> {
+        let mut stripes = keys.iter().map(|key| keys::crc16(key) as usize % STRIPES);
+        let first = stripes.next()?;
+        stripes.all(|stripe| stripe == first).then_some(first)
+    }
+
     pub async fn lock(&self, keys: &[Bytes]) -> Vec<tokio::sync::MutexGuard<'_, ()>> {
         let mut stripes: Vec<usize> = keys.iter().map(|key| keys::crc16(key) as usize % STRIPES).collect();
         stripes.sort_unstable();
@@ -152,22 +161,8 @@ impl Data {
                     reads.push(read_op(start, end));
                     plan.push((key.clone(), Some(Bytes::new())));
                 }
-                Need::Edges(_, front, back) => {
-                    for (count, order) in [(*front, SortOrder::Ascend), (*back, SortOrder::Descend)] {
-                        if count == 0 {
-                            continue;
-                        }
-                        let (start, end) = keys::elements_span(&key);
-                        let mut read = ops::read(ops::span(start, end));
-                        read.limit = count as i64;
-                        read.sort_order = order as i32;
-                        read.sort_target = SortTarget::Key as i32;
-                        reads.push(Op {
-                            op: Some(op::Op::Read(read)),
-                        });
-                        plan.push((key.clone(), Some(Bytes::new())));
-                    }
-                }
+                // Read once the record says where the ends are (below).
+                Need::Edges(..) => {}
             }
         }
         let txn = Txn {
@@ -196,10 +191,9 @@ impl Data {
                         entry.stored.insert(field, kv.value.clone());
                     }
                 }
-                (Some(_), need) => {
+                (Some(_), _) => {
                     let entry = elements.entry(key.clone()).or_default();
-                    entry.all |= matches!(need, Some(Need::All(_)));
-                    entry.edges |= matches!(need, Some(Need::Edges(..)));
+                    entry.all = true;
                     for kv in &read.kvs {
                         if let Some(field) = keys::field_of(&key, &kv.key) {
                             entry.stored.insert(Bytes::copy_from_slice(field), kv.value.clone());
@@ -208,7 +202,76 @@ impl Data {
                 }
             }
         }
+        self.load_list_ends(needs, &records, &mut elements, result.revision)
+            .await?;
         Ok((records, elements))
+    }
+
+    /// The ends of the lists `needs` asks for, at `revision` (where their records were
+    /// read): positions head.. and ..tail, which the records give.
+    async fn load_list_ends(
+        &self,
+        needs: &[Need],
+        records: &HashMap<Bytes, Stored>,
+        elements: &mut HashMap<Bytes, Elements>,
+        revision: i64,
+    ) -> Result<(), DataError> {
+        let mut wanted: Vec<(Bytes, Bytes)> = Vec::new();
+        for need in needs {
+            let Need::Edges(key, front, back) = need else { continue };
+            elements.entry(key.clone()).or_default().edges = true;
+            let Some(record) = records.get(key).and_then(|stored| stored.record.as_ref()) else {
+                continue;
+            };
+            if record.kind != keys::Kind::List {
+                continue;
+            }
+            let (head, count) = (record.head(), record.count() as i64);
+            let front = (*front as i64).min(count);
+            let back = (*back as i64).min(count);
+            let positions = (head..head + front).chain(head + count - back..head + count);
+            for position in positions {
+                let field = keys::position_field(position);
+                if !wanted
+                    .iter()
+                    .any(|(wanted_key, wanted_field)| wanted_key == key && *wanted_field == field)
+                {
+                    wanted.push((key.clone(), field));
+                }
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let reads: Vec<Op> = wanted
+            .iter()
+            .map(|(key, field)| {
+                let mut read = ops::read(ops::span(keys::element_key(key, field), Bytes::new()));
+                read.revision = revision;
+                Op {
+                    op: Some(op::Op::Read(read)),
+                }
+            })
+            .collect();
+        let txn = Txn {
+            success: reads,
+            ..Default::default()
+        };
+        let spans = ops::key_ranges(&txn);
+        let result = self
+            .txns
+            .read_spans(&spans, false, revision, |pinned| pinned.read_only_txn(&txn))
+            .await?;
+        for ((key, field), result) in wanted.into_iter().zip(&result.results) {
+            let entry = elements.entry(key).or_default();
+            entry.asked.insert(field.clone());
+            if let Some(op_result::Result::Read(read)) = &result.result {
+                if let Some(kv) = read.kvs.first() {
+                    entry.stored.insert(field, kv.value.clone());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Applies `changes` if every key in `expected` still has the mod revision it was

@@ -181,7 +181,8 @@ pub struct Record {
     pub kind: Kind,
     /// Unix milliseconds after which the key no longer exists; 0: never.
     pub expires_at: i64,
-    /// A string's bytes; a collection's element count (8 bytes, big-endian).
+    /// A string's bytes; a collection's element count (8 bytes, big-endian), and for a
+    /// list its head position after it.
     pub payload: Bytes,
 }
 
@@ -196,11 +197,31 @@ impl Record {
 
     pub fn collection(kind: Kind, expires_at: i64, count: u64) -> Record {
         debug_assert!(kind.is_collection());
+        let mut payload = count.to_be_bytes().to_vec();
+        if kind == Kind::List {
+            // The head's position: a list's elements sit at head..head + count.
+            payload.extend_from_slice(&0i64.to_be_bytes());
+        }
         Record {
             kind,
             expires_at,
-            payload: Bytes::copy_from_slice(&count.to_be_bytes()),
+            payload: payload.into(),
         }
+    }
+
+    /// A list's head position.
+    pub fn head(&self) -> i64 {
+        self.payload
+            .get(8..16)
+            .and_then(|bytes| bytes.try_into().ok())
+            .map_or(0, i64::from_be_bytes)
+    }
+
+    pub fn set_head(&mut self, head: i64) {
+        let mut payload = self.payload.to_vec();
+        payload.resize(16, 0);
+        payload[8..16].copy_from_slice(&head.to_be_bytes());
+        self.payload = payload.into();
     }
 
     /// A collection's element count.
@@ -212,7 +233,10 @@ impl Record {
     }
 
     pub fn set_count(&mut self, count: u64) {
-        self.payload = Bytes::copy_from_slice(&count.to_be_bytes());
+        let mut payload = self.payload.to_vec();
+        payload.resize(payload.len().max(8), 0);
+        payload[..8].copy_from_slice(&count.to_be_bytes());
+        self.payload = payload.into();
     }
 
     pub fn encode(&self) -> Bytes {
@@ -230,7 +254,12 @@ impl Record {
         }
         let kind = Kind::from_tag(stored[0])?;
         let expires_at = i64::from_be_bytes(stored[1..9].try_into().ok()?);
-        if kind.is_collection() && stored.len() != 17 {
+        let payload_length = match kind {
+            Kind::String => stored.len() - 9,
+            Kind::List => 16,
+            Kind::Hash | Kind::Set => 8,
+        };
+        if stored.len() != 9 + payload_length {
             return None;
         }
         Some(Record {

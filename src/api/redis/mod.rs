@@ -3,6 +3,7 @@
 //! a quorum fsynced it; every read is linearizable. Redis keys live in their own
 //! namespace (see [`keys`]), invisible to the etcd API.
 
+mod batch;
 mod commands;
 mod data;
 pub mod expiry;

@@ -18,8 +18,8 @@ pub enum Need {
     Fields(Bytes, Vec<Bytes>),
     /// The record and every element.
     All(Bytes),
-    /// The record, the first `front` and the last `back` elements (in key order: a
-    /// list's head and tail).
+    /// The record, and a list's first `front` and last `back` elements (read after the
+    /// record, whose head and count say where they are, at the record's revision).
     Edges(Bytes, usize, usize),
 }
 
@@ -234,6 +234,14 @@ impl Snapshot {
         }
         if let Some(Some(copied)) = self.written.get_mut(target) {
             copied.expires_at = record.expires_at;
+        }
+    }
+
+    /// Changes the record of `key` (which exists now) in place.
+    pub fn update_record(&mut self, key: &Bytes, change: impl FnOnce(&mut Record)) {
+        if let Some(mut record) = self.get(key).cloned() {
+            change(&mut record);
+            self.written.insert(key.clone(), Some(record));
         }
     }
 

@@ -125,30 +125,65 @@ fn known(snapshot: &Snapshot, key: &Bytes) -> Vec<(i64, Bytes)> {
         .collect()
 }
 
-fn push(snapshot: &mut Snapshot, key: &Bytes, values: &[Bytes], head: bool) -> i64 {
-    for value in values {
-        let elements = known(snapshot, key);
-        let position = match (head, elements.first(), elements.last()) {
-            (true, Some((first, _)), _) => first - 1,
-            (false, _, Some((last, _))) => last + 1,
-            _ => 0,
-        };
-        snapshot.put_field(key, Kind::List, keys::position_field(position), value.clone());
-    }
-    snapshot.get(key).map_or(0, |record| record.count() as i64)
+/// The list's head position and length (0, 0 when missing).
+fn bounds(snapshot: &Snapshot, key: &Bytes) -> (i64, i64) {
+    snapshot
+        .get(key)
+        .map_or((0, 0), |record| (record.head(), record.count() as i64))
 }
 
-fn pop(snapshot: &mut Snapshot, key: &Bytes, head: bool, count: usize) -> Vec<Bytes> {
-    let mut elements = known(snapshot, key);
-    if !head {
-        elements.reverse();
+fn push(snapshot: &mut Snapshot, key: &Bytes, values: &[Bytes], head_side: bool) -> i64 {
+    for value in values {
+        let (head, length) = bounds(snapshot, key);
+        let position = match (length, head_side) {
+            (0, _) => 0,
+            (_, true) => head - 1,
+            (_, false) => head + length,
+        };
+        snapshot.put_field(key, Kind::List, keys::position_field(position), value.clone());
+        if head_side || length == 0 {
+            snapshot.update_record(key, |record| record.set_head(position));
+        }
     }
+    bounds(snapshot, key).1
+}
+
+fn pop(snapshot: &mut Snapshot, key: &Bytes, head_side: bool, count: usize) -> Vec<Bytes> {
     let mut out = Vec::new();
-    for (position, value) in elements.into_iter().take(count) {
-        snapshot.remove_field(key, &keys::position_field(position));
+    for _ in 0..count {
+        let (head, length) = bounds(snapshot, key);
+        if length == 0 {
+            break;
+        }
+        let position = if head_side { head } else { head + length - 1 };
+        let field = keys::position_field(position);
+        let Some(value) = snapshot.field(key, &field) else {
+            break;
+        };
+        snapshot.remove_field(key, &field);
+        if head_side && length > 1 {
+            snapshot.update_record(key, |record| record.set_head(head + 1));
+        }
         out.push(value);
     }
     out
+}
+
+/// Lays `values` out as the whole list from its head on (after LREM or LINSERT), so
+/// positions stay contiguous; the record (and its expiry) stays.
+fn relayout(snapshot: &mut Snapshot, key: &Bytes, values: Vec<Bytes>) {
+    let (head, length) = bounds(snapshot, key);
+    if values.is_empty() {
+        snapshot.set(key, None);
+        return;
+    }
+    let new_length = values.len() as i64;
+    for (offset, value) in values.into_iter().enumerate() {
+        snapshot.put_field(key, Kind::List, keys::position_field(head + offset as i64), value);
+    }
+    for position in head + new_length..head + length {
+        snapshot.remove_field(key, &keys::position_field(position));
+    }
 }
 
 /// A Redis index (negative from the tail) as an offset from the head, if inside.
@@ -157,15 +192,13 @@ fn offset(index: i64, length: i64) -> Option<i64> {
     (0..length).contains(&offset).then_some(offset)
 }
 
-/// The element at Redis index `index` (negative from the tail), from what was read:
-/// a non-negative index was read from the head, a negative one from the tail.
-fn at(snapshot: &Snapshot, key: &Bytes, index: i64, length: i64) -> Option<(i64, Bytes)> {
-    let offset = offset(index, length)?;
-    let elements = known(snapshot, key);
-    if index >= 0 || snapshot.all_known(key) {
-        return elements.get(offset as usize).cloned();
-    }
-    elements.iter().rev().nth((length - 1 - offset) as usize).cloned()
+/// The position and value at Redis index `index`.
+fn at(snapshot: &Snapshot, key: &Bytes, index: i64) -> Option<(i64, Bytes)> {
+    let (head, length) = bounds(snapshot, key);
+    let position = head + offset(index, length)?;
+    snapshot
+        .field(key, &keys::position_field(position))
+        .map(|value| (position, value))
 }
 
 fn outcome(snapshot: &mut Snapshot, env: &Env, name: &str, args: &[Bytes]) -> Result<Reply, Reply> {
@@ -199,14 +232,14 @@ fn outcome(snapshot: &mut Snapshot, env: &Env, name: &str, args: &[Bytes]) -> Re
         "llen" => Ok(Reply::Integer(length)),
         "lindex" => {
             let index = integer(&args[2])?;
-            Ok(at(snapshot, &key, index, length).map_or(Reply::Null, |(_, value)| Reply::Bulk(value)))
+            Ok(at(snapshot, &key, index).map_or(Reply::Null, |(_, value)| Reply::Bulk(value)))
         }
         "lset" => {
             let index = integer(&args[2])?;
             if length == 0 {
                 return Err(Reply::error("ERR no such key"));
             }
-            let Some((position, _)) = at(snapshot, &key, index, length) else {
+            let Some((position, _)) = at(snapshot, &key, index) else {
                 return Err(Reply::error("ERR index out of range"));
             };
             snapshot.put_field(&key, Kind::List, keys::position_field(position), args[3].clone());
@@ -219,21 +252,19 @@ fn outcome(snapshot: &mut Snapshot, env: &Env, name: &str, args: &[Bytes]) -> Re
             if start > stop || start >= length {
                 return Ok(Reply::Array(Vec::new()));
             }
-            let elements = known(snapshot, &key);
+            let head = bounds(snapshot, &key).0;
             Ok(Reply::Array(
-                elements
-                    .into_iter()
-                    .skip(start as usize)
-                    .take((stop - start + 1) as usize)
-                    .map(|(_, value)| Reply::Bulk(value))
+                (head + start..=head + stop)
+                    .filter_map(|position| snapshot.field(&key, &keys::position_field(position)))
+                    .map(Reply::Bulk)
                     .collect(),
             ))
         }
         "lrem" => {
             let count = integer(&args[2])?;
-            let mut elements = known(snapshot, &key);
+            let mut values: Vec<Bytes> = known(snapshot, &key).into_iter().map(|(_, value)| value).collect();
             if count < 0 {
-                elements.reverse();
+                values.reverse();
             }
             let limit = if count == 0 {
                 usize::MAX
@@ -241,27 +272,35 @@ fn outcome(snapshot: &mut Snapshot, env: &Env, name: &str, args: &[Bytes]) -> Re
                 count.unsigned_abs() as usize
             };
             let mut removed = 0;
-            for (position, value) in elements {
-                if removed >= limit {
-                    break;
-                }
-                if value == args[3] {
-                    snapshot.remove_field(&key, &keys::position_field(position));
+            values.retain(|value| {
+                if removed < limit && *value == args[3] {
                     removed += 1;
+                    false
+                } else {
+                    true
                 }
+            });
+            if count < 0 {
+                values.reverse();
+            }
+            if removed > 0 {
+                relayout(snapshot, &key, values);
             }
             Ok(Reply::Integer(removed as i64))
         }
         "ltrim" => {
             let (start, stop) = (integer(&args[2])?, integer(&args[3])?);
             let start = if start < 0 { (length + start).max(0) } else { start };
-            let stop = if stop < 0 { length + stop } else { stop };
-            for (offset, (position, _)) in known(snapshot, &key).into_iter().enumerate() {
-                let offset = offset as i64;
-                if offset < start || offset > stop {
-                    snapshot.remove_field(&key, &keys::position_field(position));
-                }
+            let stop = if stop < 0 { length + stop } else { stop.min(length - 1) };
+            let head = bounds(snapshot, &key).0;
+            if start > stop {
+                snapshot.set(&key, None);
+                return Ok(Reply::ok());
             }
+            for offset in (0..start).chain(stop + 1..length) {
+                snapshot.remove_field(&key, &keys::position_field(head + offset));
+            }
+            snapshot.update_record(&key, |record| record.set_head(head + start));
             Ok(Reply::ok())
         }
         "linsert" => {
@@ -273,20 +312,12 @@ fn outcome(snapshot: &mut Snapshot, env: &Env, name: &str, args: &[Bytes]) -> Re
             if length == 0 {
                 return Ok(Reply::Integer(0));
             }
-            let elements = known(snapshot, &key);
-            let Some(pivot) = elements.iter().position(|(_, value)| *value == args[3]) else {
+            let mut values: Vec<Bytes> = known(snapshot, &key).into_iter().map(|(_, value)| value).collect();
+            let Some(pivot) = values.iter().position(|value| *value == args[3]) else {
                 return Ok(Reply::Integer(-1));
             };
-            // Positions leave no gaps: lay the list out again from its first position.
-            let mut values: Vec<Bytes> = elements.iter().map(|(_, value)| value.clone()).collect();
             values.insert(if before { pivot } else { pivot + 1 }, args[4].clone());
-            let first = elements[0].0;
-            for (position, _) in &elements {
-                snapshot.remove_field(&key, &keys::position_field(*position));
-            }
-            for (offset, value) in values.into_iter().enumerate() {
-                snapshot.put_field(&key, Kind::List, keys::position_field(first + offset as i64), value);
-            }
+            relayout(snapshot, &key, values);
             Ok(Reply::Integer(length + 1))
         }
         "lpos" => lpos(snapshot, &key, args),

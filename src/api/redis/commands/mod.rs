@@ -421,6 +421,16 @@ pub async fn run(context: &RedisContext, session: &mut Session, args: &[Bytes]) 
         name if lists::is_blocking(name) => blocking(context, &env, spec, args).await,
         name if is_keyed(name) => {
             let needs = needs_of(spec, &env, args);
+            let keys: Vec<Bytes> = needs.iter().map(|need| need.key().clone()).collect();
+            if let Some(stripe) = super::data::Data::stripe_of(&keys) {
+                // Batched with the other commands on this stripe (group commit).
+                let (name, args) = (name.to_string(), args.to_vec());
+                let job = super::batch::Job {
+                    needs,
+                    run: Box::new(move |snapshot| run_keyed(snapshot, &env, &name, &args)),
+                };
+                return super::batch::submit(context.data.clone(), stripe, job).await;
+            }
             match context
                 .data
                 .run(&needs, &[], |snapshot| run_keyed(snapshot, &env, name, args))
