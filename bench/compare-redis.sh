@@ -48,7 +48,8 @@ wait_redis() {
     fi
     sleep 0.1
   done
-  echo "nothing answers on port $1" >&2
+  echo "nothing answers on port $1; the logs end:" >&2
+  tail -n 20 "$WORK"/*.log >&2 || true
   exit 1
 }
 

@@ -393,6 +393,31 @@ async fn protocol_errors_pipelines_and_resp3() {
             assert_eq!(c.read().await, ok());
             assert_eq!(c.read().await, Value::Int(index + 1));
         }
+        // A pipeline mixing data commands, a failing one and a transaction: every reply
+        // in order, each command seeing the ones before it.
+        let mut mixed = Vec::new();
+        for args in [
+            &["SET", "px", "1"][..],
+            &["INCR", "inline"][..],
+            &["INCR", "px"][..],
+            &["MULTI"][..],
+            &["SET", "py", "2"][..],
+            &["EXEC"][..],
+            &["MGET", "px", "py"][..],
+        ] {
+            mixed.extend(Client::encode(args));
+        }
+        c.send_raw(&mixed).await;
+        assert_eq!(c.read().await, ok());
+        assert_eq!(
+            c.read().await,
+            Value::Error("ERR value is not an integer or out of range".into())
+        );
+        assert_eq!(c.read().await, Value::Int(2));
+        assert_eq!(c.read().await, ok());
+        assert_eq!(c.read().await, Value::Simple("QUEUED".into()));
+        assert_eq!(c.read().await, Value::Array(vec![ok()]));
+        assert_eq!(c.read().await, Value::Array(vec![bulk("2"), bulk("2")]));
         // RESP3 after HELLO 3: maps, nulls and doubles of their own.
         let Value::Map(hello) = c.call(&["HELLO", "3"]).await else {
             panic!("HELLO 3 answers a map")

@@ -30,6 +30,10 @@ pub const REDIS_VERSION: &str = "7.2.0";
 pub const MAX_CLIENTS: usize = 10_000;
 /// Largest reply buffered before it is written out, while a pipeline is drained.
 const FLUSH_BYTES: usize = 64 * 1024;
+/// Most pipelined requests taken from a connection's buffer at once.
+const PIPELINE_MAX: usize = 1024;
+/// Arguments of one batch of pipelined commands, at most (one Raft entry holds them).
+const PIPELINE_BATCH_BYTES: usize = 256 * 1024;
 
 /// Settings of the Redis front-end.
 #[derive(Clone, Debug)]
@@ -294,32 +298,74 @@ async fn connection(
             }
         }
         loop {
-            match resp::parse(&mut input, context.limits.max_bulk) {
-                Ok(Some(args)) if args.is_empty() => continue,
-                Ok(Some(args)) => {
+            // Every whole request already here (a pipeline), up to a bound.
+            let mut requests: Vec<Vec<bytes::Bytes>> = Vec::new();
+            let mut protocol_error = None;
+            while requests.len() < PIPELINE_MAX {
+                match resp::parse(&mut input, context.limits.max_bulk) {
+                    Ok(Some(args)) if args.is_empty() => continue,
+                    Ok(Some(args)) => requests.push(args),
+                    Ok(None) => break,
+                    Err(error) => {
+                        protocol_error = Some(error);
+                        break;
+                    }
+                }
+            }
+            if requests.is_empty() && protocol_error.is_none() {
+                break;
+            }
+            let mut index = 0;
+            while index < requests.len() {
+                // Consecutive data commands of a pipeline on keys of one stripe run as one
+                // job of that stripe's batch: in order, on one snapshot, in one write.
+                // Others run one by one, in order.
+                let mut end = index;
+                let mut bytes = 0;
+                while end < requests.len()
+                    && bytes < PIPELINE_BATCH_BYTES
+                    && commands::batchable(&session, &requests[end])
+                {
+                    bytes += requests[end].iter().map(bytes::Bytes::len).sum::<usize>();
+                    end += 1;
+                }
+                let stripe = (end - index >= 2)
+                    .then(|| commands::pipeline_stripe(&session, context.limits.max_bulk, &requests[index..end]))
+                    .flatten();
+                if let Some(stripe) = stripe {
+                    let batch = &requests[index..end];
+                    let replies = commands::run_pipeline(&context, &session, stripe, batch).await;
+                    for (args, reply) in batch.iter().zip(replies) {
+                        reply.write(&mut output, session.resp);
+                        context.stats.commands_processed.fetch_add(1, Ordering::Relaxed);
+                        context.note_command(&session, args);
+                    }
+                    index = end;
+                } else {
+                    let args = &requests[index];
+                    index += 1;
                     // CLIENT LIST shows the command running, as Redis does.
-                    context.note_command(&session, &args);
-                    let reply = commands::run(&context, &mut session, &args).await;
+                    context.note_command(&session, args);
+                    let reply = commands::run(&context, &mut session, args).await;
                     reply.write(&mut output, session.resp);
                     context.stats.commands_processed.fetch_add(1, Ordering::Relaxed);
-                    context.note_command(&session, &args);
+                    context.note_command(&session, args);
                     if session.closing {
                         let _ = writer.write_all(&output).await;
                         break 'serve;
                     }
-                    if output.len() >= FLUSH_BYTES {
-                        if writer.write_all(&output).await.is_err() {
-                            break 'serve;
-                        }
-                        output.clear();
+                }
+                if output.len() >= FLUSH_BYTES {
+                    if writer.write_all(&output).await.is_err() {
+                        break 'serve;
                     }
+                    output.clear();
                 }
-                Ok(None) => break,
-                Err(error) => {
-                    Reply::error(format!("ERR {error}")).write(&mut output, session.resp);
-                    let _ = writer.write_all(&output).await;
-                    break 'serve;
-                }
+            }
+            if let Some(error) = protocol_error {
+                Reply::error(format!("ERR {error}")).write(&mut output, session.resp);
+                let _ = writer.write_all(&output).await;
+                break 'serve;
             }
         }
         if !output.is_empty() {

@@ -75,8 +75,8 @@ pub fn needs(name: &str, env: &Env, args: &[Bytes]) -> Vec<Need> {
             .map_or(1, |count| count.clamp(1, EDGE_MAX) as usize)
     };
     match name {
-        "lpush" | "lpushx" => vec![Need::Edges(key, 1, 0)],
-        "rpush" | "rpushx" => vec![Need::Edges(key, 0, 1)],
+        // The record says where the ends are: a push reads no element.
+        "lpush" | "lpushx" | "rpush" | "rpushx" => vec![Need::Edges(key, 0, 0)],
         "lpop" => vec![Need::Edges(key, count(), 0)],
         "rpop" => vec![Need::Edges(key, 0, count())],
         "llen" => vec![Need::Record(key)],
@@ -96,7 +96,7 @@ pub fn needs(name: &str, env: &Env, args: &[Bytes]) -> Vec<Need> {
             .map(|key| edge(env.key(key), name == "blpop", 1))
             .collect(),
         "lmove" | "blmove" | "rpoplpush" | "brpoplpush" => match move_sides(name, args) {
-            Ok((from_head, to_head)) => vec![edge(key, from_head, 1), edge(env.key(&args[2]), to_head, 1)],
+            Ok((from_head, _)) => vec![edge(key, from_head, 1), Need::Edges(env.key(&args[2]), 0, 0)],
             Err(_) => vec![Need::Record(key)],
         },
         _ => vec![Need::All(key)],

@@ -334,6 +334,75 @@ fn run_keyed(snapshot: &mut Snapshot, env: &Env, name: &str, args: &[Bytes]) -> 
     }
 }
 
+/// Whether a pipelined request can join a batch: a data command (not blocking) with
+/// valid arity, outside MULTI and subscriptions.
+pub fn batchable(session: &Session, args: &[Bytes]) -> bool {
+    if session.multi.is_some() || !session.channels.is_empty() || !session.patterns.is_empty() {
+        return false;
+    }
+    let Some(spec) = find(&String::from_utf8_lossy(&args[0])) else {
+        return false;
+    };
+    let count = args.len() as i64;
+    let arity_ok = (spec.arity > 0 && count == spec.arity) || (spec.arity < 0 && count >= -spec.arity);
+    arity_ok && is_keyed(spec.name) && !lists::is_blocking(spec.name)
+}
+
+/// The needs of pipelined data commands (each [`batchable`]), and the stripe their keys
+/// share if they do (only then do they run as one batch: see [`run_pipeline`]).
+pub fn pipeline_stripe(session: &Session, max_bulk: usize, requests: &[Vec<Bytes>]) -> Option<usize> {
+    let env = Env {
+        db: session.db,
+        max_bulk,
+    };
+    let mut keys = Vec::new();
+    for args in requests {
+        let spec = find(&String::from_utf8_lossy(&args[0]))?;
+        keys.extend(needs_of(spec, &env, args).iter().map(|need| need.key().clone()));
+    }
+    super::data::Data::stripe_of(&keys)
+}
+
+/// Runs pipelined data commands whose keys share `stripe` as one job of that stripe's
+/// batch: in order, on one snapshot, committed with the other connections' commands in
+/// one write. One reply each.
+pub async fn run_pipeline(
+    context: &RedisContext,
+    session: &Session,
+    stripe: usize,
+    requests: &[Vec<Bytes>],
+) -> Vec<Reply> {
+    let env = Env {
+        db: session.db,
+        max_bulk: context.limits.max_bulk,
+    };
+    let mut needs = Vec::new();
+    let mut commands = Vec::with_capacity(requests.len());
+    for args in requests {
+        if let Some(spec) = find(&String::from_utf8_lossy(&args[0])) {
+            needs.extend(needs_of(spec, &env, args));
+            commands.push((spec.name, args.clone()));
+        }
+    }
+    let count = commands.len();
+    let job = super::batch::Job {
+        needs,
+        run: Box::new(move |snapshot| {
+            Reply::Sequence(
+                commands
+                    .iter()
+                    .map(|(name, args)| run_keyed(snapshot, &env, name, args))
+                    .collect(),
+            )
+        }),
+    };
+    match super::batch::submit(context.data.clone(), stripe, job).await {
+        Reply::Sequence(replies) => replies,
+        // The whole batch failed (no leader, a timeout): the same answer for each.
+        other => vec![other; count],
+    }
+}
+
 /// Runs one request.
 pub async fn run(context: &RedisContext, session: &mut Session, args: &[Bytes]) -> Reply {
     let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
