@@ -1019,3 +1019,132 @@ async fn pubsub_delivers_across_nodes_in_publish_order() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn sorted_sets_through_every_node() {
+    bounded(async {
+        let cluster = Cluster::start(3).await;
+        let mut c = clients(&cluster).await;
+        assert_eq!(
+            c[0].call(&["ZADD", "board", "10", "ann", "20", "bob", "15", "cy"])
+                .await,
+            Value::Int(3)
+        );
+        assert_eq!(
+            c[1].call(&["ZADD", "board", "XX", "CH", "25", "bob", "1", "new"]).await,
+            Value::Int(1)
+        );
+        assert_eq!(c[1].call(&["ZADD", "board", "NX", "99", "ann"]).await, Value::Int(0));
+        assert_eq!(c[2].call(&["ZADD", "board", "GT", "5", "ann"]).await, Value::Int(0));
+        assert_eq!(c[2].call(&["ZSCORE", "board", "ann"]).await, bulk("10"));
+        assert_eq!(c[2].call(&["ZINCRBY", "board", "2.5", "ann"]).await, bulk("12.5"));
+        assert_eq!(c[0].call(&["ZADD", "board", "INCR", "1", "cy"]).await, bulk("16"));
+        assert_eq!(c[0].call(&["ZCARD", "board"]).await, Value::Int(3));
+        assert_eq!(
+            c[1].call(&["ZRANGE", "board", "0", "-1", "WITHSCORES"]).await,
+            Value::Array(vec![
+                bulk("ann"),
+                bulk("12.5"),
+                bulk("cy"),
+                bulk("16"),
+                bulk("bob"),
+                bulk("25")
+            ])
+        );
+        assert_eq!(
+            c[1].call(&["ZREVRANGE", "board", "0", "0"]).await,
+            Value::Array(vec![bulk("bob")])
+        );
+        assert_eq!(
+            c[2].call(&["ZRANGE", "board", "(12.5", "+inf", "BYSCORE", "LIMIT", "0", "1"])
+                .await,
+            Value::Array(vec![bulk("cy")])
+        );
+        assert_eq!(
+            c[2].call(&["ZRANGEBYSCORE", "board", "-inf", "16"]).await,
+            Value::Array(vec![bulk("ann"), bulk("cy")])
+        );
+        assert_eq!(
+            c[2].call(&["ZREVRANGEBYSCORE", "board", "+inf", "(16"]).await,
+            Value::Array(vec![bulk("bob")])
+        );
+        assert_eq!(c[0].call(&["ZRANK", "board", "cy"]).await, Value::Int(1));
+        assert_eq!(c[0].call(&["ZREVRANK", "board", "cy"]).await, Value::Int(1));
+        assert_eq!(c[0].call(&["ZRANK", "board", "nobody"]).await, Value::Nil);
+        assert_eq!(c[0].call(&["ZCOUNT", "board", "12", "20"]).await, Value::Int(2));
+        assert_eq!(
+            c[0].call(&["ZMSCORE", "board", "bob", "nobody"]).await,
+            Value::Array(vec![bulk("25"), Value::Nil])
+        );
+        assert_eq!(
+            c[1].call(&["ZPOPMIN", "board"]).await,
+            Value::Array(vec![bulk("ann"), bulk("12.5")])
+        );
+        assert_eq!(c[1].call(&["ZREM", "board", "cy", "nobody"]).await, Value::Int(1));
+        assert_eq!(
+            c[2].call(&["ZRANGE", "board", "0", "-1"]).await,
+            Value::Array(vec![bulk("bob")])
+        );
+        assert_eq!(c[2].call(&["TYPE", "board"]).await, Value::Simple("zset".into()));
+        assert_eq!(
+            c[2].call(&["ZADD", "board", "x", "m"]).await,
+            Value::Error("ERR value is not a valid float".into())
+        );
+        assert_eq!(
+            c[2].call(&["ZADD", "board", "NX", "XX", "1", "m"]).await,
+            Value::Error("ERR XX and NX options at the same time are not compatible".into())
+        );
+
+        // Lex ranges and set operations (keys in different slots: across ranges when
+        // the cluster is split).
+        assert_eq!(
+            c[0].call(&["ZADD", "lex", "0", "a", "0", "b", "0", "c", "0", "d"])
+                .await,
+            Value::Int(4)
+        );
+        assert_eq!(
+            c[1].call(&["ZRANGEBYLEX", "lex", "[b", "(d"]).await,
+            Value::Array(vec![bulk("b"), bulk("c")])
+        );
+        assert_eq!(c[1].call(&["ZLEXCOUNT", "lex", "-", "+"]).await, Value::Int(4));
+        assert_eq!(c[1].call(&["ZREMRANGEBYLEX", "lex", "[c", "+"]).await, Value::Int(2));
+        assert_eq!(c[0].call(&["ZADD", "z1", "1", "a", "2", "b"]).await, Value::Int(2));
+        assert_eq!(c[0].call(&["ZADD", "z2", "10", "b", "20", "c"]).await, Value::Int(2));
+        assert_eq!(
+            c[2].call(&["ZUNIONSTORE", "zu", "2", "z1", "z2", "WEIGHTS", "1", "2"])
+                .await,
+            Value::Int(3)
+        );
+        assert_eq!(
+            c[2].call(&["ZRANGE", "zu", "0", "-1", "WITHSCORES"]).await,
+            Value::Array(vec![bulk("a"), bulk("1"), bulk("b"), bulk("22"), bulk("c"), bulk("40")])
+        );
+        assert_eq!(
+            c[0].call(&["ZINTER", "2", "z1", "z2", "AGGREGATE", "MAX", "WITHSCORES"])
+                .await,
+            Value::Array(vec![bulk("b"), bulk("10")])
+        );
+        assert_eq!(
+            c[0].call(&["ZDIFF", "2", "z1", "z2"]).await,
+            Value::Array(vec![bulk("a")])
+        );
+        assert_eq!(c[1].call(&["ZREMRANGEBYRANK", "zu", "0", "0"]).await, Value::Int(1));
+        assert_eq!(
+            c[1].call(&["ZREMRANGEBYSCORE", "zu", "-inf", "(40"]).await,
+            Value::Int(1)
+        );
+        assert_eq!(c[1].call(&["ZCARD", "zu"]).await, Value::Int(1));
+        // RESP3: scores are doubles.
+        let mut resp3 = Client::connect(cluster.nodes[2].redis_port).await;
+        assert!(matches!(resp3.call(&["HELLO", "3"]).await, Value::Map(_)));
+        assert_eq!(resp3.call(&["ZSCORE", "zu", "c"]).await, Value::Double("40".into()));
+        assert_eq!(
+            resp3.call(&["ZRANGE", "z1", "0", "-1", "WITHSCORES"]).await,
+            Value::Array(vec![
+                Value::Array(vec![bulk("a"), Value::Double("1".into())]),
+                Value::Array(vec![bulk("b"), Value::Double("2".into())]),
+            ])
+        );
+    })
+    .await;
+}

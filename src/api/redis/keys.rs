@@ -137,6 +137,7 @@ pub enum Kind {
     Hash,
     Set,
     List,
+    ZSet,
 }
 
 impl Kind {
@@ -146,6 +147,7 @@ impl Kind {
             Kind::Hash => b'h',
             Kind::Set => b'S',
             Kind::List => b'l',
+            Kind::ZSet => b'z',
         }
     }
 
@@ -155,6 +157,7 @@ impl Kind {
             b'h' => Some(Kind::Hash),
             b'S' => Some(Kind::Set),
             b'l' => Some(Kind::List),
+            b'z' => Some(Kind::ZSet),
             _ => None,
         }
     }
@@ -166,6 +169,7 @@ impl Kind {
             Kind::Hash => "hash",
             Kind::Set => "set",
             Kind::List => "list",
+            Kind::ZSet => "zset",
         }
     }
 
@@ -257,7 +261,7 @@ impl Record {
         let payload_length = match kind {
             Kind::String => stored.len() - 9,
             Kind::List => 16,
-            Kind::Hash | Kind::Set => 8,
+            Kind::Hash | Kind::Set | Kind::ZSet => 8,
         };
         if stored.len() != 9 + payload_length {
             return None;

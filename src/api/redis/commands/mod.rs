@@ -8,6 +8,7 @@ mod pubsub;
 mod server;
 mod sets;
 mod strings;
+mod zsets;
 
 use super::data::{Change, DataError};
 use super::keys::Record;
@@ -119,6 +120,35 @@ pub static COMMANDS: &[Spec] = &[
     spec("brpop", -3, &["write", "blocking"], (1, -2, 1)),
     spec("blmove", 6, &["write", "denyoom", "blocking"], (1, 2, 1)),
     spec("brpoplpush", 4, &["write", "denyoom", "blocking"], (1, 2, 1)),
+    // Sorted sets.
+    spec("zadd", -4, WD, ONE),
+    spec("zincrby", 4, WD, ONE),
+    spec("zscore", 3, R, ONE),
+    spec("zmscore", -3, R, ONE),
+    spec("zrem", -3, W, ONE),
+    spec("zcard", 2, R, ONE),
+    spec("zcount", 4, R, ONE),
+    spec("zlexcount", 4, R, ONE),
+    spec("zrange", -4, RS, ONE),
+    spec("zrevrange", -4, RS, ONE),
+    spec("zrangebyscore", -4, RS, ONE),
+    spec("zrevrangebyscore", -4, RS, ONE),
+    spec("zrangebylex", -4, RS, ONE),
+    spec("zrevrangebylex", -4, RS, ONE),
+    spec("zrank", -3, R, ONE),
+    spec("zrevrank", -3, R, ONE),
+    spec("zpopmin", -2, W, ONE),
+    spec("zpopmax", -2, W, ONE),
+    spec("zrandmember", -2, RS, ONE),
+    spec("zremrangebyrank", 4, W, ONE),
+    spec("zremrangebyscore", 4, W, ONE),
+    spec("zremrangebylex", 4, W, ONE),
+    spec("zunionstore", -4, WD, NONE),
+    spec("zinterstore", -4, WD, NONE),
+    spec("zdiffstore", -4, WD, NONE),
+    spec("zunion", -3, RS, NONE),
+    spec("zinter", -3, RS, NONE),
+    spec("zdiff", -3, RS, NONE),
     // Pub/sub.
     spec("subscribe", -2, &["pubsub", "noscript", "loading", "stale"], NONE),
     spec("psubscribe", -2, &["pubsub", "noscript", "loading", "stale"], NONE),
@@ -252,6 +282,8 @@ pub fn find(name: &str) -> Option<&'static Spec> {
 pub struct Env {
     pub db: u8,
     pub max_bulk: usize,
+    /// The connection's protocol version (some replies are shaped by it).
+    pub resp: u8,
 }
 
 impl Env {
@@ -269,6 +301,7 @@ fn is_keyed(name: &str) -> bool {
         || hashes::handles(name)
         || sets::handles(name)
         || lists::handles(name)
+        || zsets::handles(name)
 }
 
 /// Commands MULTI queues: the keyed ones, and those that read no data.
@@ -307,6 +340,9 @@ fn needs_of(spec: &Spec, env: &Env, args: &[Bytes]) -> Vec<Need> {
     if lists::handles(spec.name) {
         return lists::needs(spec.name, env, args);
     }
+    if zsets::handles(spec.name) {
+        return zsets::needs(spec.name, env, args);
+    }
     let keys = keys_of(spec, env, args);
     match spec.name {
         // A collection moves or is copied with its elements.
@@ -329,6 +365,8 @@ fn run_keyed(snapshot: &mut Snapshot, env: &Env, name: &str, args: &[Bytes]) -> 
         sets::run(snapshot, env, name, args)
     } else if lists::handles(name) {
         lists::run(snapshot, env, name, args)
+    } else if zsets::handles(name) {
+        zsets::run(snapshot, env, name, args)
     } else {
         keyspace::run(snapshot, env, name, args)
     }
@@ -354,6 +392,7 @@ pub fn pipeline_stripe(session: &Session, max_bulk: usize, requests: &[Vec<Bytes
     let env = Env {
         db: session.db,
         max_bulk,
+        resp: session.resp,
     };
     let mut keys = Vec::new();
     for args in requests {
@@ -375,6 +414,7 @@ pub async fn run_pipeline(
     let env = Env {
         db: session.db,
         max_bulk: context.limits.max_bulk,
+        resp: session.resp,
     };
     let mut needs = Vec::new();
     let mut commands = Vec::with_capacity(requests.len());
@@ -452,6 +492,7 @@ pub async fn run(context: &RedisContext, session: &mut Session, args: &[Bytes]) 
     let env = Env {
         db: session.db,
         max_bulk: context.limits.max_bulk,
+        resp: session.resp,
     };
     let outcome = match spec.name {
         "multi" => {
@@ -599,6 +640,7 @@ async fn exec(context: &RedisContext, session: &mut Session) -> Reply {
     let env = Env {
         db: session.db,
         max_bulk: context.limits.max_bulk,
+        resp: session.resp,
     };
     let mut needs = Vec::new();
     for args in &queued {
