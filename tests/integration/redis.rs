@@ -1196,3 +1196,80 @@ async fn sorted_sets_through_every_node() {
     })
     .await;
 }
+
+/// The `redis` crate's client, as an application would use it: commands, a pipeline, and
+/// its optimistic transaction helper (WATCH, MULTI, EXEC, retried on conflict) from
+/// several threads at once.
+#[tokio::test]
+async fn the_redis_crate_works_against_any_node() {
+    bounded(async {
+        let cluster = Cluster::start(3).await;
+        let urls: Vec<String> = cluster
+            .nodes
+            .iter()
+            .map(|node| format!("redis://127.0.0.1:{}/", node.redis_port))
+            .collect();
+        let checked = tokio::task::spawn_blocking(move || {
+            use redis::Commands;
+            let connect = |url: &str| {
+                redis::Client::open(url)
+                    .and_then(|client| client.get_connection())
+                    .expect("connecting with the redis crate")
+            };
+            let mut first = connect(&urls[0]);
+            let mut second = connect(&urls[1]);
+            let () = first.set("crate:greeting", "hello").expect("SET");
+            let greeting: String = second.get("crate:greeting").expect("GET");
+            assert_eq!(greeting, "hello");
+            let _: () = first
+                .hset_multiple("crate:user", &[("name", "ann"), ("city", "oslo")])
+                .expect("HSET");
+            let user: std::collections::HashMap<String, String> = second.hgetall("crate:user").expect("HGETALL");
+            assert_eq!(user.get("city").map(String::as_str), Some("oslo"));
+            let (count, members): (i64, Vec<String>) = redis::pipe()
+                .rpush("crate:list", &["a", "b", "c"])
+                .lrange("crate:list", 0, -1)
+                .query(&mut second)
+                .expect("a pipeline");
+            assert_eq!(
+                (count, members),
+                (3, vec!["a".to_string(), "b".to_string(), "c".to_string()])
+            );
+            let missing: Option<String> = first.get("crate:missing").expect("GET of a missing key");
+            assert_eq!(missing, None);
+            let error = first
+                .incr::<_, _, i64>("crate:greeting", 1)
+                .expect_err("INCR of a word");
+            assert!(error.to_string().contains("not an integer"), "{error}");
+
+            // The crate's transaction helper from three threads through three nodes.
+            let workers: Vec<_> = urls
+                .iter()
+                .cloned()
+                .map(|url| {
+                    std::thread::spawn(move || {
+                        let mut connection = connect(&url);
+                        for _ in 0..10 {
+                            let _: () = redis::transaction(&mut connection, &["crate:counter"], |connection, pipe| {
+                                let current: Option<i64> = connection.get("crate:counter")?;
+                                pipe.set("crate:counter", current.unwrap_or(0) + 1)
+                                    .ignore()
+                                    .query(connection)
+                            })
+                            .expect("a transaction");
+                        }
+                    })
+                })
+                .collect();
+            for worker in workers {
+                worker.join().expect("a worker thread");
+            }
+            let counter: i64 = first.get("crate:counter").expect("GET");
+            counter
+        })
+        .await
+        .expect("the client thread");
+        assert_eq!(checked, 30, "no transaction lost an increment");
+    })
+    .await;
+}
