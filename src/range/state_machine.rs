@@ -1097,12 +1097,14 @@ impl StateMachine {
             Some(known) => {
                 known.name = member.name;
                 known.client_urls = member.client_urls;
+                known.redis_addr = member.redis_addr;
             }
             None => members.push(MemberInfo {
                 id: member.member_id,
                 name: member.name,
                 peer_urls: Vec::new(),
                 client_urls: member.client_urls,
+                redis_addr: member.redis_addr,
             }),
         }
         members.sort_by_key(|member| member.id);

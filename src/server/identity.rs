@@ -96,6 +96,7 @@ pub fn load_or_create(engine: &dyn Engine, config: &NodeConfig) -> Result<Loaded
             name: member.name.clone(),
             peer_urls: member.peer_urls.clone(),
             client_urls: Vec::new(),
+            redis_addr: String::new(),
         })
         .collect();
     let ids: Vec<u64> = members.iter().map(|member| member.id).collect();

@@ -417,6 +417,10 @@ pub async fn run(
         me,
         identity.name.clone(),
         config.advertise_client_urls.clone(),
+        config
+            .redis_listen
+            .map(|address| address.to_string())
+            .unwrap_or_default(),
     ));
 
     let outcome = tokio::select! {
@@ -458,13 +462,21 @@ pub async fn run(
 /// Longest a graceful stop waits for the ranges it leads to get new leaders.
 const HAND_OFF_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Announces this member's name and client URLs through the log once per start, as
-/// etcd members do, so every member lists them in MemberList. Retries until it lands.
-async fn publish_member(router: Arc<Router>, member_id: u64, name: String, client_urls: Vec<String>) {
+/// Announces this member's name, client URLs and Redis address through the log once per
+/// start, as etcd members do, so every member lists them in MemberList (and CLUSTER
+/// SLOTS). Retries until it lands.
+async fn publish_member(
+    router: Arc<Router>,
+    member_id: u64,
+    name: String,
+    client_urls: Vec<String>,
+    redis_addr: String,
+) {
     let command = crate::range::encode_command(raft_command::Op::PublishMember(PublishMember {
         member_id,
         name: name.clone(),
         client_urls: client_urls.clone(),
+        redis_addr: redis_addr.clone(),
     }));
     let mut delay = Duration::from_millis(100);
     loop {
@@ -473,10 +485,12 @@ async fn publish_member(router: Arc<Router>, member_id: u64, name: String, clien
             Err(_) => None,
         };
         if let Some(published) = published {
-            if published
-                .iter()
-                .any(|member| member.id == member_id && member.name == name && member.client_urls == client_urls)
-            {
+            if published.iter().any(|member| {
+                member.id == member_id
+                    && member.name == name
+                    && member.client_urls == client_urls
+                    && member.redis_addr == redis_addr
+            }) {
                 return;
             }
         }

@@ -1273,3 +1273,66 @@ async fn the_redis_crate_works_against_any_node() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn cluster_slots_name_each_range_leader() {
+    bounded(async {
+        let cluster = Cluster::start(3).await;
+        let ports: Vec<i64> = cluster.nodes.iter().map(|node| node.redis_port as i64).collect();
+        let mut c = Client::connect(cluster.nodes[1].redis_port).await;
+        assert_eq!(c.call(&["CLUSTER", "KEYSLOT", "foo"]).await, Value::Int(12182));
+        // The examples of Redis's documentation.
+        assert_eq!(c.call(&["CLUSTER", "KEYSLOT", "somekey"]).await, Value::Int(11058));
+        assert_eq!(c.call(&["CLUSTER", "KEYSLOT", "foo{hash_tag}"]).await, Value::Int(2515));
+        let Value::Bulk(id) = c.call(&["CLUSTER", "MYID"]).await else {
+            panic!("MYID is a bulk string")
+        };
+        assert_eq!(id.len(), 40);
+        // Members publish their Redis address once they start: wait for all three.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let nodes = c.call(&["CLUSTER", "NODES"]).await.text();
+            if nodes.lines().count() == 3 {
+                assert_eq!(
+                    nodes.lines().filter(|line| line.contains("myself")).count(),
+                    1,
+                    "{nodes}"
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "members never published their Redis address: {nodes}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Every slot once, in order, each with a master at one of the nodes.
+        let Value::Array(slots) = c.call(&["CLUSTER", "SLOTS"]).await else {
+            panic!("SLOTS is an array")
+        };
+        assert!(!slots.is_empty());
+        let mut next = 0;
+        for entry in &slots {
+            let Value::Array(parts) = entry else {
+                panic!("a slot range is an array")
+            };
+            assert_eq!(parts[0], Value::Int(next), "slots covered without gaps: {slots:?}");
+            let Value::Int(last) = parts[1] else {
+                panic!("a slot number")
+            };
+            let Value::Array(master) = &parts[2] else {
+                panic!("a node")
+            };
+            let Value::Int(port) = master[1] else { panic!("a port") };
+            assert!(ports.contains(&port), "the master {master:?} is a node");
+            assert!(parts.len() >= 4, "replicas are listed too: {parts:?}");
+            next = last + 1;
+        }
+        assert_eq!(next, 16384, "every slot is served");
+        let Value::Array(shards) = c.call(&["CLUSTER", "SHARDS"]).await else {
+            panic!("SHARDS is an array")
+        };
+        assert_eq!(shards.len(), slots.len());
+    })
+    .await;
+}

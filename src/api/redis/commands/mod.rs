@@ -1,6 +1,7 @@
 //! The command table and dispatch: arity checks and errors with Redis's texts, then
 //! the handler of each group.
 
+mod cluster;
 mod hashes;
 mod keyspace;
 mod lists;
@@ -64,6 +65,7 @@ pub static COMMANDS: &[Spec] = &[
     spec("flushall", -1, W, NONE),
     spec("time", 1, C, NONE),
     spec("config", -2, &["admin", "loading", "stale"], NONE),
+    spec("cluster", -2, &["loading", "stale"], NONE),
     // Hashes.
     spec("hset", -4, WD, ONE),
     spec("hmset", -4, WD, ONE),
@@ -553,6 +555,7 @@ pub async fn run(context: &RedisContext, session: &mut Session, args: &[Bytes]) 
         }
         "keys" | "scan" | "randomkey" => keyspace::run_wide(context, session, spec.name, args).await,
         name if pubsub::handles(name) => pubsub::run(context, session, name, args).await,
+        "cluster" => cluster::run(context, args).await,
         _ => server::run(context, session, spec.name, args).await,
     };
     outcome.unwrap_or_else(|error| error)
