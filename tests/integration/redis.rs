@@ -1182,6 +1182,25 @@ async fn sorted_sets_through_every_node() {
             Value::Int(1)
         );
         assert_eq!(c[1].call(&["ZCARD", "zu"]).await, Value::Int(1));
+        // Blocking pops: one waiting on an empty set is woken by a ZADD on another node.
+        assert_eq!(c[0].call(&["BZPOPMIN", "empty", "0.1"]).await, Value::Nil);
+        let port = cluster.nodes[0].redis_port;
+        let waiter = tokio::spawn(async move {
+            let mut client = Client::connect(port).await;
+            client.call(&["BZPOPMAX", "scores", "0"]).await
+        });
+        assert_eq!(
+            c[2].call(&["ZADD", "scores", "1", "low", "9", "high"]).await,
+            Value::Int(2)
+        );
+        assert_eq!(
+            waiter.await.expect("the waiter"),
+            Value::Array(vec![bulk("scores"), bulk("high"), bulk("9")])
+        );
+        assert_eq!(
+            c[1].call(&["ZRANGE", "scores", "0", "-1"]).await,
+            Value::Array(vec![bulk("low")])
+        );
         // RESP3: scores are doubles.
         let mut resp3 = Client::connect(cluster.nodes[2].redis_port).await;
         assert!(matches!(resp3.call(&["HELLO", "3"]).await, Value::Map(_)));

@@ -145,6 +145,8 @@ pub static COMMANDS: &[Spec] = &[
     spec("zremrangebyrank", 4, W, ONE),
     spec("zremrangebyscore", 4, W, ONE),
     spec("zremrangebylex", 4, W, ONE),
+    spec("bzpopmin", -3, &["write", "blocking", "fast"], (1, -2, 1)),
+    spec("bzpopmax", -3, &["write", "blocking", "fast"], (1, -2, 1)),
     spec("zunionstore", -4, WD, NONE),
     spec("zinterstore", -4, WD, NONE),
     spec("zdiffstore", -4, WD, NONE),
@@ -385,7 +387,7 @@ pub fn batchable(session: &Session, args: &[Bytes]) -> bool {
     };
     let count = args.len() as i64;
     let arity_ok = (spec.arity > 0 && count == spec.arity) || (spec.arity < 0 && count >= -spec.arity);
-    arity_ok && is_keyed(spec.name) && !lists::is_blocking(spec.name)
+    arity_ok && is_keyed(spec.name) && !is_blocking(spec.name)
 }
 
 /// The needs of pipelined data commands (each [`batchable`]), and the stripe their keys
@@ -530,7 +532,7 @@ pub async fn run(context: &RedisContext, session: &mut Session, args: &[Bytes]) 
                 Err(error) => Err(error),
             }
         }
-        name if lists::is_blocking(name) => blocking(context, &env, spec, args).await,
+        name if is_blocking(name) => blocking(context, &env, spec, args).await,
         name if is_keyed(name) => {
             let needs = needs_of(spec, &env, args);
             let keys: Vec<Bytes> = needs.iter().map(|need| need.key().clone()).collect();
@@ -561,7 +563,12 @@ pub async fn run(context: &RedisContext, session: &mut Session, args: &[Bytes]) 
     outcome.unwrap_or_else(|error| error)
 }
 
-/// BLPOP, BRPOP, BLMOVE and BRPOPLPUSH outside MULTI: tries, and while the lists are
+/// Whether the command blocks (outside MULTI) until it finds an element.
+fn is_blocking(name: &str) -> bool {
+    lists::is_blocking(name) || matches!(name, "bzpopmin" | "bzpopmax")
+}
+
+/// BLPOP, BRPOP, BLMOVE, BRPOPLPUSH, BZPOPMIN and BZPOPMAX outside MULTI: tries, and while the lists are
 /// empty waits for a write to one of them (on any node: the watch hub sees every
 /// range's writes) or the timeout, then tries again.
 async fn blocking(context: &RedisContext, env: &Env, spec: &Spec, args: &[Bytes]) -> Outcome {
@@ -573,7 +580,7 @@ async fn blocking(context: &RedisContext, env: &Env, spec: &Spec, args: &[Bytes]
     }
     let deadline = (timeout > 0.0).then(|| tokio::time::Instant::now() + std::time::Duration::from_secs_f64(timeout));
     let sources: Vec<Bytes> = match spec.name {
-        "blpop" | "brpop" => args[1..args.len() - 1].iter().map(|key| env.key(key)).collect(),
+        "blpop" | "brpop" | "bzpopmin" | "bzpopmax" => args[1..args.len() - 1].iter().map(|key| env.key(key)).collect(),
         _ => vec![env.key(&args[1])],
     };
     let needs = needs_of(spec, env, args);

@@ -41,6 +41,8 @@ pub fn handles(name: &str) -> bool {
             | "zunion"
             | "zinter"
             | "zdiff"
+            | "bzpopmin"
+            | "bzpopmax"
     )
 }
 
@@ -73,6 +75,10 @@ pub fn needs(name: &str, env: &Env, args: &[Bytes]) -> Vec<Need> {
                     .iter()
                     .map(|key| Need::All(env.key(key))),
             )
+            .collect(),
+        "bzpopmin" | "bzpopmax" => args[1..args.len() - 1]
+            .iter()
+            .map(|key| Need::All(env.key(key)))
             .collect(),
         "zunion" | "zinter" | "zdiff" => sources(args, 1)
             .unwrap_or_default()
@@ -593,6 +599,26 @@ fn outcome(snapshot: &mut Snapshot, env: &Env, name: &str, args: &[Bytes]) -> Re
             let keys: Vec<Bytes> = keys.iter().map(|key| env.key(key)).collect();
             let (members, with_scores) = combine(snapshot, name, &keys, &args[2 + keys.len()..])?;
             Ok(members_reply(env, members, with_scores))
+        }
+        "bzpopmin" | "bzpopmax" => {
+            // Without blocking (MULTI, or one attempt of the blocking loop): the first
+            // key holding a member.
+            for name_arg in &args[1..args.len() - 1] {
+                let key = env.key(name_arg);
+                let mut members = ordered(snapshot, &key)?;
+                if name == "bzpopmax" {
+                    members.reverse();
+                }
+                if let Some((member, score)) = members.into_iter().next() {
+                    snapshot.remove_field(&key, &member);
+                    return Ok(Reply::Array(vec![
+                        Reply::Bulk(name_arg.clone()),
+                        Reply::Bulk(member),
+                        Reply::Double(score),
+                    ]));
+                }
+            }
+            Ok(Reply::NullArray)
         }
         _ => unreachable!("{name} is not a sorted-set command"),
     }
