@@ -165,6 +165,9 @@ pub fn range(
     let mut cut_for_size = false;
     let mut too_large = false;
     for item in records {
+        if request.skip_count && pageable && kvs.len() >= fetch_limit {
+            break;
+        }
         let (key, mut record) = item?;
         count += 1;
         if request.count_only || kvs.len() >= fetch_limit || cut_for_size {

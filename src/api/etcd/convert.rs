@@ -85,6 +85,8 @@ pub fn read(request: &RangeRequest) -> Read {
         max_mod_revision: request.max_mod_revision,
         min_create_revision: request.min_create_revision,
         max_create_revision: request.max_create_revision,
+        // etcd reports the total count.
+        skip_count: false,
     }
 }
 

@@ -378,6 +378,8 @@ impl Data {
         let read = Read {
             span: Some(ops::span(start, end)),
             limit,
+            // The span may hold every Redis key: read only the batch asked for.
+            skip_count: true,
             ..Default::default()
         };
         let span = crate::range::kv::key_range(read.span.as_ref().unwrap_or(&Default::default()));

@@ -137,36 +137,6 @@ impl Snapshot {
         out
     }
 
-    /// The elements of the collection at `key` that were read (all, or the edges
-    /// asked for), with the changes made since, in key order.
-    pub fn known_fields(&self, key: &Bytes) -> BTreeMap<Bytes, Bytes> {
-        if self.get(key).filter(|record| record.kind.is_collection()).is_none() {
-            return BTreeMap::new();
-        }
-        let Some(elements) = self.elements.get(key) else {
-            return BTreeMap::new();
-        };
-        let mut out = if elements.cleared {
-            BTreeMap::new()
-        } else {
-            elements.stored.clone()
-        };
-        for (field, value) in &elements.changes {
-            match value {
-                Some(value) => out.insert(field.clone(), value.clone()),
-                None => out.remove(field),
-            };
-        }
-        out
-    }
-
-    /// Whether every element of `key` was read.
-    pub fn all_known(&self, key: &Bytes) -> bool {
-        self.elements
-            .get(key)
-            .is_none_or(|elements| elements.all || elements.cleared)
-    }
-
     /// Sets an element of the collection of `kind` at `key`, creating the collection
     /// (over a missing or expired key) if needed; whether the element is new. The caller
     /// has checked the key holds no other type.

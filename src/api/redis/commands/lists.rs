@@ -116,10 +116,10 @@ fn check(snapshot: &Snapshot, key: &Bytes) -> Result<i64, Reply> {
     }
 }
 
-/// The elements read, head to tail: (position, value).
+/// The whole list (read with all its elements), head to tail: (position, value).
 fn known(snapshot: &Snapshot, key: &Bytes) -> Vec<(i64, Bytes)> {
     snapshot
-        .known_fields(key)
+        .fields(key)
         .into_iter()
         .filter_map(|(field, value)| Some((keys::field_position(&field)?, value)))
         .collect()
