@@ -987,7 +987,13 @@ async fn lists_and_blocking_pops_across_nodes() {
             let reply = client.call(&["BLPOP", "other-jobs", "jobs", "0"]).await;
             (reply, started.elapsed())
         });
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Push only once the waiter is blocked (CLIENT LIST shows it running BLPOP), so
+        // the wake-up path is what is tested.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !c[0].call(&["CLIENT", "LIST"]).await.text().contains("cmd=blpop") {
+            assert!(Instant::now() < deadline, "the waiter never blocked");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         assert_eq!(c[2].call(&["RPUSH", "jobs", "job-1"]).await, Value::Int(1));
         let (reply, waited) = waiter.await.expect("the waiter");
         assert_eq!(reply, Value::Array(vec![bulk("jobs"), bulk("job-1")]));
