@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/shoal/command.proto",
         "proto/shoal/state.proto",
         "proto/shoal/peer.proto",
+        "proto/shoal/backup.proto",
     ];
     println!("cargo:rerun-if-changed=proto");
     let descriptors = protox::compile(protos, ["proto"])?;

@@ -30,6 +30,9 @@ pub enum Command {
     Cert(crate::certs::CertArgs),
     /// Look at a running cluster: `shoal ctl ranges --endpoints URL[,URL...]`.
     Ctl(crate::ctl::CtlArgs),
+    /// Restore a new cluster from a backup (`etcdctl snapshot save` makes one), or
+    /// check a backup file.
+    Snapshot(crate::snapshot_cli::SnapshotArgs),
 }
 
 #[derive(Args, Debug)]

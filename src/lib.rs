@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod backup;
 pub mod bench;
 pub mod certs;
 pub mod chaos;
@@ -17,6 +18,7 @@ pub mod proto;
 pub mod range;
 pub mod router;
 pub mod server;
+pub mod snapshot_cli;
 pub mod storage;
 pub mod store;
 pub mod telemetry;

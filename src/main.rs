@@ -62,6 +62,10 @@ fn main() -> anyhow::Result<()> {
             print!("{text}");
             Ok(())
         }
+        Command::Snapshot(args) => {
+            print!("{}", shoal::snapshot_cli::run(&args)?);
+            Ok(())
+        }
         Command::Cert(args) => {
             let files = shoal::certs::create(&args)?;
             println!(

@@ -31,4 +31,7 @@ pub mod shoal {
     pub mod peer {
         tonic::include_proto!("shoal.peer");
     }
+    pub mod backup {
+        tonic::include_proto!("shoal.backup");
+    }
 }

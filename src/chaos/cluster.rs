@@ -61,6 +61,13 @@ pub struct Cluster {
     extra_args: Vec<String>,
 }
 
+impl Cluster {
+    /// The `--initial-cluster` every node starts with (its token is `shoal-chaos`).
+    pub fn initial_cluster(&self) -> &str {
+        &self.initial_cluster
+    }
+}
+
 /// A free loopback port for a test server. See [`free_ports`].
 pub fn free_port() -> std::io::Result<u16> {
     free_ports(1)

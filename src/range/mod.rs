@@ -14,6 +14,7 @@ mod raft_logger;
 pub mod reader;
 pub mod reads;
 pub mod replica;
+pub mod restore;
 pub mod sequencer;
 pub mod snapshot;
 pub mod state_machine;

@@ -192,7 +192,7 @@ impl PinnedRange {
     }
 
     /// Every lease record of the range (the meta range holds the leases).
-    fn lease_records(&self) -> Result<Vec<crate::proto::shoal::state::LeaseRecord>, StorageError> {
+    pub fn lease_records(&self) -> Result<Vec<crate::proto::shoal::state::LeaseRecord>, StorageError> {
         let mut leases = Vec::new();
         for pair in self
             .view

@@ -124,6 +124,33 @@ pub fn mark_compacted(range_id: u64, revision: i64, batch: &mut WriteBatch) {
     );
 }
 
+/// What a range of a cluster restored from a backup at `revision` starts with, written
+/// after its bootstrap: a data range is at that revision with nothing older readable
+/// (the backup holds no history) and counts its keys; the meta range's oracle hands out
+/// revisions above it.
+pub fn write_restored_state(range_id: u64, revision: i64, live_keys: u64, live_bytes: u64, batch: &mut WriteBatch) {
+    if range_id == super::META_RANGE_ID {
+        let oracle = OracleState {
+            high_water: revision + 1,
+        };
+        batch.put(
+            Space::RangeMeta,
+            keys::range_record_key(range_id, ORACLE),
+            oracle.encode_to_vec(),
+        );
+        return;
+    }
+    let state = RangeApplyState {
+        revision,
+        compact_revision: revision,
+        live_keys,
+        live_bytes,
+        ..Default::default()
+    };
+    batch.put(Space::RangeMeta, apply_state_key(range_id), state.encode_to_vec());
+    mark_compacted(range_id, revision, batch);
+}
+
 /// Writes of consecutive applied commands, committed together with the apply state by
 /// [`StateMachine::flush`]. Later commands read earlier ones' writes through `overlay`.
 #[derive(Default)]
@@ -1374,7 +1401,7 @@ struct TxnExec<'a> {
 }
 
 /// Bytes a live key counts for in the range's statistics.
-fn live_bytes(key: &[u8], record: &Record) -> i64 {
+pub fn live_bytes(key: &[u8], record: &Record) -> i64 {
     (key.len() + record.value.len()) as i64
 }
 

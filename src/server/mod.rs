@@ -4,6 +4,7 @@
 pub mod compactor;
 pub mod http;
 pub mod identity;
+pub mod restore;
 mod tls;
 
 use crate::api::etcd::{

@@ -6,6 +6,7 @@ pub const SPLIT: bool = false;
 
 mod support;
 
+mod backup;
 mod bad_input;
 mod chaos;
 mod coordination;

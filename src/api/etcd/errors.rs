@@ -116,3 +116,14 @@ pub fn txn(error: crate::txn::TxnError) -> Status {
         crate::txn::TxnError::Refused(error) => kv(error),
     }
 }
+
+/// A snapshot (backup) that could not be finished.
+pub fn backup(error: crate::backup::save::SaveError) -> Status {
+    use crate::backup::save::SaveError;
+    match error {
+        SaveError::Read(error) => txn(error),
+        SaveError::Route(error) => route(error),
+        SaveError::Storage(error) => Status::internal(format!("etcdserver: storage: {error}")),
+        SaveError::Closed => Status::cancelled("etcdserver: snapshot cancelled"),
+    }
+}

@@ -1,16 +1,24 @@
 //! etcd's Maintenance service: the member's own status, and the housekeeping calls
-//! etcd's operators script (`etcdctl defrag`, `etcdctl alarm list|disarm`).
+//! etcd's operators script (`etcdctl defrag`, `etcdctl alarm list|disarm`, `etcdctl
+//! snapshot save`).
 
 use super::{errors, observe, EtcdContext, ETCD_API_VERSION};
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
 use crate::proto::etcdserverpb::{
     alarm_request, AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, MoveLeaderRequest,
-    MoveLeaderResponse, StatusRequest, StatusResponse,
+    MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
 };
 use crate::range::FIRST_DATA_RANGE_ID;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
+
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
+/// Chunks of a snapshot buffered for a slow reader before the backup waits for it.
+const SNAPSHOT_BUFFER: usize = 16;
 
 pub struct MaintenanceService {
     context: Arc<EtcdContext>,
@@ -42,6 +50,59 @@ impl Maintenance for MaintenanceService {
             }))
         })
         .await
+    }
+
+    /// A backup of the whole cluster at one revision (every range's keys and the
+    /// leases), streamed in Shoal's backup format with etcd's SHA-256 trailer, so
+    /// `etcdctl snapshot save FILE` writes a file `shoal snapshot restore` takes.
+    async fn snapshot(&self, _request: Request<SnapshotRequest>) -> Result<Response<SnapshotStream>, Status> {
+        let (chunks, received) = tokio::sync::mpsc::channel(SNAPSHOT_BUFFER);
+        let (failed, failure) = tokio::sync::oneshot::channel::<Status>();
+        let context = self.context.clone();
+        tokio::spawn(async move {
+            let saving = crate::backup::save::save(&context.txns, context.cluster_id, context.member_id, chunks);
+            let outcome = tokio::select! {
+                outcome = saving => outcome,
+                () = context.stopped() => Err(crate::backup::save::SaveError::Closed),
+            };
+            match outcome {
+                Ok(saved) => tracing::info!(
+                    revision = saved.revision,
+                    keys = saved.keys,
+                    leases = saved.leases,
+                    bytes = saved.bytes,
+                    "sent a snapshot"
+                ),
+                Err(crate::backup::save::SaveError::Closed) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "a snapshot failed");
+                    let _ = failed.send(errors::backup(error));
+                }
+            }
+        });
+        let header = self.current_header()?;
+        let mut first = Some(header);
+        let responses = ReceiverStream::new(received).map(move |chunk: crate::backup::save::Chunk| {
+            Ok(SnapshotResponse {
+                header: first.take(),
+                remaining_bytes: chunk.remaining_estimate,
+                blob: chunk.bytes.into(),
+                version: ETCD_API_VERSION.to_string(),
+            })
+        });
+        // A failure ends the stream with its status instead of a short, valid-looking file.
+        let mut failure = Some(failure);
+        let failure = tokio_stream::once(()).then(move |()| {
+            let failure = failure.take();
+            async move {
+                match failure {
+                    Some(failure) => failure.await.ok().map(Err),
+                    None => None,
+                }
+            }
+        });
+        let stream = responses.chain(failure.filter_map(|status| status));
+        Ok(Response::new(Box::pin(stream)))
     }
 
     /// Hands leadership to another member (`etcdctl move-leader`, before maintenance on
