@@ -9,6 +9,7 @@ mod support;
 mod bad_input;
 mod chaos;
 mod coordination;
+mod dashboard;
 mod deploy;
 mod durability;
 mod etcdctl;
