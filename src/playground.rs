@@ -224,6 +224,17 @@ async fn serve(nodes: &mut [PlaygroundNode], data_dir: &Path, tls: Option<&Playg
             node.log.display()
         );
     }
+    if let Some(node) = nodes.first() {
+        banner += &format!(
+            "\nDashboard (on every node's metrics port): {scheme}://127.0.0.1:{}/{}\n",
+            node.metrics_port,
+            if tls.is_some() {
+                " (the browser needs the client certificate)"
+            } else {
+                ""
+            }
+        );
+    }
     // With TLS, etcdctl needs the CA and a client certificate (and so does curl).
     let (etcdctl_tls, curl_tls) = match tls {
         Some(tls) => {

@@ -1,7 +1,9 @@
 //! The metrics listener: Prometheus `/metrics`, `/health` (can this member serve a
-//! linearizable read now?), `/ready` (has it joined and caught up?) and `/v1/ranges`
-//! (the data ranges as this member holds them).
+//! linearizable read now?), `/ready` (has it joined and caught up?), `/v1/ranges`
+//! (the data ranges as this member holds them), and the dashboard: `/` and its JSON,
+//! `/v1/cluster` (see `dashboard.rs`).
 
+use super::dashboard::{self, Dashboard};
 use crate::range::FIRST_DATA_RANGE_ID;
 use crate::router::Router;
 use axum::extract::State;
@@ -16,15 +18,22 @@ use std::sync::Arc;
 struct HttpState {
     router: Arc<Router>,
     metrics: Option<PrometheusHandle>,
+    dashboard: Arc<Dashboard>,
 }
 
-pub fn routes(router: Arc<Router>, metrics: Option<PrometheusHandle>) -> axum::Router {
+pub fn routes(router: Arc<Router>, metrics: Option<PrometheusHandle>, dashboard: Arc<Dashboard>) -> axum::Router {
     axum::Router::new()
+        .route("/", get(dashboard::page))
         .route("/metrics", get(render_metrics))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/v1/ranges", get(ranges))
-        .with_state(HttpState { router, metrics })
+        .route("/v1/cluster", get(cluster))
+        .with_state(HttpState {
+            router,
+            metrics,
+            dashboard,
+        })
 }
 
 async fn render_metrics(State(state): State<HttpState>) -> impl IntoResponse {
@@ -70,4 +79,12 @@ async fn ready(State(state): State<HttpState>) -> impl IntoResponse {
 /// See `api::ranges::describe`.
 async fn ranges(State(state): State<HttpState>) -> impl IntoResponse {
     json(StatusCode::OK, crate::api::ranges::describe(&state.router).to_string())
+}
+
+/// See `Dashboard::describe`.
+async fn cluster(State(state): State<HttpState>) -> impl IntoResponse {
+    json(
+        StatusCode::OK,
+        state.dashboard.describe(&state.router).await.to_string(),
+    )
 }

@@ -2,6 +2,7 @@
 //! client protocols together, and runs them until shutdown.
 
 pub mod compactor;
+pub mod dashboard;
 pub mod http;
 pub mod identity;
 pub mod restore;
@@ -393,10 +394,15 @@ pub async fn run(
         let stop = stopped();
         http_servers.spawn(crate::api::redis::serve(listener, redis, stop));
     }
+    let dashboard = Arc::new(dashboard::Dashboard::new(
+        identity.cluster_id,
+        identity.initial_members.clone(),
+        tls.client_dialer.clone(),
+    ));
     for (listener, tls) in metrics_listeners {
         // As etcd: https metrics use the client side's certificate and client auth.
         let listener = crate::tls::ServerListener::new(listener, tls, "metrics");
-        let app = http::routes(router.clone(), metrics.clone());
+        let app = http::routes(router.clone(), metrics.clone(), dashboard.clone());
         let stop = stopped();
         http_servers.spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop).await });
     }

@@ -14,6 +14,9 @@ pub(super) struct NodeTls {
     pub(super) peer: Option<Arc<rustls::ServerConfig>>,
     /// Dials `https://` peer URLs: checks the peer CA, shows the peer certificate.
     pub(super) peer_dialer: Option<TlsConnector>,
+    /// Dials other members' `https://` client URLs (the dashboard asks their health):
+    /// checks the client side's trusted CA, shows the client side's certificate.
+    pub(super) client_dialer: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl NodeTls {
@@ -33,7 +36,19 @@ impl NodeTls {
             },
             _ => None,
         };
+        let client_dialer = match (&config.client_tls, &client) {
+            (Some(files), Some(side)) => match &files.trusted_ca_file {
+                Some(ca) => {
+                    let flag = format!("{}trusted-ca-file", files.flag_prefix);
+                    let roots = crate::tls::load_roots(&flag, ca)?;
+                    Some(crate::tls::client_config(roots, Some(side.certificate.clone()))?)
+                }
+                None => None,
+            },
+            _ => None,
+        };
         Ok(Self {
+            client_dialer,
             client: client
                 .as_ref()
                 .map(|side| side.server_config(&[ALPN_H2, ALPN_HTTP1]))

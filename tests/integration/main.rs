@@ -10,6 +10,7 @@ mod backup;
 mod bad_input;
 mod chaos;
 mod coordination;
+mod dashboard;
 mod deploy;
 mod durability;
 mod etcdctl;

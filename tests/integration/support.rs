@@ -204,6 +204,13 @@ pub fn redis_cli() -> PathBuf {
     installed_tool("redis-cli", "redis-tools", &INSTALL)
 }
 
+/// Path of `chromium` (for the dashboard's test, headless), installed (apt package
+/// chromium) as [`etcdctl`] is.
+pub fn chromium() -> PathBuf {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    installed_tool("chromium", "chromium", &INSTALL)
+}
+
 /// `binary` from PATH, installing Debian's `package` once if it is missing and the tests
 /// run as root; a test fails naming the package otherwise.
 fn installed_tool(binary: &str, package: &str, install: &std::sync::Once) -> PathBuf {
