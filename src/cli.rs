@@ -158,6 +158,16 @@ pub struct ServerFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub experimental_initial_split_keys: Option<String>,
+    /// Key-value bytes a member may hold before writes that add data are refused and
+    /// the NOSPACE alarm is raised; 0 means the default [default: 8589934592 (8 GiB)]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota_backend_bytes: Option<u64>,
+    /// How often the first data range's leader compares every member's HashKV and
+    /// raises CORRUPT on a mismatch (5m, 30s); 0s turns it off [default: 0s]
+    #[arg(long, alias = "experimental-corrupt-check-time")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub corrupt_check_time: Option<String>,
     /// How --auto-compaction-retention is read: periodic or revision [default: periodic]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -88,6 +88,11 @@ pub struct ServerSettings {
     /// A data range holding more than this many live keys splits; 0 never splits on
     /// keys.
     pub range_max_keys: u64,
+    /// Key-value bytes a member may hold before writes that add data are refused and
+    /// NOSPACE raised; 0 is the default (8 GiB), as in etcd.
+    pub quota_backend_bytes: u64,
+    /// How often the corruption check compares the members' HashKV ("0s": never).
+    pub corrupt_check_time: String,
     /// How often watchers that asked for progress notifications get one (e.g. "10m").
     pub experimental_watch_progress_notify_interval: String,
     /// `name=url,...`: dial these members at these URLs instead of their advertised peer
@@ -149,6 +154,8 @@ impl Default for ServerSettings {
             // Off until writes across ranges (two-phase commit) land: see the README.
             range_max_bytes: 64 * 1024 * 1024,
             range_max_keys: 200_000,
+            quota_backend_bytes: 0,
+            corrupt_check_time: "0s".into(),
             experimental_watch_progress_notify_interval: "10m".into(),
             experimental_peer_dial_urls: None,
             experimental_fail_at: None,
@@ -294,6 +301,10 @@ pub struct NodeConfig {
     pub log_catchup_entries: u64,
     pub split: SplitLimits,
     pub watch_progress_notify_interval: Duration,
+    /// Key-value bytes this member may hold before writes that add data are refused.
+    pub quota_bytes: u64,
+    /// How often the corruption check runs; `None` when off.
+    pub corrupt_check_interval: Option<Duration>,
     /// Member name -> URL to dial it at, overriding its advertised peer URL.
     pub peer_dial_urls: std::collections::HashMap<String, String>,
     pub fail_at: Option<crate::txn::FailPoint>,
@@ -727,6 +738,18 @@ impl TryFrom<ServerSettings> for NodeConfig {
                     ),
                 )
             })?;
+        let corrupt_check_interval = parse_duration(&settings.corrupt_check_time)
+            .or_else(|| (settings.corrupt_check_time.trim() == "0").then_some(Duration::ZERO))
+            .ok_or_else(|| {
+                invalid(
+                    "corrupt-check-time",
+                    format!(
+                        "{:?}: expected a duration such as 30s or 5m (0s: off)",
+                        settings.corrupt_check_time
+                    ),
+                )
+            })?;
+        let corrupt_check_interval = (!corrupt_check_interval.is_zero()).then_some(corrupt_check_interval);
         let mut peer_dial_urls = std::collections::HashMap::new();
         if let Some(overrides) = &settings.experimental_peer_dial_urls {
             for member in parse_initial_cluster(overrides)
@@ -788,6 +811,11 @@ impl TryFrom<ServerSettings> for NodeConfig {
                 max_keys: settings.range_max_keys,
             },
             watch_progress_notify_interval,
+            quota_bytes: match settings.quota_backend_bytes {
+                0 => crate::txn::admission::DEFAULT_QUOTA_BYTES,
+                bytes => bytes,
+            },
+            corrupt_check_interval,
             peer_dial_urls,
             initial_split_keys: settings
                 .experimental_initial_split_keys

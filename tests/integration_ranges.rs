@@ -9,6 +9,8 @@ pub const SPLIT: bool = true;
 #[path = "integration/support.rs"]
 mod support;
 
+#[path = "integration/alarms.rs"]
+mod alarms;
 #[path = "integration/backup.rs"]
 mod backup;
 #[path = "integration/bad_input.rs"]

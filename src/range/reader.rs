@@ -66,6 +66,15 @@ pub struct SplitPoint {
     pub left_bytes: u64,
 }
 
+/// What [`PinnedRange::hash_kv`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvHash {
+    pub hash: u32,
+    pub compact_revision: i64,
+    /// The revision hashed up to.
+    pub revision: i64,
+}
+
 /// One range's data at one applied state, or several ranges' at one revision.
 pub struct PinnedRange {
     range_id: u64,
@@ -106,6 +115,71 @@ impl PinnedRange {
 
     /// A transaction over several ranges holding a lock on these keys may still commit
     /// at or below `revision`: the read must wait for it (`Locked`).
+    /// etcd's HashKV over the keys of `span` up to `revision` (<= 0: the newest), and
+    /// the compaction point and revision it covers. It hashes what every healthy
+    /// replica holds alike whatever its background compaction has removed so far: each
+    /// key's newest version at or below the compaction point (if live), then every
+    /// version after it up to `revision`.
+    pub fn hash_kv(&self, span: &KeyRange, revision: i64) -> Result<KvHash, KvError> {
+        let revisions = self.revisions()?;
+        let at = if revision > 0 { revision } else { revisions.current };
+        if at < revisions.compact {
+            return Err(KvError::Compacted);
+        }
+        if at > revisions.current {
+            return Err(KvError::FutureRevision);
+        }
+        self.check_locks(std::slice::from_ref(span), Some(at))?;
+        let history = KeyRange::new(
+            keys::history_seek(&span.start),
+            span.end.as_deref().map(keys::history_seek),
+        );
+        let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
+        let hash_entry =
+            |hasher: &mut ring::digest::Context, entry: Option<(Vec<u8>, Vec<u8>)>| -> Result<(), StorageError> {
+                if let Some((key, value)) = entry {
+                    if !crate::storage::mvcc::Record::decode(Space::KvHistory, &value)?.is_tombstone() {
+                        hasher.update(&key);
+                        hasher.update(&value);
+                    }
+                }
+                Ok(())
+            };
+        let mut current_key: Option<Vec<u8>> = None;
+        // The newest version at or below the compaction point of the key being read.
+        let mut base: Option<(Vec<u8>, Vec<u8>)> = None;
+        for pair in self.view.scan(Space::KvHistory, &history, false) {
+            let (encoded, value) = pair?;
+            let (key, entry_revision) = keys::parse_history_key(&encoded).ok_or_else(|| StorageError::Corrupt {
+                space: Space::KvHistory,
+                detail: "a history key without a revision".into(),
+            })?;
+            if current_key.as_ref() != Some(&key) {
+                hash_entry(&mut hasher, base.take())?;
+                current_key = Some(key);
+            }
+            if entry_revision <= revisions.compact {
+                base = Some((encoded, value));
+                continue;
+            }
+            hash_entry(&mut hasher, base.take())?;
+            if entry_revision <= at {
+                // Tombstones after the compaction point are history too.
+                hasher.update(&encoded);
+                hasher.update(&value);
+            }
+        }
+        hash_entry(&mut hasher, base.take())?;
+        let digest = hasher.finish();
+        let mut first = [0u8; 4];
+        first.copy_from_slice(&digest.as_ref()[..4]);
+        Ok(KvHash {
+            hash: u32::from_be_bytes(first),
+            compact_revision: revisions.compact,
+            revision: at,
+        })
+    }
+
     fn check_locks(&self, spans: &[KeyRange], revision: Option<i64>) -> Result<(), KvError> {
         for range_id in &self.lock_ranges {
             let locks = state_machine::locks_in(*range_id, self.view.as_ref())?;
@@ -185,6 +259,11 @@ impl PinnedRange {
 
     pub fn revision(&self) -> Result<i64, StorageError> {
         Ok(StateMachine::revisions_in(self.range_id, self.view.as_ref())?.current)
+    }
+
+    /// The alarms raised in the cluster (the meta range holds them).
+    pub fn alarms(&self) -> Result<Vec<crate::proto::shoal::state::AlarmEntry>, StorageError> {
+        state_machine::alarms_in(self.range_id, self.view.as_ref())
     }
 
     pub fn members(&self) -> Result<Vec<MemberInfo>, StorageError> {

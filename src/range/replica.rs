@@ -28,7 +28,7 @@ use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, EntryType, Message, Mes
 use raft::{RawNode, Ready, StateRole};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{oneshot, watch};
@@ -154,6 +154,9 @@ pub struct RangeStatus {
     /// Live keys and their bytes (approximate after a split): what decides a split.
     pub live_keys: AtomicU64,
     pub live_bytes: AtomicU64,
+    /// Meta range: the alarms raised in the cluster, a bit per `AlarmKind` number
+    /// (`StateMachine::alarm_bits`), so a write can be refused without a read.
+    pub alarms: AtomicU32,
     /// Even while the range's data is whole, odd while a snapshot is being written over
     /// it: a sequence lock that [`RangeStatus::whole_view`] reads (a view pinned during
     /// an install would hold the range half replaced).
@@ -380,6 +383,7 @@ impl Replica {
         let (live_keys, live_bytes) = machine.live();
         status.live_keys.store(live_keys, Ordering::Release);
         status.live_bytes.store(live_bytes, Ordering::Release);
+        status.alarms.store(machine.alarm_bits(), Ordering::Release);
         status.applied_index.store(machine.applied_index(), Ordering::Release);
         // What the log says was committed before this start: a follower restarted into
         // an idle cluster may get no new hard state for a long time, and must not look
@@ -484,6 +488,7 @@ impl Replica {
         self.status.resolved.store(self.machine.resolved(), Ordering::Release);
         self.status.live_keys.store(keys, Ordering::Release);
         self.status.live_bytes.store(bytes, Ordering::Release);
+        self.status.alarms.store(self.machine.alarm_bits(), Ordering::Release);
         let revision = self.machine.revisions().current;
         self.status.revision.store(revision, Ordering::Release);
         self.revision_watch.send_if_modified(|published| {

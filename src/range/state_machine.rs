@@ -21,8 +21,8 @@ use crate::proto::shoal::kv::{
     op, op_result, Delete, DeleteResult, OpResult, Put, PutResult, Read, ReadResult, Txn, TxnResult,
 };
 use crate::proto::shoal::state::{
-    LeaseRecord, MemberInfo, OracleState, PublishedMembers, RangeApplyState, RangeDescriptor, RangeMap, TxnLock,
-    TxnRecord,
+    AlarmEntry, AlarmKind, Alarms, LeaseRecord, MemberInfo, OracleState, PublishedMembers, RangeApplyState,
+    RangeDescriptor, RangeMap, TxnLock, TxnRecord,
 };
 use crate::storage::mvcc::{self, MvccRead, Overlaid, Overlay, Record};
 use crate::storage::KeyRange;
@@ -34,6 +34,8 @@ use std::time::Instant;
 
 const APPLY_STATE: u8 = b's';
 const MEMBERS: u8 = b'm';
+/// Meta range: the alarms raised and not yet disarmed.
+const ALARMS: u8 = b'A';
 const DESCRIPTOR: u8 = b'd';
 /// Meta range: the map of every data range.
 const RANGE_MAP: u8 = b'r';
@@ -168,6 +170,8 @@ pub struct StateMachine {
     descriptor: RangeDescriptor,
     state: RangeApplyState,
     members: PublishedMembers,
+    /// Meta range: the alarms raised and not yet disarmed.
+    alarms: Alarms,
     lessor: Lessor,
     /// History at or below this revision is physically gone (see `COMPACTED_THROUGH`).
     compacted_through: i64,
@@ -227,6 +231,7 @@ impl StateMachine {
             ..Default::default()
         });
         let members = decode(Space::RangeMeta, record(MEMBERS)?, "members")?.unwrap_or_default();
+        let alarms = decode(Space::RangeMeta, record(ALARMS)?, "alarms")?.unwrap_or_default();
         let descriptor = decode(Space::RangeMeta, record(DESCRIPTOR)?, "descriptor")?.unwrap_or(default_descriptor);
         let compacted_through = match record(COMPACTED_THROUGH)? {
             None => 0,
@@ -276,6 +281,7 @@ impl StateMachine {
             descriptor,
             state,
             members,
+            alarms,
             lessor,
             compacted_through,
             compaction_due,
@@ -905,7 +911,8 @@ impl StateMachine {
                 Some(
                     raft_command::Op::OracleAdvance(_)
                     | raft_command::Op::AllocateRangeId(_)
-                    | raft_command::Op::UpdateRangeMap(_),
+                    | raft_command::Op::UpdateRangeMap(_)
+                    | raft_command::Op::AlarmChange(_),
                 ) => Err(KvError::WrongRange("a meta range command")),
                 None => Ok(command_result::Result::Empty(cmd::Empty {})),
             };
@@ -1013,10 +1020,44 @@ impl StateMachine {
                     self.put_range_map(batch);
                 }
             }
+            Some(raft_command::Op::AlarmChange(change)) => self.apply_alarm_change(change, batch),
             None => {}
             Some(_) => return Err(KvError::WrongRange("a key-value command")),
         }
         Ok(command_result::Result::Empty(cmd::Empty {}))
+    }
+
+    /// Raises or disarms one member's alarm; raising a raised one or disarming a missing
+    /// one changes nothing.
+    fn apply_alarm_change(&mut self, change: cmd::AlarmChange, batch: &mut WriteBatch) {
+        let entry = AlarmEntry {
+            member_id: change.member_id,
+            alarm: change.alarm,
+        };
+        let alarms = &mut self.alarms.alarms;
+        let present = alarms.contains(&entry);
+        if change.alarm == AlarmKind::AlarmNone as i32 || present == change.activate {
+            return;
+        }
+        if change.activate {
+            alarms.push(entry);
+            alarms.sort_by_key(|alarm| (alarm.member_id, alarm.alarm));
+        } else {
+            alarms.retain(|alarm| *alarm != entry);
+        }
+        batch.put(
+            Space::RangeMeta,
+            keys::range_record_key(self.range_id, ALARMS),
+            self.alarms.encode_to_vec(),
+        );
+    }
+
+    /// Which alarms are raised anywhere in the cluster (meta range): a bit per
+    /// [`AlarmKind`] number.
+    pub fn alarm_bits(&self) -> u32 {
+        self.alarms.alarms.iter().fold(0, |bits, alarm| {
+            bits | 1u32.checked_shl(alarm.alarm as u32).unwrap_or(0)
+        })
     }
 
     fn put_range_map(&self, batch: &mut WriteBatch) {
@@ -1206,6 +1247,16 @@ pub fn descriptor_in(range_id: u64, view: &dyn ReadView) -> Result<Option<RangeD
 }
 
 /// Members as published through the log, as stored in `view`.
+/// The alarms raised in the cluster, as the meta range in `view` holds them.
+pub fn alarms_in(range_id: u64, view: &dyn ReadView) -> Result<Vec<AlarmEntry>, StorageError> {
+    let alarms: Option<Alarms> = decode(
+        Space::RangeMeta,
+        view.get(Space::RangeMeta, &keys::range_record_key(range_id, ALARMS))?,
+        "alarms",
+    )?;
+    Ok(alarms.unwrap_or_default().alarms)
+}
+
 pub fn members_in(range_id: u64, view: &dyn ReadView) -> Result<Vec<MemberInfo>, StorageError> {
     let members: Option<PublishedMembers> = decode(
         Space::RangeMeta,

@@ -226,11 +226,26 @@ async fn ask_health(url: &str, tls: Option<&Arc<rustls::ClientConfig>>) -> Healt
 }
 
 /// The cluster's active alarms, one `{"member": hex id, "alarm": "NOSPACE" | "CORRUPT"}`
-/// each, as etcd's Maintenance.Alarm lists them. Shoal raises none yet: when the space
-/// quota and corruption checks raise alarms, read them here from where
-/// Maintenance.Alarm reads them.
-async fn alarms(_router: &Router) -> Vec<Value> {
-    Vec::new()
+/// each, as this member's copy of the meta range holds them (where Maintenance.Alarm
+/// reads them).
+async fn alarms(router: &Router) -> Vec<Value> {
+    use crate::proto::shoal::state::AlarmKind;
+    let Ok(pinned) = router.pinned(crate::range::META_RANGE_ID).await else {
+        return Vec::new();
+    };
+    pinned
+        .alarms()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|alarm| {
+            let kind = match AlarmKind::try_from(alarm.alarm) {
+                Ok(AlarmKind::Nospace) => "NOSPACE",
+                Ok(AlarmKind::Corrupt) => "CORRUPT",
+                _ => "UNKNOWN",
+            };
+            serde_json::json!({ "member": format!("{:x}", alarm.member_id), "alarm": kind })
+        })
+        .collect()
 }
 
 #[cfg(test)]

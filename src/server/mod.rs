@@ -2,6 +2,7 @@
 //! client protocols together, and runs them until shutdown.
 
 pub mod compactor;
+mod corruption;
 pub mod dashboard;
 pub mod http;
 pub mod identity;
@@ -309,6 +310,7 @@ pub async fn run(
         // its answer once the lock is resolved.
         config.request_timeout() / 2,
         config.fail_at,
+        config.quota_bytes,
     );
     let context = Arc::new(EtcdContext {
         router: router.clone(),
@@ -418,6 +420,9 @@ pub async fn run(
     let splitter = tokio::spawn(crate::placement::splitter::run(router.clone(), me, config.split));
     let balancer = tokio::spawn(crate::placement::balancer::run(router.clone(), me));
     let resolver = tokio::spawn(crate::txn::resolver::run(txns.clone(), me));
+    let corruption_check = config
+        .corrupt_check_interval
+        .map(|interval| tokio::spawn(corruption::run(txns.clone(), me, interval, tls.client_dialer.clone())));
     let lease_revoker = tokio::spawn(crate::txn::leases::run(txns.clone(), me));
     let publisher = tokio::spawn(publish_member(
         router.clone(),
@@ -447,6 +452,9 @@ pub async fn run(
         crate::placement::balancer::hand_off_all(&router, me, HAND_OFF_TIMEOUT).await;
     }
     resolver.abort();
+    if let Some(task) = &corruption_check {
+        task.abort();
+    }
     lease_revoker.abort();
     for task in [redis_expiry, redis_messages].into_iter().flatten() {
         task.abort();

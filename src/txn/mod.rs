@@ -17,6 +17,7 @@
 //! on the ranges this node leads, so a failed coordinator never blocks keys (or
 //! watches) for long.
 
+pub mod admission;
 pub mod leases;
 mod reads;
 pub mod resolver;
@@ -50,6 +51,12 @@ pub enum TxnError {
     /// Refused by a range (etcd's errors: compacted, lease not found, ...).
     #[error(transparent)]
     Refused(#[from] KvError),
+    /// A write that adds data while the NOSPACE alarm is raised (see `admission`).
+    #[error("the space quota is exceeded (NOSPACE alarm)")]
+    NoSpace,
+    /// A write while the CORRUPT alarm is raised.
+    #[error("the cluster is corrupt (CORRUPT alarm)")]
+    Corrupt,
 }
 
 /// Where a fault test makes the coordinating process exit, as a crash would.
@@ -69,6 +76,9 @@ pub struct Transactions {
     /// A lock first seen this long ago belongs to a coordinator that failed.
     lock_ttl: Duration,
     first_seen: Mutex<HashMap<Vec<u8>, Instant>>,
+    /// `--quota-backend-bytes`: this member's key-value data above which writes that
+    /// add data are refused and NOSPACE raised.
+    quota_bytes: u64,
 }
 
 /// One range's part of a transaction.
@@ -85,6 +95,7 @@ impl Transactions {
         incarnation: u64,
         lock_ttl: Duration,
         fail_at: Option<FailPoint>,
+        quota_bytes: u64,
     ) -> Arc<Self> {
         Arc::new(Self {
             router,
@@ -94,6 +105,7 @@ impl Transactions {
             next: AtomicU64::new(1),
             lock_ttl,
             first_seen: Mutex::new(HashMap::new()),
+            quota_bytes,
         })
     }
 
@@ -120,6 +132,8 @@ impl Transactions {
     /// Runs a transaction that writes; its result, or the refusal of the range that
     /// refused it.
     pub async fn write(&self, txn: Txn) -> Result<TxnResult, TxnError> {
+        self.admit(admission::has_puts(&txn).then(|| admission::added_bytes(&txn)))
+            .await?;
         let spans = ops::key_ranges(&txn);
         let deadline = Instant::now() + self.router.request_timeout();
         let command = encode_command(raft_command::Op::Txn(txn.clone()));

@@ -79,3 +79,16 @@ impl Transactions {
         }
     }
 }
+
+impl Transactions {
+    /// etcd's HashKV of this member's copy of every front-end's keys up to `revision`
+    /// (<= 0: the newest), made current first: equal on every healthy member for the
+    /// same revision and compaction point.
+    pub async fn hash_kv(&self, revision: i64) -> Result<crate::range::reader::KvHash, TxnError> {
+        let span = KeyRange::new(vec![0x01], Some(vec![0xff]));
+        self.read_spans(std::slice::from_ref(&span), false, revision, |pinned| {
+            pinned.hash_kv(&span, revision)
+        })
+        .await
+    }
+}

@@ -207,6 +207,41 @@ async fn every_endpoint_answers_in_etcds_json_through_curl() {
         assert_eq!(status["version"], "3.5.0");
         assert!(int64_u(&status["leader"]) != 0 && int64_u(&status["raftIndex"]) > 0, "{status}");
         assert!(int64(&status["dbSize"]) > 0, "{status}");
+        assert_eq!(int64(&status["dbSizeQuota"]), 8 << 30, "{status}");
+
+        // Alarms: raised by hand for a member (ids as strings, the type by name), listed,
+        // disarmed. Hashes agree between members at one revision.
+        let member = int64_u(&status["header"]["member_id"]);
+        let raised = ok(
+            &format!("{a}/v3/maintenance/alarm"),
+            &format!(r#"{{"action":"ACTIVATE","memberID":"{member}","alarm":"NOSPACE"}}"#),
+        )
+        .await;
+        assert_eq!(raised["alarms"], serde_json::json!([{"memberID": member.to_string(), "alarm": "NOSPACE"}]));
+        let listed = ok(&format!("{b}/v3/maintenance/alarm"), r#"{"action":"GET"}"#).await;
+        assert_eq!(listed["alarms"], raised["alarms"], "{listed}");
+        // Enums by number and ids as numbers are read too; raising it again answers it.
+        let again = ok(
+            &format!("{b}/v3/maintenance/alarm"),
+            &format!(r#"{{"action":1,"memberID":{member},"alarm":1}}"#),
+        )
+        .await;
+        assert_eq!(again["alarms"], raised["alarms"], "{again}");
+        let disarmed = ok(
+            &format!("{b}/v3/maintenance/alarm"),
+            &format!(r#"{{"action":"DEACTIVATE","memberID":"{member}","alarm":"NOSPACE"}}"#),
+        )
+        .await;
+        assert_eq!(disarmed["alarms"], raised["alarms"], "{disarmed}");
+        assert!(ok(&format!("{a}/v3/maintenance/alarm"), "").await["alarms"].is_null());
+        let at = int64(&ok(&format!("{a}/v3/kv/put"), r#"{"key":"aGFzaA==","value":"MQ=="}"#).await["header"]["revision"]);
+        let request = format!(r#"{{"revision":"{at}"}}"#);
+        let first = ok(&format!("{a}/v3/maintenance/hashkv"), &request).await;
+        let second = ok(&format!("{b}/v3/maintenance/hashkv"), &request).await;
+        assert!(first["hash"].as_u64().is_some_and(|hash| hash > 0), "{first}");
+        assert_eq!((&first["hash"], int64(&first["hash_revision"])), (&second["hash"], at));
+        assert!(ok(&format!("{a}/v3/maintenance/hash"), "").await["hash"].is_u64());
+        ok(&format!("{a}/v3/maintenance/defragment"), "").await;
 
         // Compaction, then a read below it: etcd's OutOfRange.
         let compacted_at = int64(&ok(&format!("{a}/v3/kv/put"), r#"{"key":"Zm9v","value":"Mw=="}"#).await["header"]["revision"]);

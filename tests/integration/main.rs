@@ -6,6 +6,7 @@ pub const SPLIT: bool = false;
 
 mod support;
 
+mod alarms;
 mod backup;
 mod bad_input;
 mod chaos;

@@ -114,6 +114,9 @@ pub fn txn(error: crate::txn::TxnError) -> Status {
     match error {
         crate::txn::TxnError::Route(error) => route(error),
         crate::txn::TxnError::Refused(error) => kv(error),
+        // etcd's ErrGRPCNoSpace and ErrGRPCCorrupt.
+        crate::txn::TxnError::NoSpace => Status::resource_exhausted("etcdserver: mvcc: database space exceeded"),
+        crate::txn::TxnError::Corrupt => Status::data_loss("etcdserver: corrupt cluster"),
     }
 }
 

@@ -46,6 +46,9 @@ impl LeaseIds {
     }
 }
 
+/// What a lease costs against the space quota (its record), as etcd counts it.
+const LEASE_RECORD_BYTES: u64 = 64;
+
 pub struct LeaseService {
     context: Arc<EtcdContext>,
 }
@@ -80,6 +83,12 @@ impl Lease for LeaseService {
                 id: request.id,
                 ttl: request.ttl,
             };
+            // etcd refuses new leases under NOSPACE (a lease is data too).
+            self.context
+                .txns
+                .admit(Some(LEASE_RECORD_BYTES))
+                .await
+                .map_err(errors::txn)?;
             let applied = self
                 .context
                 .router

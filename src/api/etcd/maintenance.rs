@@ -5,9 +5,11 @@
 use super::{errors, observe, EtcdContext, ETCD_API_VERSION};
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
 use crate::proto::etcdserverpb::{
-    alarm_request, AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, MoveLeaderRequest,
-    MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
+    alarm_request, AlarmMember, AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, HashKvRequest,
+    HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest,
+    SnapshotResponse, StatusRequest, StatusResponse,
 };
+use crate::proto::shoal::state::{AlarmEntry, AlarmKind};
 use crate::range::FIRST_DATA_RANGE_ID;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -37,16 +39,86 @@ impl MaintenanceService {
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
-    /// Shoal raises no alarms (there is no space quota yet), so there is never one to
-    /// list or disarm; raising one by hand would promise a read-only mode Shoal lacks.
+    /// etcd's alarms, kept cluster-wide in the meta range: GET lists them (of one type,
+    /// or all), ACTIVATE raises one for a member, DEACTIVATE disarms one (`etcdctl alarm
+    /// disarm` lists them, then disarms each). A NOSPACE disarmed while the member is
+    /// still over its quota is raised again by the next write that adds data.
     async fn alarm(&self, request: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
         observe("etcdserverpb.Maintenance", "Alarm", async {
-            if request.get_ref().action() == alarm_request::AlarmAction::Activate {
-                return Err(Status::unimplemented("etcdserver: raising alarms is not supported"));
-            }
+            let request = request.into_inner();
+            let txns = &self.context.txns;
+            let raised = txns.alarms().await.map_err(errors::txn)?;
+            let kind = AlarmKind::try_from(request.alarm).unwrap_or(AlarmKind::AlarmNone);
+            let entry = AlarmEntry {
+                member_id: request.member_id,
+                alarm: kind as i32,
+            };
+            let alarms = match request.action() {
+                alarm_request::AlarmAction::Get => raised
+                    .into_iter()
+                    .filter(|alarm| kind == AlarmKind::AlarmNone || alarm.alarm == kind as i32)
+                    .collect(),
+                alarm_request::AlarmAction::Activate => {
+                    if kind == AlarmKind::AlarmNone {
+                        Vec::new()
+                    } else {
+                        txns.change_alarm(request.member_id, kind, true)
+                            .await
+                            .map_err(errors::txn)?;
+                        vec![entry]
+                    }
+                }
+                alarm_request::AlarmAction::Deactivate => {
+                    if raised.contains(&entry) {
+                        txns.change_alarm(request.member_id, kind, false)
+                            .await
+                            .map_err(errors::txn)?;
+                        vec![entry]
+                    } else {
+                        Vec::new()
+                    }
+                }
+            };
             Ok(Response::new(AlarmResponse {
                 header: Some(self.current_header()?),
-                alarms: Vec::new(),
+                alarms: alarms
+                    .into_iter()
+                    .map(|alarm| AlarmMember {
+                        member_id: alarm.member_id,
+                        alarm: alarm.alarm,
+                    })
+                    .collect(),
+            }))
+        })
+        .await
+    }
+
+    /// A hash of this member's key-value data at its newest revision (etcd hashes its
+    /// whole backend file; Shoal's is HashKV's at the newest revision, so healthy
+    /// members agree on it when no write is in flight).
+    async fn hash(&self, _request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        observe("etcdserverpb.Maintenance", "Hash", async {
+            let hashed = self.context.txns.hash_kv(0).await.map_err(errors::txn)?;
+            Ok(Response::new(HashResponse {
+                header: Some(self.context.header(hashed.revision)),
+                hash: hashed.hash,
+            }))
+        })
+        .await
+    }
+
+    /// etcd's HashKV: a hash of this member's key-value history up to a revision, equal
+    /// on every healthy member for the same revision and compaction point (what the
+    /// corruption check compares).
+    async fn hash_kv(&self, request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        observe("etcdserverpb.Maintenance", "HashKV", async {
+            let revision = request.into_inner().revision;
+            let hashed = self.context.txns.hash_kv(revision).await.map_err(errors::txn)?;
+            Ok(Response::new(HashKvResponse {
+                header: Some(self.current_header()?),
+                hash: hashed.hash,
+                compact_revision: hashed.compact_revision,
+                hash_revision: hashed.revision,
             }))
         })
         .await
@@ -175,6 +247,17 @@ impl Maintenance for MaintenanceService {
                     errors.push(format!("shoal: range {} has no leader", range.descriptor.id));
                 }
             }
+            // As etcd lists raised alarms among a member's status errors.
+            if let Ok(alarms) = self.context.txns.local_alarms().await {
+                for alarm in alarms {
+                    let kind = AlarmKind::try_from(alarm.alarm).map_or("UNKNOWN", |kind| match kind {
+                        AlarmKind::Nospace => "NOSPACE",
+                        AlarmKind::Corrupt => "CORRUPT",
+                        AlarmKind::AlarmNone => "NONE",
+                    });
+                    errors.push(format!("memberID:{} alarm:{kind} ", alarm.member_id));
+                }
+            }
             Ok(Response::new(StatusResponse {
                 header: Some(header),
                 version: ETCD_API_VERSION.to_string(),
@@ -187,7 +270,7 @@ impl Maintenance for MaintenanceService {
                 db_size_in_use: db_size,
                 is_learner: false,
                 storage_version: String::new(),
-                db_size_quota: 0,
+                db_size_quota: i64::try_from(self.context.txns.quota_bytes()).unwrap_or(i64::MAX),
                 downgrade_info: None,
             }))
         })

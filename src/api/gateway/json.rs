@@ -16,13 +16,14 @@
 //! proto3's canonical JSON (which uses lowerCamelCase names), and the messages are few.
 
 use crate::proto::etcdserverpb::{
-    compare, range_request, request_op, response_op, watch_create_request, watch_request, CompactionRequest,
-    CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse, DowngradeInfo, LeaseGrantRequest,
-    LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseLeasesResponse,
-    LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, Member,
-    MemberListRequest, MemberListResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
-    ResponseHeader, ResponseOp, StatusRequest, StatusResponse, TxnRequest, TxnResponse, WatchCancelRequest,
-    WatchCreateRequest, WatchProgressRequest, WatchRequest, WatchResponse,
+    alarm_request, compare, range_request, request_op, response_op, watch_create_request, watch_request, AlarmMember,
+    AlarmRequest, AlarmResponse, AlarmType, CompactionRequest, CompactionResponse, Compare, DefragmentRequest,
+    DefragmentResponse, DeleteRangeRequest, DeleteRangeResponse, DowngradeInfo, HashKvRequest, HashKvResponse,
+    HashRequest, HashResponse, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
+    LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus,
+    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, Member, MemberListRequest, MemberListResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, StatusRequest, StatusResponse,
+    TxnRequest, TxnResponse, WatchCancelRequest, WatchCreateRequest, WatchProgressRequest, WatchRequest, WatchResponse,
 };
 use crate::proto::mvccpb::{event, Event, KeyValue};
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
@@ -81,6 +82,14 @@ impl<M: SerializeMap> Fields<M> {
             return Ok(());
         }
         self.map.serialize_entry(name, &value.to_string())
+    }
+
+    /// 32-bit integers are JSON numbers (only 64-bit ones are strings).
+    fn uint32(&mut self, name: &'static str, value: u32) -> Result<(), M::Error> {
+        if value == 0 {
+            return Ok(());
+        }
+        self.map.serialize_entry(name, &value)
     }
 
     fn boolean(&mut self, name: &'static str, value: bool) -> Result<(), M::Error> {
@@ -326,6 +335,33 @@ write_message!(StatusResponse, |response, fields| {
     fields.message("downgradeInfo", response.downgrade_info.as_ref())?;
 });
 
+write_message!(AlarmMember, |member, fields| {
+    fields.uint64("memberID", member.member_id)?;
+    let label = AlarmType::try_from(member.alarm).ok().map(|kind| kind.as_str_name());
+    fields.enumeration("alarm", member.alarm, label)?;
+});
+
+write_message!(AlarmResponse, |response, fields| {
+    fields.message("header", response.header.as_ref())?;
+    fields.repeated("alarms", &response.alarms)?;
+});
+
+write_message!(HashResponse, |response, fields| {
+    fields.message("header", response.header.as_ref())?;
+    fields.uint32("hash", response.hash)?;
+});
+
+write_message!(HashKvResponse, |response, fields| {
+    fields.message("header", response.header.as_ref())?;
+    fields.uint32("hash", response.hash)?;
+    fields.int64("compact_revision", response.compact_revision)?;
+    fields.int64("hash_revision", response.hash_revision)?;
+});
+
+write_message!(DefragmentResponse, |response, fields| {
+    fields.message("header", response.header.as_ref())?;
+});
+
 // ---------------------------------------------------------------------------------------
 // Reading
 
@@ -371,6 +407,10 @@ from_json!(LeaseTimeToLiveRequest, LeaseTimeToLiveRequestJson);
 from_json!(LeaseLeasesRequest, EmptyJson<LeaseLeasesRequest>);
 from_json!(MemberListRequest, MemberListRequestJson);
 from_json!(StatusRequest, EmptyJson<StatusRequest>);
+from_json!(HashRequest, EmptyJson<HashRequest>);
+from_json!(DefragmentRequest, EmptyJson<DefragmentRequest>);
+from_json!(HashKvRequest, HashKvRequestJson);
+from_json!(AlarmRequest, AlarmRequestJson);
 
 // Field readers, each taking `null` as the default as jsonpb does.
 
@@ -497,6 +537,8 @@ named_enum!(range_request::SortTarget, "RangeRequest.SortTarget");
 named_enum!(compare::CompareResult, "Compare.CompareResult");
 named_enum!(compare::CompareTarget, "Compare.CompareTarget");
 named_enum!(watch_create_request::FilterType, "WatchCreateRequest.FilterType");
+named_enum!(alarm_request::AlarmAction, "AlarmRequest.AlarmAction");
+named_enum!(AlarmType, "AlarmType");
 
 /// An enum value: its name, or its number.
 struct EnumValue<E>(i32, std::marker::PhantomData<E>);
@@ -936,6 +978,70 @@ impl IntoMessage for LeaseTimeToLiveRequestJson {
         Ok(LeaseTimeToLiveRequest {
             id: self.id,
             keys: self.keys,
+        })
+    }
+}
+
+/// A uint64 (member ids use all 64 bits): a number or a string of digits.
+fn uint64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    struct Uint64Visitor;
+    impl Visitor<'_> for Uint64Visitor {
+        type Value = u64;
+        fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+            formatter.write_str("an unsigned 64-bit integer (a number or a string of digits)")
+        }
+        fn visit_u64<E: de::Error>(self, value: u64) -> Result<u64, E> {
+            Ok(value)
+        }
+        fn visit_i64<E: de::Error>(self, value: i64) -> Result<u64, E> {
+            u64::try_from(value).map_err(|_| E::custom(format!("{value} is out of range for uint64")))
+        }
+        fn visit_str<E: de::Error>(self, value: &str) -> Result<u64, E> {
+            value
+                .parse::<u64>()
+                .map_err(|_| E::custom(format!("{value:?} is not a uint64")))
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<u64, E> {
+            Ok(0)
+        }
+    }
+    deserializer.deserialize_any(Uint64Visitor)
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct AlarmRequestJson {
+    #[serde(deserialize_with = "enumeration::<_, alarm_request::AlarmAction>")]
+    action: i32,
+    #[serde(rename = "memberID", deserialize_with = "uint64")]
+    member_id: u64,
+    #[serde(deserialize_with = "enumeration::<_, AlarmType>")]
+    alarm: i32,
+}
+
+impl IntoMessage for AlarmRequestJson {
+    type Message = AlarmRequest;
+    fn into_message(self) -> Result<AlarmRequest, JsonError> {
+        Ok(AlarmRequest {
+            action: self.action,
+            member_id: self.member_id,
+            alarm: self.alarm,
+        })
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct HashKvRequestJson {
+    #[serde(deserialize_with = "int64")]
+    revision: i64,
+}
+
+impl IntoMessage for HashKvRequestJson {
+    type Message = HashKvRequest;
+    fn into_message(self) -> Result<HashKvRequest, JsonError> {
+        Ok(HashKvRequest {
+            revision: self.revision,
         })
     }
 }

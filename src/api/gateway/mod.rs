@@ -67,6 +67,10 @@ enum Route {
     LeaseLeases,
     MemberList,
     Status,
+    Alarm,
+    Hash,
+    HashKv,
+    Defragment,
     Version,
     Health,
     Metrics,
@@ -93,6 +97,10 @@ impl Route {
                 "lease/leases" | "kv/lease/leases" => Route::LeaseLeases,
                 "cluster/member/list" => Route::MemberList,
                 "maintenance/status" => Route::Status,
+                "maintenance/alarm" => Route::Alarm,
+                "maintenance/hash" => Route::Hash,
+                "maintenance/hashkv" => Route::HashKv,
+                "maintenance/defragment" => Route::Defragment,
                 _ => return None,
             };
             return Some((route, Method::POST));
@@ -168,6 +176,10 @@ impl Gateway {
             Route::LeaseLeases => self.unary(body, |request| self.lease.lease_leases(request)).await,
             Route::MemberList => self.unary(body, |request| self.cluster.member_list(request)).await,
             Route::Status => self.unary(body, |request| self.maintenance.status(request)).await,
+            Route::Alarm => self.unary(body, |request| self.maintenance.alarm(request)).await,
+            Route::Hash => self.unary(body, |request| self.maintenance.hash(request)).await,
+            Route::HashKv => self.unary(body, |request| self.maintenance.hash_kv(request)).await,
+            Route::Defragment => self.unary(body, |request| self.maintenance.defragment(request)).await,
             Route::Watch => stream::watch(self, body).await,
             Route::LeaseKeepAlive => stream::keep_alive(self, body).await,
             Route::Version => {

@@ -240,6 +240,15 @@ pub fn store_error(error: DataError) -> Reply {
             "ERR shoal: request timed out; a write may or may not have been applied".to_string()
         }
         DataError::Store(TxnError::Route(RouteError::NoLeader)) => "TRYAGAIN shoal: no leader".to_string(),
+        // Redis's refusal when it is out of its memory limit: clients treat OOM as "the
+        // write was refused, reads still work", which is what the NOSPACE alarm means.
+        DataError::Store(TxnError::NoSpace) => {
+            "OOM command not allowed: the space quota is exceeded (NOSPACE alarm); delete keys, then disarm it"
+                .to_string()
+        }
+        DataError::Store(TxnError::Corrupt) => {
+            "ERR shoal: the cluster is corrupt (CORRUPT alarm); writes are refused".to_string()
+        }
         other => format!("ERR shoal: {other}"),
     };
     Reply::Error(text)
