@@ -4,6 +4,7 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/etcd/mvccpb/kv.proto",
+        "proto/etcd/authpb/auth.proto",
         "proto/etcd/etcdserverpb/rpc.proto",
         "proto/etcd/v3lockpb/v3lock.proto",
         "proto/etcd/v3electionpb/v3election.proto",

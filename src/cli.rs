@@ -158,6 +158,19 @@ pub struct ServerFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub experimental_initial_split_keys: Option<String>,
+    /// Token kind for authenticated clients: simple (signed tokens any member checks)
+    /// [default: simple]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_token: Option<String>,
+    /// Seconds a token lives; clients authenticate again after [default: 300]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_token_ttl: Option<u64>,
+    /// bcrypt cost of stored password hashes (4-31) [default: 10]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bcrypt_cost: Option<u32>,
     /// Key-value bytes a member may hold before writes that add data are refused and
     /// the NOSPACE alarm is raised; 0 means the default [default: 8589934592 (8 GiB)]
     #[arg(long)]

@@ -91,6 +91,10 @@ pub struct ServerSettings {
     /// Key-value bytes a member may hold before writes that add data are refused and
     /// NOSPACE raised; 0 is the default (8 GiB), as in etcd.
     pub quota_backend_bytes: u64,
+    /// "simple": the only token kind served (etcd's `jwt,...` is refused).
+    pub auth_token: String,
+    pub auth_token_ttl: u64,
+    pub bcrypt_cost: u32,
     /// How often the corruption check compares the members' HashKV ("0s": never).
     pub corrupt_check_time: String,
     /// How often watchers that asked for progress notifications get one (e.g. "10m").
@@ -155,6 +159,9 @@ impl Default for ServerSettings {
             range_max_bytes: 64 * 1024 * 1024,
             range_max_keys: 200_000,
             quota_backend_bytes: 0,
+            auth_token: "simple".into(),
+            auth_token_ttl: 300,
+            bcrypt_cost: 10,
             corrupt_check_time: "0s".into(),
             experimental_watch_progress_notify_interval: "10m".into(),
             experimental_peer_dial_urls: None,
@@ -303,6 +310,9 @@ pub struct NodeConfig {
     pub watch_progress_notify_interval: Duration,
     /// Key-value bytes this member may hold before writes that add data are refused.
     pub quota_bytes: u64,
+    /// How long an auth token lives.
+    pub auth_token_ttl: Duration,
+    pub bcrypt_cost: u32,
     /// How often the corruption check runs; `None` when off.
     pub corrupt_check_interval: Option<Duration>,
     /// Member name -> URL to dial it at, overriding its advertised peer URL.
@@ -738,6 +748,21 @@ impl TryFrom<ServerSettings> for NodeConfig {
                     ),
                 )
             })?;
+        if settings.auth_token != "simple" {
+            return Err(invalid(
+                "auth-token",
+                format!(
+                    "{:?}: Shoal serves simple tokens only (signed, checked by every member); jwt is not supported",
+                    settings.auth_token
+                ),
+            ));
+        }
+        if !(4..=31).contains(&settings.bcrypt_cost) {
+            return Err(invalid("bcrypt-cost", "must be between 4 and 31"));
+        }
+        if settings.auth_token_ttl == 0 {
+            return Err(invalid("auth-token-ttl", "must be at least 1 second"));
+        }
         let corrupt_check_interval = parse_duration(&settings.corrupt_check_time)
             .or_else(|| (settings.corrupt_check_time.trim() == "0").then_some(Duration::ZERO))
             .ok_or_else(|| {
@@ -816,6 +841,8 @@ impl TryFrom<ServerSettings> for NodeConfig {
                 bytes => bytes,
             },
             corrupt_check_interval,
+            auth_token_ttl: Duration::from_secs(settings.auth_token_ttl),
+            bcrypt_cost: settings.bcrypt_cost,
             peer_dial_urls,
             initial_split_keys: settings
                 .experimental_initial_split_keys

@@ -11,6 +11,8 @@ mod support;
 
 #[path = "integration/alarms.rs"]
 mod alarms;
+#[path = "integration/auth.rs"]
+mod auth;
 #[path = "integration/backup.rs"]
 mod backup;
 #[path = "integration/bad_input.rs"]

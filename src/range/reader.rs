@@ -261,6 +261,11 @@ impl PinnedRange {
         Ok(StateMachine::revisions_in(self.range_id, self.view.as_ref())?.current)
     }
 
+    /// The auth store (the meta range holds it).
+    pub fn auth_store(&self) -> Result<crate::proto::shoal::state::AuthStore, StorageError> {
+        state_machine::auth_in(self.range_id, self.view.as_ref())
+    }
+
     /// The alarms raised in the cluster (the meta range holds them).
     pub fn alarms(&self) -> Result<Vec<crate::proto::shoal::state::AlarmEntry>, StorageError> {
         state_machine::alarms_in(self.range_id, self.view.as_ref())

@@ -157,6 +157,8 @@ pub struct RangeStatus {
     /// Meta range: the alarms raised in the cluster, a bit per `AlarmKind` number
     /// (`StateMachine::alarm_bits`), so a write can be refused without a read.
     pub alarms: AtomicU32,
+    /// Meta range: the auth store's version (`StateMachine::auth_version`).
+    pub auth_version: AtomicU64,
     /// Even while the range's data is whole, odd while a snapshot is being written over
     /// it: a sequence lock that [`RangeStatus::whole_view`] reads (a view pinned during
     /// an install would hold the range half replaced).
@@ -384,6 +386,7 @@ impl Replica {
         status.live_keys.store(live_keys, Ordering::Release);
         status.live_bytes.store(live_bytes, Ordering::Release);
         status.alarms.store(machine.alarm_bits(), Ordering::Release);
+        status.auth_version.store(machine.auth_version(), Ordering::Release);
         status.applied_index.store(machine.applied_index(), Ordering::Release);
         // What the log says was committed before this start: a follower restarted into
         // an idle cluster may get no new hard state for a long time, and must not look
@@ -489,6 +492,9 @@ impl Replica {
         self.status.live_keys.store(keys, Ordering::Release);
         self.status.live_bytes.store(bytes, Ordering::Release);
         self.status.alarms.store(self.machine.alarm_bits(), Ordering::Release);
+        self.status
+            .auth_version
+            .store(self.machine.auth_version(), Ordering::Release);
         let revision = self.machine.revisions().current;
         self.status.revision.store(revision, Ordering::Release);
         self.revision_watch.send_if_modified(|published| {

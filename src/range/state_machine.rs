@@ -21,7 +21,7 @@ use crate::proto::shoal::kv::{
     op, op_result, Delete, DeleteResult, OpResult, Put, PutResult, Read, ReadResult, Txn, TxnResult,
 };
 use crate::proto::shoal::state::{
-    AlarmEntry, AlarmKind, Alarms, LeaseRecord, MemberInfo, OracleState, PublishedMembers, RangeApplyState,
+    AlarmEntry, AlarmKind, Alarms, AuthStore, LeaseRecord, MemberInfo, OracleState, PublishedMembers, RangeApplyState,
     RangeDescriptor, RangeMap, TxnLock, TxnRecord,
 };
 use crate::storage::mvcc::{self, MvccRead, Overlaid, Overlay, Record};
@@ -36,6 +36,8 @@ const APPLY_STATE: u8 = b's';
 const MEMBERS: u8 = b'm';
 /// Meta range: the alarms raised and not yet disarmed.
 const ALARMS: u8 = b'A';
+/// Meta range: the auth store (users, roles, whether auth is on).
+const AUTH: u8 = b'U';
 const DESCRIPTOR: u8 = b'd';
 /// Meta range: the map of every data range.
 const RANGE_MAP: u8 = b'r';
@@ -172,6 +174,8 @@ pub struct StateMachine {
     members: PublishedMembers,
     /// Meta range: the alarms raised and not yet disarmed.
     alarms: Alarms,
+    /// Meta range: the auth store.
+    auth: AuthStore,
     lessor: Lessor,
     /// History at or below this revision is physically gone (see `COMPACTED_THROUGH`).
     compacted_through: i64,
@@ -232,6 +236,7 @@ impl StateMachine {
         });
         let members = decode(Space::RangeMeta, record(MEMBERS)?, "members")?.unwrap_or_default();
         let alarms = decode(Space::RangeMeta, record(ALARMS)?, "alarms")?.unwrap_or_default();
+        let auth = decode(Space::RangeMeta, record(AUTH)?, "auth store")?.unwrap_or_default();
         let descriptor = decode(Space::RangeMeta, record(DESCRIPTOR)?, "descriptor")?.unwrap_or(default_descriptor);
         let compacted_through = match record(COMPACTED_THROUGH)? {
             None => 0,
@@ -282,6 +287,7 @@ impl StateMachine {
             state,
             members,
             alarms,
+            auth,
             lessor,
             compacted_through,
             compaction_due,
@@ -912,7 +918,8 @@ impl StateMachine {
                     raft_command::Op::OracleAdvance(_)
                     | raft_command::Op::AllocateRangeId(_)
                     | raft_command::Op::UpdateRangeMap(_)
-                    | raft_command::Op::AlarmChange(_),
+                    | raft_command::Op::AlarmChange(_)
+                    | raft_command::Op::SetAuth(_),
                 ) => Err(KvError::WrongRange("a meta range command")),
                 None => Ok(command_result::Result::Empty(cmd::Empty {})),
             };
@@ -1021,6 +1028,19 @@ impl StateMachine {
                 }
             }
             Some(raft_command::Op::AlarmChange(change)) => self.apply_alarm_change(change, batch),
+            Some(raft_command::Op::SetAuth(set)) => {
+                if set.expected_revision != self.auth.revision {
+                    return Err(KvError::Aborted);
+                }
+                let mut store = set.store.unwrap_or_default();
+                store.revision = self.auth.revision + 1;
+                batch.put(
+                    Space::RangeMeta,
+                    keys::range_record_key(self.range_id, AUTH),
+                    store.encode_to_vec(),
+                );
+                self.auth = store;
+            }
             None => {}
             Some(_) => return Err(KvError::WrongRange("a key-value command")),
         }
@@ -1050,6 +1070,12 @@ impl StateMachine {
             keys::range_record_key(self.range_id, ALARMS),
             self.alarms.encode_to_vec(),
         );
+    }
+
+    /// The auth store's revision and whether auth is on, in one number (meta range):
+    /// `revision << 1 | enabled`, so a reader can tell its cached copy is current.
+    pub fn auth_version(&self) -> u64 {
+        (self.auth.revision << 1) | u64::from(self.auth.enabled)
     }
 
     /// Which alarms are raised anywhere in the cluster (meta range): a bit per
@@ -1247,6 +1273,16 @@ pub fn descriptor_in(range_id: u64, view: &dyn ReadView) -> Result<Option<RangeD
 }
 
 /// Members as published through the log, as stored in `view`.
+/// The auth store, as the meta range in `view` holds it.
+pub fn auth_in(range_id: u64, view: &dyn ReadView) -> Result<AuthStore, StorageError> {
+    Ok(decode(
+        Space::RangeMeta,
+        view.get(Space::RangeMeta, &keys::range_record_key(range_id, AUTH))?,
+        "auth store",
+    )?
+    .unwrap_or_default())
+}
+
 /// The alarms raised in the cluster, as the meta range in `view` holds them.
 pub fn alarms_in(range_id: u64, view: &dyn ReadView) -> Result<Vec<AlarmEntry>, StorageError> {
     let alarms: Option<Alarms> = decode(

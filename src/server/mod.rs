@@ -312,9 +312,11 @@ pub async fn run(
         config.fail_at,
         config.quota_bytes,
     );
+    let auth = crate::auth::Auth::new(router.clone(), config.auth_token_ttl, config.bcrypt_cost);
     let context = Arc::new(EtcdContext {
         router: router.clone(),
         txns: txns.clone(),
+        auth,
         cluster_id: identity.cluster_id,
         member_id: me,
         limits: Limits {
@@ -374,6 +376,9 @@ pub async fn run(
                 .add_service(WatchServer::new(WatchService::new(context.clone())))
                 .add_service(LockServer::new(LockService::new(context.clone())))
                 .add_service(ElectionServer::new(ElectionService::new(context.clone())))
+                .add_service(crate::proto::etcdserverpb::auth_server::AuthServer::new(
+                    crate::api::etcd::AuthService::new(context.clone()),
+                ))
                 .serve_with_incoming_shutdown(connections, stopped()),
         );
     }
@@ -384,6 +389,7 @@ pub async fn run(
         let port = listener.local_addr()?.port();
         let redis = crate::api::redis::RedisContext::new(
             txns.clone(),
+            context.auth.clone(),
             context.watch_hub.clone(),
             me,
             port,

@@ -7,6 +7,7 @@ pub const SPLIT: bool = false;
 mod support;
 
 mod alarms;
+mod auth;
 mod backup;
 mod bad_input;
 mod chaos;

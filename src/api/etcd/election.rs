@@ -86,9 +86,19 @@ type ObserveStream = Pin<Box<dyn Stream<Item = Result<LeaderResponse, Status>> +
 #[tonic::async_trait]
 impl Election for ElectionService {
     async fn campaign(&self, request: Request<CampaignRequest>) -> Result<Response<CampaignResponse>, Status> {
+        let token = super::auth::token(&request);
         observe("v3electionpb.Election", "Campaign", async {
             let request = request.into_inner();
             let context = &self.context;
+            context
+                .permit(
+                    token,
+                    &[
+                        super::access::prefix(&request.name, true),
+                        super::access::prefix(&request.name, false),
+                    ],
+                )
+                .await?;
             let prefix = recipe::prefix_of(&request.name);
             let key = recipe::candidate_key(&request.name, request.lease);
             let (my_revision, current_value, _, header_revision) =
@@ -115,9 +125,13 @@ impl Election for ElectionService {
     }
 
     async fn proclaim(&self, request: Request<ProclaimRequest>) -> Result<Response<ProclaimResponse>, Status> {
+        let token = super::auth::token(&request);
         observe("v3electionpb.Election", "Proclaim", async {
             let request = request.into_inner();
             let leader = request.leader.ok_or_else(missing_leader_key)?;
+            self.context
+                .permit(token, &[crate::auth::perm::KeyAccess::write(&leader.key, &[])])
+                .await?;
             let revision = self.proclaim_value(&leader, request.value).await?;
             Ok(Response::new(ProclaimResponse {
                 header: Some(self.context.header(revision)),
@@ -127,8 +141,13 @@ impl Election for ElectionService {
     }
 
     async fn leader(&self, request: Request<LeaderRequest>) -> Result<Response<LeaderResponse>, Status> {
+        let token = super::auth::token(&request);
         observe("v3electionpb.Election", "Leader", async {
-            let (leader, revision) = self.current_leader(&request.into_inner().name).await?;
+            let name = request.into_inner().name;
+            self.context
+                .permit(token, &[super::access::prefix(&name, false)])
+                .await?;
+            let (leader, revision) = self.current_leader(&name).await?;
             let kv = leader.ok_or_else(no_leader)?;
             Ok(Response::new(LeaderResponse {
                 header: Some(self.context.header(revision)),
@@ -139,7 +158,11 @@ impl Election for ElectionService {
     }
 
     async fn observe(&self, request: Request<LeaderRequest>) -> Result<Response<ObserveStream>, Status> {
+        let token = super::auth::token(&request);
         let name = request.into_inner().name;
+        self.context
+            .permit(token, &[super::access::prefix(&name, false)])
+            .await?;
         let (sender, receiver) = tokio::sync::mpsc::channel(16);
         let service = ElectionService {
             context: self.context.clone(),
@@ -200,8 +223,12 @@ impl Election for ElectionService {
     }
 
     async fn resign(&self, request: Request<ResignRequest>) -> Result<Response<ResignResponse>, Status> {
+        let token = super::auth::token(&request);
         observe("v3electionpb.Election", "Resign", async {
             let leader = request.into_inner().leader.ok_or_else(missing_leader_key)?;
+            self.context
+                .permit(token, &[crate::auth::perm::KeyAccess::write(&leader.key, &[])])
+                .await?;
             let delete = RequestOp {
                 request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
                     key: leader.key.clone(),

@@ -130,3 +130,31 @@ pub fn backup(error: crate::backup::save::SaveError) -> Status {
         SaveError::Closed => Status::cancelled("etcdserver: snapshot cancelled"),
     }
 }
+
+/// etcd's auth errors (rpctypes' ErrGRPC*), each with its code and text.
+pub fn auth(error: crate::auth::AuthError) -> Status {
+    use crate::auth::AuthError;
+    let text = format!("etcdserver: {error}");
+    match error {
+        AuthError::UserEmpty
+        | AuthError::AuthFailed
+        | AuthError::PasswordEmpty
+        | AuthError::RoleEmpty
+        | AuthError::PermissionNotGiven
+        | AuthError::InvalidAuthMgmt
+        | AuthError::OldRevision => Status::invalid_argument(text),
+        AuthError::InvalidToken => Status::unauthenticated(text),
+        AuthError::PermissionDenied => Status::permission_denied(text),
+        AuthError::NotEnabled
+        | AuthError::UserExists
+        | AuthError::UserNotFound
+        | AuthError::RoleExists
+        | AuthError::RoleNotFound
+        | AuthError::RoleNotGranted
+        | AuthError::PermissionNotGranted
+        | AuthError::RootUserNotExist
+        | AuthError::RootRoleNotExist => Status::failed_precondition(text),
+        AuthError::Route(error) => route(error),
+        AuthError::Storage(detail) => Status::internal(format!("etcdserver: storage: {detail}")),
+    }
+}

@@ -1,6 +1,7 @@
 //! etcd's KV service. The operations themselves are methods of [`EtcdContext`], so the
 //! lock and election services run the same validated, routed code.
 
+use super::access;
 use super::{convert, errors, observe, validate, EtcdContext};
 use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::proto::etcdserverpb::{
@@ -175,39 +176,60 @@ fn outcome(applied: CommandResult) -> Result<(command_result::Result, i64), Stat
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
-        observe("etcdserverpb.KV", "Range", self.context.range(request.into_inner()))
-            .await
-            .map(Response::new)
+        let token = super::auth::token(&request);
+        let request = request.into_inner();
+        observe("etcdserverpb.KV", "Range", async {
+            self.context.permit(token, &access::range(&request)).await?;
+            self.context.range(request).await
+        })
+        .await
+        .map(Response::new)
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        observe("etcdserverpb.KV", "Put", self.context.put(request.into_inner()))
-            .await
-            .map(Response::new)
+        let token = super::auth::token(&request);
+        let request = request.into_inner();
+        observe("etcdserverpb.KV", "Put", async {
+            self.context.permit(token, &access::put(&request)).await?;
+            self.context.put(request).await
+        })
+        .await
+        .map(Response::new)
     }
 
     async fn delete_range(
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
-        observe(
-            "etcdserverpb.KV",
-            "DeleteRange",
-            self.context.delete_range(request.into_inner()),
-        )
+        let token = super::auth::token(&request);
+        let request = request.into_inner();
+        observe("etcdserverpb.KV", "DeleteRange", async {
+            self.context.permit(token, &access::delete(&request)).await?;
+            self.context.delete_range(request).await
+        })
         .await
         .map(Response::new)
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        observe("etcdserverpb.KV", "Txn", self.context.txn(request.into_inner()))
-            .await
-            .map(Response::new)
+        let token = super::auth::token(&request);
+        let request = request.into_inner();
+        observe("etcdserverpb.KV", "Txn", async {
+            self.context.permit(token, &access::txn(&request)).await?;
+            self.context.txn(request).await
+        })
+        .await
+        .map(Response::new)
     }
 
     async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
-        observe("etcdserverpb.KV", "Compact", self.context.compact(request.into_inner()))
-            .await
-            .map(Response::new)
+        let token = super::auth::token(&request);
+        let request = request.into_inner();
+        observe("etcdserverpb.KV", "Compact", async {
+            self.context.permit_user(token).await?;
+            self.context.compact(request).await
+        })
+        .await
+        .map(Response::new)
     }
 }

@@ -68,7 +68,9 @@ type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, 
 #[tonic::async_trait]
 impl Lease for LeaseService {
     async fn lease_grant(&self, request: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
+        let token = super::auth::token(&request);
         observe("etcdserverpb.Lease", "LeaseGrant", async {
+            self.context.permit_user(token).await?;
             let mut request = request.into_inner();
             if request.ttl > MAX_LEASE_TTL_SECONDS {
                 return Err(Status::out_of_range("etcdserver: too large lease TTL"));
@@ -116,7 +118,9 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        let token = super::auth::token(&request);
         observe("etcdserverpb.Lease", "LeaseRevoke", async {
+            self.context.permit_user(token).await?;
             let revision = crate::txn::leases::revoke(&self.context.txns, request.into_inner().id)
                 .await
                 .map_err(errors::txn)?;
@@ -131,6 +135,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<KeepAliveStream>, Status> {
+        self.context.permit_user(super::auth::token(&request)).await?;
         let mut requests = request.into_inner();
         let (responses, stream) = tokio::sync::mpsc::channel(16);
         let context = self.context.clone();
@@ -169,7 +174,9 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let token = super::auth::token(&request);
         observe("etcdserverpb.Lease", "LeaseTimeToLive", async {
+            self.context.permit_user(token).await?;
             let request = request.into_inner();
             let router = &self.context.router;
             let time = router
@@ -216,9 +223,11 @@ impl Lease for LeaseService {
 
     async fn lease_leases(
         &self,
-        _request: Request<LeaseLeasesRequest>,
+        request: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
+        let token = super::auth::token(&request);
         observe("etcdserverpb.Lease", "LeaseLeases", async {
+            self.context.permit_user(token).await?;
             let router = &self.context.router;
             router.linearize(META_RANGE_ID).await.map_err(errors::route)?;
             let leases = router

@@ -22,9 +22,20 @@ impl LockService {
 #[tonic::async_trait]
 impl Lock for LockService {
     async fn lock(&self, request: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
+        let token = super::auth::token(&request);
         observe("v3lockpb.Lock", "Lock", async {
             let request = request.into_inner();
             let context = &self.context;
+            // The lock's keys: its queue under the name, written and read.
+            context
+                .permit(
+                    token,
+                    &[
+                        super::access::prefix(&request.name, true),
+                        super::access::prefix(&request.name, false),
+                    ],
+                )
+                .await?;
             let prefix = recipe::prefix_of(&request.name);
             let key = recipe::candidate_key(&request.name, request.lease);
             let (my_revision, _, owner, header_revision) =
@@ -57,12 +68,17 @@ impl Lock for LockService {
     }
 
     async fn unlock(&self, request: Request<UnlockRequest>) -> Result<Response<UnlockResponse>, Status> {
+        let token = super::auth::token(&request);
         observe("v3lockpb.Lock", "Unlock", async {
             // As in etcd: unlocking deletes the key, held or not.
+            let key = request.into_inner().key;
+            self.context
+                .permit(token, &[crate::auth::perm::KeyAccess::write(&key, &[])])
+                .await?;
             let deleted = self
                 .context
                 .delete_range(DeleteRangeRequest {
-                    key: request.into_inner().key,
+                    key,
                     ..Default::default()
                 })
                 .await?;

@@ -44,7 +44,9 @@ impl Maintenance for MaintenanceService {
     /// disarm` lists them, then disarms each). A NOSPACE disarmed while the member is
     /// still over its quota is raised again by the next write that adds data.
     async fn alarm(&self, request: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        let token = super::auth::token(&request);
         observe("etcdserverpb.Maintenance", "Alarm", async {
+            self.context.permit_admin(token).await?;
             let request = request.into_inner();
             let txns = &self.context.txns;
             let raised = txns.alarms().await.map_err(errors::txn)?;
@@ -97,7 +99,9 @@ impl Maintenance for MaintenanceService {
     /// whole backend file; Shoal's is HashKV's at the newest revision, so healthy
     /// members agree on it when no write is in flight).
     async fn hash(&self, _request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        let token = super::auth::token(&_request);
         observe("etcdserverpb.Maintenance", "Hash", async {
+            self.context.permit_admin(token).await?;
             let hashed = self.context.txns.hash_kv(0).await.map_err(errors::txn)?;
             Ok(Response::new(HashResponse {
                 header: Some(self.context.header(hashed.revision)),
@@ -111,7 +115,9 @@ impl Maintenance for MaintenanceService {
     /// on every healthy member for the same revision and compaction point (what the
     /// corruption check compares).
     async fn hash_kv(&self, request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        let token = super::auth::token(&request);
         observe("etcdserverpb.Maintenance", "HashKV", async {
+            self.context.permit_admin(token).await?;
             let revision = request.into_inner().revision;
             let hashed = self.context.txns.hash_kv(revision).await.map_err(errors::txn)?;
             Ok(Response::new(HashKvResponse {
@@ -127,7 +133,8 @@ impl Maintenance for MaintenanceService {
     /// A backup of the whole cluster at one revision (every range's keys and the
     /// leases), streamed in Shoal's backup format with etcd's SHA-256 trailer, so
     /// `etcdctl snapshot save FILE` writes a file `shoal snapshot restore` takes.
-    async fn snapshot(&self, _request: Request<SnapshotRequest>) -> Result<Response<SnapshotStream>, Status> {
+    async fn snapshot(&self, request: Request<SnapshotRequest>) -> Result<Response<SnapshotStream>, Status> {
+        self.context.permit_admin(super::auth::token(&request)).await?;
         let (chunks, received) = tokio::sync::mpsc::channel(SNAPSHOT_BUFFER);
         let (failed, failure) = tokio::sync::oneshot::channel::<Status>();
         let context = self.context.clone();
@@ -180,7 +187,9 @@ impl Maintenance for MaintenanceService {
     /// Hands leadership to another member (`etcdctl move-leader`, before maintenance on
     /// the leader's machine) and answers once it has moved.
     async fn move_leader(&self, request: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
+        let token = super::auth::token(&request);
         observe("etcdserverpb.Maintenance", "MoveLeader", async {
+            self.context.permit_admin(token).await?;
             let target = request.into_inner().target_id;
             let router = &self.context.router;
             let me = self.context.member_id;
@@ -220,7 +229,9 @@ impl Maintenance for MaintenanceService {
     /// compaction already rewrites tables without the versions `Compact` dropped.
     /// Answering keeps the usual `etcdctl compact` + `etcdctl defrag` scripts working.
     async fn defragment(&self, _request: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
+        let token = super::auth::token(&_request);
         observe("etcdserverpb.Maintenance", "Defragment", async {
+            self.context.permit_admin(token).await?;
             Ok(Response::new(DefragmentResponse {
                 header: Some(self.current_header()?),
             }))

@@ -1,5 +1,7 @@
 //! The etcd v3 gRPC API (wire-compatible with etcd's `etcdserverpb`).
 
+mod access;
+pub mod auth;
 mod cluster;
 mod convert;
 mod election;
@@ -12,6 +14,7 @@ mod recipe;
 mod validate;
 mod watch;
 
+pub use auth::AuthService;
 pub use cluster::ClusterService;
 
 /// The internal key of an etcd key (etcd keys live under their namespace byte).
@@ -53,6 +56,8 @@ pub struct EtcdContext {
     pub router: Arc<Router>,
     /// Writes and reads wherever their keys live (two-phase commit across ranges).
     pub txns: Arc<crate::txn::Transactions>,
+    /// Users, roles and tokens: who may call what once auth is on.
+    pub auth: Arc<crate::auth::Auth>,
     pub cluster_id: u64,
     pub member_id: u64,
     pub limits: Limits,
@@ -74,6 +79,25 @@ impl EtcdContext {
 }
 
 impl EtcdContext {
+    /// Refuses a call whose caller may not do `accesses` (auth on), with etcd's error.
+    pub async fn permit(
+        &self,
+        token: Option<String>,
+        accesses: &[crate::auth::perm::KeyAccess],
+    ) -> Result<(), tonic::Status> {
+        self.auth.check(token.as_deref(), accesses).await.map_err(errors::auth)
+    }
+
+    /// Refuses a call that comes from no user (auth on).
+    pub async fn permit_user(&self, token: Option<String>) -> Result<(), tonic::Status> {
+        self.auth.check_user(token.as_deref()).await.map_err(errors::auth)
+    }
+
+    /// Refuses a call whose caller does not hold the root role (auth on).
+    pub async fn permit_admin(&self, token: Option<String>) -> Result<(), tonic::Status> {
+        self.auth.check_admin(token.as_deref()).await.map_err(errors::auth)
+    }
+
     /// A header for an answer that no one range gave (leases, members, status): the
     /// Raft term is the first data range's, the range etcd's Status speaks for.
     pub fn header(&self, revision: i64) -> ResponseHeader {

@@ -35,6 +35,7 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Se
 #[tonic::async_trait]
 impl Watch for WatchService {
     async fn watch(&self, request: Request<Streaming<WatchRequest>>) -> Result<Response<WatchStream>, Status> {
+        let token = super::auth::token(&request);
         let stream = self.context.watch_hub.new_stream_id();
         let (sink, responses) = tokio::sync::mpsc::channel(STREAM_BUFFER);
         self.context.watch_hub.open_stream(stream, sink.clone()).await;
@@ -44,6 +45,7 @@ impl Watch for WatchService {
             sink,
             active: HashSet::new(),
             next_watch_id: 0,
+            token,
         };
         let mut requests = request.into_inner();
         tokio::spawn(async move {
@@ -78,6 +80,8 @@ struct Session {
     sink: Sink,
     active: HashSet<i64>,
     next_watch_id: i64,
+    /// The stream's auth token: each watch needs read on all of its keys.
+    token: Option<String>,
 }
 
 /// The client stopped reading its responses.
@@ -143,6 +147,10 @@ impl Session {
         let end = create.range_end.as_ref();
         if !end.is_empty() && end != [0] && end <= create.key.as_ref() {
             return self.refuse("mvcc: watcher range is empty").await;
+        }
+        let wanted = crate::auth::perm::KeyAccess::read(&create.key, &create.range_end);
+        if let Err(status) = self.context.permit(self.token.clone(), &[wanted]).await {
+            return self.refuse(status.message()).await;
         }
         let limit = self.context.limits.max_watches_per_stream;
         if self.active.len() >= limit {

@@ -163,25 +163,63 @@ impl Gateway {
             }
             return response;
         }
+        // A token from Authenticate, as grpc-gateway passes it: the Authorization header.
+        let token = request.headers().get(header::AUTHORIZATION).cloned();
         let body = request.into_body();
         match route {
-            Route::Range => self.unary(body, |request| self.kv.range(request)).await,
-            Route::Put => self.unary(body, |request| self.kv.put(request)).await,
-            Route::DeleteRange => self.unary(body, |request| self.kv.delete_range(request)).await,
-            Route::Txn => self.unary(body, |request| self.kv.txn(request)).await,
-            Route::Compaction => self.unary(body, |request| self.kv.compact(request)).await,
-            Route::LeaseGrant => self.unary(body, |request| self.lease.lease_grant(request)).await,
-            Route::LeaseRevoke => self.unary(body, |request| self.lease.lease_revoke(request)).await,
-            Route::LeaseTimeToLive => self.unary(body, |request| self.lease.lease_time_to_live(request)).await,
-            Route::LeaseLeases => self.unary(body, |request| self.lease.lease_leases(request)).await,
-            Route::MemberList => self.unary(body, |request| self.cluster.member_list(request)).await,
-            Route::Status => self.unary(body, |request| self.maintenance.status(request)).await,
-            Route::Alarm => self.unary(body, |request| self.maintenance.alarm(request)).await,
-            Route::Hash => self.unary(body, |request| self.maintenance.hash(request)).await,
-            Route::HashKv => self.unary(body, |request| self.maintenance.hash_kv(request)).await,
-            Route::Defragment => self.unary(body, |request| self.maintenance.defragment(request)).await,
-            Route::Watch => stream::watch(self, body).await,
-            Route::LeaseKeepAlive => stream::keep_alive(self, body).await,
+            Route::Range => self.unary(body, token.as_ref(), |request| self.kv.range(request)).await,
+            Route::Put => self.unary(body, token.as_ref(), |request| self.kv.put(request)).await,
+            Route::DeleteRange => {
+                self.unary(body, token.as_ref(), |request| self.kv.delete_range(request))
+                    .await
+            }
+            Route::Txn => self.unary(body, token.as_ref(), |request| self.kv.txn(request)).await,
+            Route::Compaction => {
+                self.unary(body, token.as_ref(), |request| self.kv.compact(request))
+                    .await
+            }
+            Route::LeaseGrant => {
+                self.unary(body, token.as_ref(), |request| self.lease.lease_grant(request))
+                    .await
+            }
+            Route::LeaseRevoke => {
+                self.unary(body, token.as_ref(), |request| self.lease.lease_revoke(request))
+                    .await
+            }
+            Route::LeaseTimeToLive => {
+                self.unary(body, token.as_ref(), |request| self.lease.lease_time_to_live(request))
+                    .await
+            }
+            Route::LeaseLeases => {
+                self.unary(body, token.as_ref(), |request| self.lease.lease_leases(request))
+                    .await
+            }
+            Route::MemberList => {
+                self.unary(body, token.as_ref(), |request| self.cluster.member_list(request))
+                    .await
+            }
+            Route::Status => {
+                self.unary(body, token.as_ref(), |request| self.maintenance.status(request))
+                    .await
+            }
+            Route::Alarm => {
+                self.unary(body, token.as_ref(), |request| self.maintenance.alarm(request))
+                    .await
+            }
+            Route::Hash => {
+                self.unary(body, token.as_ref(), |request| self.maintenance.hash(request))
+                    .await
+            }
+            Route::HashKv => {
+                self.unary(body, token.as_ref(), |request| self.maintenance.hash_kv(request))
+                    .await
+            }
+            Route::Defragment => {
+                self.unary(body, token.as_ref(), |request| self.maintenance.defragment(request))
+                    .await
+            }
+            Route::Watch => stream::watch(self, body, token.as_ref()).await,
+            Route::LeaseKeepAlive => stream::keep_alive(self, body, token.as_ref()).await,
             Route::Version => {
                 let version = Version {
                     etcdserver: ETCD_API_VERSION,
@@ -214,7 +252,12 @@ impl Gateway {
     }
 
     /// A unary call: the body read as `Req`, the service called, its answer written.
-    async fn unary<'a, Req, Resp, Call, Answer>(&'a self, body: Body, call: Call) -> http::Response<Body>
+    async fn unary<'a, Req, Resp, Call, Answer>(
+        &'a self,
+        body: Body,
+        token: Option<&HeaderValue>,
+        call: Call,
+    ) -> http::Response<Body>
     where
         Req: FromJson,
         Call: FnOnce(tonic::Request<Req>) -> Answer,
@@ -229,11 +272,21 @@ impl Gateway {
             Ok(request) => request,
             Err(error) => return error_response(&bad_json(&error)),
         };
-        match call(tonic::Request::new(request)).await {
+        match call(with_token(tonic::Request::new(request), token)).await {
             Ok(response) => message_response(response.get_ref()),
             Err(status) => error_response(&status),
         }
     }
+}
+
+/// `request` carrying the caller's Authorization header as the services read it.
+pub(super) fn with_token<T>(mut request: tonic::Request<T>, token: Option<&HeaderValue>) -> tonic::Request<T> {
+    if let Some(value) = token.and_then(|token| token.to_str().ok()) {
+        if let Ok(value) = value.parse() {
+            request.metadata_mut().insert("authorization", value);
+        }
+    }
+    request
 }
 
 /// The status for a body that is not the expected JSON, as grpc-gateway gives it.

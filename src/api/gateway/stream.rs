@@ -44,16 +44,20 @@ enum AtBodyEnd {
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-pub(super) async fn watch(gateway: &Gateway, body: Body) -> http::Response<Body> {
+pub(super) async fn watch(gateway: &Gateway, body: Body, token: Option<&HeaderValue>) -> http::Response<Body> {
     bidirectional::<WatchRequest, _, _, _>(gateway, body, "watch", AtBodyEnd::KeepOpen, |requests| {
-        gateway.watch.watch(tonic::Request::new(requests))
+        gateway
+            .watch
+            .watch(super::with_token(tonic::Request::new(requests), token))
     })
     .await
 }
 
-pub(super) async fn keep_alive(gateway: &Gateway, body: Body) -> http::Response<Body> {
+pub(super) async fn keep_alive(gateway: &Gateway, body: Body, token: Option<&HeaderValue>) -> http::Response<Body> {
     bidirectional::<LeaseKeepAliveRequest, _, _, _>(gateway, body, "keepalive", AtBodyEnd::Close, |requests| {
-        gateway.lease.lease_keep_alive(tonic::Request::new(requests))
+        gateway
+            .lease
+            .lease_keep_alive(super::with_token(tonic::Request::new(requests), token))
     })
     .await
 }

@@ -66,6 +66,8 @@ struct Stats {
 /// What every Redis connection of a node shares.
 pub struct RedisContext {
     data: Arc<Data>,
+    /// The cluster's users and roles: once auth is on, a connection must AUTH.
+    auth: Arc<crate::auth::Auth>,
     pubsub: Arc<pubsub::PubSub>,
     watch_hub: crate::range::watch::WatchHub,
     router: Arc<crate::router::Router>,
@@ -81,6 +83,7 @@ pub struct RedisContext {
 impl RedisContext {
     pub fn new(
         txns: Arc<crate::txn::Transactions>,
+        auth: Arc<crate::auth::Auth>,
         watch_hub: crate::range::watch::WatchHub,
         member_id: u64,
         port: u16,
@@ -89,6 +92,7 @@ impl RedisContext {
         Arc::new(RedisContext {
             router: txns.router().clone(),
             data: Arc::new(Data::new(txns)),
+            auth,
             pubsub: Arc::new(pubsub::PubSub::default()),
             watch_hub,
             member_id,
@@ -178,6 +182,8 @@ pub struct Session {
     /// Channels and patterns subscribed to.
     pub channels: std::collections::BTreeSet<bytes::Bytes>,
     pub patterns: std::collections::BTreeSet<bytes::Bytes>,
+    /// The user AUTH or HELLO AUTH authenticated (see `commands::gate`).
+    pub user: Option<String>,
 }
 
 impl Session {
@@ -270,6 +276,7 @@ async fn connection(
         outbox,
         channels: Default::default(),
         patterns: Default::default(),
+        user: None,
     };
     let mut input = BytesMut::with_capacity(16 * 1024);
     let mut output = Vec::with_capacity(16 * 1024);
@@ -324,6 +331,7 @@ async fn connection(
                 let mut bytes = 0;
                 while end < requests.len()
                     && bytes < PIPELINE_BATCH_BYTES
+                    && !context.auth.enabled()
                     && commands::batchable(&session, &requests[end])
                 {
                     bytes += requests[end].iter().map(bytes::Bytes::len).sum::<usize>();

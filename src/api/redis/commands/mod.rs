@@ -456,6 +456,34 @@ pub async fn run_pipeline(
     }
 }
 
+/// Once etcd's auth is on, the Redis port follows it: a connection must AUTH as one of
+/// the cluster's users (`AUTH password` is the user `default`, as in Redis), and only
+/// users holding the `root` role may run data commands (Redis's ACL rules per key
+/// pattern and command category are not mapped yet); others get `-NOPERM`.
+async fn gate(context: &RedisContext, session: &Session, name: &str) -> Option<Reply> {
+    if !context.auth.enabled() || matches!(name, "auth" | "hello" | "quit") {
+        return None;
+    }
+    let Some(user) = &session.user else {
+        return Some(Reply::error("NOAUTH Authentication required."));
+    };
+    let store = match context.auth.store().await {
+        Ok(store) if !store.enabled => return None,
+        Ok(store) => store,
+        Err(error) => return Some(Reply::error(format!("ERR shoal: {error}"))),
+    };
+    if !store.users.iter().any(|known| &known.name == user) {
+        return Some(Reply::error("NOAUTH Authentication required."));
+    }
+    let harmless = matches!(name, "ping" | "echo" | "select" | "client" | "command");
+    if harmless || crate::auth::perm::is_admin(&store, user) {
+        return None;
+    }
+    Some(Reply::error(format!(
+        "NOPERM User {user} has no permissions to run the '{name}' command"
+    )))
+}
+
 /// Runs one request.
 pub async fn run(context: &RedisContext, session: &mut Session, args: &[Bytes]) -> Reply {
     let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
@@ -467,6 +495,10 @@ pub async fn run(context: &RedisContext, session: &mut Session, args: &[Bytes]) 
     if (spec.arity > 0 && count != spec.arity) || (spec.arity < 0 && count < -spec.arity) {
         session.abort_multi();
         return wrong_arity(spec.name);
+    }
+    if let Some(refusal) = gate(context, session, spec.name).await {
+        session.abort_multi();
+        return refusal;
     }
     let subscribed = !session.channels.is_empty() || !session.patterns.is_empty();
     if subscribed && session.resp < 3 && !pubsub::allowed_while_subscribed(spec.name) {

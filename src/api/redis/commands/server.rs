@@ -21,8 +21,8 @@ pub async fn run(context: &RedisContext, session: &mut Session, name: &str, args
             session.closing = true;
             Ok(Reply::ok())
         }
-        "hello" => hello(session, args),
-        "auth" => auth(&args[1..]),
+        "hello" => hello(context, session, args).await,
+        "auth" => auth(context, session, &args[1..]).await,
         "select" => {
             let index = integer(&args[1])?;
             if !(0..DATABASES as i64).contains(&index) {
@@ -66,7 +66,7 @@ pub async fn run(context: &RedisContext, session: &mut Session, name: &str, args
     }
 }
 
-fn hello(session: &mut Session, args: &[Bytes]) -> Outcome {
+async fn hello(context: &RedisContext, session: &mut Session, args: &[Bytes]) -> Outcome {
     let mut resp = session.resp;
     let mut at = 1;
     if let Some(version) = args.get(1) {
@@ -82,7 +82,7 @@ fn hello(session: &mut Session, args: &[Bytes]) -> Outcome {
     while at < args.len() {
         match upper(&args[at]).as_str() {
             "AUTH" if at + 2 < args.len() => {
-                auth(&args[at + 1..at + 3])?;
+                auth(context, session, &args[at + 1..at + 3]).await?;
                 at += 3;
             }
             "SETNAME" if at + 1 < args.len() => {
@@ -112,10 +112,32 @@ fn hello(session: &mut Session, args: &[Bytes]) -> Outcome {
     ]))
 }
 
-/// No users or passwords exist until authentication lands: the default user takes any
-/// password, as Redis's `nopass` default user does; the one-argument form says none is
+/// With etcd's auth on, the cluster's users authenticate (`AUTH password` as the user
+/// `default`). With it off there are no passwords: the default user takes any, as
+/// Redis's `nopass` default user does, and the one-argument form says none is
 /// configured, as Redis does.
-fn auth(args: &[Bytes]) -> Outcome {
+async fn auth(context: &RedisContext, session: &mut Session, args: &[Bytes]) -> Outcome {
+    if context.auth.enabled() {
+        let (user, password) = match args {
+            [password] => ("default".to_string(), password),
+            [user, password] => (String::from_utf8_lossy(user).into_owned(), password),
+            _ => return Err(syntax_error()),
+        };
+        return match context
+            .auth
+            .authenticate(&user, &String::from_utf8_lossy(password))
+            .await
+        {
+            Ok(_) => {
+                session.user = Some(user);
+                Ok(Reply::ok())
+            }
+            Err(crate::auth::AuthError::AuthFailed) => Err(Reply::error(
+                "WRONGPASS invalid username-password pair or user is disabled.",
+            )),
+            Err(error) => Err(Reply::error(format!("ERR shoal: {error}"))),
+        };
+    }
     match args {
         [_password] => Err(Reply::error(
             "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",

@@ -1,0 +1,316 @@
+//! etcd's authentication and role-based access through the unchanged etcdctl and raw
+//! gRPC: users, roles, permissions over prefixes, etcd's errors, tokens checked by every
+//! member and made stale by a change of the auth store, state kept across restarts.
+
+use crate::support::{bounded, bytes, channel, redis_cli, run_etcdctl, Cluster};
+use shoal::proto::etcdserverpb::{
+    auth_client::AuthClient, kv_client::KvClient, watch_client::WatchClient, watch_request, AuthenticateRequest,
+    PutRequest, RangeRequest, WatchCreateRequest, WatchRequest,
+};
+use std::time::Duration;
+use tonic::metadata::MetadataValue;
+
+/// The replies of redis-cli to `commands`, one line each, sent on one connection.
+fn redis(port: u16, commands: &str) -> Vec<String> {
+    use std::io::Write;
+    let mut child = std::process::Command::new(redis_cli())
+        .args(["-p", &port.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting redis-cli");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(commands.as_bytes())
+        .expect("writing to redis-cli");
+    let output = child.wait_with_output().expect("redis-cli output");
+    // redis-cli follows an error with an empty line when piped.
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| !line.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// etcdctl as `user` ("name:password", or none), expected to succeed; its stdout.
+fn ok(endpoints: &[String], user: Option<&str>, args: &[&str]) -> String {
+    let (success, stdout, stderr) = etcdctl(endpoints, user, args);
+    assert!(success, "etcdctl {args:?} as {user:?}: {stdout}{stderr}");
+    stdout
+}
+
+fn etcdctl(endpoints: &[String], user: Option<&str>, args: &[&str]) -> (bool, String, String) {
+    let mut all: Vec<String> = user.map(|user| format!("--user={user}")).into_iter().collect();
+    all.extend(args.iter().map(|arg| arg.to_string()));
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    run_etcdctl(endpoints, &all, None)
+}
+
+/// etcdctl as `user`, expected to fail with `message`.
+fn refused(endpoints: &[String], user: Option<&str>, args: &[&str], message: &str) {
+    let (success, stdout, stderr) = etcdctl(endpoints, user, args);
+    assert!(!success, "etcdctl {args:?} as {user:?} succeeded: {stdout}");
+    assert!(stderr.contains(message), "etcdctl {args:?} as {user:?}: {stderr}");
+}
+
+async fn token(url: &str, name: &str, password: &str) -> String {
+    AuthClient::new(channel(url).await)
+        .authenticate(AuthenticateRequest {
+            name: name.into(),
+            password: password.into(),
+        })
+        .await
+        .expect("authenticate")
+        .into_inner()
+        .token
+}
+
+fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("token", MetadataValue::try_from(token).expect("an ASCII token"));
+    request
+}
+
+async fn get(url: &str, token: &str, key: &str) -> Result<Vec<String>, tonic::Status> {
+    let response = KvClient::new(channel(url).await)
+        .range(with_token(
+            RangeRequest {
+                key: bytes(key),
+                ..Default::default()
+            },
+            token,
+        ))
+        .await?
+        .into_inner();
+    Ok(response
+        .kvs
+        .iter()
+        .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+        .collect())
+}
+
+#[tokio::test]
+async fn roles_limit_users_to_their_keys_once_auth_is_on() {
+    bounded(async {
+        let mut cluster = Cluster::start(3).await;
+        let all: Vec<String> = cluster.nodes.iter().map(|node| node.client_url()).collect();
+        let one = &all[..1];
+        let other = &all[2..3];
+
+        // Users and roles are managed before auth is on without credentials, as in etcd.
+        ok(one, None, &["user", "add", "root:rootpw"]);
+        ok(one, None, &["user", "grant-role", "root", "root"]);
+        ok(one, None, &["user", "add", "alice:alicepw"]);
+        ok(one, None, &["role", "add", "app-read"]);
+        ok(
+            one,
+            None,
+            &["role", "grant-permission", "app-read", "read", "app/", "--prefix=true"],
+        );
+        ok(one, None, &["role", "add", "app-own"]);
+        ok(
+            one,
+            None,
+            &[
+                "role",
+                "grant-permission",
+                "app-own",
+                "readwrite",
+                "app/alice/",
+                "--prefix=true",
+            ],
+        );
+        ok(one, None, &["user", "grant-role", "alice", "app-read"]);
+        ok(one, None, &["user", "grant-role", "alice", "app-own"]);
+        refused(
+            one,
+            None,
+            &["user", "add", "alice:again"],
+            "etcdserver: user name already exists",
+        );
+        refused(
+            one,
+            None,
+            &["user", "grant-role", "alice", "nope"],
+            "etcdserver: role name not found",
+        );
+        ok(one, None, &["put", "app/config", "v1"]);
+        ok(one, None, &["put", "secret/key", "s1"]);
+        let roles = ok(one, None, &["user", "get", "alice"]);
+        assert!(roles.contains("app-read") && roles.contains("app-own"), "{roles}");
+        let role = ok(one, None, &["role", "get", "app-read"]);
+        assert!(role.contains("[app/, app0) (prefix app/)"), "{role}");
+
+        let redis_port = cluster.nodes[1].redis_port;
+        assert_eq!(redis(redis_port, "SET r v\n"), vec!["OK"]);
+        let enabled = ok(one, None, &["auth", "enable"]);
+        assert!(enabled.contains("Authentication Enabled"), "{enabled}");
+
+        // Who is asking, and with what.
+        refused(other, None, &["get", "app/config"], "etcdserver: user name is empty");
+        refused(
+            other,
+            Some("alice:wrong"),
+            &["get", "app/config"],
+            "etcdserver: authentication failed, invalid user ID or password",
+        );
+        refused(
+            other,
+            Some("mallory:x"),
+            &["get", "app/config"],
+            "etcdserver: authentication failed, invalid user ID or password",
+        );
+        let read = ok(other, Some("alice:alicepw"), &["get", "app/config"]);
+        assert_eq!(read, "app/config\nv1\n");
+        refused(
+            other,
+            Some("alice:alicepw"),
+            &["put", "app/config", "v2"],
+            "etcdserver: permission denied",
+        );
+        refused(
+            other,
+            Some("alice:alicepw"),
+            &["get", "secret/key"],
+            "etcdserver: permission denied",
+        );
+        refused(
+            other,
+            Some("alice:alicepw"),
+            &["get", "app", "--prefix"],
+            "etcdserver: permission denied",
+        );
+        ok(other, Some("alice:alicepw"), &["put", "app/alice/note", "mine"]);
+        ok(other, Some("alice:alicepw"), &["get", "app/", "--prefix"]);
+        refused(
+            other,
+            Some("alice:alicepw"),
+            &["user", "list"],
+            "etcdserver: permission denied",
+        );
+        let users = ok(other, Some("root:rootpw"), &["user", "list"]);
+        assert_eq!(users, "alice\nroot\n");
+        assert_eq!(
+            ok(other, Some("root:rootpw"), &["get", "secret/key", "--print-value-only"]),
+            "s1\n"
+        );
+        refused(
+            other,
+            Some("root:rootpw"),
+            &["user", "delete", "root"],
+            "etcdserver: invalid auth management",
+        );
+
+        // The Redis port follows: AUTH as a cluster user; data commands need root.
+        assert_eq!(
+            redis(
+                redis_port,
+                "GET r\nPING\nAUTH alice wrong\nAUTH alice alicepw\nPING\nGET r\nAUTH root rootpw\nGET r\n"
+            ),
+            vec![
+                "NOAUTH Authentication required.",
+                "NOAUTH Authentication required.",
+                "WRONGPASS invalid username-password pair or user is disabled.",
+                "OK",
+                "PONG",
+                "NOPERM User alice has no permissions to run the 'get' command",
+                "OK",
+                "v",
+            ]
+        );
+
+        // Raw gRPC: a token from one member works on every member.
+        let token = token(&all[0], "alice", "alicepw").await;
+        for url in &all {
+            assert_eq!(get(url, &token, "app/config").await.unwrap(), vec!["v1".to_string()]);
+        }
+        let forged = format!("{}x", &token[..token.len() - 1]);
+        let status = get(&all[1], &forged, "app/config").await.expect_err("a forged token");
+        assert_eq!(
+            (status.code(), status.message()),
+            (tonic::Code::Unauthenticated, "etcdserver: invalid auth token")
+        );
+        let status = KvClient::new(channel(&all[1]).await)
+            .put(with_token(
+                PutRequest {
+                    key: bytes("app/config"),
+                    value: bytes("x"),
+                    ..Default::default()
+                },
+                &token,
+            ))
+            .await
+            .expect_err("a put without write permission");
+        assert_eq!(
+            (status.code(), status.message()),
+            (tonic::Code::PermissionDenied, "etcdserver: permission denied")
+        );
+
+        // A watch wider than the permission is cancelled at creation; one inside works.
+        let (requests, receiver) = tokio::sync::mpsc::channel(4);
+        let mut responses = WatchClient::new(channel(&all[1]).await)
+            .watch(with_token(
+                tokio_stream::wrappers::ReceiverStream::new(receiver),
+                &token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let create = |key: &str, end: &str| WatchRequest {
+            request_union: Some(watch_request::RequestUnion::CreateRequest(WatchCreateRequest {
+                key: bytes(key),
+                range_end: bytes(end),
+                ..Default::default()
+            })),
+        };
+        requests.send(create("app", "app0")).await.unwrap();
+        let answer = responses.message().await.unwrap().unwrap();
+        assert!(answer.created && answer.canceled, "{answer:?}");
+        assert_eq!(answer.cancel_reason, "etcdserver: permission denied");
+        requests.send(create("app/", "app0")).await.unwrap();
+        let answer = responses.message().await.unwrap().unwrap();
+        assert!(answer.created && !answer.canceled, "{answer:?}");
+
+        // Revoking a role takes effect on the next call: the old token is stale, a new
+        // one no longer reads.
+        ok(one, Some("root:rootpw"), &["user", "revoke-role", "alice", "app-read"]);
+        let status = get(&all[0], &token, "app/config")
+            .await
+            .expect_err("a token from before the change");
+        assert_eq!(status.message(), "etcdserver: revision of auth store is old");
+        refused(
+            one,
+            Some("alice:alicepw"),
+            &["get", "app/config"],
+            "etcdserver: permission denied",
+        );
+        ok(one, Some("alice:alicepw"), &["get", "app/alice/note"]);
+
+        // The auth store survives a restart of every member.
+        for index in 0..3 {
+            cluster.stop(index);
+        }
+        for index in 0..3 {
+            cluster.restart(index);
+        }
+        cluster.wait_ready(Duration::from_secs(30)).await;
+        refused(other, None, &["get", "app/config"], "etcdserver: user name is empty");
+        assert_eq!(
+            ok(
+                other,
+                Some("alice:alicepw"),
+                &["get", "app/alice/note", "--print-value-only"]
+            ),
+            "mine\n"
+        );
+
+        let disabled = ok(one, Some("root:rootpw"), &["auth", "disable"]);
+        assert!(disabled.contains("Authentication Disabled"), "{disabled}");
+        assert_eq!(ok(other, None, &["get", "secret/key", "--print-value-only"]), "s1\n");
+    })
+    .await;
+}
