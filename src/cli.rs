@@ -158,6 +158,11 @@ pub struct ServerFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub experimental_initial_split_keys: Option<String>,
+    /// Serve TLS on --listen-redis-addr with --cert-file/--key-file (and
+    /// --client-cert-auth/--trusted-ca-file), as Redis's tls-port does [default: false]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_tls: Option<bool>,
     /// Token kind for authenticated clients: simple (signed tokens any member checks)
     /// [default: simple]
     #[arg(long)]

@@ -70,6 +70,8 @@ pub struct ServerSettings {
     pub listen_metrics_urls: String,
     /// `HOST:PORT` to serve the Redis protocol on; none (the default) serves no Redis.
     pub listen_redis_addr: Option<String>,
+    /// TLS on the Redis listener, with the client side's certificate files.
+    pub redis_tls: bool,
     /// Milliseconds between leader heartbeats (one Raft tick).
     pub heartbeat_interval: u64,
     /// Milliseconds without a leader before an election.
@@ -146,6 +148,7 @@ impl Default for ServerSettings {
             initial_cluster_token: "shoal-cluster".into(),
             listen_metrics_urls: String::new(),
             listen_redis_addr: None,
+            redis_tls: false,
             heartbeat_interval: 100,
             election_timeout: 1000,
             max_txn_ops: 128,
@@ -294,6 +297,8 @@ pub struct NodeConfig {
     pub metrics_listen: Vec<ListenUrl>,
     /// Where the Redis protocol is served, if anywhere.
     pub redis_listen: Option<SocketAddr>,
+    /// Whether the Redis listener speaks TLS (with `client_tls`'s files).
+    pub redis_tls: bool,
     /// TLS of the client and metrics listeners (`--cert-file`...), if configured.
     pub client_tls: Option<ServerTlsFiles>,
     /// TLS of the peer listener and of dialing `https://` peers (`--peer-cert-file`...).
@@ -704,6 +709,12 @@ impl TryFrom<ServerSettings> for NodeConfig {
             &client_tls,
             client_needs,
         )?;
+        if settings.redis_tls && client_tls.is_none() {
+            return Err(invalid("redis-tls", format!("needs {client_needs}")));
+        }
+        if settings.redis_tls && settings.listen_redis_addr.as_deref().unwrap_or_default().is_empty() {
+            return Err(invalid("redis-tls", "needs --listen-redis-addr"));
+        }
         check_tls_urls(
             "listen-peer-urls",
             &split_list(&settings.listen_peer_urls),
@@ -821,6 +832,7 @@ impl TryFrom<ServerSettings> for NodeConfig {
             cluster_token: settings.initial_cluster_token,
             metrics_listen,
             redis_listen,
+            redis_tls: settings.redis_tls,
             client_tls,
             peer_tls,
             heartbeat_interval: Duration::from_millis(settings.heartbeat_interval),

@@ -22,7 +22,7 @@ struct PlaygroundNode {
     client_url: String,
     peer_url: String,
     metrics_port: u16,
-    /// None with --tls: the Redis port has no TLS yet.
+    /// The Redis port (TLS with --tls).
     redis_port: Option<u16>,
     log: PathBuf,
     child: Child,
@@ -109,10 +109,7 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
         );
         let peer_url = format!("{scheme}://127.0.0.1:{}", port(args.peer_port_base, 2 * index, "peer")?);
         let metrics_port = port(args.metrics_port_base, index, "metrics")?;
-        let redis_port = match tls {
-            None => Some(port(args.redis_port_base, index, "redis")?),
-            Some(_) => None,
-        };
+        let redis_port = Some(port(args.redis_port_base, index, "redis")?);
         plan.push((name, client_url, peer_url, metrics_port, redis_port));
     }
     let initial_cluster = plan
@@ -147,6 +144,7 @@ pub async fn run(args: PlaygroundArgs) -> anyhow::Result<()> {
                     .map(|port| vec!["--listen-redis-addr".to_string(), format!("127.0.0.1:{port}")])
                     .unwrap_or_default(),
             )
+            .args(if tls.is_some() { vec!["--redis-tls"] } else { Vec::new() })
             .env(parent_env.0, &parent_env.1)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
@@ -255,16 +253,21 @@ async fn serve(nodes: &mut [PlaygroundNode], data_dir: &Path, tls: Option<&Playg
          \x20 etcdctl --endpoints={endpoints}{etcdctl_tls} get greeting\n\
          \x20 etcdctl --endpoints={endpoints}{etcdctl_tls} endpoint status -w table\n\n"
     );
-    match nodes.first().and_then(|node| node.redis_port) {
-        Some(port) => {
-            banner += &format!(
-                "Try it with redis-cli (any node takes any key):\n\
-                 \x20 redis-cli -p {port} set greeting hello\n\
-                 \x20 redis-cli -p {port} get greeting\n\n"
-            )
-        }
-        None if tls.is_some() => banner += "Redis is not served with --tls yet (the Redis port has no TLS).\n\n",
-        None => {}
+    if let Some(port) = nodes.first().and_then(|node| node.redis_port) {
+        let redis_tls = match tls {
+            Some(tls) => format!(
+                " --tls --cacert {} --cert {} --key {}",
+                tls.files.ca_cert.display(),
+                tls.files.client_cert.display(),
+                tls.files.client_key.display()
+            ),
+            None => String::new(),
+        };
+        banner += &format!(
+            "Try it with redis-cli (any node takes any key):\n\
+             \x20 redis-cli{redis_tls} -p {port} set greeting hello\n\
+             \x20 redis-cli{redis_tls} -p {port} get greeting\n\n"
+        )
     }
     if let (Some(_), Some(node)) = (tls, nodes.first()) {
         banner += &format!(

@@ -70,6 +70,15 @@ pub enum AuthError {
     Storage(String),
 }
 
+/// What a call shows of its caller: a token from Authenticate, and the common name of
+/// a client certificate verified at the handshake (the user when there is no token, as
+/// in etcd).
+#[derive(Clone, Debug, Default)]
+pub struct Credentials {
+    pub token: Option<String>,
+    pub common_name: Option<String>,
+}
+
 /// Who a call comes from, once its token checked out (auth on).
 #[derive(Clone, Debug)]
 pub struct Caller {
@@ -134,8 +143,8 @@ impl Auth {
         Ok(store)
     }
 
-    /// The caller of a request carrying `token`: `None` when auth is off.
-    pub async fn caller(&self, token: Option<&str>) -> Result<Option<Caller>, AuthError> {
+    /// The caller of a request showing `credentials`: `None` when auth is off.
+    pub async fn caller(&self, credentials: &Credentials) -> Result<Option<Caller>, AuthError> {
         if !self.enabled() {
             return Ok(None);
         }
@@ -143,8 +152,15 @@ impl Auth {
         if !store.enabled {
             return Ok(None);
         }
-        let Some(token) = token.filter(|token| !token.is_empty()) else {
-            return Err(AuthError::UserEmpty);
+        let Some(token) = credentials.token.as_deref().filter(|token| !token.is_empty()) else {
+            // A verified client certificate names a user that exists.
+            return match &credentials.common_name {
+                Some(name) if store.users.iter().any(|user| &user.name == name) => Ok(Some(Caller {
+                    user: name.clone(),
+                    store,
+                })),
+                _ => Err(AuthError::UserEmpty),
+            };
         };
         let claims = token::verify(&store.token_key, token, now_unix_ms())
             .map_err(|token::TokenError::Invalid| AuthError::InvalidToken)?;
@@ -161,8 +177,8 @@ impl Auth {
     }
 
     /// Refuses the call unless its caller may do every one of `accesses`.
-    pub async fn check(&self, token: Option<&str>, accesses: &[KeyAccess]) -> Result<(), AuthError> {
-        match self.caller(token).await? {
+    pub async fn check(&self, credentials: &Credentials, accesses: &[KeyAccess]) -> Result<(), AuthError> {
+        match self.caller(credentials).await? {
             None => Ok(()),
             Some(caller) if perm::permitted(&caller.store, &caller.user, accesses) => Ok(()),
             Some(_) => Err(AuthError::PermissionDenied),
@@ -170,8 +186,8 @@ impl Auth {
     }
 
     /// Refuses the call unless its caller holds the root role.
-    pub async fn check_admin(&self, token: Option<&str>) -> Result<(), AuthError> {
-        match self.caller(token).await? {
+    pub async fn check_admin(&self, credentials: &Credentials) -> Result<(), AuthError> {
+        match self.caller(credentials).await? {
             None => Ok(()),
             Some(caller) if perm::is_admin(&caller.store, &caller.user) => Ok(()),
             Some(_) => Err(AuthError::PermissionDenied),
@@ -179,8 +195,8 @@ impl Auth {
     }
 
     /// Refuses the call unless it comes from a user (any user, when auth is on).
-    pub async fn check_user(&self, token: Option<&str>) -> Result<(), AuthError> {
-        self.caller(token).await.map(|_| ())
+    pub async fn check_user(&self, credentials: &Credentials) -> Result<(), AuthError> {
+        self.caller(credentials).await.map(|_| ())
     }
 
     /// A token for `name`, if `password` is theirs.

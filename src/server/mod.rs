@@ -400,7 +400,7 @@ pub async fn run(
         redis_expiry = Some(tokio::spawn(redis.expire_keys(router.clone())));
         redis_messages = Some(tokio::spawn(redis.deliver_messages()));
         let stop = stopped();
-        http_servers.spawn(crate::api::redis::serve(listener, redis, stop));
+        http_servers.spawn(crate::api::redis::serve(listener, redis, tls.redis.clone(), stop));
     }
     let dashboard = Arc::new(dashboard::Dashboard::new(
         identity.cluster_id,

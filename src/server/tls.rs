@@ -12,6 +12,8 @@ pub(super) struct NodeTls {
     /// Metrics listeners: the client side's certificate, HTTP/1.1.
     pub(super) metrics: Option<Arc<rustls::ServerConfig>>,
     pub(super) peer: Option<Arc<rustls::ServerConfig>>,
+    /// The Redis listener with `--redis-tls`: the client side's certificate, no ALPN.
+    pub(super) redis: Option<Arc<rustls::ServerConfig>>,
     /// Dials `https://` peer URLs: checks the peer CA, shows the peer certificate.
     pub(super) peer_dialer: Option<TlsConnector>,
     /// Dials other members' `https://` client URLs (the dashboard asks their health):
@@ -57,6 +59,10 @@ impl NodeTls {
                 .as_ref()
                 .map(|side| side.server_config(&[ALPN_HTTP1]))
                 .transpose()?,
+            redis: match config.redis_tls {
+                true => client.as_ref().map(|side| side.server_config(&[])).transpose()?,
+                false => None,
+            },
             peer: peer.as_ref().map(|side| side.server_config(&[ALPN_H2])).transpose()?,
             peer_dialer,
         })

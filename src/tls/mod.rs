@@ -11,6 +11,7 @@
 pub mod connector;
 pub mod listener;
 pub mod reload;
+pub mod subject;
 
 pub use connector::TlsConnector;
 pub use listener::{incoming, ServerConnection, ServerListener, TlsConnectInfo, TlsConnection, TlsIncoming};

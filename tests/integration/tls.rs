@@ -664,23 +664,28 @@ async fn playground_with_tls_prints_a_working_etcdctl_line() {
         let dir = tempfile::tempdir().unwrap();
         let base = shoal::chaos::cluster::free_ports(6).expect("free ports");
         let metrics_base = shoal::chaos::cluster::free_ports(3).expect("free ports");
+        let redis_base = shoal::chaos::cluster::free_ports(3).expect("free ports");
         let mut playground = Command::new(env!("CARGO_BIN_EXE_shoal"))
             .args(["playground", "--tls", "--data-dir"])
             .arg(dir.path())
             .args(["--client-port-base", &base.to_string()])
             .args(["--peer-port-base", &(base + 1).to_string()])
             .args(["--metrics-port-base", &metrics_base.to_string()])
+            .args(["--redis-port-base", &redis_base.to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
         let stdout = playground.stdout.take().unwrap();
-        let (put_line, metrics_line) = tokio::task::block_in_place(|| {
+        let (put_line, metrics_line, redis_lines) = tokio::task::block_in_place(|| {
             let mut lines = BufReader::new(stdout).lines();
-            let (mut put_line, mut metrics_line) = (None, None);
+            let (mut put_line, mut metrics_line, mut redis_lines) = (None, None, Vec::new());
             for line in lines.by_ref() {
                 let line = line.unwrap();
                 let line = line.trim();
+                if line.starts_with("redis-cli --tls ") {
+                    redis_lines.push(line.to_string());
+                }
                 if line.starts_with("etcdctl --endpoints=https://") && line.ends_with("put greeting hello") {
                     put_line = Some(line.to_string());
                 }
@@ -693,8 +698,20 @@ async fn playground_with_tls_prints_a_working_etcdctl_line() {
             }
             // Keep reading so the playground never writes to a closed pipe.
             std::thread::spawn(move || lines.for_each(drop));
-            (put_line, metrics_line)
+            (put_line, metrics_line, redis_lines)
         });
+        // The printed redis-cli lines work as printed, over TLS.
+        assert_eq!(redis_lines.len(), 2, "{redis_lines:?}");
+        let mut replies = Vec::new();
+        for line in &redis_lines {
+            let words: Vec<&str> = line.split_whitespace().skip(1).collect();
+            let output =
+                tokio::task::block_in_place(|| Command::new(crate::support::redis_cli()).args(&words).output())
+                    .unwrap();
+            assert!(output.status.success(), "{line}: {output:?}");
+            replies.push(String::from_utf8_lossy(&output.stdout).trim().to_string());
+        }
+        assert_eq!(replies, vec!["OK", "hello"]);
         let put_line = put_line.expect("the playground printed an https etcdctl line");
         assert!(metrics_line.is_some_and(|line| line.contains("https://")));
         let words: Vec<String> = put_line.split_whitespace().skip(1).map(str::to_string).collect();
@@ -866,6 +883,65 @@ async fn tls_1_2_and_1_3_are_served_and_the_authority_repair_works_behind_tls() 
             .await
             .expect("an answer in time");
         assert!(answered, "a URL authority behind TLS was refused");
+    })
+    .await;
+}
+
+/// With auth on, a client certificate's common name is its user when the call carries
+/// no token, as in etcd; a name no user has is no user.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_certificates_common_name_is_its_user_once_auth_is_on() {
+    bounded(async {
+        let mut cluster = TlsCluster::start(3, None);
+        cluster.wait_ready(&[0, 1, 2]).await;
+        // A certificate for "alice" from the cluster's CA (the same CA files, another folder).
+        let alice_dir = tempfile::tempdir().unwrap();
+        let theirs = shoal::certs::CertFiles::in_dir(alice_dir.path());
+        std::fs::copy(&cluster.certs.ca_cert, &theirs.ca_cert).unwrap();
+        std::fs::copy(&cluster.certs.ca_key, &theirs.ca_key).unwrap();
+        let alice = shoal::certs::create(&CertArgs {
+            dir: alice_dir.path().to_path_buf(),
+            hosts: Vec::new(),
+            client_name: "alice".into(),
+            days: 1,
+        })
+        .expect("alice's certificate");
+        let as_alice = |args: &[&str]| {
+            run_etcdctl(
+                &cluster.endpoints(&[1]),
+                &[
+                    (&cluster.certs.ca_cert, "--cacert"),
+                    (&alice.client_cert, "--cert"),
+                    (&alice.client_key, "--key"),
+                ],
+                args,
+            )
+        };
+        let setup: &[&[&str]] = &[
+            &["user", "add", "root:rootpw"],
+            &["user", "grant-role", "root", "root"],
+            &["user", "add", "alice:unused-password"],
+            &["role", "add", "app-read"],
+            &["role", "grant-permission", "app-read", "read", "app/", "--prefix=true"],
+            &["user", "grant-role", "alice", "app-read"],
+            &["put", "app/x", "1"],
+            &["auth", "enable"],
+        ];
+        for args in setup {
+            let (ok, out, err) = tokio::task::block_in_place(|| cluster.etcdctl(&[0], args));
+            assert!(ok, "etcdctl {args:?}: {out}{err}");
+        }
+        let (ok, out, err) = tokio::task::block_in_place(|| as_alice(&["get", "app/x", "--print-value-only"]));
+        assert!(ok && out == "1\n", "alice reads by certificate: {out}{err}");
+        let (ok, _, err) = tokio::task::block_in_place(|| as_alice(&["put", "app/x", "2"]));
+        assert!(!ok && err.contains("etcdserver: permission denied"), "{err}");
+        // The cluster's own client certificate names "client", who is no user.
+        let (ok, _, err) = tokio::task::block_in_place(|| cluster.etcdctl(&[2], &["get", "app/x"]));
+        assert!(!ok && err.contains("etcdserver: user name is empty"), "{err}");
+        // A token beats the certificate's name.
+        let (ok, out, err) =
+            tokio::task::block_in_place(|| cluster.etcdctl(&[2], &["--user=root:rootpw", "put", "app/x", "3"]));
+        assert!(ok, "{out}{err}");
     })
     .await;
 }

@@ -28,7 +28,7 @@ impl AuthService {
     async fn admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
         self.context
             .auth
-            .check_admin(token(request).as_deref())
+            .check_admin(&credentials(request))
             .await
             .map_err(errors::auth)
     }
@@ -38,6 +38,21 @@ impl AuthService {
         change: impl Fn(&mut crate::proto::shoal::state::AuthStore) -> Result<(), AuthError>,
     ) -> Result<(), Status> {
         self.context.auth.update(change).await.map(|_| ()).map_err(errors::auth)
+    }
+}
+
+/// What a request shows of its caller: its token, and the common name of the client
+/// certificate the TLS handshake verified.
+pub fn credentials<T>(request: &Request<T>) -> crate::auth::Credentials {
+    let common_name = request
+        .extensions()
+        .get::<crate::tls::TlsConnectInfo>()
+        .and_then(|info| info.peer_certificates.as_ref())
+        .and_then(|chain| chain.first())
+        .and_then(|certificate| crate::tls::subject::common_name(certificate));
+    crate::auth::Credentials {
+        token: token(request),
+        common_name,
     }
 }
 

@@ -86,7 +86,7 @@ type ObserveStream = Pin<Box<dyn Stream<Item = Result<LeaderResponse, Status>> +
 #[tonic::async_trait]
 impl Election for ElectionService {
     async fn campaign(&self, request: Request<CampaignRequest>) -> Result<Response<CampaignResponse>, Status> {
-        let token = super::auth::token(&request);
+        let token = super::auth::credentials(&request);
         observe("v3electionpb.Election", "Campaign", async {
             let request = request.into_inner();
             let context = &self.context;
@@ -125,7 +125,7 @@ impl Election for ElectionService {
     }
 
     async fn proclaim(&self, request: Request<ProclaimRequest>) -> Result<Response<ProclaimResponse>, Status> {
-        let token = super::auth::token(&request);
+        let token = super::auth::credentials(&request);
         observe("v3electionpb.Election", "Proclaim", async {
             let request = request.into_inner();
             let leader = request.leader.ok_or_else(missing_leader_key)?;
@@ -141,7 +141,7 @@ impl Election for ElectionService {
     }
 
     async fn leader(&self, request: Request<LeaderRequest>) -> Result<Response<LeaderResponse>, Status> {
-        let token = super::auth::token(&request);
+        let token = super::auth::credentials(&request);
         observe("v3electionpb.Election", "Leader", async {
             let name = request.into_inner().name;
             self.context
@@ -158,7 +158,7 @@ impl Election for ElectionService {
     }
 
     async fn observe(&self, request: Request<LeaderRequest>) -> Result<Response<ObserveStream>, Status> {
-        let token = super::auth::token(&request);
+        let token = super::auth::credentials(&request);
         let name = request.into_inner().name;
         self.context
             .permit(token, &[super::access::prefix(&name, false)])
@@ -223,7 +223,7 @@ impl Election for ElectionService {
     }
 
     async fn resign(&self, request: Request<ResignRequest>) -> Result<Response<ResignResponse>, Status> {
-        let token = super::auth::token(&request);
+        let token = super::auth::credentials(&request);
         observe("v3electionpb.Election", "Resign", async {
             let leader = request.into_inner().leader.ok_or_else(missing_leader_key)?;
             self.context

@@ -176,7 +176,7 @@ fn outcome(applied: CommandResult) -> Result<(command_result::Result, i64), Stat
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
-        let token = super::auth::token(&request);
+        let token = super::auth::credentials(&request);
         let request = request.into_inner();
         observe("etcdserverpb.KV", "Range", async {
             self.context.permit(token, &access::range(&request)).await?;
@@ -187,7 +187,7 @@ impl Kv for KvService {
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let token = super::auth::token(&request);
+        let token = super::auth::credentials(&request);
         let request = request.into_inner();
         observe("etcdserverpb.KV", "Put", async {
             self.context.permit(token, &access::put(&request)).await?;
@@ -201,7 +201,7 @@ impl Kv for KvService {
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
-        let token = super::auth::token(&request);
+        let token = super::auth::credentials(&request);
         let request = request.into_inner();
         observe("etcdserverpb.KV", "DeleteRange", async {
             self.context.permit(token, &access::delete(&request)).await?;
@@ -212,7 +212,7 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        let token = super::auth::token(&request);
+        let token = super::auth::credentials(&request);
         let request = request.into_inner();
         observe("etcdserverpb.KV", "Txn", async {
             self.context.permit(token, &access::txn(&request)).await?;
@@ -223,7 +223,7 @@ impl Kv for KvService {
     }
 
     async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
-        let token = super::auth::token(&request);
+        let token = super::auth::credentials(&request);
         let request = request.into_inner();
         observe("etcdserverpb.KV", "Compact", async {
             self.context.permit_user(token).await?;

@@ -68,7 +68,7 @@ type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, 
 #[tonic::async_trait]
 impl Lease for LeaseService {
     async fn lease_grant(&self, request: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
-        let token = super::auth::token(&request);
+        let token = super::auth::credentials(&request);
         observe("etcdserverpb.Lease", "LeaseGrant", async {
             self.context.permit_user(token).await?;
             let mut request = request.into_inner();
@@ -118,7 +118,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
-        let token = super::auth::token(&request);
+        let token = super::auth::credentials(&request);
         observe("etcdserverpb.Lease", "LeaseRevoke", async {
             self.context.permit_user(token).await?;
             let revision = crate::txn::leases::revoke(&self.context.txns, request.into_inner().id)
@@ -135,7 +135,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<KeepAliveStream>, Status> {
-        self.context.permit_user(super::auth::token(&request)).await?;
+        self.context.permit_user(super::auth::credentials(&request)).await?;
         let mut requests = request.into_inner();
         let (responses, stream) = tokio::sync::mpsc::channel(16);
         let context = self.context.clone();
@@ -174,7 +174,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
-        let token = super::auth::token(&request);
+        let token = super::auth::credentials(&request);
         observe("etcdserverpb.Lease", "LeaseTimeToLive", async {
             self.context.permit_user(token).await?;
             let request = request.into_inner();
@@ -225,7 +225,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
-        let token = super::auth::token(&request);
+        let token = super::auth::credentials(&request);
         observe("etcdserverpb.Lease", "LeaseLeases", async {
             self.context.permit_user(token).await?;
             let router = &self.context.router;

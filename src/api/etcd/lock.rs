@@ -22,7 +22,7 @@ impl LockService {
 #[tonic::async_trait]
 impl Lock for LockService {
     async fn lock(&self, request: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
-        let token = super::auth::token(&request);
+        let token = super::auth::credentials(&request);
         observe("v3lockpb.Lock", "Lock", async {
             let request = request.into_inner();
             let context = &self.context;
@@ -68,7 +68,7 @@ impl Lock for LockService {
     }
 
     async fn unlock(&self, request: Request<UnlockRequest>) -> Result<Response<UnlockResponse>, Status> {
-        let token = super::auth::token(&request);
+        let token = super::auth::credentials(&request);
         observe("v3lockpb.Lock", "Unlock", async {
             // As in etcd: unlocking deletes the key, held or not.
             let key = request.into_inner().key;

@@ -44,7 +44,7 @@ impl Maintenance for MaintenanceService {
     /// disarm` lists them, then disarms each). A NOSPACE disarmed while the member is
     /// still over its quota is raised again by the next write that adds data.
     async fn alarm(&self, request: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        let token = super::auth::token(&request);
+        let token = super::auth::credentials(&request);
         observe("etcdserverpb.Maintenance", "Alarm", async {
             self.context.permit_admin(token).await?;
             let request = request.into_inner();
@@ -99,7 +99,7 @@ impl Maintenance for MaintenanceService {
     /// whole backend file; Shoal's is HashKV's at the newest revision, so healthy
     /// members agree on it when no write is in flight).
     async fn hash(&self, _request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        let token = super::auth::token(&_request);
+        let token = super::auth::credentials(&_request);
         observe("etcdserverpb.Maintenance", "Hash", async {
             self.context.permit_admin(token).await?;
             let hashed = self.context.txns.hash_kv(0).await.map_err(errors::txn)?;
@@ -115,7 +115,7 @@ impl Maintenance for MaintenanceService {
     /// on every healthy member for the same revision and compaction point (what the
     /// corruption check compares).
     async fn hash_kv(&self, request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
-        let token = super::auth::token(&request);
+        let token = super::auth::credentials(&request);
         observe("etcdserverpb.Maintenance", "HashKV", async {
             self.context.permit_admin(token).await?;
             let revision = request.into_inner().revision;
@@ -134,7 +134,7 @@ impl Maintenance for MaintenanceService {
     /// leases), streamed in Shoal's backup format with etcd's SHA-256 trailer, so
     /// `etcdctl snapshot save FILE` writes a file `shoal snapshot restore` takes.
     async fn snapshot(&self, request: Request<SnapshotRequest>) -> Result<Response<SnapshotStream>, Status> {
-        self.context.permit_admin(super::auth::token(&request)).await?;
+        self.context.permit_admin(super::auth::credentials(&request)).await?;
         let (chunks, received) = tokio::sync::mpsc::channel(SNAPSHOT_BUFFER);
         let (failed, failure) = tokio::sync::oneshot::channel::<Status>();
         let context = self.context.clone();
@@ -187,7 +187,7 @@ impl Maintenance for MaintenanceService {
     /// Hands leadership to another member (`etcdctl move-leader`, before maintenance on
     /// the leader's machine) and answers once it has moved.
     async fn move_leader(&self, request: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
-        let token = super::auth::token(&request);
+        let token = super::auth::credentials(&request);
         observe("etcdserverpb.Maintenance", "MoveLeader", async {
             self.context.permit_admin(token).await?;
             let target = request.into_inner().target_id;
@@ -229,7 +229,7 @@ impl Maintenance for MaintenanceService {
     /// compaction already rewrites tables without the versions `Compact` dropped.
     /// Answering keeps the usual `etcdctl compact` + `etcdctl defrag` scripts working.
     async fn defragment(&self, _request: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
-        let token = super::auth::token(&_request);
+        let token = super::auth::credentials(&_request);
         observe("etcdserverpb.Maintenance", "Defragment", async {
             self.context.permit_admin(token).await?;
             Ok(Response::new(DefragmentResponse {

@@ -82,20 +82,20 @@ impl EtcdContext {
     /// Refuses a call whose caller may not do `accesses` (auth on), with etcd's error.
     pub async fn permit(
         &self,
-        token: Option<String>,
+        credentials: crate::auth::Credentials,
         accesses: &[crate::auth::perm::KeyAccess],
     ) -> Result<(), tonic::Status> {
-        self.auth.check(token.as_deref(), accesses).await.map_err(errors::auth)
+        self.auth.check(&credentials, accesses).await.map_err(errors::auth)
     }
 
     /// Refuses a call that comes from no user (auth on).
-    pub async fn permit_user(&self, token: Option<String>) -> Result<(), tonic::Status> {
-        self.auth.check_user(token.as_deref()).await.map_err(errors::auth)
+    pub async fn permit_user(&self, credentials: crate::auth::Credentials) -> Result<(), tonic::Status> {
+        self.auth.check_user(&credentials).await.map_err(errors::auth)
     }
 
     /// Refuses a call whose caller does not hold the root role (auth on).
-    pub async fn permit_admin(&self, token: Option<String>) -> Result<(), tonic::Status> {
-        self.auth.check_admin(token.as_deref()).await.map_err(errors::auth)
+    pub async fn permit_admin(&self, credentials: crate::auth::Credentials) -> Result<(), tonic::Status> {
+        self.auth.check_admin(&credentials).await.map_err(errors::auth)
     }
 
     /// A header for an answer that no one range gave (leases, members, status): the

@@ -35,7 +35,7 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Se
 #[tonic::async_trait]
 impl Watch for WatchService {
     async fn watch(&self, request: Request<Streaming<WatchRequest>>) -> Result<Response<WatchStream>, Status> {
-        let token = super::auth::token(&request);
+        let token = super::auth::credentials(&request);
         let stream = self.context.watch_hub.new_stream_id();
         let (sink, responses) = tokio::sync::mpsc::channel(STREAM_BUFFER);
         self.context.watch_hub.open_stream(stream, sink.clone()).await;
@@ -80,8 +80,8 @@ struct Session {
     sink: Sink,
     active: HashSet<i64>,
     next_watch_id: i64,
-    /// The stream's auth token: each watch needs read on all of its keys.
-    token: Option<String>,
+    /// The stream's credentials: each watch needs read on all of its keys.
+    token: crate::auth::Credentials,
 }
 
 /// The client stopped reading its responses.

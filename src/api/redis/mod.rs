@@ -196,11 +196,16 @@ impl Session {
 }
 
 /// Accepts Redis connections until `stopped` resolves.
+/// How long a client may take to finish its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub async fn serve(
     listener: TcpListener,
     context: Arc<RedisContext>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     stopped: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     tokio::pin!(stopped);
     loop {
         let (stream, address) = tokio::select! {
@@ -227,9 +232,23 @@ pub async fn serve(
             continue;
         }
         let context = context.clone();
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let (reader, writer) = stream.into_split();
-            connection(context, reader, writer, address, local).await;
+            match acceptor {
+                None => {
+                    let (reader, writer) = stream.into_split();
+                    connection(context, reader, writer, address, local).await;
+                }
+                // The handshake runs on the connection's own task, bounded in time.
+                Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        let (reader, writer) = tokio::io::split(stream);
+                        connection(context, reader, writer, address, local).await;
+                    }
+                    Ok(Err(error)) => tracing::info!(%address, %error, "a Redis TLS handshake failed"),
+                    Err(_) => tracing::info!(%address, "a Redis TLS handshake timed out"),
+                },
+            }
         });
     }
 }
@@ -308,8 +327,12 @@ async fn connection(
             // Every whole request already here (a pipeline), up to a bound.
             let mut requests: Vec<Vec<bytes::Bytes>> = Vec::new();
             let mut protocol_error = None;
-            while requests.len() < PIPELINE_MAX {
-                match resp::parse(&mut input, context.limits.max_bulk) {
+            // Until it authenticates (auth on), a connection gets Redis's tighter limits
+            // and one request at a time (its AUTH must run before the next is parsed).
+            let unauthenticated = session.user.is_none() && context.auth.enabled();
+            let limit = if unauthenticated { 1 } else { PIPELINE_MAX };
+            while requests.len() < limit {
+                match resp::parse_limited(&mut input, context.limits.max_bulk, unauthenticated) {
                     Ok(Some(args)) if args.is_empty() => continue,
                     Ok(Some(args)) => requests.push(args),
                     Ok(None) => break,

@@ -28,17 +28,35 @@ pub enum ProtocolError {
     ExpectedBulk(char),
     #[error("Protocol error: unbalanced quotes in request")]
     UnbalancedQuotes,
+    #[error("Protocol error: unauthenticated multibulk length")]
+    UnauthenticatedMultibulkLength,
+    #[error("Protocol error: unauthenticated bulk length")]
+    UnauthenticatedBulkLength,
 }
+
+/// What a connection that has not authenticated (auth on) may send, as Redis limits it:
+/// enough for AUTH and HELLO, not a way to make the server buffer megabytes.
+const UNAUTHENTICATED_ARGS_MAX: i64 = 10;
+const UNAUTHENTICATED_BULK_MAX: i64 = 16 * 1024;
 
 /// Parses one request from the front of `buffer`: `Ok(None)` when it is not complete
 /// yet (nothing is consumed), `Ok(Some(args))` (consumed; an empty line gives no
 /// arguments, which callers skip), or the protocol error.
 pub fn parse(buffer: &mut BytesMut, max_bulk: usize) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+    parse_limited(buffer, max_bulk, false)
+}
+
+/// [`parse`], with the tighter limits of a connection that must authenticate first.
+pub fn parse_limited(
+    buffer: &mut BytesMut,
+    max_bulk: usize,
+    unauthenticated: bool,
+) -> Result<Option<Vec<Bytes>>, ProtocolError> {
     if buffer.is_empty() {
         return Ok(None);
     }
     if buffer[0] == b'*' {
-        parse_multibulk(buffer, max_bulk)
+        parse_multibulk(buffer, max_bulk, unauthenticated)
     } else {
         parse_inline(buffer)
     }
@@ -54,7 +72,11 @@ fn parse_number(digits: &[u8]) -> Option<i64> {
     std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
-fn parse_multibulk(buffer: &mut BytesMut, max_bulk: usize) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+fn parse_multibulk(
+    buffer: &mut BytesMut,
+    max_bulk: usize,
+    unauthenticated: bool,
+) -> Result<Option<Vec<Bytes>>, ProtocolError> {
     let Some((header, mut at)) = line_at(buffer, 0) else {
         if buffer.len() > INLINE_MAX {
             return Err(ProtocolError::MultibulkHeaderTooBig);
@@ -64,6 +86,9 @@ fn parse_multibulk(buffer: &mut BytesMut, max_bulk: usize) -> Result<Option<Vec<
     let count = parse_number(&header[1..]).ok_or(ProtocolError::InvalidMultibulkLength)?;
     if count > ARGS_MAX as i64 {
         return Err(ProtocolError::InvalidMultibulkLength);
+    }
+    if unauthenticated && count > UNAUTHENTICATED_ARGS_MAX {
+        return Err(ProtocolError::UnauthenticatedMultibulkLength);
     }
     if count <= 0 {
         buffer.advance(at);
@@ -87,6 +112,9 @@ fn parse_multibulk(buffer: &mut BytesMut, max_bulk: usize) -> Result<Option<Vec<
         let length = parse_number(&bulk_header[1..]).ok_or(ProtocolError::InvalidBulkLength)?;
         if length < 0 || length as u64 > max_bulk as u64 {
             return Err(ProtocolError::InvalidBulkLength);
+        }
+        if unauthenticated && length > UNAUTHENTICATED_BULK_MAX {
+            return Err(ProtocolError::UnauthenticatedBulkLength);
         }
         let end = data + length as usize;
         if buffer.len() < end + 2 {
@@ -363,6 +391,23 @@ mod tests {
 
     fn strings(args: &[Bytes]) -> Vec<&str> {
         args.iter().map(|arg| std::str::from_utf8(arg).unwrap()).collect()
+    }
+
+    #[test]
+    fn a_connection_that_must_authenticate_gets_redis_tighter_limits() {
+        let limited = |input: &[u8]| parse_limited(&mut BytesMut::from(input), 1 << 20, true);
+        let auth = b"*3\r\n$4\r\nAUTH\r\n$5\r\nalice\r\n$6\r\nsecret\r\n";
+        assert_eq!(
+            strings(&limited(auth).unwrap().unwrap()),
+            vec!["AUTH", "alice", "secret"]
+        );
+        assert_eq!(limited(b"*11\r\n"), Err(ProtocolError::UnauthenticatedMultibulkLength));
+        assert_eq!(
+            limited(b"*1\r\n$20000\r\n"),
+            Err(ProtocolError::UnauthenticatedBulkLength)
+        );
+        let big = parse_limited(&mut BytesMut::from(&b"*1\r\n$20000\r\n"[..]), 1 << 20, false);
+        assert_eq!(big, Ok(None), "authenticated, it waits for the rest");
     }
 
     #[test]
