@@ -1213,6 +1213,12 @@ impl Replica {
         }
         self.machine.flush(&mut pending)?;
         self.note_descriptor();
+        // Before any proposer hears back: a caller that changed an alarm or the auth
+        // store must see its change in the status on its next call.
+        self.status.alarms.store(self.machine.alarm_bits(), Ordering::Release);
+        self.status
+            .auth_version
+            .store(self.machine.auth_version(), Ordering::Release);
         for (index, applied) in answers {
             self.proposals.on_applied(index, applied);
         }

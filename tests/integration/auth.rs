@@ -223,6 +223,43 @@ async fn roles_limit_users_to_their_keys_once_auth_is_on() {
             ]
         );
 
+        // Redis ACLs over the same users: key patterns and command rules.
+        assert_eq!(
+            redis(
+                redis_port,
+                "AUTH root rootpw\nACL SETUSER bob on >bobpw ~cache:* +@read +set\nACL SETUSER bob +nosuchcommand\nACL WHOAMI\n"
+            ),
+            vec![
+                "OK",
+                "OK",
+                "ERR Error in ACL SETUSER modifier '+nosuchcommand': Unknown command or category name in ACL",
+                "root",
+            ]
+        );
+        assert_eq!(
+            redis(
+                cluster.nodes[2].redis_port,
+                "AUTH bob bobpw\nSET cache:1 a\nGET cache:1\nGET other\nDEL cache:1\nKEYS *\nACL WHOAMI\nACL LIST\n"
+            ),
+            vec![
+                "OK",
+                "OK",
+                "a",
+                "NOPERM No permissions to access a key",
+                "NOPERM User bob has no permissions to run the 'del' command",
+                "NOPERM No permissions to access a key",
+                "bob",
+                "NOPERM User bob has no permissions to run the 'acl|list' command",
+            ]
+        );
+        let bob = redis(redis_port, "AUTH root rootpw\nACL GETUSER bob\n");
+        assert!(bob.contains(&"~cache:*".to_string()) && bob.contains(&"+@read +set".to_string()), "{bob:?}");
+        assert!(ok(one, Some("root:rootpw"), &["user", "list"]).contains("bob"), "one set of users");
+        assert_eq!(
+            redis(redis_port, "AUTH root rootpw\nACL DELUSER bob nobody\nAUTH bob bobpw\n"),
+            vec!["OK", "1", "WRONGPASS invalid username-password pair or user is disabled."]
+        );
+
         // Raw gRPC: a token from one member works on every member.
         let token = token(&all[0], "alice", "alicepw").await;
         for url in &all {

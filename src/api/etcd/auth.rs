@@ -160,6 +160,7 @@ impl Auth for AuthService {
                 password_hash,
                 roles: Vec::new(),
                 no_password,
+                redis_acl: None,
             };
             self.update(|store| auth::add_user(store, user.clone())).await?;
             Ok(Response::new(AuthUserAddResponse {

@@ -1,6 +1,7 @@
 //! The command table and dispatch: arity checks and errors with Redis's texts, then
 //! the handler of each group.
 
+mod acl;
 mod cluster;
 mod hashes;
 mod keyspace;
@@ -65,6 +66,7 @@ pub static COMMANDS: &[Spec] = &[
     spec("flushall", -1, W, NONE),
     spec("time", 1, C, NONE),
     spec("config", -2, &["admin", "loading", "stale"], NONE),
+    spec("acl", -2, &["admin", "noscript", "loading", "stale"], NONE),
     spec("cluster", -2, &["loading", "stale"], NONE),
     // Hashes.
     spec("hset", -4, WD, ONE),
@@ -457,10 +459,10 @@ pub async fn run_pipeline(
 }
 
 /// Once etcd's auth is on, the Redis port follows it: a connection must AUTH as one of
-/// the cluster's users (`AUTH password` is the user `default`, as in Redis), and only
-/// users holding the `root` role may run data commands (Redis's ACL rules per key
-/// pattern and command category are not mapped yet); others get `-NOPERM`.
-async fn gate(context: &RedisContext, session: &Session, name: &str) -> Option<Reply> {
+/// the cluster's users (`AUTH password` is the user `default`, as in Redis), and runs
+/// what its ACL (`acl`) allows: everything for the `root` role, for others the commands
+/// and key patterns ACL SETUSER gave them; `-NOPERM` otherwise.
+async fn gate(context: &RedisContext, session: &Session, name: &str, args: &[Bytes]) -> Option<Reply> {
     if !context.auth.enabled() || matches!(name, "auth" | "hello" | "quit") {
         return None;
     }
@@ -475,13 +477,48 @@ async fn gate(context: &RedisContext, session: &Session, name: &str) -> Option<R
     if !store.users.iter().any(|known| &known.name == user) {
         return Some(Reply::error("NOAUTH Authentication required."));
     }
-    let harmless = matches!(name, "ping" | "echo" | "select" | "client" | "command");
-    if harmless || crate::auth::perm::is_admin(&store, user) {
+    // ACL checks its subcommands itself (WHOAMI and CAT are anyone's).
+    let harmless = matches!(name, "ping" | "echo" | "select" | "client" | "command" | "acl");
+    let spec = find(name)?;
+    if harmless || acl::permitted(&store, user, spec, acl_keys(spec, args).as_deref()) {
         return None;
     }
-    Some(Reply::error(format!(
-        "NOPERM User {user} has no permissions to run the '{name}' command"
-    )))
+    // The command itself is allowed: its keys are not.
+    let keys_refused = acl::permitted(&store, user, spec, Some(&[]));
+    Some(Reply::error(if keys_refused {
+        "NOPERM No permissions to access a key".to_string()
+    } else {
+        format!("NOPERM User {user} has no permissions to run the '{name}' command")
+    }))
+}
+
+/// The key arguments a command names, raw, for the ACL's key patterns; `None` for a
+/// command over the whole database, or one whose keys the table cannot place (it
+/// needs a pattern matching every key).
+fn acl_keys(spec: &Spec, args: &[Bytes]) -> Option<Vec<Bytes>> {
+    if matches!(
+        spec.name,
+        "keys" | "scan" | "randomkey" | "dbsize" | "flushdb" | "flushall"
+    ) {
+        return None;
+    }
+    if spec.name == "copy" {
+        return Some(args.iter().skip(1).take(2).cloned().collect());
+    }
+    if spec.first_key <= 0 {
+        return if is_keyed(spec.name) { None } else { Some(Vec::new()) };
+    }
+    let last = if spec.last_key < 0 {
+        args.len() as i64 + spec.last_key
+    } else {
+        spec.last_key.min(args.len() as i64 - 1)
+    };
+    Some(
+        (spec.first_key..=last)
+            .step_by(spec.step.max(1) as usize)
+            .filter_map(|index| args.get(index as usize).cloned())
+            .collect(),
+    )
 }
 
 /// Runs one request.
@@ -496,7 +533,7 @@ pub async fn run(context: &RedisContext, session: &mut Session, args: &[Bytes]) 
         session.abort_multi();
         return wrong_arity(spec.name);
     }
-    if let Some(refusal) = gate(context, session, spec.name).await {
+    if let Some(refusal) = gate(context, session, spec.name, args).await {
         session.abort_multi();
         return refusal;
     }
@@ -599,6 +636,7 @@ pub async fn run(context: &RedisContext, session: &mut Session, args: &[Bytes]) 
         "keys" | "scan" | "randomkey" => keyspace::run_wide(context, session, spec.name, args).await,
         name if pubsub::handles(name) => pubsub::run(context, session, name, args).await,
         "cluster" => cluster::run(context, args).await,
+        "acl" => acl::run(context, session, args).await,
         _ => server::run(context, session, spec.name, args).await,
     };
     outcome.unwrap_or_else(|error| error)

@@ -129,6 +129,23 @@ async fn auth(context: &RedisContext, session: &mut Session, args: &[Bytes]) -> 
             .await
         {
             Ok(_) => {
+                // A user ACL SETUSER turned off may not use the Redis port.
+                let store = context
+                    .auth
+                    .store()
+                    .await
+                    .map_err(|error| Reply::error(format!("ERR shoal: {error}")))?;
+                let off = store
+                    .users
+                    .iter()
+                    .find(|known| known.name == user)
+                    .and_then(|known| known.redis_acl.as_ref())
+                    .is_some_and(|acl| acl.off && !crate::auth::perm::is_admin(&store, &user));
+                if off {
+                    return Err(Reply::error(
+                        "WRONGPASS invalid username-password pair or user is disabled.",
+                    ));
+                }
                 session.user = Some(user);
                 Ok(Reply::ok())
             }
