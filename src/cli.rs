@@ -176,6 +176,12 @@ pub struct ServerFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bcrypt_cost: Option<u32>,
+    /// Free bytes the node keeps on its data volume: below them it refuses client writes
+    /// and hands its leaderships over; below a quarter of them it stops taking log
+    /// entries; 0 turns the guard off [default: 67108864 (64 MiB)]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage_reserve_bytes: Option<u64>,
     /// Key-value bytes a member may hold before writes that add data are refused and
     /// the NOSPACE alarm is raised; 0 means the default [default: 8589934592 (8 GiB)]
     #[arg(long)]

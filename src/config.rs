@@ -93,6 +93,8 @@ pub struct ServerSettings {
     /// Key-value bytes a member may hold before writes that add data are refused and
     /// NOSPACE raised; 0 is the default (8 GiB), as in etcd.
     pub quota_backend_bytes: u64,
+    /// Free bytes kept on the data volume (see `storage::disk`); 0 turns it off.
+    pub storage_reserve_bytes: u64,
     /// "simple": the only token kind served (etcd's `jwt,...` is refused).
     pub auth_token: String,
     pub auth_token_ttl: u64,
@@ -162,6 +164,7 @@ impl Default for ServerSettings {
             range_max_bytes: 64 * 1024 * 1024,
             range_max_keys: 200_000,
             quota_backend_bytes: 0,
+            storage_reserve_bytes: 64 << 20,
             auth_token: "simple".into(),
             auth_token_ttl: 300,
             bcrypt_cost: 10,
@@ -315,6 +318,8 @@ pub struct NodeConfig {
     pub watch_progress_notify_interval: Duration,
     /// Key-value bytes this member may hold before writes that add data are refused.
     pub quota_bytes: u64,
+    /// Free bytes kept on the data volume; 0: no guard.
+    pub storage_reserve_bytes: u64,
     /// How long an auth token lives.
     pub auth_token_ttl: Duration,
     pub bcrypt_cost: u32,
@@ -853,6 +858,7 @@ impl TryFrom<ServerSettings> for NodeConfig {
                 bytes => bytes,
             },
             corrupt_check_interval,
+            storage_reserve_bytes: settings.storage_reserve_bytes,
             auth_token_ttl: Duration::from_secs(settings.auth_token_ttl),
             bcrypt_cost: settings.bcrypt_cost,
             peer_dial_urls,

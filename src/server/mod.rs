@@ -4,6 +4,7 @@
 pub mod compactor;
 mod corruption;
 pub mod dashboard;
+mod disk_guard;
 pub mod http;
 pub mod identity;
 pub mod restore;
@@ -116,6 +117,13 @@ pub async fn run(
     let snapshot_dir = config.data_dir.join("snap");
     std::fs::create_dir_all(&snapshot_dir)?;
     let engine: Arc<dyn Engine> = Arc::new(FjallEngine::open(&config.data_dir.join("db"))?);
+    let disk = Arc::new(crate::storage::disk::DiskSpace::new(
+        &config.data_dir,
+        config.storage_reserve_bytes,
+    ));
+    if let Err(error) = disk.refresh() {
+        tracing::warn!(%error, "cannot measure the data volume's free space");
+    }
     let loaded = identity::load_or_create(engine.as_ref(), &config)?;
     let identity = loaded.identity;
     let me = identity.member_id;
@@ -259,6 +267,7 @@ pub async fn run(
     let store = Store::new(
         StoreParts {
             node_id: me,
+            disk: disk.clone(),
             engine: engine.clone(),
             inbox,
             sender: transport.clone(),
@@ -311,6 +320,7 @@ pub async fn run(
         config.request_timeout() / 2,
         config.fail_at,
         config.quota_bytes,
+        disk.clone(),
     );
     let auth = crate::auth::Auth::new(router.clone(), config.auth_token_ttl, config.bcrypt_cost);
     let context = Arc::new(EtcdContext {
@@ -426,6 +436,7 @@ pub async fn run(
     let splitter = tokio::spawn(crate::placement::splitter::run(router.clone(), me, config.split));
     let balancer = tokio::spawn(crate::placement::balancer::run(router.clone(), me));
     let resolver = tokio::spawn(crate::txn::resolver::run(txns.clone(), me));
+    let disk_guard = tokio::spawn(disk_guard::run(router.clone(), disk.clone(), me));
     let corruption_check = config
         .corrupt_check_interval
         .map(|interval| tokio::spawn(corruption::run(txns.clone(), me, interval, tls.client_dialer.clone())));
@@ -458,6 +469,7 @@ pub async fn run(
         crate::placement::balancer::hand_off_all(&router, me, HAND_OFF_TIMEOUT).await;
     }
     resolver.abort();
+    disk_guard.abort();
     if let Some(task) = &corruption_check {
         task.abort();
     }

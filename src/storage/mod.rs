@@ -5,6 +5,7 @@
 //! (point get, ordered scan, atomic batch, point-in-time snapshot), so the engine can be
 //! replaced without touching the layers above.
 
+pub mod disk;
 mod fjall_engine;
 pub mod keys;
 pub mod mvcc;

@@ -15,6 +15,7 @@ use crate::range::replica::{
 };
 use crate::range::snapshot::SnapshotRegistry;
 use crate::range::{Frontier, RangeError, META_RANGE_ID};
+use crate::storage::disk::Room;
 use crate::storage::{Durability, Engine, StorageError, WriteBatch};
 use raft::eraftpb::Message;
 use std::collections::BTreeMap;
@@ -193,6 +194,9 @@ impl StoreHandle {
 /// What the store loop is built from, besides its replicas.
 pub struct StoreParts {
     pub node_id: u64,
+    /// Room on the data volume: a node low on it takes no proposals, no leadership and,
+    /// when critical, no log entries (see `storage::disk`).
+    pub disk: Arc<crate::storage::disk::DiskSpace>,
     pub engine: Arc<dyn Engine>,
     pub inbox: flume::Receiver<StoreInput>,
     pub sender: Arc<dyn RaftSender>,
@@ -215,6 +219,7 @@ pub struct Store {
     replica_config: ReplicaConfig,
     snapshots: Arc<SnapshotRegistry>,
     registry: Arc<RangeRegistry>,
+    disk: Arc<crate::storage::disk::DiskSpace>,
     /// Ticks counted by the loop, and when each data range was last asked to close.
     ticks: u64,
     closed_at: BTreeMap<u64, u64>,
@@ -226,6 +231,23 @@ fn view_of(replica: &Replica) -> RangeView {
         compacted: replica.compacted_changes(),
         leader_changes: replica.leader_changes(),
         revision_changes: replica.revision_changes(),
+    }
+}
+
+/// Whether a node with `room` on its disk leaves a peer's message of `kind` unread: a
+/// low node appends no one's proposals and takes no leadership (its appends would eat
+/// the reserve); a critical one also takes no log entries, so the others make the
+/// quorum and its disk never fills. Heartbeats are always answered, so it never calls an
+/// election for lack of them.
+fn refused_for_room(room: Room, kind: raft::prelude::MessageType) -> bool {
+    use raft::prelude::MessageType;
+    match room {
+        Room::Enough => false,
+        Room::Low => matches!(kind, MessageType::MsgPropose | MessageType::MsgTimeoutNow),
+        Room::Critical => matches!(
+            kind,
+            MessageType::MsgPropose | MessageType::MsgTimeoutNow | MessageType::MsgAppend | MessageType::MsgSnapshot
+        ),
     }
 }
 
@@ -253,6 +275,7 @@ impl Store {
             replica_config: parts.replica_config,
             snapshots: parts.snapshots,
             registry: parts.registry,
+            disk: parts.disk,
             ticks: 0,
             closed_at: BTreeMap::new(),
         };
@@ -518,9 +541,17 @@ impl Store {
                 let _ = responder.send(answer);
             }
             StoreInput::Raft { range_id, message } => {
+                if refused_for_room(self.disk.room(), message.get_msg_type()) {
+                    metrics::counter!("shoal_raft_messages_refused_for_disk_total").increment(1);
+                    return;
+                }
                 if let Some(replica) = replica_of(&mut self.replicas, range_id) {
                     replica.step(message);
                 }
+            }
+            StoreInput::InstallSnapshot { staged, .. } if self.disk.room() == Room::Critical => {
+                metrics::counter!("shoal_raft_messages_refused_for_disk_total").increment(1);
+                let _ = std::fs::remove_file(staged);
             }
             StoreInput::InstallSnapshot {
                 range_id,

@@ -65,6 +65,11 @@ impl Transactions {
             .sum()
     }
 
+    /// Room on this member's data volume.
+    pub fn disk(&self) -> &crate::storage::disk::DiskSpace {
+        &self.disk
+    }
+
     pub fn quota_bytes(&self) -> u64 {
         self.quota_bytes
     }
@@ -79,6 +84,11 @@ impl Transactions {
         let Some(adds) = adds else {
             return Ok(());
         };
+        // Deletes still run on a low disk (the reserve is there for them); what adds
+        // data goes to a member with room.
+        if self.disk.is_low() {
+            return Err(TxnError::DiskFull);
+        }
         if alarms & bit(AlarmKind::Nospace) != 0 {
             return Err(TxnError::NoSpace);
         }

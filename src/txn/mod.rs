@@ -57,6 +57,10 @@ pub enum TxnError {
     /// A write while the CORRUPT alarm is raised.
     #[error("the cluster is corrupt (CORRUPT alarm)")]
     Corrupt,
+    /// A client write on a member whose disk is below its reserve: another member
+    /// takes it.
+    #[error("no space left on this member's disk (below --storage-reserve-bytes); another member takes writes")]
+    DiskFull,
 }
 
 /// Where a fault test makes the coordinating process exit, as a crash would.
@@ -79,6 +83,8 @@ pub struct Transactions {
     /// `--quota-backend-bytes`: this member's key-value data above which writes that
     /// add data are refused and NOSPACE raised.
     quota_bytes: u64,
+    /// Room on this member's data volume.
+    disk: Arc<crate::storage::disk::DiskSpace>,
 }
 
 /// One range's part of a transaction.
@@ -96,6 +102,7 @@ impl Transactions {
         lock_ttl: Duration,
         fail_at: Option<FailPoint>,
         quota_bytes: u64,
+        disk: Arc<crate::storage::disk::DiskSpace>,
     ) -> Arc<Self> {
         Arc::new(Self {
             router,
@@ -106,6 +113,7 @@ impl Transactions {
             lock_ttl,
             first_seen: Mutex::new(HashMap::new()),
             quota_bytes,
+            disk,
         })
     }
 

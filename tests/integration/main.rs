@@ -21,5 +21,6 @@ mod kv;
 mod operations;
 mod ranges;
 mod redis;
+mod storage_faults;
 mod tls;
 mod transactions;

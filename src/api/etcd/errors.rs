@@ -117,6 +117,10 @@ pub fn txn(error: crate::txn::TxnError) -> Status {
         // etcd's ErrGRPCNoSpace and ErrGRPCCorrupt.
         crate::txn::TxnError::NoSpace => Status::resource_exhausted("etcdserver: mvcc: database space exceeded"),
         crate::txn::TxnError::Corrupt => Status::data_loss("etcdserver: corrupt cluster"),
+        // Unavailable: etcd's clients then try another member, which has room.
+        crate::txn::TxnError::DiskFull => Status::unavailable(
+            "etcdserver: no space left on this member's disk (below --storage-reserve-bytes); another member takes writes",
+        ),
     }
 }
 

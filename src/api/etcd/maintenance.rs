@@ -258,6 +258,14 @@ impl Maintenance for MaintenanceService {
                     errors.push(format!("shoal: range {} has no leader", range.descriptor.id));
                 }
             }
+            let disk = self.context.txns.disk();
+            if disk.is_low() {
+                errors.push(format!(
+                    "shoal: the data volume is below --storage-reserve-bytes ({} bytes free of a {} byte reserve): this member refuses writes",
+                    disk.free_bytes(),
+                    disk.reserve()
+                ));
+            }
             // As etcd lists raised alarms among a member's status errors.
             if let Ok(alarms) = self.context.txns.local_alarms().await {
                 for alarm in alarms {

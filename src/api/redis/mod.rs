@@ -184,6 +184,8 @@ pub struct Session {
     pub patterns: std::collections::BTreeSet<bytes::Bytes>,
     /// The user AUTH or HELLO AUTH authenticated (see `commands::gate`).
     pub user: Option<String>,
+    /// Failed AUTHs on this connection: each makes the next answer wait longer.
+    pub auth_failures: u32,
 }
 
 impl Session {
@@ -296,6 +298,7 @@ async fn connection(
         channels: Default::default(),
         patterns: Default::default(),
         user: None,
+        auth_failures: 0,
     };
     let mut input = BytesMut::with_capacity(16 * 1024);
     let mut output = Vec::with_capacity(16 * 1024);

@@ -248,6 +248,10 @@ pub fn store_error(error: DataError) -> Reply {
             "OOM command not allowed: the space quota is exceeded (NOSPACE alarm); delete keys, then disarm it"
                 .to_string()
         }
+        DataError::Store(TxnError::DiskFull) => {
+            "MISCONF shoal: no space left on this node's disk (below --storage-reserve-bytes); write through another node"
+                .to_string()
+        }
         DataError::Store(TxnError::Corrupt) => {
             "ERR shoal: the cluster is corrupt (CORRUPT alarm); writes are refused".to_string()
         }

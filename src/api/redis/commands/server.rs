@@ -149,9 +149,18 @@ async fn auth(context: &RedisContext, session: &mut Session, args: &[Bytes]) -> 
                 session.user = Some(user);
                 Ok(Reply::ok())
             }
-            Err(crate::auth::AuthError::AuthFailed) => Err(Reply::error(
-                "WRONGPASS invalid username-password pair or user is disabled.",
-            )),
+            Err(crate::auth::AuthError::AuthFailed) => {
+                // Brute force over one connection crawls: 100 ms doubling per failure,
+                // up to 5 s (the user's own delay applies on top, across connections).
+                let delay = std::time::Duration::from_millis(100)
+                    .saturating_mul(1 << session.auth_failures.min(6))
+                    .min(std::time::Duration::from_secs(5));
+                session.auth_failures = session.auth_failures.saturating_add(1);
+                tokio::time::sleep(delay).await;
+                Err(Reply::error(
+                    "WRONGPASS invalid username-password pair or user is disabled.",
+                ))
+            }
             Err(error) => Err(Reply::error(format!("ERR shoal: {error}"))),
         };
     }

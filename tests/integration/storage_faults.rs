@@ -1,0 +1,228 @@
+//! Storage faults: a member whose disk fills stops taking writes and log entries
+//! before the disk is full, the cluster goes on through the others, and the member
+//! comes back by itself when its volume grows, with every acknowledged write.
+//!
+//! The full member's data lives on a tmpfs the test mounts (and grows with `mount -o
+//! remount,size=...`): the test needs root, as CI runs it, and fails otherwise.
+
+use crate::support::{bounded, bytes, Cluster};
+use shoal::proto::etcdserverpb::{PutRequest, RangeRequest, StatusRequest};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A tmpfs mounted over a folder for the life of the test.
+struct Tmpfs {
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(path: &Path, size_mib: u64) -> Tmpfs {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "this test mounts a tmpfs as a small disk: run it as root (CI does)"
+        );
+        run(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size_mib}m"),
+                "tmpfs",
+                path.to_str().unwrap(),
+            ],
+        );
+        Tmpfs {
+            path: path.to_path_buf(),
+        }
+    }
+
+    fn resize(&self, size_mib: u64) {
+        run(
+            "mount",
+            &["-o", &format!("remount,size={size_mib}m"), self.path.to_str().unwrap()],
+        );
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazily: a process of a failed test may still hold files there.
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+fn run(program: &str, args: &[&str]) {
+    let status = Command::new(program).args(args).status().expect(program);
+    assert!(status.success(), "{program} {args:?}: {status}");
+}
+
+async fn status_errors(cluster: &Cluster, node: usize) -> Vec<String> {
+    cluster
+        .maintenance(node)
+        .await
+        .status(StatusRequest {})
+        .await
+        .map(|status| status.into_inner().errors)
+        .unwrap_or_default()
+}
+
+async fn put(cluster: &Cluster, node: usize, key: &str, value: &[u8]) -> Result<(), tonic::Status> {
+    cluster
+        .kv(node)
+        .await
+        .put(PutRequest {
+            key: bytes(key),
+            value: value.to_vec().into(),
+            ..Default::default()
+        })
+        .await
+        .map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_with_a_full_disk_stops_taking_writes_and_comes_back_by_itself() {
+    bounded(async {
+        // 24 MiB reserve: the full member refuses writes with room left for the rest.
+        let mut cluster = Cluster::start_with(3, &["--storage-reserve-bytes=25165824"]).await;
+        let victim = 2;
+        // Move the victim's data onto a small tmpfs.
+        cluster.stop(victim);
+        let data_dir = cluster.nodes[victim].data_dir.clone();
+        let aside = data_dir.with_extension("aside");
+        std::fs::rename(&data_dir, &aside).unwrap();
+        std::fs::create_dir_all(&data_dir).unwrap();
+        let tmpfs = Tmpfs::mount(&data_dir, 80);
+        run(
+            "cp",
+            &["-a", &format!("{}/.", aside.display()), data_dir.to_str().unwrap()],
+        );
+        cluster.restart(victim);
+        cluster.wait_ready(Duration::from_secs(30)).await;
+
+        // Fill through the other members until the victim says it is low.
+        let value = vec![b'v'; 4096];
+        let mut acknowledged = 0usize;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let mut writers = tokio::task::JoinSet::new();
+            for writer in 0..8 {
+                let channel = cluster.kv(writer % 2).await;
+                let value = value.clone();
+                let first = acknowledged + writer * 50;
+                writers.spawn(async move {
+                    let mut kv = channel;
+                    let mut done = Vec::new();
+                    for index in first..first + 50 {
+                        let key = format!("fill/{index:06}");
+                        // A leadership handover can refuse a write once: it is retried.
+                        for _ in 0..5 {
+                            let result = kv
+                                .put(PutRequest {
+                                    key: bytes(&key),
+                                    value: value.clone().into(),
+                                    ..Default::default()
+                                })
+                                .await;
+                            if result.is_ok() {
+                                done.push(index);
+                                break;
+                            }
+                        }
+                    }
+                    done
+                });
+            }
+            let mut round = 0;
+            while let Some(done) = writers.join_next().await {
+                let done = done.unwrap();
+                assert_eq!(done.len(), 50, "writes through members with room failed");
+                round += done.len();
+            }
+            acknowledged += round;
+            let errors = status_errors(&cluster, victim).await;
+            if errors
+                .iter()
+                .any(|error| error.contains("below --storage-reserve-bytes"))
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the victim never ran low ({acknowledged} writes)"
+            );
+        }
+
+        // The full member refuses writes itself (Unavailable: clients go elsewhere), the
+        // others keep taking them, and the full member still serves reads.
+        let refused = put(&cluster, victim, "on/the/full/member", b"x")
+            .await
+            .expect_err("a write on the full member");
+        assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused}");
+        assert!(
+            refused.message().contains("no space left on this member's disk"),
+            "{refused}"
+        );
+        for index in 0..20 {
+            put(&cluster, index % 2, &format!("after/{index}"), b"more")
+                .await
+                .unwrap();
+        }
+        let early = cluster
+            .kv(victim)
+            .await
+            .range(RangeRequest {
+                key: bytes("fill/000000"),
+                serializable: true,
+                ..Default::default()
+            })
+            .await
+            .expect("a read on the full member")
+            .into_inner();
+        assert_eq!(early.kvs.len(), 1);
+
+        // Room comes back: the member takes writes again by itself and catches up.
+        tmpfs.resize(512);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while put(&cluster, victim, "on/the/member/again", b"x").await.is_err() {
+            assert!(Instant::now() < deadline, "the member did not take writes again");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(
+            !status_errors(&cluster, victim)
+                .await
+                .iter()
+                .any(|error| error.contains("storage-reserve")),
+            "the member still reports a full disk"
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let count = cluster
+                .kv(victim)
+                .await
+                .range(RangeRequest {
+                    key: bytes("fill/"),
+                    range_end: bytes("fill0"),
+                    count_only: true,
+                    serializable: true,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .count;
+            if count as usize == acknowledged {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the member holds {count} of {acknowledged} acknowledged writes"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        drop(cluster);
+        drop(tmpfs);
+    })
+    .await;
+}
