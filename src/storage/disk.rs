@@ -86,12 +86,13 @@ fn judge(before: Room, free: u64, reserve: u64) -> Room {
     let recovered = reserve + reserve / 2;
     match before {
         _ if free < critical => Room::Critical,
+        // Out of each state only well above its line: one large compaction must not
+        // flap it.
+        Room::Critical if free < reserve / 2 => Room::Critical,
         _ if free < reserve => Room::Low,
         Room::Enough => Room::Enough,
-        // Out of it only well above the line: one large compaction must not flap it.
         _ if free >= recovered => Room::Enough,
-        Room::Critical if free >= reserve / 2 => Room::Low,
-        stay => stay,
+        _ => Room::Low,
     }
 }
 

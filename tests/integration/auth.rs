@@ -1,11 +1,13 @@
 //! etcd's authentication and role-based access through the unchanged etcdctl and raw
 //! gRPC: users, roles, permissions over prefixes, etcd's errors, tokens checked by every
-//! member and made stale by a change of the auth store, state kept across restarts.
+//! member and made stale by a change of the auth store, state kept across restarts; and
+//! the crate's Rust client calling as a user.
 
 use crate::support::{bounded, bytes, channel, redis_cli, run_etcdctl, Cluster};
+use shoal::client::{prefix_range_end, Client, ClientError};
 use shoal::proto::etcdserverpb::{
-    auth_client::AuthClient, kv_client::KvClient, watch_client::WatchClient, watch_request, AuthenticateRequest,
-    PutRequest, RangeRequest, WatchCreateRequest, WatchRequest,
+    auth_client::AuthClient, kv_client::KvClient, lease_client::LeaseClient, watch_client::WatchClient, watch_request,
+    AuthenticateRequest, LeaseTimeToLiveRequest, PutRequest, RangeRequest, WatchCreateRequest, WatchRequest,
 };
 use std::time::Duration;
 use tonic::metadata::MetadataValue;
@@ -348,6 +350,165 @@ async fn roles_limit_users_to_their_keys_once_auth_is_on() {
         let disabled = ok(one, Some("root:rootpw"), &["auth", "disable"]);
         assert!(disabled.contains("Authentication Disabled"), "{disabled}");
         assert_eq!(ok(other, None, &["get", "secret/key", "--print-value-only"]), "s1\n");
+    })
+    .await;
+}
+
+/// The gRPC status of a client call expected to fail.
+fn status_of<T: std::fmt::Debug>(result: Result<T, ClientError>) -> tonic::Status {
+    match result {
+        Err(ClientError::Status(status)) => status,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+fn value(kv: Option<shoal::proto::mvccpb::KeyValue>) -> Option<String> {
+    kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rust_client_calls_as_a_user_and_renews_its_stale_token() {
+    bounded(async {
+        let mut cluster = Cluster::start(3).await;
+        let all: Vec<String> = cluster.endpoints();
+        // etcdctl as root through one member: the change is applied there when it returns.
+        let admin = |member: usize, args: &[&str]| {
+            tokio::task::block_in_place(|| ok(&all[member..=member], Some("root:rootpw"), args));
+        };
+        // Set up through the member the clients call first, so it has auth on at once.
+        let setup = |args: &[&str]| {
+            tokio::task::block_in_place(|| ok(&all[0..1], None, args));
+        };
+        setup(&["user", "add", "root:rootpw"]);
+        setup(&["user", "grant-role", "root", "root"]);
+        setup(&["role", "add", "app-rw"]);
+        setup(&[
+            "role",
+            "grant-permission",
+            "app-rw",
+            "readwrite",
+            "app/",
+            "--prefix=true",
+        ]);
+        setup(&["user", "add", "bob:bobpw"]);
+        setup(&["user", "grant-role", "bob", "app-rw"]);
+        setup(&["put", "secret/key", "s1"]);
+        setup(&["auth", "enable"]);
+
+        // A wrong password is refused when connecting; no credentials get nothing.
+        let wrong = Client::connect_with_credentials(&all, "bob", "wrong").await.map(|_| ());
+        let status = status_of(wrong);
+        assert_eq!(
+            (status.code(), status.message()),
+            (
+                tonic::Code::InvalidArgument,
+                "etcdserver: authentication failed, invalid user ID or password"
+            )
+        );
+        let anonymous = Client::connect(&all).await.unwrap();
+        assert_eq!(
+            status_of(anonymous.get("app/a").await).message(),
+            "etcdserver: user name is empty"
+        );
+
+        // Inside its permission the client works; outside it is refused, writes and
+        // reads and watches alike.
+        let client = Client::connect_with_credentials(&all, "bob", "bobpw").await.unwrap();
+        client.put("app/a", "1", 0).await.unwrap();
+        assert_eq!(value(client.get("app/a").await.unwrap()), Some("1".into()));
+        let denied = status_of(client.put("other/x", "1", 0).await);
+        assert_eq!(
+            (denied.code(), denied.message()),
+            (tonic::Code::PermissionDenied, "etcdserver: permission denied")
+        );
+        let denied = status_of(client.get("secret/key").await);
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+        let denied = status_of(
+            client
+                .watch("secret/", prefix_range_end(b"secret/"), 0, false)
+                .await
+                .map(|_| ()),
+        );
+        assert_eq!(
+            (denied.code(), denied.message()),
+            (tonic::Code::PermissionDenied, "etcdserver: permission denied")
+        );
+        let mut watch = client.watch("app/", prefix_range_end(b"app/"), 0, false).await.unwrap();
+
+        // root revokes bob's role and grants it again (through the member the client
+        // uses): the auth store moved on, bob's token is stale (checked with one taken
+        // before), and the client authenticates again by itself on its next call.
+        let before = token(&all[0], "bob", "bobpw").await;
+        admin(0, &["user", "revoke-role", "bob", "app-rw"]);
+        admin(0, &["user", "grant-role", "bob", "app-rw"]);
+        let stale = get(&all[0], &before, "app/a")
+            .await
+            .expect_err("a token from before the change");
+        assert_eq!(stale.message(), "etcdserver: revision of auth store is old");
+        client.put("app/b", "2", 0).await.unwrap();
+        assert_eq!(value(client.get("app/b").await.unwrap()), Some("2".into()));
+        // A lease kept alive by a client of its own (no other call renews its token).
+        let keeper = Client::connect_with_credentials(&all, "bob", "bobpw").await.unwrap();
+        let lease = keeper.grant(10).await.unwrap();
+        let keep_alive = keeper.keep_alive(lease);
+        client.put("app/leased", "x", lease).await.unwrap();
+
+        // Once more, and then the member the client (and its watch) used goes away: the
+        // calls and the watch move to another member, which refuses the stale token too,
+        // and go on.
+        let before = token(&all[1], "bob", "bobpw").await;
+        admin(1, &["user", "revoke-role", "bob", "app-rw"]);
+        admin(1, &["user", "grant-role", "bob", "app-rw"]);
+        let stale = get(&all[1], &before, "app/b")
+            .await
+            .expect_err("a token from before the change");
+        assert_eq!(stale.message(), "etcdserver: revision of auth store is old");
+        cluster.stop(0);
+        cluster.wait_ready(Duration::from_secs(30)).await;
+        assert_eq!(value(client.get("app/b").await.unwrap()), Some("2".into()));
+        client.put("app/c", "3", 0).await.unwrap();
+        client.delete("app/a").await.unwrap();
+        let denied = status_of(client.put("other/y", "1", 0).await);
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+
+        // The lease's keep-alive stream came back too: its remaining TTL goes up again.
+        let mut leases = LeaseClient::new(channel(&all[1]).await);
+        let fresh = token(&all[1], "bob", "bobpw").await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let mut lowest = i64::MAX;
+        loop {
+            let ttl = leases
+                .lease_time_to_live(with_token(LeaseTimeToLiveRequest { id: lease, keys: false }, &fresh))
+                .await
+                .expect("the lease's time to live")
+                .into_inner()
+                .ttl;
+            assert!(ttl > 0, "the lease expired");
+            if ttl > lowest {
+                break;
+            }
+            lowest = lowest.min(ttl);
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the lease was not renewed since {}",
+                all[0]
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(keep_alive.is_alive());
+
+        // The watch made before any of it resumed on another member with a new token and
+        // lost nothing.
+        let mut seen = Vec::new();
+        while seen.len() < 4 {
+            let event = tokio::time::timeout(Duration::from_secs(30), watch.next())
+                .await
+                .expect("the watch delivers within 30 s")
+                .expect("a watch event");
+            let kv = event.kv.expect("an event's key");
+            seen.push(String::from_utf8_lossy(&kv.key).into_owned());
+        }
+        assert_eq!(seen, ["app/b", "app/leased", "app/c", "app/a"]);
     })
     .await;
 }

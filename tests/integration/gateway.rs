@@ -591,3 +591,260 @@ async fn the_gateway_serves_https_on_a_tls_client_port_beside_grpc() {
     })
     .await;
 }
+
+/// `curl -X POST -H "Authorization: token" -d body url`, as etcd's gateway users send a
+/// token from `/v3/auth/authenticate`.
+async fn post_as(token: &str, url: &str, body: &str) -> Reply {
+    let header = format!("Authorization: {token}");
+    curl_with(&["-X", "POST", "-H", &header, "-d", body, url]).await
+}
+
+/// A 200 reply's JSON, for a call carrying `token`.
+async fn ok_as(token: &str, url: &str, body: &str) -> Value {
+    let reply = post_as(token, url, body).await;
+    assert_eq!(reply.status, 200, "{url} {body}: {reply:?}");
+    reply.json
+}
+
+/// The token `/v3/auth/authenticate` gives `name`.
+async fn authenticate(url: &str, name: &str, password: &str) -> String {
+    let reply = ok(
+        &format!("{url}/v3/auth/authenticate"),
+        &serde_json::json!({ "name": name, "password": password }).to_string(),
+    )
+    .await;
+    let token = reply["token"].as_str().unwrap_or_else(|| panic!("no token in {reply}"));
+    assert!(!token.is_empty());
+    token.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn users_roles_and_tokens_through_the_gateways_auth_endpoints() {
+    bounded(async {
+        let cluster = Cluster::start(3).await;
+        let urls = cluster.endpoints();
+        let (a, b) = (&urls[0], &urls[1]);
+        let auth = |url: &str, path: &str| format!("{url}/v3/auth/{path}");
+        let range = |url: &str| format!("{url}/v3/kv/range");
+        let key = |text: &str| serde_json::json!({ "key": base64(text) }).to_string();
+        let (app, secret) = (key("app/config"), key("secret/key"));
+        ok(
+            &format!("{a}/v3/kv/put"),
+            &format!(r#"{{"key":"{}","value":"{}"}}"#, base64("app/config"), base64("v1")),
+        )
+        .await;
+        ok(
+            &format!("{a}/v3/kv/put"),
+            &format!(r#"{{"key":"{}","value":"{}"}}"#, base64("secret/key"), base64("s1")),
+        )
+        .await;
+
+        // Users and roles through curl while auth is off (no token needed yet): root, and
+        // alice holding a role that may read and write app/ only.
+        let added = ok(&auth(a, "user/add"), r#"{"name":"root","password":"rootpw"}"#).await;
+        assert!(added["header"]["revision"].is_string(), "{added}");
+        ok(&auth(a, "user/grant"), r#"{"user":"root","role":"root"}"#).await;
+        ok(&auth(a, "role/add"), r#"{"name":"app"}"#).await;
+        let perm = serde_json::json!({
+            "name": "app",
+            "perm": { "permType": "READWRITE", "key": base64("app/"), "range_end": base64("app0") },
+        });
+        ok(&auth(a, "role/grant"), &perm.to_string()).await;
+        ok(&auth(a, "user/add"), r#"{"name":"alice","password":"alicepw"}"#).await;
+        ok(&auth(a, "user/grant"), r#"{"user":"alice","role":"app"}"#).await;
+        assert_error(
+            &post(&auth(a, "user/add"), r#"{"name":"alice","password":"again"}"#).await,
+            400,
+            9,
+            "etcdserver: user name already exists",
+        );
+        assert_error(
+            &post(&auth(a, "user/grant"), r#"{"user":"alice","role":"nope"}"#).await,
+            400,
+            9,
+            "etcdserver: role name not found",
+        );
+        let role = ok(&auth(a, "role/get"), r#"{"role":"app"}"#).await;
+        assert_eq!(
+            role["perm"],
+            serde_json::json!([{ "permType": "READWRITE", "key": base64("app/"), "range_end": base64("app0") }]),
+            "{role}"
+        );
+        assert_eq!(
+            ok(&auth(a, "user/get"), r#"{"name":"alice"}"#).await["roles"],
+            serde_json::json!(["app"])
+        );
+        assert_eq!(
+            ok(&auth(a, "user/list"), "").await["users"],
+            serde_json::json!(["alice", "root"])
+        );
+        assert_eq!(
+            ok(&auth(a, "role/list"), "{}").await["roles"],
+            serde_json::json!(["app"])
+        );
+        let status = ok(&auth(a, "status"), "").await;
+        assert!(status.get("enabled").is_none(), "off is left out: {status}");
+        let revision_before: u64 = int64_u(&status["authRevision"]);
+        assert_error(
+            &post(&auth(a, "authenticate"), r#"{"name":"alice","password":"alicepw"}"#).await,
+            400,
+            9,
+            "etcdserver: authentication is not enabled",
+        );
+
+        // Auth on, through curl; every member follows (the status of another member is
+        // polled until it applied the change).
+        ok(&auth(a, "enable"), "").await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            let status = ok(&format!("{b}/v3alpha/auth/status"), "{}").await;
+            if status["enabled"] == true {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "{b} never saw auth enabled: {status}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(int64_u(&status["authRevision"]) > revision_before, "{status}");
+
+        // A token from one member, used on another in the Authorization header.
+        let token = authenticate(a, "alice", "alicepw").await;
+        let read = ok_as(&token, &range(b), &app).await;
+        assert_eq!(read["kvs"][0]["value"], base64("v1"), "{read}");
+        let put = post_as(
+            &token,
+            &format!("{b}/v3/kv/put"),
+            &format!(r#"{{"key":"{}","value":"{}"}}"#, base64("app/config"), base64("v2")),
+        )
+        .await;
+        assert_eq!(put.status, 200, "{put:?}");
+        // Outside the role's prefix, etcd's refusal with grpc-gateway's 403.
+        let denied = post_as(&token, &range(b), &secret).await;
+        assert_eq!(
+            denied.body,
+            r#"{"error":"etcdserver: permission denied","code":7,"message":"etcdserver: permission denied"}"#
+        );
+        assert_error(&denied, 403, 7, "etcdserver: permission denied");
+        let wide = serde_json::json!({ "key": base64("app"), "range_end": base64("app0") }).to_string();
+        assert_error(
+            &post_as(&token, &range(a), &wide).await,
+            403,
+            7,
+            "etcdserver: permission denied",
+        );
+        // No token, a forged one, a wrong password.
+        assert_error(&post(&range(b), &app).await, 400, 3, "etcdserver: user name is empty");
+        let forged = format!("{}x", &token[..token.len() - 1]);
+        assert_error(
+            &post_as(&forged, &range(b), &app).await,
+            401,
+            16,
+            "etcdserver: invalid auth token",
+        );
+        assert_error(
+            &post(&auth(b, "authenticate"), r#"{"name":"alice","password":"wrong"}"#).await,
+            400,
+            3,
+            "etcdserver: authentication failed, invalid user ID or password",
+        );
+        // Managing users and roles now takes root's token.
+        assert_error(
+            &post(&auth(b, "user/list"), "{}").await,
+            400,
+            3,
+            "etcdserver: user name is empty",
+        );
+        assert_error(
+            &post_as(&token, &auth(b, "user/list"), "{}").await,
+            403,
+            7,
+            "etcdserver: permission denied",
+        );
+        let admin = ok(
+            &format!("{b}/v3beta/auth/authenticate"),
+            r#"{"name":"root","password":"rootpw"}"#,
+        )
+        .await["token"]
+            .as_str()
+            .expect("a token")
+            .to_string();
+        assert_eq!(
+            ok_as(&admin, &auth(b, "user/list"), "{}").await["users"],
+            serde_json::json!(["alice", "root"])
+        );
+        assert_eq!(
+            ok_as(&format!("Bearer {admin}"), &range(b), &secret).await["kvs"][0]["value"],
+            base64("s1")
+        );
+
+        // Each change of users or roles makes every earlier token stale (root's too: it
+        // authenticates again for each change, as etcdctl does).
+        let root = || authenticate(a, "root", "rootpw");
+        ok_as(
+            &root().await,
+            &auth(a, "user/changepw"),
+            r#"{"name":"alice","password":"newpw"}"#,
+        )
+        .await;
+        assert_error(
+            &post_as(&token, &range(a), &app).await,
+            400,
+            3,
+            "etcdserver: revision of auth store is old",
+        );
+        let token = authenticate(a, "alice", "newpw").await;
+        assert_eq!(ok_as(&token, &range(a), &app).await["kvs"][0]["value"], base64("v2"));
+        // Without the permission, the role no longer reads app/.
+        let revoke = serde_json::json!({ "role": "app", "key": base64("app/"), "range_end": base64("app0") });
+        ok_as(&root().await, &auth(a, "role/revoke"), &revoke.to_string()).await;
+        assert_eq!(
+            ok_as(&root().await, &auth(a, "role/get"), r#"{"role":"app"}"#)
+                .await
+                .get("perm"),
+            None
+        );
+        let token = authenticate(a, "alice", "newpw").await;
+        assert_error(
+            &post_as(&token, &range(a), &app).await,
+            403,
+            7,
+            "etcdserver: permission denied",
+        );
+        ok_as(
+            &root().await,
+            &auth(a, "user/revoke"),
+            r#"{"name":"alice","role":"app"}"#,
+        )
+        .await;
+        assert_eq!(
+            ok_as(&root().await, &auth(a, "user/get"), r#"{"name":"alice"}"#)
+                .await
+                .get("roles"),
+            None
+        );
+        ok_as(&root().await, &auth(a, "role/delete"), r#"{"role":"app"}"#).await;
+        ok_as(&root().await, &auth(a, "user/delete"), r#"{"name":"alice"}"#).await;
+        let root = root().await;
+        assert_eq!(
+            ok_as(&root, &auth(a, "user/list"), "").await["users"],
+            serde_json::json!(["root"])
+        );
+        assert_eq!(ok_as(&root, &auth(a, "role/list"), "").await.get("roles"), None);
+        assert_error(
+            &post_as(&root, &auth(a, "user/delete"), r#"{"name":"root"}"#).await,
+            400,
+            3,
+            "etcdserver: invalid auth management",
+        );
+        assert_error(
+            &post(&auth(a, "authenticate"), r#"{"name":"alice","password":"newpw"}"#).await,
+            400,
+            3,
+            "etcdserver: authentication failed, invalid user ID or password",
+        );
+
+        // Auth off again: calls need no token.
+        ok_as(&root, &auth(a, "disable"), "").await;
+        assert_eq!(ok(&range(a), &secret).await["kvs"][0]["value"], base64("s1"));
+    })
+    .await;
+}

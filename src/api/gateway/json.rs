@@ -15,15 +15,24 @@
 //! Hand-written rather than generated: the wire rules above differ from both serde's and
 //! proto3's canonical JSON (which uses lowerCamelCase names), and the messages are few.
 
+use crate::proto::authpb::{permission, Permission, UserAddOptions};
 use crate::proto::etcdserverpb::{
     alarm_request, compare, range_request, request_op, response_op, watch_create_request, watch_request, AlarmMember,
-    AlarmRequest, AlarmResponse, AlarmType, CompactionRequest, CompactionResponse, Compare, DefragmentRequest,
-    DefragmentResponse, DeleteRangeRequest, DeleteRangeResponse, DowngradeInfo, HashKvRequest, HashKvResponse,
-    HashRequest, HashResponse, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
-    LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus,
-    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, Member, MemberListRequest, MemberListResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, StatusRequest, StatusResponse,
-    TxnRequest, TxnResponse, WatchCancelRequest, WatchCreateRequest, WatchProgressRequest, WatchRequest, WatchResponse,
+    AlarmRequest, AlarmResponse, AlarmType, AuthDisableRequest, AuthDisableResponse, AuthEnableRequest,
+    AuthEnableResponse, AuthRoleAddRequest, AuthRoleAddResponse, AuthRoleDeleteRequest, AuthRoleDeleteResponse,
+    AuthRoleGetRequest, AuthRoleGetResponse, AuthRoleGrantPermissionRequest, AuthRoleGrantPermissionResponse,
+    AuthRoleListRequest, AuthRoleListResponse, AuthRoleRevokePermissionRequest, AuthRoleRevokePermissionResponse,
+    AuthStatusRequest, AuthStatusResponse, AuthUserAddRequest, AuthUserAddResponse, AuthUserChangePasswordRequest,
+    AuthUserChangePasswordResponse, AuthUserDeleteRequest, AuthUserDeleteResponse, AuthUserGetRequest,
+    AuthUserGetResponse, AuthUserGrantRoleRequest, AuthUserGrantRoleResponse, AuthUserListRequest,
+    AuthUserListResponse, AuthUserRevokeRoleRequest, AuthUserRevokeRoleResponse, AuthenticateRequest,
+    AuthenticateResponse, CompactionRequest, CompactionResponse, Compare, DefragmentRequest, DefragmentResponse,
+    DeleteRangeRequest, DeleteRangeResponse, DowngradeInfo, HashKvRequest, HashKvResponse, HashRequest, HashResponse,
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest,
+    LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest,
+    LeaseTimeToLiveResponse, Member, MemberListRequest, MemberListResponse, PutRequest, PutResponse, RangeRequest,
+    RangeResponse, RequestOp, ResponseHeader, ResponseOp, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
+    WatchCancelRequest, WatchCreateRequest, WatchProgressRequest, WatchRequest, WatchResponse,
 };
 use crate::proto::mvccpb::{event, Event, KeyValue};
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
@@ -362,6 +371,69 @@ write_message!(DefragmentResponse, |response, fields| {
     fields.message("header", response.header.as_ref())?;
 });
 
+/// Replies that carry nothing but their header.
+macro_rules! header_only {
+    ($($type:ty),+ $(,)?) => {
+        $(write_message!($type, |response, fields| {
+            fields.message("header", response.header.as_ref())?;
+        });)+
+    };
+}
+
+header_only!(
+    AuthEnableResponse,
+    AuthDisableResponse,
+    AuthUserAddResponse,
+    AuthUserDeleteResponse,
+    AuthUserChangePasswordResponse,
+    AuthUserGrantRoleResponse,
+    AuthUserRevokeRoleResponse,
+    AuthRoleAddResponse,
+    AuthRoleDeleteResponse,
+    AuthRoleGrantPermissionResponse,
+    AuthRoleRevokePermissionResponse,
+);
+
+write_message!(AuthStatusResponse, |response, fields| {
+    fields.message("header", response.header.as_ref())?;
+    fields.boolean("enabled", response.enabled)?;
+    fields.uint64("authRevision", response.auth_revision)?;
+});
+
+write_message!(AuthenticateResponse, |response, fields| {
+    fields.message("header", response.header.as_ref())?;
+    fields.string("token", &response.token)?;
+});
+
+write_message!(AuthUserGetResponse, |response, fields| {
+    fields.message("header", response.header.as_ref())?;
+    fields.strings("roles", &response.roles)?;
+});
+
+write_message!(AuthUserListResponse, |response, fields| {
+    fields.message("header", response.header.as_ref())?;
+    fields.strings("users", &response.users)?;
+});
+
+write_message!(AuthRoleListResponse, |response, fields| {
+    fields.message("header", response.header.as_ref())?;
+    fields.strings("roles", &response.roles)?;
+});
+
+write_message!(Permission, |permission, fields| {
+    let label = permission::Type::try_from(permission.perm_type)
+        .ok()
+        .map(|kind| kind.as_str_name());
+    fields.enumeration("permType", permission.perm_type, label)?;
+    fields.bytes("key", &permission.key)?;
+    fields.bytes("range_end", &permission.range_end)?;
+});
+
+write_message!(AuthRoleGetResponse, |response, fields| {
+    fields.message("header", response.header.as_ref())?;
+    fields.repeated("perm", &response.perm)?;
+});
+
 // ---------------------------------------------------------------------------------------
 // Reading
 
@@ -411,6 +483,23 @@ from_json!(HashRequest, EmptyJson<HashRequest>);
 from_json!(DefragmentRequest, EmptyJson<DefragmentRequest>);
 from_json!(HashKvRequest, HashKvRequestJson);
 from_json!(AlarmRequest, AlarmRequestJson);
+from_json!(AuthEnableRequest, EmptyJson<AuthEnableRequest>);
+from_json!(AuthDisableRequest, EmptyJson<AuthDisableRequest>);
+from_json!(AuthStatusRequest, EmptyJson<AuthStatusRequest>);
+from_json!(AuthenticateRequest, AuthenticateRequestJson);
+from_json!(AuthUserAddRequest, AuthUserAddRequestJson);
+from_json!(AuthUserGetRequest, AuthUserGetRequestJson);
+from_json!(AuthUserListRequest, EmptyJson<AuthUserListRequest>);
+from_json!(AuthUserDeleteRequest, AuthUserDeleteRequestJson);
+from_json!(AuthUserChangePasswordRequest, AuthUserChangePasswordRequestJson);
+from_json!(AuthUserGrantRoleRequest, AuthUserGrantRoleRequestJson);
+from_json!(AuthUserRevokeRoleRequest, AuthUserRevokeRoleRequestJson);
+from_json!(AuthRoleAddRequest, AuthRoleAddRequestJson);
+from_json!(AuthRoleGetRequest, AuthRoleGetRequestJson);
+from_json!(AuthRoleListRequest, EmptyJson<AuthRoleListRequest>);
+from_json!(AuthRoleDeleteRequest, AuthRoleDeleteRequestJson);
+from_json!(AuthRoleGrantPermissionRequest, AuthRoleGrantPermissionRequestJson);
+from_json!(AuthRoleRevokePermissionRequest, AuthRoleRevokePermissionRequestJson);
 
 // Field readers, each taking `null` as the default as jsonpb does.
 
@@ -477,6 +566,10 @@ fn boolean<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error>
     Ok(Option::<bool>::deserialize(deserializer)?.unwrap_or(false))
 }
 
+fn string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(deserializer)?.unwrap_or_default())
+}
+
 /// Standard or URL-safe base64, padded or not, as jsonpb reads bytes.
 fn decode_base64(text: &str) -> Result<Bytes, String> {
     const CONFIG: GeneralPurposeConfig = GeneralPurposeConfig::new()
@@ -539,6 +632,7 @@ named_enum!(compare::CompareTarget, "Compare.CompareTarget");
 named_enum!(watch_create_request::FilterType, "WatchCreateRequest.FilterType");
 named_enum!(alarm_request::AlarmAction, "AlarmRequest.AlarmAction");
 named_enum!(AlarmType, "AlarmType");
+named_enum!(permission::Type, "Permission.Type");
 
 /// An enum value: its name, or its number.
 struct EnumValue<E>(i32, std::marker::PhantomData<E>);
@@ -1062,6 +1156,247 @@ impl IntoMessage for MemberListRequestJson {
     }
 }
 
+// The Auth service's requests. Their field names are the same in the `.proto` file and
+// in lowerCamelCase except for `no_password` and `range_end`, and (as jsonpb does) only
+// those two take both spellings: `hashedPassword` and `permType` are spelled so in etcd.
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct AuthenticateRequestJson {
+    #[serde(deserialize_with = "string")]
+    name: String,
+    #[serde(deserialize_with = "string")]
+    password: String,
+}
+
+impl IntoMessage for AuthenticateRequestJson {
+    type Message = AuthenticateRequest;
+    fn into_message(self) -> Result<AuthenticateRequest, JsonError> {
+        Ok(AuthenticateRequest {
+            name: self.name,
+            password: self.password,
+        })
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct UserAddOptionsJson {
+    #[serde(alias = "noPassword", deserialize_with = "boolean")]
+    no_password: bool,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct AuthUserAddRequestJson {
+    #[serde(deserialize_with = "string")]
+    name: String,
+    #[serde(deserialize_with = "string")]
+    password: String,
+    options: Option<UserAddOptionsJson>,
+    #[serde(rename = "hashedPassword", deserialize_with = "string")]
+    hashed_password: String,
+}
+
+impl IntoMessage for AuthUserAddRequestJson {
+    type Message = AuthUserAddRequest;
+    fn into_message(self) -> Result<AuthUserAddRequest, JsonError> {
+        Ok(AuthUserAddRequest {
+            name: self.name,
+            password: self.password,
+            options: self.options.map(|options| UserAddOptions {
+                no_password: options.no_password,
+            }),
+            hashed_password: self.hashed_password,
+        })
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct AuthUserGetRequestJson {
+    #[serde(deserialize_with = "string")]
+    name: String,
+}
+
+impl IntoMessage for AuthUserGetRequestJson {
+    type Message = AuthUserGetRequest;
+    fn into_message(self) -> Result<AuthUserGetRequest, JsonError> {
+        Ok(AuthUserGetRequest { name: self.name })
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct AuthUserDeleteRequestJson {
+    #[serde(deserialize_with = "string")]
+    name: String,
+}
+
+impl IntoMessage for AuthUserDeleteRequestJson {
+    type Message = AuthUserDeleteRequest;
+    fn into_message(self) -> Result<AuthUserDeleteRequest, JsonError> {
+        Ok(AuthUserDeleteRequest { name: self.name })
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct AuthUserChangePasswordRequestJson {
+    #[serde(deserialize_with = "string")]
+    name: String,
+    #[serde(deserialize_with = "string")]
+    password: String,
+    #[serde(rename = "hashedPassword", deserialize_with = "string")]
+    hashed_password: String,
+}
+
+impl IntoMessage for AuthUserChangePasswordRequestJson {
+    type Message = AuthUserChangePasswordRequest;
+    fn into_message(self) -> Result<AuthUserChangePasswordRequest, JsonError> {
+        Ok(AuthUserChangePasswordRequest {
+            name: self.name,
+            password: self.password,
+            hashed_password: self.hashed_password,
+        })
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct AuthUserGrantRoleRequestJson {
+    #[serde(deserialize_with = "string")]
+    user: String,
+    #[serde(deserialize_with = "string")]
+    role: String,
+}
+
+impl IntoMessage for AuthUserGrantRoleRequestJson {
+    type Message = AuthUserGrantRoleRequest;
+    fn into_message(self) -> Result<AuthUserGrantRoleRequest, JsonError> {
+        Ok(AuthUserGrantRoleRequest {
+            user: self.user,
+            role: self.role,
+        })
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct AuthUserRevokeRoleRequestJson {
+    #[serde(deserialize_with = "string")]
+    name: String,
+    #[serde(deserialize_with = "string")]
+    role: String,
+}
+
+impl IntoMessage for AuthUserRevokeRoleRequestJson {
+    type Message = AuthUserRevokeRoleRequest;
+    fn into_message(self) -> Result<AuthUserRevokeRoleRequest, JsonError> {
+        Ok(AuthUserRevokeRoleRequest {
+            name: self.name,
+            role: self.role,
+        })
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct AuthRoleAddRequestJson {
+    #[serde(deserialize_with = "string")]
+    name: String,
+}
+
+impl IntoMessage for AuthRoleAddRequestJson {
+    type Message = AuthRoleAddRequest;
+    fn into_message(self) -> Result<AuthRoleAddRequest, JsonError> {
+        Ok(AuthRoleAddRequest { name: self.name })
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct AuthRoleGetRequestJson {
+    #[serde(deserialize_with = "string")]
+    role: String,
+}
+
+impl IntoMessage for AuthRoleGetRequestJson {
+    type Message = AuthRoleGetRequest;
+    fn into_message(self) -> Result<AuthRoleGetRequest, JsonError> {
+        Ok(AuthRoleGetRequest { role: self.role })
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct AuthRoleDeleteRequestJson {
+    #[serde(deserialize_with = "string")]
+    role: String,
+}
+
+impl IntoMessage for AuthRoleDeleteRequestJson {
+    type Message = AuthRoleDeleteRequest;
+    fn into_message(self) -> Result<AuthRoleDeleteRequest, JsonError> {
+        Ok(AuthRoleDeleteRequest { role: self.role })
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct PermissionJson {
+    #[serde(rename = "permType", deserialize_with = "enumeration::<_, permission::Type>")]
+    perm_type: i32,
+    #[serde(deserialize_with = "base64_bytes")]
+    key: Bytes,
+    #[serde(alias = "rangeEnd", deserialize_with = "base64_bytes")]
+    range_end: Bytes,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct AuthRoleGrantPermissionRequestJson {
+    #[serde(deserialize_with = "string")]
+    name: String,
+    perm: Option<PermissionJson>,
+}
+
+impl IntoMessage for AuthRoleGrantPermissionRequestJson {
+    type Message = AuthRoleGrantPermissionRequest;
+    fn into_message(self) -> Result<AuthRoleGrantPermissionRequest, JsonError> {
+        Ok(AuthRoleGrantPermissionRequest {
+            name: self.name,
+            perm: self.perm.map(|perm| Permission {
+                perm_type: perm.perm_type,
+                key: perm.key,
+                range_end: perm.range_end,
+            }),
+        })
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct AuthRoleRevokePermissionRequestJson {
+    #[serde(deserialize_with = "string")]
+    role: String,
+    #[serde(deserialize_with = "base64_bytes")]
+    key: Bytes,
+    #[serde(alias = "rangeEnd", deserialize_with = "base64_bytes")]
+    range_end: Bytes,
+}
+
+impl IntoMessage for AuthRoleRevokePermissionRequestJson {
+    type Message = AuthRoleRevokePermissionRequest;
+    fn into_message(self) -> Result<AuthRoleRevokePermissionRequest, JsonError> {
+        Ok(AuthRoleRevokePermissionRequest {
+            role: self.role,
+            key: self.key,
+            range_end: self.range_end,
+        })
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Streams of requests
 
@@ -1487,6 +1822,180 @@ mod tests {
         // Deep nesting is refused by serde_json's recursion limit, not a stack overflow.
         let deep = format!("{}{}", r#"{"success":[{"request_txn":"#.repeat(200), "{}");
         assert!(TxnRequest::from_json(deep.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn auth_replies_keep_etcds_field_names() {
+        let authenticated = AuthenticateResponse {
+            header: Some(header()),
+            token: "YWxpY2U.3.1700000000000.c2ln".into(),
+        };
+        assert_eq!(
+            text(&authenticated),
+            r#"{"header":{"cluster_id":"12585971608760269493","member_id":"13847567121247652255","revision":"2","raft_term":"3"},"token":"YWxpY2U.3.1700000000000.c2ln"}"#
+        );
+        // authRevision is a uint64: a string; off and revision 0 are left out.
+        let status = AuthStatusResponse {
+            header: None,
+            enabled: true,
+            auth_revision: 12,
+        };
+        assert_eq!(text(&status), r#"{"enabled":true,"authRevision":"12"}"#);
+        assert_eq!(text(&AuthStatusResponse::default()), "{}");
+        let enabled = AuthEnableResponse {
+            header: Some(ResponseHeader {
+                revision: 4,
+                ..Default::default()
+            }),
+        };
+        assert_eq!(text(&enabled), r#"{"header":{"revision":"4"}}"#);
+        assert_eq!(text(&AuthRoleRevokePermissionResponse::default()), "{}");
+        let user = AuthUserGetResponse {
+            header: None,
+            roles: vec!["app-read".into(), "root".into()],
+        };
+        assert_eq!(text(&user), r#"{"roles":["app-read","root"]}"#);
+        let users = AuthUserListResponse {
+            header: None,
+            users: vec!["alice".into(), "root".into()],
+        };
+        assert_eq!(text(&users), r#"{"users":["alice","root"]}"#);
+        let roles = AuthRoleListResponse {
+            header: None,
+            roles: vec!["root".into()],
+        };
+        assert_eq!(text(&roles), r#"{"roles":["root"]}"#);
+        // READ is the enum's zero: left out, as jsonpb leaves it.
+        let role = AuthRoleGetResponse {
+            header: None,
+            perm: vec![
+                Permission {
+                    perm_type: permission::Type::Read as i32,
+                    key: Bytes::from_static(b"app/"),
+                    range_end: Bytes::from_static(b"app0"),
+                },
+                Permission {
+                    perm_type: permission::Type::Readwrite as i32,
+                    key: Bytes::from_static(b"foo"),
+                    range_end: Bytes::new(),
+                },
+                Permission {
+                    perm_type: permission::Type::Write as i32,
+                    key: Bytes::from_static(b"\0"),
+                    range_end: Bytes::from_static(b"\0"),
+                },
+            ],
+        };
+        assert_eq!(
+            text(&role),
+            r#"{"perm":[{"key":"YXBwLw==","range_end":"YXBwMA=="},{"permType":"READWRITE","key":"Zm9v"},{"permType":"WRITE","key":"AA==","range_end":"AA=="}]}"#
+        );
+    }
+
+    #[test]
+    fn auth_requests_read_as_etcds_gateway_reads_them() {
+        assert_eq!(
+            AuthenticateRequest::from_json(br#"{"name":"alice","password":"alicepw"}"#).unwrap(),
+            AuthenticateRequest {
+                name: "alice".into(),
+                password: "alicepw".into(),
+            }
+        );
+        let add = AuthUserAddRequest::from_json(br#"{"name":"bob","options":{"no_password":true}}"#).unwrap();
+        assert_eq!(add.name, "bob");
+        assert_eq!(add.options, Some(UserAddOptions { no_password: true }));
+        let add = AuthUserAddRequest::from_json(br#"{"name":"bob","options":{"noPassword":true}}"#).unwrap();
+        assert_eq!(add.options, Some(UserAddOptions { no_password: true }));
+        let add = AuthUserAddRequest::from_json(br#"{"name":"carol","password":"pw","options":null}"#).unwrap();
+        assert_eq!((add.password.as_str(), add.options), ("pw", None));
+        let add = AuthUserAddRequest::from_json(br#"{"name":"dave","hashedPassword":"$2a$10$abc"}"#).unwrap();
+        assert_eq!(add.hashed_password, "$2a$10$abc");
+        let change =
+            AuthUserChangePasswordRequest::from_json(br#"{"name":"dave","password":"new","hashedPassword":null}"#)
+                .unwrap();
+        assert_eq!((change.name.as_str(), change.password.as_str()), ("dave", "new"));
+        assert!(change.hashed_password.is_empty());
+        assert_eq!(
+            AuthUserGrantRoleRequest::from_json(br#"{"user":"alice","role":"app"}"#).unwrap(),
+            AuthUserGrantRoleRequest {
+                user: "alice".into(),
+                role: "app".into(),
+            }
+        );
+        assert_eq!(
+            AuthUserRevokeRoleRequest::from_json(br#"{"name":"alice","role":"app"}"#).unwrap(),
+            AuthUserRevokeRoleRequest {
+                name: "alice".into(),
+                role: "app".into(),
+            }
+        );
+        assert_eq!(
+            AuthUserGetRequest::from_json(br#"{"name":"alice"}"#).unwrap().name,
+            "alice"
+        );
+        assert_eq!(
+            AuthUserDeleteRequest::from_json(br#"{"name":"alice"}"#).unwrap().name,
+            "alice"
+        );
+        assert_eq!(AuthRoleAddRequest::from_json(br#"{"name":"app"}"#).unwrap().name, "app");
+        assert_eq!(AuthRoleGetRequest::from_json(br#"{"role":"app"}"#).unwrap().role, "app");
+        assert_eq!(
+            AuthRoleDeleteRequest::from_json(br#"{"role":"app"}"#).unwrap().role,
+            "app"
+        );
+        // Calls without fields take an empty body, or any object.
+        assert_eq!(AuthEnableRequest::from_json(b"").unwrap(), AuthEnableRequest {});
+        assert_eq!(AuthDisableRequest::from_json(b"{}").unwrap(), AuthDisableRequest {});
+        assert_eq!(AuthStatusRequest::from_json(b"").unwrap(), AuthStatusRequest {});
+        assert_eq!(AuthUserListRequest::from_json(b"{}").unwrap(), AuthUserListRequest {});
+        assert_eq!(AuthRoleListRequest::from_json(b"").unwrap(), AuthRoleListRequest {});
+
+        // A permission: its type by name or number, keys in base64, range_end or rangeEnd.
+        let grant = AuthRoleGrantPermissionRequest::from_json(
+            br#"{"name":"app","perm":{"permType":"READWRITE","key":"YXBwLw==","range_end":"YXBwMA=="}}"#,
+        )
+        .unwrap();
+        assert_eq!(grant.name, "app");
+        assert_eq!(
+            grant.perm,
+            Some(Permission {
+                perm_type: permission::Type::Readwrite as i32,
+                key: Bytes::from_static(b"app/"),
+                range_end: Bytes::from_static(b"app0"),
+            })
+        );
+        let grant = AuthRoleGrantPermissionRequest::from_json(
+            br#"{"name":"app","perm":{"permType":1,"key":"Zm9v","rangeEnd":"AA"}}"#,
+        )
+        .unwrap();
+        let perm = grant.perm.unwrap();
+        assert_eq!(perm.perm_type, permission::Type::Write as i32);
+        assert_eq!(perm.range_end.as_ref(), b"\0");
+        let grant = AuthRoleGrantPermissionRequest::from_json(br#"{"name":"app","perm":{"key":"Zm9v"}}"#).unwrap();
+        assert_eq!(grant.perm.unwrap().perm_type, permission::Type::Read as i32);
+        assert_eq!(
+            AuthRoleGrantPermissionRequest::from_json(br#"{"name":"app"}"#)
+                .unwrap()
+                .perm,
+            None
+        );
+        assert_eq!(
+            AuthRoleRevokePermissionRequest::from_json(br#"{"role":"app","key":"YXBwLw==","rangeEnd":"YXBwMA=="}"#)
+                .unwrap(),
+            AuthRoleRevokePermissionRequest {
+                role: "app".into(),
+                key: Bytes::from_static(b"app/"),
+                range_end: Bytes::from_static(b"app0"),
+            }
+        );
+
+        let message = |result: Result<AuthRoleGrantPermissionRequest, JsonError>| result.unwrap_err().to_string();
+        let owner = message(AuthRoleGrantPermissionRequest::from_json(
+            br#"{"name":"app","perm":{"permType":"OWNER"}}"#,
+        ));
+        assert!(owner.contains("OWNER") && owner.contains("Permission.Type"), "{owner}");
+        assert!(message(AuthRoleGrantPermissionRequest::from_json(br#"{"name":7}"#)).contains("invalid type"));
+        assert!(message(AuthRoleGrantPermissionRequest::from_json(br#"{"perm":{"key":"%%"}}"#)).contains("not base64"));
     }
 
     #[test]

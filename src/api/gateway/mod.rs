@@ -18,8 +18,10 @@ mod stream;
 pub use json::{FromJson, Json, JsonError};
 
 use crate::api::etcd::{
-    ClusterService, EtcdContext, KvService, LeaseService, MaintenanceService, WatchService, ETCD_API_VERSION,
+    AuthService, ClusterService, EtcdContext, KvService, LeaseService, MaintenanceService, WatchService,
+    ETCD_API_VERSION,
 };
+use crate::proto::etcdserverpb::auth_server::Auth;
 use crate::proto::etcdserverpb::cluster_server::Cluster;
 use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::proto::etcdserverpb::lease_server::Lease;
@@ -71,6 +73,23 @@ enum Route {
     Hash,
     HashKv,
     Defragment,
+    Authenticate,
+    AuthEnable,
+    AuthDisable,
+    AuthStatus,
+    UserAdd,
+    UserGet,
+    UserList,
+    UserDelete,
+    UserChangePassword,
+    UserGrantRole,
+    UserRevokeRole,
+    RoleAdd,
+    RoleGet,
+    RoleList,
+    RoleDelete,
+    RoleGrantPermission,
+    RoleRevokePermission,
     Version,
     Health,
     Metrics,
@@ -101,6 +120,23 @@ impl Route {
                 "maintenance/hash" => Route::Hash,
                 "maintenance/hashkv" => Route::HashKv,
                 "maintenance/defragment" => Route::Defragment,
+                "auth/authenticate" => Route::Authenticate,
+                "auth/enable" => Route::AuthEnable,
+                "auth/disable" => Route::AuthDisable,
+                "auth/status" => Route::AuthStatus,
+                "auth/user/add" => Route::UserAdd,
+                "auth/user/get" => Route::UserGet,
+                "auth/user/list" => Route::UserList,
+                "auth/user/delete" => Route::UserDelete,
+                "auth/user/changepw" => Route::UserChangePassword,
+                "auth/user/grant" => Route::UserGrantRole,
+                "auth/user/revoke" => Route::UserRevokeRole,
+                "auth/role/add" => Route::RoleAdd,
+                "auth/role/get" => Route::RoleGet,
+                "auth/role/list" => Route::RoleList,
+                "auth/role/delete" => Route::RoleDelete,
+                "auth/role/grant" => Route::RoleGrantPermission,
+                "auth/role/revoke" => Route::RoleRevokePermission,
                 _ => return None,
             };
             return Some((route, Method::POST));
@@ -123,6 +159,7 @@ pub struct Gateway {
     cluster: ClusterService,
     maintenance: MaintenanceService,
     watch: WatchService,
+    auth: AuthService,
     context: Arc<EtcdContext>,
     metrics: Option<PrometheusHandle>,
     /// Largest request body (or one message of a streamed body) read.
@@ -143,6 +180,7 @@ impl Gateway {
             cluster: ClusterService::new(context.clone()),
             maintenance: MaintenanceService::new(context.clone()),
             watch: WatchService::new(context.clone()),
+            auth: AuthService::new(context.clone()),
             context,
             metrics,
             body_bytes_max,
@@ -217,6 +255,76 @@ impl Gateway {
             Route::Defragment => {
                 self.unary(body, token.as_ref(), |request| self.maintenance.defragment(request))
                     .await
+            }
+            Route::Authenticate => {
+                self.unary(body, token.as_ref(), |request| self.auth.authenticate(request))
+                    .await
+            }
+            Route::AuthEnable => {
+                self.unary(body, token.as_ref(), |request| self.auth.auth_enable(request))
+                    .await
+            }
+            Route::AuthDisable => {
+                self.unary(body, token.as_ref(), |request| self.auth.auth_disable(request))
+                    .await
+            }
+            Route::AuthStatus => {
+                self.unary(body, token.as_ref(), |request| self.auth.auth_status(request))
+                    .await
+            }
+            Route::UserAdd => {
+                self.unary(body, token.as_ref(), |request| self.auth.user_add(request))
+                    .await
+            }
+            Route::UserGet => {
+                self.unary(body, token.as_ref(), |request| self.auth.user_get(request))
+                    .await
+            }
+            Route::UserList => {
+                self.unary(body, token.as_ref(), |request| self.auth.user_list(request))
+                    .await
+            }
+            Route::UserDelete => {
+                self.unary(body, token.as_ref(), |request| self.auth.user_delete(request))
+                    .await
+            }
+            Route::UserChangePassword => {
+                self.unary(body, token.as_ref(), |request| self.auth.user_change_password(request))
+                    .await
+            }
+            Route::UserGrantRole => {
+                self.unary(body, token.as_ref(), |request| self.auth.user_grant_role(request))
+                    .await
+            }
+            Route::UserRevokeRole => {
+                self.unary(body, token.as_ref(), |request| self.auth.user_revoke_role(request))
+                    .await
+            }
+            Route::RoleAdd => {
+                self.unary(body, token.as_ref(), |request| self.auth.role_add(request))
+                    .await
+            }
+            Route::RoleGet => {
+                self.unary(body, token.as_ref(), |request| self.auth.role_get(request))
+                    .await
+            }
+            Route::RoleList => {
+                self.unary(body, token.as_ref(), |request| self.auth.role_list(request))
+                    .await
+            }
+            Route::RoleDelete => {
+                self.unary(body, token.as_ref(), |request| self.auth.role_delete(request))
+                    .await
+            }
+            Route::RoleGrantPermission => {
+                self.unary(body, token.as_ref(), |request| self.auth.role_grant_permission(request))
+                    .await
+            }
+            Route::RoleRevokePermission => {
+                self.unary(body, token.as_ref(), |request| {
+                    self.auth.role_revoke_permission(request)
+                })
+                .await
             }
             Route::Watch => stream::watch(self, body, token.as_ref()).await,
             Route::LeaseKeepAlive => stream::keep_alive(self, body, token.as_ref()).await,
@@ -466,6 +574,34 @@ mod tests {
                 Some((Route::Watch, Method::POST))
             );
         }
+        for prefix in ["/v3", "/v3beta", "/v3alpha"] {
+            assert_eq!(
+                Route::of(&format!("{prefix}/auth/authenticate")),
+                Some((Route::Authenticate, Method::POST))
+            );
+        }
+        // etcd 3.5's paths for the Auth service.
+        for (path, route) in [
+            ("enable", Route::AuthEnable),
+            ("disable", Route::AuthDisable),
+            ("status", Route::AuthStatus),
+            ("user/add", Route::UserAdd),
+            ("user/get", Route::UserGet),
+            ("user/list", Route::UserList),
+            ("user/delete", Route::UserDelete),
+            ("user/changepw", Route::UserChangePassword),
+            ("user/grant", Route::UserGrantRole),
+            ("user/revoke", Route::UserRevokeRole),
+            ("role/add", Route::RoleAdd),
+            ("role/get", Route::RoleGet),
+            ("role/list", Route::RoleList),
+            ("role/delete", Route::RoleDelete),
+            ("role/grant", Route::RoleGrantPermission),
+            ("role/revoke", Route::RoleRevokePermission),
+        ] {
+            assert_eq!(Route::of(&format!("/v3/auth/{path}")), Some((route, Method::POST)));
+        }
+        assert_eq!(Route::of("/v3/auth/user/changepassword"), None);
         assert_eq!(
             Route::of("/v3/kv/lease/timetolive"),
             Some((Route::LeaseTimeToLive, Method::POST))
