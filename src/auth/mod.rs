@@ -199,33 +199,55 @@ impl Auth {
         self.caller(credentials).await.map(|_| ())
     }
 
-    /// A token for `name`, if `password` is theirs.
-    pub async fn authenticate(&self, name: &str, password: &str) -> Result<String, AuthError> {
+    /// A token for `name`, if `password` is theirs. Failures slow the next attempts of
+    /// the same user and from the same address (`source`), whatever the connection.
+    pub async fn authenticate(
+        &self,
+        name: &str,
+        password: &str,
+        source: Option<std::net::IpAddr>,
+    ) -> Result<String, AuthError> {
         if !self.enabled() {
             return Err(AuthError::NotEnabled);
         }
-        self.wait_out_failures(name).await;
+        let keys: Vec<String> = std::iter::once(format!("user:{name}"))
+            .chain(source.map(|source| format!("from:{source}")))
+            .collect();
+        for key in &keys {
+            self.wait_out_failures(key).await;
+        }
         let store = self.store().await?;
         let user = store.users.iter().find(|user| user.name == name);
         let hash = user
             .filter(|user| !user.no_password && !user.password_hash.is_empty())
             .map(|user| user.password_hash.clone());
         let password = password.to_string();
-        // Verified even for an unknown user (against nothing), so timing does not tell.
+        let cost = self.bcrypt_cost;
+        // An unknown user is checked against a stand-in hash of the same cost, so the
+        // answer takes as long and timing does not tell which names exist.
         let matches = tokio::task::spawn_blocking(move || match hash {
             Some(hash) => bcrypt::verify(password, &hash).unwrap_or(false),
-            None => false,
+            None => {
+                static STAND_IN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+                if let Some(stand_in) = STAND_IN.get_or_init(|| bcrypt::hash("stand-in", cost).ok()) {
+                    let _ = bcrypt::verify(password, stand_in);
+                }
+                false
+            }
         })
         .await
         .unwrap_or(false);
         if !matches {
-            self.note_failure(name);
+            for key in &keys {
+                self.note_failure(key);
+            }
             return Err(AuthError::AuthFailed);
         }
-        self.failures
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .remove(name);
+        let mut failures = self.failures.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for key in &keys {
+            failures.remove(key);
+        }
+        drop(failures);
         Ok(token::issue(
             &store.token_key,
             &token::Claims {

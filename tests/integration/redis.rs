@@ -1361,3 +1361,128 @@ async fn cluster_slots_name_each_range_leader() {
     })
     .await;
 }
+
+/// Lua scripts: redis.call on the declared keys, atomically (a Redlock-style release,
+/// concurrent counters from every node), Redis's reply conversions, the script cache,
+/// errors, and a runaway script stopped by SCRIPT KILL from another connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn lua_scripts_run_atomically_on_their_keys() {
+    bounded(async {
+        let cluster = Cluster::start(3).await;
+        let mut c = clients(&cluster).await;
+        let set = "return redis.call('SET', KEYS[1], ARGV[1])";
+        assert_eq!(c[0].call(&["EVAL", set, "1", "lock:a", "token-1"]).await, ok());
+        assert_eq!(
+            c[1].call(&["EVAL", "return redis.call('GET', KEYS[1])", "1", "lock:a"]).await,
+            bulk("token-1")
+        );
+        // The release every Redis lock client sends: delete only if still ours.
+        let release = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
+        assert_eq!(c[2].call(&["EVAL", release, "1", "lock:a", "token-2"]).await, Value::Int(0));
+        assert_eq!(c[2].call(&["EVAL", release, "1", "lock:a", "token-1"]).await, Value::Int(1));
+        assert_eq!(c[0].call(&["EXISTS", "lock:a"]).await, Value::Int(0));
+
+        // Redis's conversions both ways.
+        let shapes = "return {1, 'two', {3, 4.9}, redis.status_reply('fine'), ARGV[1], false, 'after nil'}";
+        assert_eq!(
+            c[0].call(&["EVAL", shapes, "0", "arg"]).await,
+            Value::Array(vec![
+                Value::Int(1),
+                bulk("two"),
+                Value::Array(vec![Value::Int(3), Value::Int(4)]),
+                Value::Simple("fine".into()),
+                bulk("arg"),
+                Value::Nil,
+                bulk("after nil"),
+            ])
+        );
+        let pcall = "local r = redis.pcall('INCR', KEYS[1]) return r['err']";
+        assert_eq!(c[0].call(&["SET", "text", "abc"]).await, ok());
+        assert_eq!(
+            c[0].call(&["EVAL", pcall, "1", "text"]).await,
+            bulk("ERR value is not an integer or out of range")
+        );
+        // Writes across two ranges' keys apply together.
+        let both = "redis.call('SET', KEYS[1], 'a') redis.call('SET', KEYS[2], 'b') return redis.call('MGET', KEYS[1], KEYS[2])";
+        assert_eq!(
+            c[1].call(&["EVAL", both, "2", "{x}1", "{y}2"]).await,
+            Value::Array(vec![bulk("a"), bulk("b")])
+        );
+
+        // The cache: SCRIPT LOAD, EVALSHA, EXISTS, FLUSH; per node, as in Redis Cluster.
+        let sha = match c[0].call(&["SCRIPT", "LOAD", "return ARGV[1] .. '!'"]).await {
+            Value::Bulk(sha) => String::from_utf8(sha).unwrap(),
+            other => panic!("SCRIPT LOAD answered {other:?}"),
+        };
+        assert_eq!(sha.len(), 40);
+        assert_eq!(c[0].call(&["EVALSHA", &sha, "0", "hi"]).await, bulk("hi!"));
+        let missing = c[1].call(&["EVALSHA", &sha, "0", "hi"]).await;
+        assert_eq!(missing, Value::Error("NOSCRIPT No matching script. Please use EVAL.".into()));
+        assert_eq!(
+            c[0].call(&["SCRIPT", "EXISTS", &sha, "0000000000000000000000000000000000000000"]).await,
+            Value::Array(vec![Value::Int(1), Value::Int(0)])
+        );
+        assert_eq!(c[0].call(&["SCRIPT", "FLUSH"]).await, ok());
+        assert_eq!(c[0].call(&["SCRIPT", "EXISTS", &sha]).await, Value::Array(vec![Value::Int(0)]));
+
+        // Errors, each in Redis's form; the node keeps serving.
+        let undeclared = c[0].call(&["EVAL", "return redis.call('GET', 'elsewhere')", "0"]).await;
+        assert!(undeclared.text().contains("not declared in KEYS"), "{undeclared:?}");
+        let wrong_type = c[0].call(&["EVAL", "return redis.call('LPUSH', KEYS[1], 'x')", "1", "text"]).await;
+        assert!(wrong_type.text().starts_with("WRONGTYPE"), "{wrong_type:?}");
+        let syntax = c[0].call(&["EVAL", "return +", "0"]).await;
+        assert!(syntax.text().starts_with("ERR Error compiling script"), "{syntax:?}");
+        let runtime = c[0].call(&["EVAL", "return nil + 1", "0"]).await;
+        assert!(runtime.text().starts_with("ERR Error running script"), "{runtime:?}");
+        let sandbox = c[0].call(&["EVAL", "return os.time()", "0"]).await;
+        assert!(sandbox.text().starts_with("ERR Error running script"), "{sandbox:?}");
+        assert_eq!(
+            c[0].call(&["EVAL", "return 1", "2", "only-one"]).await,
+            Value::Error("ERR Number of keys can't be greater than number of args".into())
+        );
+        assert_eq!(
+            c[0].call(&["EVAL_RO", "return redis.call('SET', KEYS[1], 'x')", "1", "k"]).await,
+            Value::Error("ERR Write commands are not allowed from read-only scripts.".into())
+        );
+
+        // Counters from every node: no increment lost.
+        let mut tasks = Vec::new();
+        for node in &cluster.nodes {
+            let port = node.redis_port;
+            tasks.push(tokio::spawn(async move {
+                let mut client = Client::connect(port).await;
+                for _ in 0..30 {
+                    let reply = client
+                        .call(&["EVAL", "return redis.call('INCRBY', KEYS[1], ARGV[1])", "1", "hits", "2"])
+                        .await;
+                    assert!(matches!(reply, Value::Int(_)), "{reply:?}");
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert_eq!(c[2].call(&["GET", "hits"]).await, bulk("180"));
+
+        // A runaway script is stopped by SCRIPT KILL from another connection.
+        assert_eq!(
+            c[1].call(&["SCRIPT", "KILL"]).await,
+            Value::Error("NOTBUSY No scripts in execution right now.".into())
+        );
+        let port = cluster.nodes[0].redis_port;
+        let runaway = tokio::spawn(async move {
+            let mut client = Client::connect(port).await;
+            client.call(&["EVAL", "while true do end", "0"]).await
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !c[0].call(&["CLIENT", "LIST"]).await.text().contains("cmd=eval") {
+            assert!(Instant::now() < deadline, "the script never started");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(c[0].call(&["SCRIPT", "KILL"]).await, ok());
+        let stopped = runaway.await.unwrap();
+        assert!(stopped.text().contains("Script killed by user with SCRIPT KILL"), "{stopped:?}");
+        assert_eq!(c[0].call(&["PING"]).await, Value::Simple("PONG".into()));
+    })
+    .await;
+}

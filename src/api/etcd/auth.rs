@@ -122,11 +122,17 @@ impl Auth for AuthService {
         request: Request<AuthenticateRequest>,
     ) -> Result<Response<AuthenticateResponse>, Status> {
         observe("etcdserverpb.Auth", "Authenticate", async {
+            let source = request
+                .extensions()
+                .get::<crate::tls::TlsConnectInfo>()
+                .and_then(|info| info.remote_addr)
+                .map(|address| address.ip())
+                .or_else(|| request.remote_addr().map(|address| address.ip()));
             let request = request.into_inner();
             let token = self
                 .context
                 .auth
-                .authenticate(&request.name, &request.password)
+                .authenticate(&request.name, &request.password, source)
                 .await
                 .map_err(errors::auth)?;
             Ok(Response::new(AuthenticateResponse {

@@ -68,6 +68,8 @@ pub struct RedisContext {
     data: Arc<Data>,
     /// The cluster's users and roles: once auth is on, a connection must AUTH.
     auth: Arc<crate::auth::Auth>,
+    /// Lua scripts: the EVALSHA cache and the scripts running now.
+    scripts: commands::Scripts,
     pubsub: Arc<pubsub::PubSub>,
     watch_hub: crate::range::watch::WatchHub,
     router: Arc<crate::router::Router>,
@@ -93,6 +95,7 @@ impl RedisContext {
             router: txns.router().clone(),
             data: Arc::new(Data::new(txns)),
             auth,
+            scripts: Default::default(),
             pubsub: Arc::new(pubsub::PubSub::default()),
             watch_hub,
             member_id,
@@ -186,6 +189,8 @@ pub struct Session {
     pub user: Option<String>,
     /// Failed AUTHs on this connection: each makes the next answer wait longer.
     pub auth_failures: u32,
+    /// The client's address (failed authentications slow its next ones).
+    pub address: SocketAddr,
 }
 
 impl Session {
@@ -299,6 +304,7 @@ async fn connection(
         patterns: Default::default(),
         user: None,
         auth_failures: 0,
+        address,
     };
     let mut input = BytesMut::with_capacity(16 * 1024);
     let mut output = Vec::with_capacity(16 * 1024);

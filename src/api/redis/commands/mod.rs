@@ -7,6 +7,7 @@ mod hashes;
 mod keyspace;
 mod lists;
 mod pubsub;
+mod scripting;
 mod server;
 mod sets;
 mod strings;
@@ -18,6 +19,7 @@ use super::resp::Reply;
 use super::snapshot::{Need, Snapshot};
 use super::{RedisContext, Session};
 use bytes::Bytes;
+pub use scripting::Scripts;
 
 /// A command Shoal serves: Redis's name, arity (negative: at least that many
 /// arguments, the name included), flags, and key positions, as COMMAND reports them.
@@ -67,6 +69,27 @@ pub static COMMANDS: &[Spec] = &[
     spec("time", 1, C, NONE),
     spec("config", -2, &["admin", "loading", "stale"], NONE),
     spec("acl", -2, &["admin", "noscript", "loading", "stale"], NONE),
+    // Scripting.
+    spec("eval", -3, &["noscript", "stale", "skip_monitor", "movablekeys"], NONE),
+    spec(
+        "evalsha",
+        -3,
+        &["noscript", "stale", "skip_monitor", "movablekeys"],
+        NONE,
+    ),
+    spec(
+        "eval_ro",
+        -3,
+        &["noscript", "stale", "skip_monitor", "readonly", "movablekeys"],
+        NONE,
+    ),
+    spec(
+        "evalsha_ro",
+        -3,
+        &["noscript", "stale", "skip_monitor", "readonly", "movablekeys"],
+        NONE,
+    ),
+    spec("script", -2, &["noscript"], NONE),
     spec("cluster", -2, &["loading", "stale"], NONE),
     // Hashes.
     spec("hset", -4, WD, ONE),
@@ -509,6 +532,11 @@ fn acl_keys(spec: &Spec, args: &[Bytes]) -> Option<Vec<Bytes>> {
     if spec.name == "copy" {
         return Some(args.iter().skip(1).take(2).cloned().collect());
     }
+    if matches!(spec.name, "eval" | "evalsha" | "eval_ro" | "evalsha_ro") {
+        // The keys a script declares (it may touch no others).
+        let count = args.get(2).and_then(|count| integer(count).ok()).unwrap_or(0).max(0) as usize;
+        return Some(args.iter().skip(3).take(count).cloned().collect());
+    }
     if spec.first_key <= 0 {
         return if is_keyed(spec.name) { None } else { Some(Vec::new()) };
     }
@@ -641,6 +669,9 @@ pub async fn run(context: &RedisContext, session: &mut Session, args: &[Bytes]) 
         name if pubsub::handles(name) => pubsub::run(context, session, name, args).await,
         "cluster" => cluster::run(context, args).await,
         "acl" => acl::run(context, session, args).await,
+        "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "script" => {
+            scripting::run(context, session, spec.name, args).await
+        }
         _ => server::run(context, session, spec.name, args).await,
     };
     outcome.unwrap_or_else(|error| error)

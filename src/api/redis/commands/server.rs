@@ -125,7 +125,7 @@ async fn auth(context: &RedisContext, session: &mut Session, args: &[Bytes]) -> 
         };
         return match context
             .auth
-            .authenticate(&user, &String::from_utf8_lossy(password))
+            .authenticate(&user, &String::from_utf8_lossy(password), Some(session.address.ip()))
             .await
         {
             Ok(_) => {
