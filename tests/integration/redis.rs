@@ -970,6 +970,16 @@ async fn lists_and_blocking_pops_across_nodes() {
             Value::Array(vec![bulk("m"), bulk("a")])
         );
         assert_eq!(c[1].call(&["TYPE", "other"]).await, Value::Simple("list".into()));
+        // A renamed list keeps its order after pushes at the head (the record's head
+        // position moves with the elements).
+        assert_eq!(c[1].call(&["LPUSH", "other", "z"]).await, Value::Int(3));
+        assert_eq!(c[1].call(&["RENAME", "other", "moved"]).await, ok());
+        assert_eq!(
+            c[2].call(&["LRANGE", "moved", "0", "-1"]).await,
+            Value::Array(vec![bulk("z"), bulk("m"), bulk("a")])
+        );
+        assert_eq!(c[2].call(&["RENAME", "moved", "other"]).await, ok());
+        assert_eq!(c[2].call(&["LPOP", "other"]).await, bulk("z"));
         assert_eq!(c[1].call(&["LPUSHX", "missing", "x"]).await, Value::Int(0));
         assert_eq!(c[1].call(&["LPOP", "missing", "2"]).await, Value::Nil);
 
@@ -1483,6 +1493,858 @@ async fn lua_scripts_run_atomically_on_their_keys() {
         let stopped = runaway.await.unwrap();
         assert!(stopped.text().contains("Script killed by user with SCRIPT KILL"), "{stopped:?}");
         assert_eq!(c[0].call(&["PING"]).await, Value::Simple("PONG".into()));
+    })
+    .await;
+}
+
+/// A stream entry as XRANGE and XREAD answer it: its id, then its field-value pairs.
+fn entry(id: &str, pairs: &[&str]) -> Value {
+    Value::Array(vec![
+        bulk(id),
+        Value::Array(pairs.iter().map(|item| bulk(item)).collect()),
+    ])
+}
+
+/// The ids of the entries in an XRANGE-shaped answer.
+fn entry_ids(entries: &Value) -> Vec<String> {
+    let Value::Array(entries) = entries else {
+        panic!("entries are an array: {entries:?}")
+    };
+    entries
+        .iter()
+        .map(|entry| match entry {
+            Value::Array(parts) => parts[0].text(),
+            other => panic!("an entry is an array: {other:?}"),
+        })
+        .collect()
+}
+
+fn stream_id(text: &str) -> (u64, u64) {
+    let (ms, seq) = text.split_once('-').expect("an id is ms-seq");
+    (ms.parse().expect("milliseconds"), seq.parse().expect("a sequence"))
+}
+
+/// A RESP2 map (a flat array of names and values) by name.
+fn fields(value: &Value) -> std::collections::HashMap<String, Value> {
+    let Value::Array(items) = value else {
+        panic!("a flat map is an array: {value:?}")
+    };
+    items.chunks(2).map(|pair| (pair[0].text(), pair[1].clone())).collect()
+}
+
+#[tokio::test]
+async fn streams_through_every_node() {
+    bounded(async {
+        let cluster = Cluster::start(3).await;
+        let mut c = clients(&cluster).await;
+        // Explicit ids, ms-*, and * from the clock: each above the stream's last id.
+        assert_eq!(c[0].call(&["XADD", "s", "1-1", "a", "1"]).await, bulk("1-1"));
+        assert_eq!(c[1].call(&["XADD", "s", "1-*", "b", "2"]).await, bulk("1-2"));
+        assert_eq!(c[2].call(&["XADD", "s", "2-*", "c", "3", "d", "4"]).await, bulk("2-0"));
+        let auto = c[0].call(&["XADD", "s", "*", "e", "5"]).await.text();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("a clock after 1970")
+            .as_millis() as u64;
+        let (ms, _) = stream_id(&auto);
+        assert!(ms.abs_diff(now_ms) < 60_000, "* takes the node's clock: {auto}");
+        for (args, error) in [
+            (
+                &["XADD", "s", "2-0", "x", "1"][..],
+                "ERR The ID specified in XADD is equal or smaller than the target stream top item",
+            ),
+            (
+                &["XADD", "s", "0-0", "x", "1"][..],
+                "ERR The ID specified in XADD must be greater than 0-0",
+            ),
+            (
+                &["XADD", "s", "abc", "x", "1"][..],
+                "ERR Invalid stream ID specified as stream command argument",
+            ),
+            (
+                &["XADD", "s", "*", "x"][..],
+                "ERR wrong number of arguments for 'xadd' command",
+            ),
+            (&["XADD", "s"][..], "ERR wrong number of arguments for 'xadd' command"),
+            (
+                &["XADD", "s", "MAXLEN", "-1", "*", "x", "1"][..],
+                "ERR The MAXLEN argument must be >= 0.",
+            ),
+            (
+                &["XADD", "s", "MAXLEN", "2", "LIMIT", "1", "*", "x", "1"][..],
+                "ERR syntax error, LIMIT cannot be used without the special ~ option",
+            ),
+            (
+                &["XRANGE", "s", "x", "+"][..],
+                "ERR Invalid stream ID specified as stream command argument",
+            ),
+            (
+                &["XRANGE", "s", "(-", "+"][..],
+                "ERR Invalid stream ID specified as stream command argument",
+            ),
+            (&["XRANGE", "s", "-", "(0-0"][..], "ERR invalid end ID for the interval"),
+            (&["XRANGE", "s", "-", "+", "COUNT"][..], "ERR syntax error"),
+            (
+                &["XDEL", "s", "1-x"][..],
+                "ERR Invalid stream ID specified as stream command argument",
+            ),
+            (
+                &["XTRIM", "s", "LIMIT", "0"][..],
+                "ERR syntax error, XTRIM must be called with a trimming strategy",
+            ),
+            (
+                &["XTRIM", "s", "LIMIT", "1"][..],
+                "ERR syntax error, LIMIT cannot be used without specifying a trimming strategy",
+            ),
+            (&["XLEN"][..], "ERR wrong number of arguments for 'xlen' command"),
+            (
+                &["XREAD", "STREAMS", "s", "t", "0"][..],
+                "ERR Unbalanced XREAD list of streams: for each stream key an ID or '$' must be specified.",
+            ),
+            (
+                &["XREAD", "STREAMS", "s", ">"][..],
+                "ERR The > ID can be specified only when calling XREADGROUP using the GROUP <group> <consumer> option.",
+            ),
+            (
+                &["XREAD", "BLOCK", "-1", "STREAMS", "s", "0"][..],
+                "ERR timeout is negative",
+            ),
+            (&["XREAD", "COUNT", "1", "s", "0"][..], "ERR syntax error"),
+        ] {
+            assert_eq!(c[1].call(args).await, Value::Error(error.into()), "{args:?}");
+        }
+        assert_eq!(
+            c[1].call(&["XADD", "nothing", "NOMKSTREAM", "*", "x", "1"]).await,
+            Value::Nil
+        );
+        assert_eq!(c[2].call(&["EXISTS", "nothing"]).await, Value::Int(0));
+        assert_eq!(c[2].call(&["XLEN", "s"]).await, Value::Int(4));
+        assert_eq!(c[2].call(&["XLEN", "nothing"]).await, Value::Int(0));
+        assert_eq!(
+            c[1].call(&["XRANGE", "s", "-", "+"]).await,
+            Value::Array(vec![
+                entry("1-1", &["a", "1"]),
+                entry("1-2", &["b", "2"]),
+                entry("2-0", &["c", "3", "d", "4"]),
+                entry(&auto, &["e", "5"]),
+            ])
+        );
+        assert_eq!(
+            c[2].call(&["XRANGE", "s", "(1-1", "2", "COUNT", "5"]).await,
+            Value::Array(vec![entry("1-2", &["b", "2"]), entry("2-0", &["c", "3", "d", "4"])])
+        );
+        assert_eq!(
+            c[0].call(&["XREVRANGE", "s", "+", "-", "COUNT", "2"]).await,
+            Value::Array(vec![entry(&auto, &["e", "5"]), entry("2-0", &["c", "3", "d", "4"])])
+        );
+        assert_eq!(c[0].call(&["XRANGE", "s", "-", "+", "COUNT", "0"]).await, Value::Nil);
+        assert_eq!(c[0].call(&["XRANGE", "s", "5", "1"]).await, Value::Array(vec![]));
+        assert_eq!(c[0].call(&["XRANGE", "nothing", "-", "+"]).await, Value::Array(vec![]));
+
+        // XDEL, then XTRIM and XADD's trimming.
+        assert_eq!(c[1].call(&["XDEL", "s", "1-1", "9-9", "1-1"]).await, Value::Int(1));
+        assert_eq!(c[2].call(&["XLEN", "s"]).await, Value::Int(3));
+        assert_eq!(c[2].call(&["XTRIM", "s", "MAXLEN", "2"]).await, Value::Int(1));
+        assert_eq!(
+            entry_ids(&c[0].call(&["XRANGE", "s", "-", "+"]).await),
+            ["2-0", auto.as_str()]
+        );
+        assert_eq!(c[0].call(&["XTRIM", "s", "MINID", "=", "2-1"]).await, Value::Int(1));
+        assert_eq!(
+            c[0].call(&["XTRIM", "s", "MAXLEN", "~", "5", "LIMIT", "10"]).await,
+            Value::Int(0)
+        );
+        for index in 0..4 {
+            let id = format!("{}-0", ms + 1 + index);
+            assert_eq!(
+                c[index as usize % 3]
+                    .call(&["XADD", "s", "MAXLEN", "=", "3", &id, "n", &index.to_string()])
+                    .await,
+                bulk(&id)
+            );
+        }
+        assert_eq!(c[1].call(&["XLEN", "s"]).await, Value::Int(3));
+        let minid = format!("{}-0", ms + 3);
+        assert_eq!(
+            entry_ids(&c[1].call(&["XRANGE", "s", "-", "+"]).await),
+            [
+                format!("{}-0", ms + 2),
+                format!("{}-0", ms + 3),
+                format!("{}-0", ms + 4)
+            ]
+        );
+        c[2].call(&["XADD", "s", "MINID", &minid, "*", "n", "last"])
+            .await
+            .text();
+        assert_eq!(c[0].call(&["XLEN", "s"]).await, Value::Int(3));
+
+        // XREAD: entries after an id, per stream; `$` (the last id) finds nothing new.
+        assert_eq!(c[0].call(&["XADD", "t", "1-0", "k", "v"]).await, bulk("1-0"));
+        let Value::Array(read) = c[1].call(&["XREAD", "COUNT", "1", "STREAMS", "s", "t", "0", "0"]).await else {
+            panic!("XREAD answers an array")
+        };
+        assert_eq!(read.len(), 2);
+        assert_eq!(
+            read[1],
+            Value::Array(vec![bulk("t"), Value::Array(vec![entry("1-0", &["k", "v"])])])
+        );
+        assert_eq!(c[1].call(&["XREAD", "STREAMS", "s", "t", "$", "$"]).await, Value::Nil);
+        assert_eq!(c[1].call(&["XREAD", "STREAMS", "t", "1-0"]).await, Value::Nil);
+        assert_eq!(c[1].call(&["XREAD", "STREAMS", "nothing", "0"]).await, Value::Nil);
+        // RESP3: a map of stream names to entries.
+        let mut resp3 = Client::connect(cluster.nodes[2].redis_port).await;
+        assert!(matches!(resp3.call(&["HELLO", "3"]).await, Value::Map(_)));
+        assert_eq!(
+            resp3.call(&["XREAD", "STREAMS", "t", "0"]).await,
+            Value::Map(vec![(bulk("t"), Value::Array(vec![entry("1-0", &["k", "v"])]))])
+        );
+        assert_eq!(resp3.call(&["XREAD", "STREAMS", "t", "$"]).await, Value::Nil);
+
+        // A stream is a key like the others.
+        assert_eq!(c[0].call(&["TYPE", "s"]).await, Value::Simple("stream".into()));
+        assert_eq!(c[0].call(&["OBJECT", "ENCODING", "s"]).await, bulk("stream"));
+        assert_eq!(c[0].call(&["SET", "plain", "x"]).await, ok());
+        let wrong = Value::Error("WRONGTYPE Operation against a key holding the wrong kind of value".into());
+        assert_eq!(c[0].call(&["XADD", "plain", "*", "a", "1"]).await, wrong);
+        assert_eq!(c[0].call(&["XRANGE", "plain", "-", "+"]).await, wrong);
+        assert_eq!(c[0].call(&["XREAD", "STREAMS", "plain", "0"]).await, wrong);
+        assert_eq!(c[0].call(&["LPUSH", "s", "x"]).await, wrong);
+        let before = c[1].call(&["XRANGE", "s", "-", "+"]).await;
+        assert_eq!(c[1].call(&["RENAME", "s", "renamed"]).await, ok());
+        assert_eq!(c[2].call(&["XRANGE", "renamed", "-", "+"]).await, before);
+        assert_eq!(c[2].call(&["COPY", "renamed", "copied"]).await, Value::Int(1));
+        assert_eq!(c[0].call(&["XRANGE", "copied", "-", "+"]).await, before);
+        // The copy keeps the stream's last id: XADD still refuses a smaller one.
+        assert_eq!(
+            c[0].call(&["XADD", "copied", "1-0", "x", "1"]).await,
+            Value::Error("ERR The ID specified in XADD is equal or smaller than the target stream top item".into())
+        );
+        assert_eq!(c[0].call(&["DEL", "copied"]).await, Value::Int(1));
+        assert_eq!(c[1].call(&["XLEN", "copied"]).await, Value::Int(0));
+        assert_eq!(c[1].call(&["EXPIRE", "renamed", "100"]).await, Value::Int(1));
+        let Value::Int(ttl) = c[2].call(&["TTL", "renamed"]).await else {
+            panic!("TTL is an integer")
+        };
+        assert!((1..=100).contains(&ttl), "{ttl}");
+        assert_eq!(
+            sorted_texts(
+                c[2].call(&["SCAN", "0", "TYPE", "stream", "COUNT", "1000"])
+                    .await
+                    .clone_second()
+            ),
+            ["renamed", "t"]
+        );
+
+        // MULTI: the commands see each other's writes and apply as one.
+        assert_eq!(c[2].call(&["MULTI"]).await, ok());
+        for args in [
+            &["XADD", "tx", "5-0", "f", "v"][..],
+            &["XLEN", "tx"][..],
+            &["XRANGE", "tx", "-", "+"][..],
+            &["XTRIM", "tx", "MAXLEN", "0"][..],
+        ] {
+            assert_eq!(c[2].call(args).await, Value::Simple("QUEUED".into()));
+        }
+        assert_eq!(
+            c[2].call(&["EXEC"]).await,
+            Value::Array(vec![
+                bulk("5-0"),
+                Value::Int(1),
+                Value::Array(vec![entry("5-0", &["f", "v"])]),
+                Value::Int(1),
+            ])
+        );
+        assert_eq!(c[0].call(&["XLEN", "tx"]).await, Value::Int(0));
+        assert_eq!(
+            c[0].call(&["TYPE", "tx"]).await,
+            Value::Simple("stream".into()),
+            "an empty stream stays"
+        );
+
+        // A pipeline of capped appends (one batch, trimming as it goes): every id above
+        // the last, and the newest ten kept.
+        let mut pipeline = Vec::new();
+        for index in 0..60 {
+            pipeline.extend(Client::encode(&[
+                "XADD",
+                "capped",
+                "MAXLEN",
+                "10",
+                "*",
+                "n",
+                &index.to_string(),
+            ]));
+        }
+        c[1].send_raw(&pipeline).await;
+        let mut ids = Vec::new();
+        for _ in 0..60 {
+            ids.push(c[1].read().await.text());
+        }
+        assert!(
+            ids.windows(2).all(|pair| stream_id(&pair[0]) < stream_id(&pair[1])),
+            "{ids:?}"
+        );
+        assert_eq!(c[2].call(&["XLEN", "capped"]).await, Value::Int(10));
+        assert_eq!(entry_ids(&c[2].call(&["XRANGE", "capped", "-", "+"]).await), ids[50..]);
+        let info = fields(&c[0].call(&["XINFO", "STREAM", "capped"]).await);
+        assert_eq!(info["length"], Value::Int(10));
+        assert_eq!(info["entries-added"], Value::Int(60));
+        assert_eq!(info["recorded-first-entry-id"], bulk(&ids[50]));
+        assert_eq!(info["last-generated-id"], bulk(&ids[59]));
+        assert_eq!(info["first-entry"], entry(&ids[50], &["n", "50"]));
+        assert_eq!(info["last-entry"], entry(&ids[59], &["n", "59"]));
+    })
+    .await;
+}
+
+impl Value {
+    /// The second element of a two-element array (SCAN's keys).
+    fn clone_second(&self) -> Value {
+        match self {
+            Value::Array(items) if items.len() == 2 => items[1].clone(),
+            other => panic!("not a pair: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn stream_consumer_groups_through_every_node() {
+    bounded(async {
+        let cluster = Cluster::start(3).await;
+        let mut c = clients(&cluster).await;
+        assert_eq!(
+            c[0].call(&["XGROUP", "CREATE", "jobs", "workers", "$"]).await,
+            Value::Error(
+                "ERR The XGROUP subcommand requires the key to exist. Note that for CREATE you may want to use the MKSTREAM option to create an empty stream automatically."
+                    .into()
+            )
+        );
+        assert_eq!(c[0].call(&["XGROUP", "CREATE", "jobs", "workers", "$", "MKSTREAM"]).await, ok());
+        assert_eq!(c[1].call(&["XLEN", "jobs"]).await, Value::Int(0));
+        assert_eq!(
+            c[1].call(&["XGROUP", "CREATE", "jobs", "workers", "0"]).await,
+            Value::Error("BUSYGROUP Consumer Group name already exists".into())
+        );
+        assert_eq!(
+            c[2].call(&["XGROUP", "SETID", "jobs", "nope", "0"]).await,
+            Value::Error("NOGROUP No such consumer group 'nope' for key name 'jobs'".into())
+        );
+        assert_eq!(
+            c[2].call(&["XGROUP", "CREATE", "jobs"]).await,
+            Value::Error("ERR wrong number of arguments for 'xgroup|create' command".into())
+        );
+        assert_eq!(
+            c[2].call(&["XGROUP", "NOPE", "jobs"]).await,
+            Value::Error("ERR unknown subcommand 'NOPE'. Try XGROUP HELP.".into())
+        );
+        for index in 1..=5 {
+            let id = format!("{index}-0");
+            assert_eq!(c[index % 3].call(&["XADD", "jobs", &id, "n", &index.to_string()]).await, bulk(&id));
+        }
+        // New entries go to one consumer each, and stay pending until acknowledged.
+        assert_eq!(
+            c[0].call(&["XREADGROUP", "GROUP", "workers", "alice", "COUNT", "2", "STREAMS", "jobs", ">"]).await,
+            Value::Array(vec![Value::Array(vec![
+                bulk("jobs"),
+                Value::Array(vec![entry("1-0", &["n", "1"]), entry("2-0", &["n", "2"])]),
+            ])])
+        );
+        assert_eq!(
+            c[1].call(&["XREADGROUP", "GROUP", "workers", "bob", "COUNT", "1", "STREAMS", "jobs", ">"]).await,
+            Value::Array(vec![Value::Array(vec![bulk("jobs"), Value::Array(vec![entry("3-0", &["n", "3"])])])])
+        );
+        for (args, error) in [
+            (
+                &["XREADGROUP", "GROUP", "nope", "alice", "STREAMS", "jobs", ">"][..],
+                "NOGROUP No such key 'jobs' or consumer group 'nope' in XREADGROUP with GROUP option",
+            ),
+            (
+                &["XREADGROUP", "GROUP", "workers", "alice", "STREAMS", "missing", ">"][..],
+                "NOGROUP No such key 'missing' or consumer group 'workers' in XREADGROUP with GROUP option",
+            ),
+            (
+                &["XREADGROUP", "GROUP", "workers", "alice", "STREAMS", "jobs", "$"][..],
+                "ERR The $ ID is meaningless in the context of XREADGROUP: you want to read the history of this consumer by specifying a proper ID, or use the > ID to get new messages. The $ ID would just return an empty result set.",
+            ),
+            (
+                &["XREADGROUP", "GROUP", "workers", "alice", "STREAMS", "jobs"][..],
+                "ERR wrong number of arguments for 'xreadgroup' command",
+            ),
+            (&["XPENDING", "jobs", "nope"][..], "NOGROUP No such key 'jobs' or consumer group 'nope'"),
+            (&["XPENDING", "jobs", "workers", "-", "+"][..], "ERR syntax error"),
+            (&["XCLAIM", "jobs", "nope", "x", "0", "1-0"][..], "NOGROUP No such key 'jobs' or consumer group 'nope'"),
+            (&["XCLAIM", "jobs", "workers", "x", "y", "1-0"][..], "ERR Invalid min-idle-time argument for XCLAIM"),
+            (&["XCLAIM", "jobs", "workers", "x", "0", "1-0", "FOO"][..], "ERR Unrecognized XCLAIM option 'FOO'"),
+            (&["XAUTOCLAIM", "jobs", "workers", "x", "0", "0", "COUNT", "0"][..], "ERR COUNT must be > 0"),
+            (&["XACK", "jobs", "workers", "x"][..], "ERR Invalid stream ID specified as stream command argument"),
+        ] {
+            assert_eq!(c[2].call(args).await, Value::Error(error.into()), "{args:?}");
+        }
+        let summary = |count: i64, first: &str, last: &str, owners: &[(&str, &str)]| {
+            Value::Array(vec![
+                Value::Int(count),
+                bulk(first),
+                bulk(last),
+                Value::Array(
+                    owners
+                        .iter()
+                        .map(|(name, count)| Value::Array(vec![bulk(name), bulk(count)]))
+                        .collect(),
+                ),
+            ])
+        };
+        assert_eq!(
+            c[2].call(&["XPENDING", "jobs", "workers"]).await,
+            summary(3, "1-0", "3-0", &[("alice", "2"), ("bob", "1")])
+        );
+        let Value::Array(alices) = c[2].call(&["XPENDING", "jobs", "workers", "-", "+", "10", "alice"]).await else {
+            panic!("XPENDING's extended form is an array")
+        };
+        assert_eq!(alices.len(), 2);
+        let Value::Array(first) = &alices[0] else { panic!("a pending entry") };
+        assert_eq!((&first[0], &first[1], &first[3]), (&bulk("1-0"), &bulk("alice"), &Value::Int(1)));
+        assert!(matches!(first[2], Value::Int(idle) if idle >= 0));
+        // A consumer's history: its pending entries again, delivered once more.
+        assert_eq!(
+            entry_ids(&match c[0].call(&["XREADGROUP", "GROUP", "workers", "alice", "STREAMS", "jobs", "0"]).await {
+                Value::Array(streams) => match &streams[0] {
+                    Value::Array(parts) => parts[1].clone(),
+                    other => panic!("{other:?}"),
+                },
+                other => panic!("{other:?}"),
+            }),
+            ["1-0", "2-0"]
+        );
+        let Value::Array(again) = c[1].call(&["XPENDING", "jobs", "workers", "IDLE", "0", "-", "+", "1"]).await else {
+            panic!("an array")
+        };
+        assert!(matches!(&again[0], Value::Array(parts) if parts[3] == Value::Int(2)));
+        assert_eq!(c[1].call(&["XACK", "jobs", "workers", "1-0", "9-0"]).await, Value::Int(1));
+        assert_eq!(c[2].call(&["XACK", "jobs", "workers", "1-0"]).await, Value::Int(0));
+        assert_eq!(c[2].call(&["XACK", "jobs", "nope", "2-0"]).await, Value::Int(0));
+        assert_eq!(
+            c[0].call(&["XPENDING", "jobs", "workers"]).await,
+            summary(2, "2-0", "3-0", &[("alice", "1"), ("bob", "1")])
+        );
+        // Claims: only entries idle long enough, unless forced.
+        assert_eq!(
+            c[0].call(&["XCLAIM", "jobs", "workers", "carol", "3600000", "2-0"]).await,
+            Value::Array(vec![])
+        );
+        assert_eq!(
+            c[1].call(&["XCLAIM", "jobs", "workers", "carol", "0", "2-0", "IDLE", "5000"]).await,
+            Value::Array(vec![entry("2-0", &["n", "2"])])
+        );
+        assert_eq!(
+            c[2].call(&["XCLAIM", "jobs", "workers", "dave", "4000", "2-0", "JUSTID"]).await,
+            Value::Array(vec![bulk("2-0")])
+        );
+        assert_eq!(
+            c[2].call(&["XCLAIM", "jobs", "workers", "dave", "0", "4-0"]).await,
+            Value::Array(vec![]),
+            "4-0 was never delivered"
+        );
+        assert_eq!(
+            c[2].call(&["XCLAIM", "jobs", "workers", "dave", "0", "4-0", "FORCE", "JUSTID"]).await,
+            Value::Array(vec![bulk("4-0")])
+        );
+        let Value::Array(pending) = c[0].call(&["XPENDING", "jobs", "workers", "-", "+", "10"]).await else {
+            panic!("an array")
+        };
+        let owners: Vec<(String, String, Value)> = pending
+            .iter()
+            .map(|item| match item {
+                Value::Array(parts) => (parts[0].text(), parts[1].text(), parts[3].clone()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            owners,
+            [
+                ("2-0".to_string(), "dave".to_string(), Value::Int(3)),
+                ("3-0".to_string(), "bob".to_string(), Value::Int(1)),
+                ("4-0".to_string(), "dave".to_string(), Value::Int(1)),
+            ]
+        );
+        assert_eq!(
+            c[1].call(&["XAUTOCLAIM", "jobs", "workers", "erin", "0", "0-0", "COUNT", "1"]).await,
+            Value::Array(vec![bulk("3-0"), Value::Array(vec![entry("2-0", &["n", "2"])]), Value::Array(vec![])])
+        );
+        assert_eq!(c[2].call(&["XDEL", "jobs", "3-0"]).await, Value::Int(1));
+        assert_eq!(
+            c[0].call(&["XAUTOCLAIM", "jobs", "workers", "frank", "0", "0-0", "JUSTID"]).await,
+            Value::Array(vec![
+                bulk("0-0"),
+                Value::Array(vec![bulk("2-0"), bulk("4-0")]),
+                Value::Array(vec![bulk("3-0")]),
+            ]),
+            "a deleted entry leaves the pending list"
+        );
+        assert_eq!(
+            c[1].call(&["XPENDING", "jobs", "workers"]).await,
+            summary(2, "2-0", "4-0", &[("frank", "2")])
+        );
+
+        // XINFO's figures.
+        let info = fields(&c[2].call(&["XINFO", "STREAM", "jobs"]).await);
+        assert_eq!(info["length"], Value::Int(4));
+        assert_eq!(info["entries-added"], Value::Int(5));
+        assert_eq!(info["last-generated-id"], bulk("5-0"));
+        assert_eq!(info["max-deleted-entry-id"], bulk("3-0"));
+        assert_eq!(info["groups"], Value::Int(1));
+        assert_eq!(info["first-entry"], entry("1-0", &["n", "1"]));
+        assert_eq!(info["last-entry"], entry("5-0", &["n", "5"]));
+        let Value::Array(groups) = c[0].call(&["XINFO", "GROUPS", "jobs"]).await else {
+            panic!("XINFO GROUPS is an array")
+        };
+        let workers = fields(&groups[0]);
+        assert_eq!(workers["name"], bulk("workers"));
+        assert_eq!(workers["consumers"], Value::Int(6));
+        assert_eq!(workers["pending"], Value::Int(2));
+        assert_eq!(workers["last-delivered-id"], bulk("3-0"));
+        assert_eq!(workers["entries-read"], Value::Int(3));
+        let Value::Array(consumers) = c[1].call(&["XINFO", "CONSUMERS", "jobs", "workers"]).await else {
+            panic!("XINFO CONSUMERS is an array")
+        };
+        let consumers: Vec<_> = consumers.iter().map(fields).collect();
+        let names: Vec<String> = consumers.iter().map(|consumer| consumer["name"].text()).collect();
+        assert_eq!(names, ["alice", "bob", "carol", "dave", "erin", "frank"]);
+        assert_eq!(consumers[5]["pending"], Value::Int(2));
+        assert_eq!(consumers[0]["pending"], Value::Int(0));
+        assert!(consumers.iter().all(|consumer| matches!(consumer["idle"], Value::Int(idle) if idle >= 0)));
+        assert_eq!(
+            c[1].call(&["XINFO", "CONSUMERS", "jobs", "nope"]).await,
+            Value::Error("NOGROUP No such consumer group 'nope' for key name 'jobs'".into())
+        );
+        assert_eq!(c[1].call(&["XINFO", "STREAM", "missing"]).await, Value::Error("ERR no such key".into()));
+        let full = fields(&c[1].call(&["XINFO", "STREAM", "jobs", "FULL"]).await);
+        assert_eq!(entry_ids(&full["entries"]), ["1-0", "2-0", "4-0", "5-0"]);
+
+        // Consumers come and go; a removed consumer's pending entries go with it.
+        assert_eq!(c[2].call(&["XGROUP", "CREATECONSUMER", "jobs", "workers", "gina"]).await, Value::Int(1));
+        assert_eq!(c[0].call(&["XGROUP", "CREATECONSUMER", "jobs", "workers", "gina"]).await, Value::Int(0));
+        assert_eq!(c[0].call(&["XGROUP", "DELCONSUMER", "jobs", "workers", "frank"]).await, Value::Int(2));
+        assert_eq!(
+            c[1].call(&["XPENDING", "jobs", "workers"]).await,
+            Value::Array(vec![Value::Int(0), Value::Nil, Value::Nil, Value::Nil])
+        );
+        // Moving the group back delivers the entries again.
+        assert_eq!(c[1].call(&["XGROUP", "SETID", "jobs", "workers", "0"]).await, ok());
+        let again = c[2].call(&["XREADGROUP", "GROUP", "workers", "gina", "STREAMS", "jobs", ">"]).await;
+        let Value::Array(streams) = again else { panic!("{again:?}") };
+        let Value::Array(parts) = &streams[0] else { panic!("{streams:?}") };
+        assert_eq!(entry_ids(&parts[1]), ["1-0", "2-0", "4-0", "5-0"]);
+        // NOACK: delivered, never pending.
+        assert_eq!(c[0].call(&["XGROUP", "CREATE", "jobs", "quiet", "$", "ENTRIESREAD", "5"]).await, ok());
+        assert_eq!(c[0].call(&["XADD", "jobs", "6-0", "n", "6"]).await, bulk("6-0"));
+        assert_eq!(
+            c[1].call(&["XREADGROUP", "GROUP", "quiet", "q", "NOACK", "STREAMS", "jobs", ">"]).await,
+            Value::Array(vec![Value::Array(vec![bulk("jobs"), Value::Array(vec![entry("6-0", &["n", "6"])])])])
+        );
+        assert_eq!(
+            c[2].call(&["XPENDING", "jobs", "quiet"]).await,
+            Value::Array(vec![Value::Int(0), Value::Nil, Value::Nil, Value::Nil])
+        );
+        assert_eq!(c[2].call(&["XGROUP", "DESTROY", "jobs", "workers"]).await, Value::Int(1));
+        assert_eq!(c[2].call(&["XGROUP", "DESTROY", "jobs", "workers"]).await, Value::Int(0));
+        let Value::Array(groups) = c[0].call(&["XINFO", "GROUPS", "jobs"]).await else {
+            panic!("an array")
+        };
+        assert_eq!(groups.len(), 1);
+        assert_eq!(fields(&groups[0])["name"], bulk("quiet"));
+        assert_eq!(fields(&groups[0])["lag"], Value::Int(0));
+        assert_eq!(c[0].call(&["SET", "plain", "x"]).await, ok());
+        assert_eq!(
+            c[0].call(&["XGROUP", "CREATE", "plain", "g", "$"]).await,
+            Value::Error("WRONGTYPE Operation against a key holding the wrong kind of value".into())
+        );
+        // COMMAND reports the stream commands as Redis does.
+        let Value::Array(described) = c[0].call(&["COMMAND", "INFO", "XREADGROUP", "XADD"]).await else {
+            panic!("COMMAND INFO is an array")
+        };
+        let Value::Array(readgroup) = &described[0] else { panic!("{described:?}") };
+        assert_eq!((&readgroup[0], &readgroup[1]), (&bulk("xreadgroup"), &Value::Int(-7)));
+        let Value::Array(add) = &described[1] else { panic!("{described:?}") };
+        assert_eq!((&add[1], &add[3], &add[4]), (&Value::Int(-5), &Value::Int(1), &Value::Int(1)));
+
+        // The redis crate's raw commands against another node.
+        let url = format!("redis://127.0.0.1:{}/", cluster.nodes[2].redis_port);
+        let (added, read) = tokio::task::spawn_blocking(move || {
+            let mut connection = redis::Client::open(url)
+                .and_then(|client| client.get_connection())
+                .expect("connecting with the redis crate");
+            let added: String = redis::cmd("XADD")
+                .arg("crate:stream")
+                .arg("*")
+                .arg("field")
+                .arg("value")
+                .query(&mut connection)
+                .expect("XADD");
+            let read: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+                .arg("crate:stream")
+                .arg("-")
+                .arg("+")
+                .query(&mut connection)
+                .expect("XRANGE");
+            (added, read)
+        })
+        .await
+        .expect("the client thread");
+        assert_eq!(read, vec![(added, vec!["field".to_string(), "value".to_string()])]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn blocked_stream_reads_wake_on_an_entry_added_through_another_node() {
+    bounded(async {
+        let cluster = Cluster::start(3).await;
+        let mut c = clients(&cluster).await;
+        let started = Instant::now();
+        assert_eq!(
+            c[0].call(&["XREAD", "BLOCK", "300", "STREAMS", "events", "$"]).await,
+            Value::Nil
+        );
+        assert!(
+            started.elapsed() >= Duration::from_millis(300),
+            "XREAD waited its timeout"
+        );
+        assert_eq!(c[1].call(&["XADD", "events", "1-0", "old", "x"]).await, bulk("1-0"));
+
+        // Waits on node 1 for an entry after the last one ($), added through node 3.
+        let port = cluster.nodes[0].redis_port;
+        let waiter = tokio::spawn(async move {
+            let mut client = Client::connect(port).await;
+            let started = Instant::now();
+            let reply = client
+                .call(&["XREAD", "BLOCK", "0", "STREAMS", "other", "events", "$", "$"])
+                .await;
+            (reply, started.elapsed())
+        });
+        wait_for_blocked(&mut c[0], "xread").await;
+        let id = c[2].call(&["XADD", "events", "*", "new", "y"]).await.text();
+        let (reply, waited) = waiter.await.expect("the waiter");
+        assert_eq!(
+            reply,
+            Value::Array(vec![Value::Array(vec![
+                bulk("events"),
+                Value::Array(vec![entry(&id, &["new", "y"])])
+            ])])
+        );
+        assert!(
+            waited < Duration::from_secs(4),
+            "woken by the entry, not by the recheck: {waited:?}"
+        );
+
+        // A consumer of a group waits the same way; the entry is then pending for it.
+        assert_eq!(c[0].call(&["XGROUP", "CREATE", "events", "g", "$"]).await, ok());
+        assert_eq!(
+            c[1].call(&[
+                "XREADGROUP",
+                "GROUP",
+                "g",
+                "c",
+                "BLOCK",
+                "200",
+                "STREAMS",
+                "events",
+                ">"
+            ])
+            .await,
+            Value::Nil
+        );
+        let port = cluster.nodes[1].redis_port;
+        let waiter = tokio::spawn(async move {
+            let mut client = Client::connect(port).await;
+            let started = Instant::now();
+            let reply = client
+                .call(&[
+                    "XREADGROUP",
+                    "GROUP",
+                    "g",
+                    "c",
+                    "COUNT",
+                    "5",
+                    "BLOCK",
+                    "20000",
+                    "STREAMS",
+                    "events",
+                    ">",
+                ])
+                .await;
+            (reply, started.elapsed())
+        });
+        wait_for_blocked(&mut c[1], "xreadgroup").await;
+        let id = c[0].call(&["XADD", "events", "*", "job", "z"]).await.text();
+        let (reply, waited) = waiter.await.expect("the waiter");
+        assert_eq!(
+            reply,
+            Value::Array(vec![Value::Array(vec![
+                bulk("events"),
+                Value::Array(vec![entry(&id, &["job", "z"])])
+            ])])
+        );
+        assert!(waited < Duration::from_secs(4), "woken by the entry: {waited:?}");
+        let Value::Array(pending) = c[2].call(&["XPENDING", "events", "g", "-", "+", "10"]).await else {
+            panic!("an array")
+        };
+        assert_eq!(pending.len(), 1);
+        assert!(matches!(&pending[0], Value::Array(parts) if parts[0] == bulk(&id) && parts[1] == bulk("c")));
+        // Inside MULTI a blocking read does not wait.
+        assert_eq!(c[2].call(&["MULTI"]).await, ok());
+        assert_eq!(
+            c[2].call(&["XREAD", "BLOCK", "0", "STREAMS", "events", "$"]).await,
+            Value::Simple("QUEUED".into())
+        );
+        assert_eq!(c[2].call(&["EXEC"]).await, Value::Array(vec![Value::Nil]));
+    })
+    .await;
+}
+
+/// Until CLIENT LIST on `client`'s node shows a connection blocked (flag `b`) in
+/// `command`: from then on a write wakes it (XREAD's `$` is fixed by then), so what
+/// follows tests the wake-up.
+async fn wait_for_blocked(client: &mut Client, command: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let wanted = format!("cmd={command} ");
+    let blocked = |list: &str| {
+        list.lines()
+            .any(|line| line.contains(" flags=b ") && line.contains(&wanted))
+    };
+    while !blocked(&client.call(&["CLIENT", "LIST"]).await.text()) {
+        assert!(Instant::now() < deadline, "the reader never blocked in {command}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // INFO counts it too (a wake-up that finds nothing clears the flag for a moment).
+    while !client
+        .call(&["INFO", "clients"])
+        .await
+        .text()
+        .contains("blocked_clients:1")
+    {
+        assert!(Instant::now() < deadline, "INFO never counted the blocked client");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn acknowledged_stream_entries_and_acks_survive_a_leader_kill() {
+    bounded(async {
+        let mut cluster = Cluster::start(3).await;
+        let leader = cluster.leader().await;
+        let survivors: Vec<usize> = (0..3).filter(|index| *index != leader).collect();
+        let mut c = Client::connect(cluster.nodes[survivors[0]].redis_port).await;
+        assert_eq!(
+            c.call(&["XGROUP", "CREATE", "log", "readers", "$", "MKSTREAM"]).await,
+            ok()
+        );
+        // Acknowledged appends (id and value) and the values of failed ones (may have
+        // applied); acknowledged XACKs, and those that failed.
+        let (mut added, mut add_failed): (Vec<(String, String)>, Vec<String>) = (Vec::new(), Vec::new());
+        let (mut acked, mut ack_failed): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
+        for round in 0..120 {
+            if round == 40 {
+                cluster.kill(leader);
+            }
+            let value = format!("v{round}");
+            match c.call(&["XADD", "log", "*", "n", &value]).await {
+                Value::Bulk(id) => added.push((String::from_utf8(id).expect("an id"), value)),
+                Value::Error(_) => add_failed.push(value),
+                other => panic!("XADD answered {other:?}"),
+            }
+            let delivered = match c
+                .call(&[
+                    "XREADGROUP",
+                    "GROUP",
+                    "readers",
+                    "r",
+                    "COUNT",
+                    "2",
+                    "STREAMS",
+                    "log",
+                    ">",
+                ])
+                .await
+            {
+                Value::Array(streams) => match &streams[0] {
+                    Value::Array(parts) => entry_ids(&parts[1]),
+                    other => panic!("{other:?}"),
+                },
+                Value::Nil | Value::Error(_) => Vec::new(),
+                other => panic!("XREADGROUP answered {other:?}"),
+            };
+            for id in delivered {
+                match c.call(&["XACK", "log", "readers", &id]).await {
+                    Value::Int(1) => acked.push(id),
+                    Value::Int(other) => panic!("a delivered entry was not pending ({other}): {id}"),
+                    Value::Error(_) => ack_failed.push(id),
+                    other => panic!("XACK answered {other:?}"),
+                }
+            }
+        }
+        assert!(added.len() >= 80, "the cluster kept serving: {} of 120", added.len());
+        assert!(acked.len() >= 60, "acknowledgements went on: {}", acked.len());
+        let check = |entries: &Value, pending: &Value| {
+            let Value::Array(entries) = entries else {
+                panic!("{entries:?}")
+            };
+            let stored: Vec<(String, String)> = entries
+                .iter()
+                .map(|entry| match entry {
+                    Value::Array(parts) => match &parts[1] {
+                        Value::Array(pairs) => (parts[0].text(), pairs[1].text()),
+                        other => panic!("{other:?}"),
+                    },
+                    other => panic!("{other:?}"),
+                })
+                .collect();
+            for (id, value) in &added {
+                assert!(
+                    stored.contains(&(id.clone(), value.clone())),
+                    "acknowledged XADD {id} {value} was lost"
+                );
+            }
+            for value in &add_failed {
+                assert!(
+                    stored.iter().filter(|(_, stored)| stored == value).count() <= 1,
+                    "XADD {value} applied twice"
+                );
+            }
+            assert!(stored.len() <= added.len() + add_failed.len());
+            let mut values: Vec<&String> = stored.iter().map(|(_, value)| value).collect();
+            values.sort();
+            values.dedup();
+            assert_eq!(values.len(), stored.len(), "an entry applied twice");
+            let Value::Array(pending) = pending else {
+                panic!("{pending:?}")
+            };
+            let pending: Vec<String> = pending
+                .iter()
+                .map(|item| match item {
+                    Value::Array(parts) => parts[0].text(),
+                    other => panic!("{other:?}"),
+                })
+                .collect();
+            for id in &acked {
+                assert!(!pending.contains(id), "acknowledged XACK of {id} was lost");
+            }
+            stored.len()
+        };
+        let mut other = Client::connect(cluster.nodes[survivors[1]].redis_port).await;
+        let entries = other.call(&["XRANGE", "log", "-", "+"]).await;
+        let pending = other.call(&["XPENDING", "log", "readers", "-", "+", "1000"]).await;
+        let length = check(&entries, &pending);
+        assert_eq!(other.call(&["XLEN", "log"]).await, Value::Int(length as i64));
+        cluster.restart(leader);
+        cluster.wait_ready(Duration::from_secs(30)).await;
+        // On the restarted node too: the same entries and the same pending list.
+        let mut back = Client::connect(cluster.nodes[leader].redis_port).await;
+        assert_eq!(back.call(&["XRANGE", "log", "-", "+"]).await, entries);
+        assert_eq!(
+            entry_ids(&back.call(&["XPENDING", "log", "readers", "-", "+", "1000"]).await),
+            entry_ids(&pending)
+        );
+        check(&entries, &pending);
     })
     .await;
 }

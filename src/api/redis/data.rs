@@ -6,8 +6,8 @@
 //! across nodes the compare decides and the loser tries again.
 
 use super::keys::{self, Record};
-use super::snapshot::{Elements, Need, Snapshot};
-use crate::proto::shoal::kv::{compare, op, op_result, Compare, KeyValue, Op, Read, Txn, TxnResult};
+use super::snapshot::{ElementSpan, Elements, Need, Snapshot};
+use crate::proto::shoal::kv::{compare, op, op_result, read, Compare, KeyValue, Op, Read, Txn, TxnResult};
 use crate::range::kv::KvError;
 use crate::range::ops;
 use crate::txn::{Transactions, TxnError};
@@ -137,29 +137,59 @@ impl Data {
     /// Reads what `needs` name, at one revision (linearizable): each key's record, and
     /// the elements asked for.
     pub async fn load(&self, needs: &[Need]) -> Result<(HashMap<Bytes, Stored>, HashMap<Bytes, Elements>), DataError> {
+        if needs.is_empty() {
+            // Nothing to read (a MULTI of PINGs, a HELP).
+            return Ok((HashMap::new(), HashMap::new()));
+        }
+        /// What one read of the transaction below is for.
+        enum Part {
+            Record,
+            Field(Bytes),
+            All,
+            Span(ElementSpan),
+        }
         let now = now_ms();
         let read_op = |key: Bytes, end: Bytes| Op {
             op: Some(op::Op::Read(ops::read(ops::span(key, end)))),
         };
         // One read of the record per key, then its elements: positions remembered.
         let mut reads = Vec::new();
-        let mut plan: Vec<(Bytes, Option<Bytes>)> = Vec::new();
+        let mut plan: Vec<(Bytes, Part)> = Vec::new();
+        let mut records_planned: std::collections::HashSet<Bytes> = std::collections::HashSet::new();
         for need in needs {
             let key = need.key().clone();
-            reads.push(read_op(key.clone(), Bytes::new()));
-            plan.push((key.clone(), None));
+            if records_planned.insert(key.clone()) {
+                reads.push(read_op(key.clone(), Bytes::new()));
+                plan.push((key.clone(), Part::Record));
+            }
             match need {
                 Need::Record(_) => {}
                 Need::Fields(_, fields) => {
                     for field in fields {
                         reads.push(read_op(keys::element_key(&key, field), Bytes::new()));
-                        plan.push((key.clone(), Some(field.clone())));
+                        plan.push((key.clone(), Part::Field(field.clone())));
                     }
                 }
                 Need::All(_) => {
                     let (start, end) = keys::elements_span(&key);
                     reads.push(read_op(start, end));
-                    plan.push((key.clone(), Some(Bytes::new())));
+                    plan.push((key.clone(), Part::All));
+                }
+                Need::Span(_, span) => {
+                    let mut read = ops::read(ops::span(
+                        keys::element_key(&key, &span.start),
+                        keys::element_key(&key, &span.end),
+                    ));
+                    read.limit = span.limit as i64;
+                    // A limited read in key order stops after the limit (no total count).
+                    read.skip_count = true;
+                    if span.reverse {
+                        read.sort_order = read::SortOrder::Descend as i32;
+                    }
+                    reads.push(Op {
+                        op: Some(op::Op::Read(read)),
+                    });
+                    plan.push((key.clone(), Part::Span(span.clone())));
                 }
                 // Read once the record says where the ends are (below).
                 Need::Edges(..) => {}
@@ -180,18 +210,18 @@ impl Data {
             let Some(op_result::Result::Read(read)) = &result.result else {
                 continue;
             };
-            match (part, needs.iter().find(|need| *need.key() == key)) {
-                (None, _) => {
+            match part {
+                Part::Record => {
                     records.insert(key.clone(), Stored::from_kv(read.kvs.first(), now));
                 }
-                (Some(field), Some(Need::Fields(..))) => {
+                Part::Field(field) => {
                     let entry = elements.entry(key.clone()).or_default();
                     entry.asked.insert(field.clone());
                     if let Some(kv) = read.kvs.first() {
                         entry.stored.insert(field, kv.value.clone());
                     }
                 }
-                (Some(_), _) => {
+                Part::All => {
                     let entry = elements.entry(key.clone()).or_default();
                     entry.all = true;
                     for kv in &read.kvs {
@@ -199,6 +229,30 @@ impl Data {
                             entry.stored.insert(Bytes::copy_from_slice(field), kv.value.clone());
                         }
                     }
+                }
+                Part::Span(span) => {
+                    let entry = elements.entry(key.clone()).or_default();
+                    let mut fields = Vec::with_capacity(read.kvs.len());
+                    for kv in &read.kvs {
+                        if let Some(field) = keys::field_of(&key, &kv.key) {
+                            let field = Bytes::copy_from_slice(field);
+                            entry.stored.insert(field.clone(), kv.value.clone());
+                            fields.push(field);
+                        }
+                    }
+                    // Known whole: the span, or the part of it up to the last one read.
+                    let covered = match (read.more, span.reverse) {
+                        (false, _) => (span.start, span.end),
+                        (true, false) => {
+                            let last = fields.iter().max().cloned().unwrap_or_else(|| span.start.clone());
+                            (span.start, [&last[..], &[0]].concat().into())
+                        }
+                        (true, true) => {
+                            let first = fields.iter().min().cloned().unwrap_or_else(|| span.end.clone());
+                            (first, span.end)
+                        }
+                    };
+                    entry.covered.push(covered);
                 }
             }
         }
@@ -317,7 +371,7 @@ impl Data {
         watched: &[(Bytes, i64)],
         mut body: impl FnMut(&mut Snapshot) -> T,
     ) -> Result<Option<T>, DataError> {
-        let needs = merge_needs(needs, watched);
+        let mut needs = merge_needs(needs, watched);
         let keys: Vec<Bytes> = needs.iter().map(|need| need.key().clone()).collect();
         let _guards = self.lock(&keys).await;
         for _ in 0..ATTEMPTS {
@@ -330,6 +384,14 @@ impl Data {
             }
             let mut snapshot = Snapshot::new(now_ms(), read, elements);
             let answer = body(&mut snapshot);
+            let unread = snapshot.take_unread();
+            if !unread.is_empty() {
+                // A command needed elements it could not name before reading: read them
+                // too (with the rest, at one revision) and run again.
+                needs.extend(unread);
+                needs = merge_needs(&needs, &[]);
+                continue;
+            }
             let changes = snapshot.changes();
             if changes.is_empty() {
                 return Ok(Some(answer));
@@ -420,12 +482,20 @@ fn change_op(change: Change) -> Op {
     }
 }
 
-/// One need per key (the widest asked), watched keys' records included.
+/// One need per key (the widest asked), watched keys' records included; element spans
+/// stay as they are, beside them.
 fn merge_needs(needs: &[Need], watched: &[(Bytes, i64)]) -> Vec<Need> {
     let mut merged: BTreeMap<Bytes, Need> = BTreeMap::new();
+    let mut spans: Vec<Need> = Vec::new();
     let watched = watched.iter().map(|(key, _)| Need::Record(key.clone()));
     for need in needs.iter().cloned().chain(watched) {
         let key = need.key().clone();
+        if let Need::Span(..) = need {
+            if !spans.contains(&need) {
+                spans.push(need);
+            }
+            continue;
+        }
         let combined = match (merged.remove(&key), need) {
             (None, need) => need,
             (Some(Need::All(_)), _) | (_, Need::All(_)) => Need::All(key.clone()),
@@ -448,10 +518,17 @@ fn merge_needs(needs: &[Need], watched: &[(Bytes, i64)]) -> Vec<Need> {
                 Need::Fields(key.clone(), fields)
             }
             (Some(Need::Record(_)), Need::Record(_)) => Need::Record(key.clone()),
+            (Some(Need::Span(..)), _) | (_, Need::Span(..)) => unreachable!("spans are kept apart"),
         };
         merged.insert(key, combined);
     }
-    merged.into_values().collect()
+    // Every key read has its record read (a span alone names the key too).
+    for span in &spans {
+        merged
+            .entry(span.key().clone())
+            .or_insert_with(|| Need::Record(span.key().clone()));
+    }
+    merged.into_values().chain(spans).collect()
 }
 
 impl From<KvError> for DataError {

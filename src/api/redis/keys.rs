@@ -7,7 +7,9 @@
 //! are one span; within it, keys sort by slot, so ranges split along slots.
 //!
 //! Stored value: a type byte, the expiry time in Unix milliseconds (0: none), then the
-//! payload.
+//! payload. A collection's elements are stored one per key after its record (see
+//! [`element_key`]); a stream's entries, consumer groups, pending entries and consumers
+//! are elements too, under sub-prefixes of their own (see `commands::streams`).
 
 use crate::storage::keys::{escape, namespace::REDIS, unescape};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -131,6 +133,10 @@ pub fn field_position(field: &[u8]) -> Option<i64> {
     Some((u64::from_be_bytes(bytes) ^ (1 << 63)) as i64)
 }
 
+/// Size of a stream record's payload: length (8), last id (16), first id (16), largest
+/// deleted id (16), entries ever added (8).
+pub const STREAM_PAYLOAD_BYTES: usize = 64;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     String,
@@ -138,6 +144,7 @@ pub enum Kind {
     Set,
     List,
     ZSet,
+    Stream,
 }
 
 impl Kind {
@@ -148,6 +155,7 @@ impl Kind {
             Kind::Set => b'S',
             Kind::List => b'l',
             Kind::ZSet => b'z',
+            Kind::Stream => b'x',
         }
     }
 
@@ -158,6 +166,7 @@ impl Kind {
             b'S' => Some(Kind::Set),
             b'l' => Some(Kind::List),
             b'z' => Some(Kind::ZSet),
+            b'x' => Some(Kind::Stream),
             _ => None,
         }
     }
@@ -170,6 +179,7 @@ impl Kind {
             Kind::Set => "set",
             Kind::List => "list",
             Kind::ZSet => "zset",
+            Kind::Stream => "stream",
         }
     }
 
@@ -186,7 +196,9 @@ pub struct Record {
     /// Unix milliseconds after which the key no longer exists; 0: never.
     pub expires_at: i64,
     /// A string's bytes; a collection's element count (8 bytes, big-endian), and for a
-    /// list its head position after it.
+    /// list its head position after it. A stream's is its metadata
+    /// ([`STREAM_PAYLOAD_BYTES`]: length, last id, first id, largest deleted id,
+    /// entries added), its length first, so `count` is its number of entries.
     pub payload: Bytes,
 }
 
@@ -205,6 +217,10 @@ impl Record {
         if kind == Kind::List {
             // The head's position: a list's elements sit at head..head + count.
             payload.extend_from_slice(&0i64.to_be_bytes());
+        }
+        if kind == Kind::Stream {
+            // Every id 0-0, nothing added yet.
+            payload.resize(STREAM_PAYLOAD_BYTES, 0);
         }
         Record {
             kind,
@@ -262,6 +278,7 @@ impl Record {
             Kind::String => stored.len() - 9,
             Kind::List => 16,
             Kind::Hash | Kind::Set | Kind::ZSet => 8,
+            Kind::Stream => STREAM_PAYLOAD_BYTES,
         };
         if stored.len() != 9 + payload_length {
             return None;
@@ -308,6 +325,9 @@ mod tests {
         assert_eq!(Record::decode(&record.encode()), Some(record.clone()));
         assert!(record.expired(1234) && !record.expired(1233));
         assert_eq!(Record::decode(&Bytes::from_static(b"x")), None);
+        let stream = Record::collection(Kind::Stream, 0, 0);
+        assert_eq!(Record::decode(&stream.encode()), Some(stream.clone()));
+        assert_eq!(stream.kind.name(), "stream");
         let mut set = Record::collection(Kind::Set, 0, 3);
         assert_eq!(set.count(), 3);
         set.set_count(4);

@@ -53,6 +53,9 @@ struct ClientInfo {
     connected: Instant,
     last_command_at: Instant,
     last_command: String,
+    /// Waiting in a blocking command (BLPOP, XREAD BLOCK, ...) for a write: CLIENT LIST's
+    /// `b` flag, INFO's `blocked_clients`.
+    blocked: bool,
 }
 
 /// Counters INFO stats reports.
@@ -141,6 +144,30 @@ impl RedisContext {
 
     fn clients(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, ClientInfo>> {
         self.clients.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Marks `client` as waiting in a blocking command until the guard drops: from then
+    /// on a write to its keys wakes it, so a client that sees it blocked (CLIENT LIST's
+    /// `b` flag) knows its write will be seen.
+    fn blocked(&self, client: u64) -> BlockedGuard<'_> {
+        if let Some(info) = self.clients().get_mut(&client) {
+            info.blocked = true;
+        }
+        BlockedGuard { context: self, client }
+    }
+}
+
+/// A client waiting in a blocking command; no longer when dropped.
+struct BlockedGuard<'a> {
+    context: &'a RedisContext,
+    client: u64,
+}
+
+impl Drop for BlockedGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(info) = self.context.clients().get_mut(&self.client) {
+            info.blocked = false;
+        }
     }
 }
 
@@ -282,6 +309,7 @@ async fn connection(
             connected: now,
             last_command_at: now,
             last_command: "NULL".into(),
+            blocked: false,
         },
     );
     let (sender, mut messages) = tokio::sync::mpsc::channel(pubsub::QUEUE_MAX);

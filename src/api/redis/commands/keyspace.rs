@@ -317,6 +317,7 @@ fn object(snapshot: &Snapshot, env: &Env, args: &[Bytes]) -> Result<Reply, Reply
                 return Ok(Reply::Null);
             };
             Ok(match sub.as_str() {
+                "ENCODING" if record.kind == keys::Kind::Stream => Reply::bulk("stream"),
                 "ENCODING" if record.kind.is_collection() => {
                     Reply::bulk(if record.count() <= 128 { "listpack" } else { "hashtable" })
                 }

@@ -10,6 +10,7 @@ mod pubsub;
 mod scripting;
 mod server;
 mod sets;
+mod streams;
 mod strings;
 mod zsets;
 
@@ -178,6 +179,22 @@ pub static COMMANDS: &[Spec] = &[
     spec("zunion", -3, RS, NONE),
     spec("zinter", -3, RS, NONE),
     spec("zdiff", -3, RS, NONE),
+    // Streams (XREAD and XREADGROUP find their keys after STREAMS, XGROUP and XINFO after
+    // the subcommand: no fixed positions, as Redis reports them).
+    spec("xadd", -5, &["write", "denyoom", "fast"], ONE),
+    spec("xlen", 2, R, ONE),
+    spec("xrange", -4, RS, ONE),
+    spec("xrevrange", -4, RS, ONE),
+    spec("xread", -4, &["readonly", "blocking", "movablekeys"], NONE),
+    spec("xreadgroup", -7, &["write", "blocking", "movablekeys"], NONE),
+    spec("xdel", -3, &["write", "fast"], ONE),
+    spec("xtrim", -4, W, ONE),
+    spec("xgroup", -2, &[], NONE),
+    spec("xack", -4, &["write", "fast"], ONE),
+    spec("xpending", -3, RS, ONE),
+    spec("xclaim", -6, &["write", "fast"], ONE),
+    spec("xautoclaim", -6, &["write", "fast"], ONE),
+    spec("xinfo", -2, &[], NONE),
     // Pub/sub.
     spec("subscribe", -2, &["pubsub", "noscript", "loading", "stale"], NONE),
     spec("psubscribe", -2, &["pubsub", "noscript", "loading", "stale"], NONE),
@@ -344,6 +361,7 @@ fn is_keyed(name: &str) -> bool {
         || sets::handles(name)
         || lists::handles(name)
         || zsets::handles(name)
+        || streams::handles(name)
 }
 
 /// Commands MULTI queues: the keyed ones, and those that read no data.
@@ -385,6 +403,9 @@ fn needs_of(spec: &Spec, env: &Env, args: &[Bytes]) -> Vec<Need> {
     if zsets::handles(spec.name) {
         return zsets::needs(spec.name, env, args);
     }
+    if streams::handles(spec.name) {
+        return streams::needs(spec.name, env, args);
+    }
     let keys = keys_of(spec, env, args);
     match spec.name {
         // A collection moves or is copied with its elements.
@@ -409,6 +430,8 @@ fn run_keyed(snapshot: &mut Snapshot, env: &Env, name: &str, args: &[Bytes]) -> 
         lists::run(snapshot, env, name, args)
     } else if zsets::handles(name) {
         zsets::run(snapshot, env, name, args)
+    } else if streams::handles(name) {
+        streams::run(snapshot, env, name, args)
     } else {
         keyspace::run(snapshot, env, name, args)
     }
@@ -425,7 +448,7 @@ pub fn batchable(session: &Session, args: &[Bytes]) -> bool {
     };
     let count = args.len() as i64;
     let arity_ok = (spec.arity > 0 && count == spec.arity) || (spec.arity < 0 && count >= -spec.arity);
-    arity_ok && is_keyed(spec.name) && !is_blocking(spec.name)
+    arity_ok && is_keyed(spec.name) && !is_blocking(spec.name) && !streams::blocks(spec.name, args)
 }
 
 /// The needs of pipelined data commands (each [`batchable`]), and the stripe their keys
@@ -642,7 +665,8 @@ pub async fn run(context: &RedisContext, session: &mut Session, args: &[Bytes]) 
                 Err(error) => Err(error),
             }
         }
-        name if is_blocking(name) => blocking(context, &env, spec, args).await,
+        name if is_blocking(name) => blocking(context, session.id, &env, spec, args).await,
+        name if streams::blocks(name, args) => blocking_read(context, session.id, &env, spec, args).await,
         name if is_keyed(name) => {
             let needs = needs_of(spec, &env, args);
             let keys: Vec<Bytes> = needs.iter().map(|need| need.key().clone()).collect();
@@ -685,7 +709,7 @@ fn is_blocking(name: &str) -> bool {
 /// BLPOP, BRPOP, BLMOVE, BRPOPLPUSH, BZPOPMIN and BZPOPMAX outside MULTI: tries, and while the lists are
 /// empty waits for a write to one of them (on any node: the watch hub sees every
 /// range's writes) or the timeout, then tries again.
-async fn blocking(context: &RedisContext, env: &Env, spec: &Spec, args: &[Bytes]) -> Outcome {
+async fn blocking(context: &RedisContext, client: u64, env: &Env, spec: &Spec, args: &[Bytes]) -> Outcome {
     let timeout = super::commands::float(&args[args.len() - 1])
         .filter(|seconds| seconds.is_finite())
         .ok_or_else(|| Reply::error("ERR timeout is not a float or out of range"))?;
@@ -720,6 +744,52 @@ async fn blocking(context: &RedisContext, env: &Env, spec: &Spec, args: &[Bytes]
         // Woken by a write, or at the latest after a few seconds (a safety net, not the
         // mechanism), or at the timeout.
         let wait = deadline.map_or(BLOCK_RECHECK, |deadline| (deadline - now).min(BLOCK_RECHECK));
+        let _blocked = context.blocked(client);
+        wake.wait(wait).await;
+    }
+}
+
+/// XREAD and XREADGROUP with BLOCK outside MULTI: reads, and while no stream has
+/// anything for it waits for a write to one of them (on any node) or the timeout, then
+/// reads again. XREAD's `$` is the streams' last id when the command arrived.
+async fn blocking_read(context: &RedisContext, client: u64, env: &Env, spec: &Spec, args: &[Bytes]) -> Outcome {
+    let Some((timeout, sources)) = streams::block_plan(env, spec.name, args) else {
+        return Err(syntax_error());
+    };
+    let deadline = timeout.and_then(|timeout| tokio::time::Instant::now().checked_add(timeout));
+    // Watch first, so an entry added between the first attempt and the wait still wakes us.
+    let mut wake = Some(context.wake_on(&sources).await);
+    let args = if spec.name == "xread" && args.iter().any(|arg| &arg[..] == b"$") {
+        let found = context.data.get_many(&sources).await?;
+        streams::resolve_last_ids(args, &found)
+    } else {
+        args.to_vec()
+    };
+    let needs = needs_of(spec, env, &args);
+    loop {
+        let wake = match wake.take() {
+            Some(wake) => wake,
+            None => context.wake_on(&sources).await,
+        };
+        let reply = match context
+            .data
+            .run(&needs, &[], |snapshot| run_keyed(snapshot, env, spec.name, &args))
+            .await
+        {
+            Ok(Some(reply)) => reply,
+            Ok(None) => Reply::NullArray,
+            Err(error) => return Err(store_error(error)),
+        };
+        if reply != Reply::NullArray {
+            return Ok(reply);
+        }
+        let now = tokio::time::Instant::now();
+        if deadline.is_some_and(|deadline| now >= deadline) {
+            return Ok(Reply::NullArray);
+        }
+        let wait = deadline.map_or(BLOCK_RECHECK, |deadline| (deadline - now).min(BLOCK_RECHECK));
+        // Only now, with `$` fixed and the watch in place, is the client blocked.
+        let _blocked = context.blocked(client);
         wake.wait(wait).await;
     }
 }

@@ -220,9 +220,10 @@ fn client_lines(context: &RedisContext, session: &Session, only: Option<u64>) ->
         } else {
             (client.name.as_str(), client.db, client.resp)
         };
+        let flags = if client.blocked { "b" } else { "N" };
         let _ = writeln!(
             out,
-            "id={id} addr={} laddr={} fd=0 name={name} age={} idle={} flags=N db={db} sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 tot-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 events=r cmd={} user=default redir=-1 resp={resp}",
+            "id={id} addr={} laddr={} fd=0 name={name} age={} idle={} flags={flags} db={db} sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 tot-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 events=r cmd={} user=default redir=-1 resp={resp}",
             client.address,
             client.local,
             client.connected.elapsed().as_secs(),
@@ -340,11 +341,17 @@ async fn info(context: &RedisContext, args: &[Bytes]) -> Outcome {
         );
     }
     if show("clients") {
+        // One look at the clients (their lock is not reentrant).
+        let (connected, blocked) = {
+            let clients = context.clients();
+            (clients.len(), clients.values().filter(|client| client.blocked).count())
+        };
         let _ = write!(
             out,
-            "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\nblocked_clients:0\r\n\r\n",
-            context.clients().len(),
-            super::super::MAX_CLIENTS
+            "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\nblocked_clients:{}\r\n\r\n",
+            connected,
+            super::super::MAX_CLIENTS,
+            blocked,
         );
     }
     if show("memory") {
