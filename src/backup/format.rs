@@ -263,6 +263,7 @@ pub fn status(path: &Path) -> Result<FileStatus, FormatError> {
                 return Err(damaged("its end frame does not count what it holds"));
             }
             frame::Frame::End(_) => {}
+            frame::Frame::Auth(_) => {}
             frame::Frame::Header(_) => return Err(damaged("a second header")),
         }
     }

@@ -140,6 +140,10 @@ pub async fn save(
             ttl: record.ttl,
         }));
     }
+    let auth = router.pinned(META_RANGE_ID).await?.auth_store()?;
+    if auth != Default::default() {
+        writer.push(frame::Frame::Auth(auth));
+    }
     writer.push(frame::Frame::End(End { keys, leases }));
     send(&mut writer).await?;
     let before = writer.written();

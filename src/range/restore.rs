@@ -145,6 +145,11 @@ impl RestoreWriter {
         }
     }
 
+    /// The auth store (users, roles, whether auth is on), as the backup had it.
+    pub fn auth(&mut self, store: crate::proto::shoal::state::AuthStore) {
+        state_machine::write_restored_auth(&store, &mut self.batch);
+    }
+
     /// Writes the rest and syncs: the data directory is then a member's.
     pub fn finish(mut self) -> Result<RestoreSummary, RestoreError> {
         let missing: Vec<i64> = self.leases_named.difference(&self.leases).copied().collect();

@@ -128,6 +128,15 @@ pub fn mark_compacted(range_id: u64, revision: i64, batch: &mut WriteBatch) {
     );
 }
 
+/// The auth store of a cluster restored from a backup, in its meta range.
+pub fn write_restored_auth(store: &AuthStore, batch: &mut WriteBatch) {
+    batch.put(
+        Space::RangeMeta,
+        keys::range_record_key(super::META_RANGE_ID, AUTH),
+        store.encode_to_vec(),
+    );
+}
+
 /// What a range of a cluster restored from a backup at `revision` starts with, written
 /// after its bootstrap: a data range is at that revision with nothing older readable
 /// (the backup holds no history) and counts its keys; the meta range's oracle hands out

@@ -103,6 +103,7 @@ fn write(
                 }
                 break;
             }
+            Some(Frame::Auth(auth)) => writer.auth(auth),
             Some(Frame::Header(_)) => return Err(damaged("a second header".into())),
             None => return Err(damaged("no end frame".into())),
         }

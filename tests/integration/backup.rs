@@ -129,6 +129,9 @@ async fn etcdctl_snapshot_save_then_restore_into_a_new_cluster() {
             "2"
         );
 
+        // Users and roles go in the backup too.
+        let (ok, _, stderr) = run_etcdctl(&[source.nodes[0].client_url()], &["user", "add", "carol:carolpw"], None);
+        assert!(ok, "{stderr}");
         let (ok, stdout, stderr) = run_etcdctl(
             &[source.nodes[0].client_url()],
             &["snapshot", "save", file.to_str().unwrap()],
@@ -255,6 +258,12 @@ async fn etcdctl_snapshot_save_then_restore_into_a_new_cluster() {
         let mut leased = lease_status.keys.clone();
         leased.sort();
         assert_eq!(leased, vec![bytes("leased/one"), bytes("leased/two")]);
+
+        let (ok, users, stderr) = run_etcdctl(&[restored.nodes[2].client_url()], &["user", "list"], None);
+        assert!(
+            ok && users.contains("carol"),
+            "users after the restore: {users}{stderr}"
+        );
 
         let redis_port = restored.nodes[1].redis_port;
         assert_eq!(redis(redis_port, &["GET", "greeting"]), "hello");
