@@ -72,8 +72,13 @@ impl Transactions {
             }
             let pinned = self.router.pinned(plan.range_id).await?;
             let epoch = pinned.epoch().map_err(KvError::from)?;
-            if epoch == plan.epoch || plan.epoch == 0 || Instant::now() >= deadline {
+            if epoch == plan.epoch || plan.epoch == 0 {
                 return Ok(pinned);
+            }
+            // Never a view of a range that is no longer the one planned: its keys may
+            // have moved to a range this member has not caught up on yet.
+            if Instant::now() >= deadline {
+                return Err(TxnError::Route(RouteError::Range(crate::range::RangeError::Timeout)));
             }
             tokio::time::sleep(REPLAN_PAUSE).await;
         }
