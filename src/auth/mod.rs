@@ -24,6 +24,8 @@ const UPDATE_ATTEMPTS: usize = 8;
 /// per failure up to [`FAILURE_DELAY_MAX`] (brute force against one user crawls).
 const FAILURE_DELAY: Duration = Duration::from_millis(100);
 const FAILURE_DELAY_MAX: Duration = Duration::from_secs(5);
+/// How long a member's own token to its peers lives (one corruption check).
+const MEMBER_TOKEN_TTL: Duration = Duration::from_secs(60);
 
 /// etcd's auth errors; `api::etcd::errors::auth` gives each etcd's code and text.
 #[derive(Debug, thiserror::Error)]
@@ -256,6 +258,27 @@ impl Auth {
                 expires_unix_ms: now_unix_ms() + self.token_ttl.as_millis() as u64,
             },
         ))
+    }
+
+    /// A short-lived token a member uses to ask other members for what needs the root
+    /// role (the corruption check's HashKV): every member holds the replicated token
+    /// key, so it can speak as root to its peers; `None` while auth is off.
+    pub async fn member_token(&self) -> Result<Option<String>, AuthError> {
+        if !self.enabled() {
+            return Ok(None);
+        }
+        let store = self.store().await?;
+        if !store.enabled {
+            return Ok(None);
+        }
+        Ok(Some(token::issue(
+            &store.token_key,
+            &token::Claims {
+                user: perm::ROOT.to_string(),
+                revision: store.revision,
+                expires_unix_ms: now_unix_ms() + MEMBER_TOKEN_TTL.as_millis() as u64,
+            },
+        )))
     }
 
     async fn wait_out_failures(&self, name: &str) {

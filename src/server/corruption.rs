@@ -20,7 +20,13 @@ use tonic::transport::Endpoint;
 const ASK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs the check every `interval` while this member leads the first data range.
-pub async fn run(txns: Arc<Transactions>, me: u64, interval: Duration, client_tls: Option<Arc<rustls::ClientConfig>>) {
+pub async fn run(
+    txns: Arc<Transactions>,
+    auth: Arc<crate::auth::Auth>,
+    me: u64,
+    interval: Duration,
+    client_tls: Option<Arc<rustls::ClientConfig>>,
+) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
@@ -29,7 +35,7 @@ pub async fn run(txns: Arc<Transactions>, me: u64, interval: Duration, client_tl
         if txns.router().status(FIRST_DATA_RANGE_ID).leader() != me {
             continue;
         }
-        if let Err(error) = check(&txns, me, client_tls.as_ref()).await {
+        if let Err(error) = check(&txns, &auth, me, client_tls.as_ref()).await {
             tracing::warn!(%error, "the corruption check could not run");
         }
     }
@@ -43,16 +49,29 @@ enum CheckError {
     Route(#[from] crate::router::RouteError),
     #[error(transparent)]
     Storage(#[from] crate::storage::StorageError),
+    #[error("auth: {0}")]
+    Auth(String),
 }
 
 /// One round: the members whose hash differs from most members' get CORRUPT.
-async fn check(txns: &Transactions, me: u64, client_tls: Option<&Arc<rustls::ClientConfig>>) -> Result<(), CheckError> {
+async fn check(
+    txns: &Transactions,
+    auth: &crate::auth::Auth,
+    me: u64,
+    client_tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<(), CheckError> {
     let local = txns.hash_kv(0).await?;
+    // With auth on, HashKV needs the root role: members ask one another as root.
+    let token = auth
+        .member_token()
+        .await
+        .map_err(|error| CheckError::Auth(error.to_string()))?;
     let members = txns.router().pinned(META_RANGE_ID).await?.members()?;
     let mut asks = tokio::task::JoinSet::new();
     for member in members.into_iter().filter(|member| member.id != me) {
         let tls = client_tls.cloned();
-        asks.spawn(async move { (member.id, ask(&member, local.revision, tls).await) });
+        let token = token.clone();
+        asks.spawn(async move { (member.id, ask(&member, local.revision, tls, token).await) });
     }
     let mut hashes = vec![(me, local)];
     while let Some(answer) = asks.join_next().await {
@@ -114,7 +133,12 @@ enum AskError {
 }
 
 /// HashKV at `revision` from `member`, through its client URL.
-async fn ask(member: &MemberInfo, revision: i64, tls: Option<Arc<rustls::ClientConfig>>) -> Result<KvHash, AskError> {
+async fn ask(
+    member: &MemberInfo,
+    revision: i64,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    token: Option<String>,
+) -> Result<KvHash, AskError> {
     let url = member.client_urls.first().ok_or(AskError::NoUrl)?;
     let endpoint = Endpoint::from_shared(url.clone())
         .map_err(|error| AskError::Endpoint(error.to_string()))?
@@ -129,13 +153,14 @@ async fn ask(member: &MemberInfo, revision: i64, tls: Option<Arc<rustls::ClientC
         }
         (false, _) => endpoint.connect_lazy(),
     };
-    let answer = tokio::time::timeout(
-        ASK_TIMEOUT,
-        MaintenanceClient::new(channel).hash_kv(HashKvRequest { revision }),
-    )
-    .await
-    .map_err(|_| AskError::Timeout)??
-    .into_inner();
+    let mut request = tonic::Request::new(HashKvRequest { revision });
+    if let Some(token) = token.and_then(|token| token.parse().ok()) {
+        request.metadata_mut().insert("token", token);
+    }
+    let answer = tokio::time::timeout(ASK_TIMEOUT, MaintenanceClient::new(channel).hash_kv(request))
+        .await
+        .map_err(|_| AskError::Timeout)??
+        .into_inner();
     Ok(KvHash {
         hash: answer.hash,
         compact_revision: answer.compact_revision,

@@ -437,9 +437,15 @@ pub async fn run(
     let balancer = tokio::spawn(crate::placement::balancer::run(router.clone(), me));
     let resolver = tokio::spawn(crate::txn::resolver::run(txns.clone(), me));
     let disk_guard = tokio::spawn(disk_guard::run(router.clone(), disk.clone(), me));
-    let corruption_check = config
-        .corrupt_check_interval
-        .map(|interval| tokio::spawn(corruption::run(txns.clone(), me, interval, tls.client_dialer.clone())));
+    let corruption_check = config.corrupt_check_interval.map(|interval| {
+        tokio::spawn(corruption::run(
+            txns.clone(),
+            context.auth.clone(),
+            me,
+            interval,
+            tls.client_dialer.clone(),
+        ))
+    });
     let lease_revoker = tokio::spawn(crate::txn::leases::run(txns.clone(), me));
     let publisher = tokio::spawn(publish_member(
         router.clone(),

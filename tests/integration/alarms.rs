@@ -216,27 +216,7 @@ async fn the_corruption_check_finds_a_member_whose_data_was_altered_on_disk() {
         // Alter one value behind the member's back, where its engine keeps it.
         let victim = 2;
         let victim_id = member_id(&cluster, victim).await;
-        cluster.stop(victim);
-        {
-            let engine = shoal::storage::FjallEngine::open(&cluster.nodes[victim].data_dir.join("db")).unwrap();
-            let key = shoal::api::etcd::etcd_internal_key(b"c/key07");
-            let stored = engine
-                .get(shoal::storage::Space::KvLatest, &key)
-                .unwrap()
-                .expect("the key is stored");
-            let mut record = shoal::storage::mvcc::Record::decode(shoal::storage::Space::KvLatest, &stored).unwrap();
-            assert_eq!(record.value, b"value 7");
-            record.value = b"value X".to_vec();
-            let mut batch = shoal::storage::WriteBatch::new();
-            batch.put(shoal::storage::Space::KvLatest, key.clone(), record.encode());
-            batch.put(
-                shoal::storage::Space::KvHistory,
-                shoal::storage::keys::history_key(&key, record.mod_revision),
-                record.encode(),
-            );
-            engine.write(batch, shoal::storage::Durability::Sync).unwrap();
-        }
-        cluster.restart(victim);
+        alter_behind_its_back(&mut cluster, victim, b"c/key07", b"value 7");
 
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -274,6 +254,63 @@ async fn the_corruption_check_finds_a_member_whose_data_was_altered_on_disk() {
             .unwrap()
             .into_inner();
         assert_eq!(read.kvs[0].value, b"value 8"[..]);
+    })
+    .await;
+}
+
+/// Stops `node`, changes `key`'s stored value (expected to be `was`) in its engine as
+/// a damaged disk would, and starts it again.
+fn alter_behind_its_back(cluster: &mut Cluster, node: usize, key: &[u8], was: &[u8]) {
+    cluster.stop(node);
+    {
+        let engine = shoal::storage::FjallEngine::open(&cluster.nodes[node].data_dir.join("db")).unwrap();
+        let key = shoal::api::etcd::etcd_internal_key(key);
+        let stored = engine
+            .get(shoal::storage::Space::KvLatest, &key)
+            .unwrap()
+            .expect("the key is stored");
+        let mut record = shoal::storage::mvcc::Record::decode(shoal::storage::Space::KvLatest, &stored).unwrap();
+        assert_eq!(record.value, was);
+        record.value = b"altered".to_vec();
+        let mut batch = shoal::storage::WriteBatch::new();
+        batch.put(shoal::storage::Space::KvLatest, key.clone(), record.encode());
+        batch.put(
+            shoal::storage::Space::KvHistory,
+            shoal::storage::keys::history_key(&key, record.mod_revision),
+            record.encode(),
+        );
+        engine.write(batch, shoal::storage::Durability::Sync).unwrap();
+    }
+    cluster.restart(node);
+}
+
+/// With auth on, HashKV needs the root role: the members still ask one another.
+#[tokio::test]
+async fn the_corruption_check_runs_with_auth_on() {
+    bounded(async {
+        let mut cluster = Cluster::start_with(3, &["--corrupt-check-time=1s"]).await;
+        let endpoints: Vec<String> = cluster.nodes.iter().map(|node| node.client_url()).collect();
+        for args in [
+            &["user", "add", "root:rootpw"][..],
+            &["user", "grant-role", "root", "root"],
+            &["put", "c/key01", "value 1"],
+            &["auth", "enable"],
+        ] {
+            let (ok, out, err) = run_etcdctl(&endpoints[..1], args, None);
+            assert!(ok, "etcdctl {args:?}: {out}{err}");
+        }
+        let victim_id = member_id(&cluster, 1).await;
+        alter_behind_its_back(&mut cluster, 1, b"c/key01", b"value 1");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (ok, listed, err) = run_etcdctl(&endpoints, &["--user=root:rootpw", "alarm", "list"], None);
+            assert!(ok, "{err}");
+            if listed.contains(&format!("memberID:{victim_id} alarm:CORRUPT")) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no CORRUPT alarm with auth on: {listed}");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
     })
     .await;
 }
