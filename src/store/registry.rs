@@ -124,6 +124,18 @@ impl RangeRegistry {
         self.read().ranges.keys().copied().collect()
     }
 
+    /// The live key and value bytes of every local data range (the space quota's
+    /// measure), without copying the ranges out.
+    pub fn live_bytes(&self) -> u64 {
+        let inner = self.read();
+        inner
+            .by_start
+            .values()
+            .filter_map(|id| inner.ranges.get(id))
+            .map(|range| range.view.status.live_bytes.load(std::sync::atomic::Ordering::Acquire))
+            .sum()
+    }
+
     /// Every local data range, in key order.
     pub fn data_ranges(&self) -> Vec<LocalRange> {
         let inner = self.read();

@@ -57,12 +57,7 @@ impl Transactions {
 
     /// The key-value bytes this member holds (its data ranges' live keys and values).
     pub fn space_used(&self) -> u64 {
-        self.router
-            .registry()
-            .data_ranges()
-            .iter()
-            .map(|range| range.view.status.live_bytes.load(Ordering::Acquire))
-            .sum()
+        self.router.registry().live_bytes()
     }
 
     /// Room on this member's data volume.
