@@ -72,13 +72,20 @@ pub enum AuthError {
     Storage(String),
 }
 
-/// What a call shows of its caller: a token from Authenticate, and the common name of
-/// a client certificate verified at the handshake (the user when there is no token, as
-/// in etcd).
+/// What a call shows of its caller: a token from Authenticate, and the client
+/// certificate chain verified at the handshake (its common name is the user when there
+/// is no token, as in etcd; read only then, not on every call).
 #[derive(Clone, Debug, Default)]
 pub struct Credentials {
     pub token: Option<String>,
-    pub common_name: Option<String>,
+    pub certificates: Option<Arc<Vec<rustls::pki_types::CertificateDer<'static>>>>,
+}
+
+impl Credentials {
+    /// The common name of the client's certificate, if it showed one.
+    pub fn common_name(&self) -> Option<String> {
+        crate::tls::subject::common_name(self.certificates.as_ref()?.first()?)
+    }
 }
 
 /// Who a call comes from, once its token checked out (auth on).
@@ -156,11 +163,10 @@ impl Auth {
         }
         let Some(token) = credentials.token.as_deref().filter(|token| !token.is_empty()) else {
             // A verified client certificate names a user that exists.
-            return match &credentials.common_name {
-                Some(name) if store.users.iter().any(|user| &user.name == name) => Ok(Some(Caller {
-                    user: name.clone(),
-                    store,
-                })),
+            return match credentials.common_name() {
+                Some(name) if store.users.iter().any(|user| user.name == name) => {
+                    Ok(Some(Caller { user: name, store }))
+                }
                 _ => Err(AuthError::UserEmpty),
             };
         };

@@ -107,6 +107,10 @@ pub struct Reader {
     /// Where the frames end at the latest (the padding and trailer follow).
     end: u64,
     done: bool,
+    /// Frames read so far: a header only first, and an `End` must count the rest.
+    headers: u64,
+    keys: u64,
+    leases: u64,
 }
 
 /// What [`verify`] found: the file's size and SHA-256.
@@ -180,6 +184,9 @@ impl Reader {
             offset: MAGIC.len() as u64,
             end: size,
             done: false,
+            headers: 0,
+            keys: 0,
+            leases: 0,
         })
     }
 
@@ -191,8 +198,9 @@ impl Reader {
         }
     }
 
-    /// The next frame; `None` after the `End` frame. A file that stops before `End` is
-    /// damaged.
+    /// The next frame; `None` after the `End` frame. A file that stops before `End`,
+    /// has a frame before its header or a second header, or whose `End` does not count
+    /// the keys and leases before it, is damaged.
     pub fn next_frame(&mut self) -> Result<Option<frame::Frame>, FormatError> {
         if self.done {
             return Ok(None);
@@ -213,18 +221,31 @@ impl Reader {
             .map_err(|error| self.damaged(format!("undecodable frame: {error}")))?
             .frame
             .ok_or_else(|| self.damaged("an empty frame"))?;
-        self.offset += 4 + u64::from(length);
-        if let frame::Frame::Header(header) = &frame {
-            if header.format > FORMAT {
+        let first = self.headers == 0 && self.keys == 0 && self.leases == 0;
+        match &frame {
+            frame::Frame::Header(_) if !first => return Err(self.damaged("a second header")),
+            frame::Frame::Header(header) if header.format > FORMAT => {
                 return Err(FormatError::TooNew {
                     path: self.path.clone(),
                     found: header.format,
-                });
+                })
+            }
+            frame::Frame::Header(_) => self.headers += 1,
+            _ if self.headers == 0 => return Err(self.damaged("it does not start with a header")),
+            frame::Frame::Key(_) => self.keys += 1,
+            frame::Frame::Lease(_) => self.leases += 1,
+            frame::Frame::Auth(_) => {}
+            frame::Frame::End(end) => {
+                if (end.keys, end.leases) != (self.keys, self.leases) {
+                    return Err(self.damaged(format!(
+                        "it says it holds {} keys and {} leases, but {} keys and {} leases were read",
+                        end.keys, end.leases, self.keys, self.leases
+                    )));
+                }
+                self.done = true;
             }
         }
-        if matches!(frame, frame::Frame::End(_)) {
-            self.done = true;
-        }
+        self.offset += 4 + u64::from(length);
         Ok(Some(frame))
     }
 }
@@ -259,12 +280,7 @@ pub fn status(path: &Path) -> Result<FileStatus, FormatError> {
         match frame {
             frame::Frame::Key(_) => keys += 1,
             frame::Frame::Lease(_) => leases += 1,
-            frame::Frame::End(end) if (end.keys, end.leases) != (keys, leases) => {
-                return Err(damaged("its end frame does not count what it holds"));
-            }
-            frame::Frame::End(_) => {}
-            frame::Frame::Auth(_) => {}
-            frame::Frame::Header(_) => return Err(damaged("a second header")),
+            _ => {}
         }
     }
     Ok(FileStatus {

@@ -3,11 +3,10 @@
 
 use super::format::{Writer, FORMAT};
 use crate::proto::shoal::backup::{frame, End, Header, Lease};
-use crate::proto::shoal::kv::Read;
-use crate::range::{kv, ops, META_RANGE_ID};
+use crate::range::META_RANGE_ID;
 use crate::router::RouteError;
 use crate::storage::StorageError;
-use crate::txn::{Transactions, TxnError};
+use crate::txn::{Pages, Transactions, TxnError};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
@@ -56,12 +55,7 @@ pub async fn save(
     out: mpsc::Sender<Chunk>,
 ) -> Result<Saved, SaveError> {
     let router = txns.router();
-    let estimate: u64 = router
-        .registry()
-        .data_ranges()
-        .iter()
-        .map(|range| range.view.status.live_bytes.load(std::sync::atomic::Ordering::Acquire))
-        .sum();
+    let estimate = router.registry().live_bytes();
     let mut writer = Writer::new(CHUNK_BYTES);
     let send = |writer: &mut Writer| {
         let chunks: Vec<Vec<u8>> = std::iter::from_fn(|| writer.take_chunk()).collect();
@@ -81,28 +75,20 @@ pub async fn save(
     };
 
     // Every front-end's keys: the namespaces after the meta range's.
-    let end = Bytes::from_static(&[0xff]);
-    let mut start = Bytes::from_static(&[0x01]);
-    let mut revision = 0;
+    let mut pages = Pages::new(
+        Bytes::from_static(&[0x01]),
+        Bytes::from_static(&[0xff]),
+        PAGE_KEYS,
+        PAGE_BYTES,
+    );
     let mut keys = 0u64;
-    loop {
-        let read = Read {
-            span: Some(ops::span(start.clone(), end.clone())),
-            limit: PAGE_KEYS,
-            revision,
-            skip_count: true,
-            ..Default::default()
-        };
-        let span = kv::key_range(read.span.as_ref().unwrap_or(&Default::default()));
-        // The first page reads the newest state; every later one the same revision.
-        let page = txns
-            .read_spans(&[span], false, revision, |pinned| pinned.read(&read, PAGE_BYTES))
-            .await?;
-        if revision == 0 {
-            revision = page.revision;
+    let mut first = true;
+    while let Some(page) = pages.next(txns).await? {
+        // The first page fixed the revision every key is read at.
+        if std::mem::take(&mut first) {
             writer.push(frame::Frame::Header(Header {
                 format: FORMAT,
-                revision,
+                revision: pages.revision(),
                 cluster_id,
                 member_id,
                 created_unix_ms: std::time::SystemTime::now()
@@ -111,21 +97,13 @@ pub async fn save(
                 shoal_version: env!("CARGO_PKG_VERSION").to_string(),
             }));
         }
-        let Some(last) = page.kvs.last().map(|kv| kv.key.clone()) else {
-            break;
-        };
         for kv in page.kvs {
             keys += 1;
             writer.push(frame::Frame::Key(kv));
         }
         send(&mut writer).await?;
-        if !page.more {
-            break;
-        }
-        let mut next = last.to_vec();
-        next.push(0);
-        start = next.into();
     }
+    let revision = pages.revision();
 
     // Read after the keys: a lease granted since has no key here; a key whose lease
     // was revoked since is kept with the lease's id, and a restore gives such a lease

@@ -127,10 +127,6 @@ impl RestoreWriter {
 
     /// Adds one lease (granted `ttl` seconds; its life starts when a leader takes it up).
     pub fn lease(&mut self, id: i64, ttl: i64) {
-        self.put_lease(id, ttl);
-    }
-
-    fn put_lease(&mut self, id: i64, ttl: i64) {
         if self.leases.insert(id) {
             let record = LeaseRecord {
                 id,
@@ -154,7 +150,7 @@ impl RestoreWriter {
     pub fn finish(mut self) -> Result<RestoreSummary, RestoreError> {
         let missing: Vec<i64> = self.leases_named.difference(&self.leases).copied().collect();
         for id in &missing {
-            self.put_lease(*id, MISSING_LEASE_TTL);
+            self.lease(*id, MISSING_LEASE_TTL);
         }
         state_machine::write_restored_state(
             FIRST_DATA_RANGE_ID,

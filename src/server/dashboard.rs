@@ -238,11 +238,7 @@ async fn alarms(router: &Router) -> Vec<Value> {
         .unwrap_or_default()
         .into_iter()
         .map(|alarm| {
-            let kind = match AlarmKind::try_from(alarm.alarm) {
-                Ok(AlarmKind::Nospace) => "NOSPACE",
-                Ok(AlarmKind::Corrupt) => "CORRUPT",
-                _ => "UNKNOWN",
-            };
+            let kind = AlarmKind::try_from(alarm.alarm).map_or("UNKNOWN", |kind| kind.as_str_name());
             serde_json::json!({ "member": format!("{:x}", alarm.member_id), "alarm": kind })
         })
         .collect()

@@ -20,6 +20,7 @@
 pub mod admission;
 pub mod leases;
 mod reads;
+pub use reads::Pages;
 pub mod resolver;
 
 use crate::proto::shoal::command::{

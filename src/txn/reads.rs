@@ -97,3 +97,64 @@ impl Transactions {
         .await
     }
 }
+
+/// A span read page by page in key order, every page at the first page's revision:
+/// one snapshot of a span however much it holds, never one response over the bound.
+pub struct Pages {
+    start: bytes::Bytes,
+    end: bytes::Bytes,
+    revision: i64,
+    page_keys: i64,
+    page_bytes: usize,
+    done: bool,
+}
+
+impl Pages {
+    /// The internal span `[start, end)`, `page_keys` keys (or `page_bytes`) a page.
+    pub fn new(start: bytes::Bytes, end: bytes::Bytes, page_keys: i64, page_bytes: usize) -> Self {
+        Self {
+            start,
+            end,
+            revision: 0,
+            page_keys,
+            page_bytes,
+            done: false,
+        }
+    }
+
+    /// The revision every page is read at (0 before the first page).
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// The next page; the first is always given, even empty; `None` after the last.
+    pub async fn next(&mut self, txns: &Transactions) -> Result<Option<crate::proto::shoal::kv::ReadResult>, TxnError> {
+        if self.done {
+            return Ok(None);
+        }
+        let read = crate::proto::shoal::kv::Read {
+            span: Some(crate::range::ops::span(self.start.clone(), self.end.clone())),
+            limit: self.page_keys,
+            revision: self.revision,
+            skip_count: true,
+            ..Default::default()
+        };
+        let span = crate::range::kv::key_range(read.span.as_ref().unwrap_or(&Default::default()));
+        let page_bytes = self.page_bytes;
+        let page = txns
+            .read_spans(&[span], false, self.revision, |pinned| pinned.read(&read, page_bytes))
+            .await?;
+        if self.revision == 0 {
+            self.revision = page.revision;
+        }
+        match page.kvs.last() {
+            Some(last) if page.more => {
+                let mut next = last.key.to_vec();
+                next.push(0);
+                self.start = next.into();
+            }
+            _ => self.done = true,
+        }
+        Ok(Some(page))
+    }
+}

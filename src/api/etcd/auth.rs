@@ -41,18 +41,15 @@ impl AuthService {
     }
 }
 
-/// What a request shows of its caller: its token, and the common name of the client
-/// certificate the TLS handshake verified.
+/// What a request shows of its caller: its token, and the client certificate chain
+/// the TLS handshake verified.
 pub fn credentials<T>(request: &Request<T>) -> crate::auth::Credentials {
-    let common_name = request
-        .extensions()
-        .get::<crate::tls::TlsConnectInfo>()
-        .and_then(|info| info.peer_certificates.as_ref())
-        .and_then(|chain| chain.first())
-        .and_then(|certificate| crate::tls::subject::common_name(certificate));
     crate::auth::Credentials {
         token: token(request),
-        common_name,
+        certificates: request
+            .extensions()
+            .get::<crate::tls::TlsConnectInfo>()
+            .and_then(|info| info.peer_certificates.clone()),
     }
 }
 

@@ -269,11 +269,7 @@ impl Maintenance for MaintenanceService {
             // As etcd lists raised alarms among a member's status errors.
             if let Ok(alarms) = self.context.txns.local_alarms().await {
                 for alarm in alarms {
-                    let kind = AlarmKind::try_from(alarm.alarm).map_or("UNKNOWN", |kind| match kind {
-                        AlarmKind::Nospace => "NOSPACE",
-                        AlarmKind::Corrupt => "CORRUPT",
-                        AlarmKind::AlarmNone => "NONE",
-                    });
+                    let kind = AlarmKind::try_from(alarm.alarm).map_or("UNKNOWN", |kind| kind.as_str_name());
                     errors.push(format!("memberID:{} alarm:{kind} ", alarm.member_id));
                 }
             }

@@ -411,41 +411,16 @@ impl Data {
     pub async fn scan(&self, start: Bytes, end: Bytes) -> Result<Vec<(Vec<u8>, Record)>, DataError> {
         let now = now_ms();
         let mut found = Vec::new();
-        let mut from = start;
-        // Page by page, all at the first page's revision: one snapshot of the database
-        // whatever its collections hold, never one response over the size bound.
-        let mut revision = 0;
-        loop {
-            let read = Read {
-                span: Some(ops::span(from.clone(), end.clone())),
-                limit: SCAN_PAGE_KEYS,
-                revision,
-                skip_count: true,
-                ..Default::default()
-            };
-            let span = crate::range::kv::key_range(read.span.as_ref().unwrap_or(&Default::default()));
-            let page = self
-                .txns
-                .read_spans(&[span], false, revision, |pinned| pinned.read(&read, SCAN_BYTES))
-                .await?;
-            if revision == 0 {
-                revision = page.revision;
-            }
-            let next = page.kvs.last().map(|kv| {
-                let mut next = kv.key.to_vec();
-                next.push(0);
-                Bytes::from(next)
-            });
+        // One snapshot of the database whatever its collections hold.
+        let mut pages = crate::txn::Pages::new(start, end, SCAN_PAGE_KEYS, SCAN_BYTES);
+        while let Some(page) = pages.next(&self.txns).await? {
             found.extend(page.kvs.into_iter().filter_map(|kv| {
                 let key = keys::redis_key(&kv.key)?;
                 let record = Record::decode(&kv.value)?;
                 (!record.expired(now)).then_some((key, record))
             }));
-            match next {
-                Some(next) if page.more => from = next,
-                _ => return Ok(found),
-            }
         }
+        Ok(found)
     }
 
     /// Up to `limit` stored keys of the internal span `[start, end)` as they are,

@@ -364,6 +364,23 @@ fn is_keyed(name: &str) -> bool {
         || streams::handles(name)
 }
 
+/// The commands that read no data and may run inside MULTI or a script: PING, ECHO,
+/// TIME (the snapshot's clock); `None` for any other.
+fn run_plain(snapshot: &Snapshot, name: &str, args: &[Bytes]) -> Option<Reply> {
+    Some(match name {
+        "ping" => Reply::Simple("PONG".into()),
+        "echo" => Reply::Bulk(args.get(1)?.clone()),
+        "time" => {
+            let now = snapshot.now();
+            Reply::Array(vec![
+                Reply::bulk((now / 1000).to_string()),
+                Reply::bulk((now % 1000 * 1000).to_string()),
+            ])
+        }
+        _ => return None,
+    })
+}
+
 /// Commands MULTI queues: the keyed ones, and those that read no data.
 fn is_queueable(name: &str) -> bool {
     is_keyed(name) || matches!(name, "ping" | "echo" | "time")
@@ -850,18 +867,7 @@ async fn exec(context: &RedisContext, session: &mut Session) -> Reply {
                     .iter()
                     .map(|args| {
                         let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
-                        match name.as_str() {
-                            "ping" => Reply::Simple("PONG".into()),
-                            "echo" => Reply::Bulk(args[1].clone()),
-                            "time" => {
-                                let now = snapshot.now();
-                                Reply::Array(vec![
-                                    Reply::bulk((now / 1000).to_string()),
-                                    Reply::bulk((now % 1000 * 1000).to_string()),
-                                ])
-                            }
-                            name => run_keyed(snapshot, &env, name, args),
-                        }
+                        run_plain(snapshot, &name, args).unwrap_or_else(|| run_keyed(snapshot, &env, &name, args))
                     })
                     .collect(),
             )

@@ -6,7 +6,7 @@
 //! Redis's; a script runs on its own interpreter, sandboxed, and is stopped past
 //! `lua-time-limit` or by SCRIPT KILL.
 
-use super::{find, integer, is_keyed, keys_of, run_keyed, store_error, syntax_error, upper, Env, Outcome};
+use super::{find, integer, is_keyed, keys_of, run_keyed, run_plain, store_error, syntax_error, upper, Env, Outcome};
 use crate::api::redis::resp::Reply;
 use crate::api::redis::snapshot::{Need, Snapshot};
 use crate::api::redis::{RedisContext, Session};
@@ -298,18 +298,11 @@ fn redis_call(snapshot: &mut Snapshot, run: &Run<'_>, args: MultiValue) -> Reply
     if (spec.arity > 0 && count != spec.arity) || (spec.arity < 0 && count < -spec.arity) {
         return Reply::error("ERR Wrong number of args calling Redis command from script");
     }
-    match spec.name {
-        "ping" => return Reply::Simple("PONG".into()),
-        "echo" => return Reply::Bulk(words[1].clone()),
-        "time" => {
-            let now = snapshot.now();
-            return Reply::Array(vec![
-                Reply::bulk((now / 1000).to_string()),
-                Reply::bulk((now % 1000 * 1000).to_string()),
-            ]);
-        }
-        name if !is_keyed(name) => return Reply::error("ERR This Redis command is not allowed from script"),
-        _ => {}
+    if let Some(reply) = run_plain(snapshot, spec.name, &words) {
+        return reply;
+    }
+    if !is_keyed(spec.name) {
+        return Reply::error("ERR This Redis command is not allowed from script");
     }
     if run.read_only && spec.flags.contains(&"write") {
         return Reply::error("ERR Write commands are not allowed from read-only scripts.");
