@@ -154,6 +154,11 @@ pub struct ServerFlags {
     #[arg(long, hide = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub experimental_fail_at: Option<String>,
+    /// For fault tests only: a file whose words (sync, write, read) make the storage
+    /// engine fail those operations while they are there
+    #[arg(long, hide = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub experimental_storage_faults: Option<std::path::PathBuf>,
     /// A new cluster starts with its data ranges cut at these etcd keys (comma-separated)
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -109,6 +109,9 @@ pub struct ServerSettings {
     /// For fault tests: the process exits at this point (`txn-after-prepare`,
     /// `txn-after-primary-commit`), as a crash there would end it.
     pub experimental_fail_at: Option<String>,
+    /// For fault tests: a file whose words (`sync`, `write`, `read`) make the storage
+    /// engine fail those operations while they are there (`storage::faults`).
+    pub experimental_storage_faults: Option<std::path::PathBuf>,
     /// A new cluster starts with its data ranges already cut at these etcd keys
     /// (comma-separated), as if they had split there.
     pub experimental_initial_split_keys: Option<String>,
@@ -172,6 +175,7 @@ impl Default for ServerSettings {
             experimental_watch_progress_notify_interval: "10m".into(),
             experimental_peer_dial_urls: None,
             experimental_fail_at: None,
+            experimental_storage_faults: None,
             experimental_initial_split_keys: None,
             auto_compaction_mode: "periodic".into(),
             auto_compaction_retention: "0".into(),
@@ -211,6 +215,7 @@ const SETTING_NAMES: &[&str] = &[
     "experimental-watch-progress-notify-interval",
     "experimental-peer-dial-urls",
     "experimental-fail-at",
+    "experimental-storage-faults",
     "experimental-initial-split-keys",
     "auto-compaction-mode",
     "auto-compaction-retention",
@@ -328,6 +333,8 @@ pub struct NodeConfig {
     /// Member name -> URL to dial it at, overriding its advertised peer URL.
     pub peer_dial_urls: std::collections::HashMap<String, String>,
     pub fail_at: Option<crate::txn::FailPoint>,
+    /// The storage fault control file, when faults are injected.
+    pub storage_faults: Option<std::path::PathBuf>,
     /// etcd keys a new cluster's data ranges are cut at.
     pub initial_split_keys: Vec<String>,
     pub auto_compaction: Retention,
@@ -870,6 +877,7 @@ impl TryFrom<ServerSettings> for NodeConfig {
                 .filter(|key| !key.is_empty())
                 .map(str::to_string)
                 .collect(),
+            storage_faults: settings.experimental_storage_faults.clone(),
             fail_at: match settings.experimental_fail_at.as_deref() {
                 None | Some("") => None,
                 Some("txn-after-prepare") => Some(crate::txn::FailPoint::AfterPrepare),

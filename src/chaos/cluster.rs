@@ -32,6 +32,9 @@ pub struct Node {
     pub redis_port: u16,
     pub data_dir: PathBuf,
     pub log: PathBuf,
+    /// The node's storage fault control file (`--experimental-storage-faults`): its
+    /// words make the node's engine fail syncs, writes or reads while they are there.
+    pub faults: PathBuf,
     /// Flags for this node only, after the cluster's; they take effect at its next
     /// (re)start.
     pub args: Vec<String>,
@@ -149,6 +152,7 @@ impl Cluster {
                 redis_port: port()?,
                 data_dir: dir.join(&name),
                 log: dir.join(format!("{name}.log")),
+                faults: dir.join(format!("{name}.faults")),
                 name,
                 args: Vec::new(),
                 child: None,
@@ -226,6 +230,8 @@ impl Cluster {
             .args(["--listen-redis-addr", &format!("127.0.0.1:{}", node.redis_port)])
             .args(["--initial-cluster", &self.initial_cluster])
             .args(["--initial-cluster-token", "shoal-chaos"])
+            .arg("--experimental-storage-faults")
+            .arg(&node.faults)
             .args(if dial.is_empty() {
                 Vec::new()
             } else {
@@ -245,6 +251,29 @@ impl Cluster {
             .spawn()?;
         node.child = Some(child);
         node.paused = false;
+        Ok(())
+    }
+
+    /// Makes node `index`'s storage fail the operations `words` names (`sync`, `write`,
+    /// `read`; empty: none), and waits (up to 10 s) until a running node's engine says they
+    /// are in force.
+    pub async fn set_storage_faults(&self, index: usize, words: &str) -> std::io::Result<()> {
+        let node = &self.nodes[index];
+        std::fs::write(&node.faults, words)?;
+        if !node.is_running() {
+            return Ok(());
+        }
+        let applied = node.faults.with_extension("applied");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_to_string(&applied).ok().as_deref() != Some(words) {
+            if Instant::now() > deadline {
+                return Err(std::io::Error::other(format!(
+                    "{}: storage faults {words:?} not in force after 10 s",
+                    node.name
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         Ok(())
     }
 
@@ -303,6 +332,14 @@ impl Cluster {
             .iter()
             .find(|(_, _, member)| *member == leader)
             .map(|(index, _, _)| *index)
+    }
+
+    /// Whether node `index`'s process has ended since it was (re)started.
+    pub fn has_exited(&mut self, index: usize) -> bool {
+        match self.nodes[index].child.as_mut() {
+            Some(child) => !matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
     }
 
     pub fn kill(&mut self, index: usize) {

@@ -25,10 +25,14 @@ pub enum FaultKind {
     Bridge,
     /// kill -9 every node, restart them all.
     RestartAll,
+    /// A random node's fsyncs fail (EIO) until the fault ends.
+    FsyncError,
+    /// A random node's reads fail (EIO) and its writes too (ENOSPC) until the fault ends.
+    DiskError,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 7] = [
+    pub const ALL: [FaultKind; 9] = [
         FaultKind::Kill,
         FaultKind::KillLeader,
         FaultKind::Pause,
@@ -36,6 +40,8 @@ impl FaultKind {
         FaultKind::IsolateLeader,
         FaultKind::Bridge,
         FaultKind::RestartAll,
+        FaultKind::FsyncError,
+        FaultKind::DiskError,
     ];
 }
 
@@ -69,7 +75,7 @@ pub fn schedule(seed: u64, nodes: usize, kinds: &[FaultKind], after: Duration, u
         let mut order: Vec<usize> = (0..nodes).collect();
         order.shuffle(&mut rng);
         let chosen = match kind {
-            FaultKind::Kill | FaultKind::Pause => vec![order[0]],
+            FaultKind::Kill | FaultKind::Pause | FaultKind::FsyncError | FaultKind::DiskError => vec![order[0]],
             FaultKind::Partition => order[..(nodes - 1) / 2].to_vec(),
             FaultKind::Bridge => {
                 // bridge, then the half on one side of it
@@ -94,6 +100,7 @@ pub enum Active {
     Killed(Vec<usize>),
     Paused(usize),
     Partitioned,
+    StorageFaults(usize),
     Nothing,
 }
 
@@ -188,6 +195,18 @@ pub async fn inject(cluster: &mut Cluster, fault: &PlannedFault) -> Result<(Acti
             }
             (Active::Killed(all), "kill -9 every node".to_string())
         }
+        FaultKind::FsyncError | FaultKind::DiskError => {
+            let node = fault.nodes[0];
+            let (words, what) = match fault.kind {
+                FaultKind::FsyncError => ("sync", "fsync fails (EIO)"),
+                _ => ("read write", "reads fail (EIO), writes fail (ENOSPC)"),
+            };
+            cluster.set_storage_faults(node, words).await?;
+            (
+                Active::StorageFaults(node),
+                format!("{}: {what}", cluster.nodes[node].name),
+            )
+        }
     })
 }
 
@@ -201,6 +220,8 @@ pub fn heal(cluster: &mut Cluster, active: Active) -> Result<(), ClusterError> {
         }
         Active::Paused(node) => cluster.resume(node),
         Active::Partitioned => cluster.network.heal(),
+        // The node finds its storage working again by itself.
+        Active::StorageFaults(node) => std::fs::write(&cluster.nodes[node].faults, "")?,
         Active::Nothing => {}
     }
     Ok(())

@@ -105,18 +105,99 @@ pub fn check(config: &NodeConfig) -> Result<(), NodeError> {
     Ok(())
 }
 
+impl NodeError {
+    /// The storage failure behind this error, if it is one.
+    fn storage(&self) -> Option<&StorageError> {
+        match self {
+            NodeError::Storage(error) | NodeError::Identity(identity::IdentityError::Storage(error)) => Some(error),
+            _ => None,
+        }
+    }
+}
+
+/// Longest wait between two starts of a node whose storage keeps failing.
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// A run that served this long resets the backoff.
+const RESTART_BACKOFF_RESET: Duration = Duration::from_secs(60);
+/// Longest a stopped run may take to let go of its storage engine before a restart.
+const ENGINE_RELEASE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Runs a node until `shutdown` resolves (or a fatal error). `metrics` renders
 /// `/metrics`; the caller installs the recorder once per process.
+///
+/// A storage failure that reopening can cure (a full volume, a failed write or fsync)
+/// does not end the process: the node stops everything it runs, drops its engine, and
+/// starts again from what is on disk, as a restart would, backing off while it keeps
+/// failing. Nothing it held in memory since its last good sync is trusted (it was never
+/// acknowledged: the store loop stops at the failed write, before anything that needed
+/// it is sent). Damaged files and every other error end the process.
 pub async fn run(
     config: NodeConfig,
     metrics: Option<PrometheusHandle>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NodeError> {
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let shutdown_task = tokio::spawn(async move {
+        shutdown.await;
+        let _ = shutdown_tx.send(true);
+    });
+    let shutdown = move || {
+        let mut shutdown_rx = shutdown_rx.clone();
+        async move {
+            let _ = shutdown_rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let mut backoff = Duration::from_secs(1);
+    // Set once any run has served clients: from then on the node's settings are known good.
+    let mut served = false;
+    let outcome = loop {
+        let started = std::time::Instant::now();
+        let outcome = run_once(config.clone(), metrics.clone(), shutdown(), &mut served).await;
+        let Err(error) = outcome else { break Ok(()) };
+        let Some(storage) = error.storage() else {
+            break Err(error);
+        };
+        let kind = storage.kind();
+        metrics::counter!("shoal_storage_faults_total", "kind" => kind.name()).increment(1);
+        // A first start that fails on I/O other than a full volume is more likely a
+        // wrong setting (a folder the node may not write) than a failing disk.
+        let recoverable = storage.is_recoverable_by_restart() && (served || kind == crate::storage::FaultKind::NoSpace);
+        if !recoverable {
+            break Err(error);
+        }
+        if started.elapsed() > RESTART_BACKOFF_RESET {
+            backoff = Duration::from_secs(1);
+        }
+        tracing::error!(
+            %error,
+            kind = kind.name(),
+            retry_in = ?backoff,
+            "storage failed: restarting the node from what is on disk"
+        );
+        metrics::counter!("shoal_node_restarts_total").increment(1);
+        tokio::select! {
+            () = shutdown() => break Ok(()),
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
+    };
+    shutdown_task.abort();
+    outcome
+}
+
+/// Runs the node once: from opening its storage to stopping everything it started and
+/// letting go of the engine. Sets `served` once clients are being served.
+async fn run_once(
+    config: NodeConfig,
+    metrics: Option<PrometheusHandle>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    served: &mut bool,
+) -> Result<(), NodeError> {
     let tls = tls::NodeTls::load(&config)?;
     std::fs::create_dir_all(&config.data_dir)?;
     let snapshot_dir = config.data_dir.join("snap");
     std::fs::create_dir_all(&snapshot_dir)?;
-    let engine: Arc<dyn Engine> = Arc::new(FjallEngine::open(&config.data_dir.join("db"))?);
+    let engine = open_engine(&config)?;
     let disk = Arc::new(crate::storage::disk::DiskSpace::new(
         &config.data_dir,
         config.storage_reserve_bytes,
@@ -424,6 +505,7 @@ pub async fn run(
         let stop = stopped();
         http_servers.spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop).await });
     }
+    *served = true;
     tracing::info!(
         clients = ?config.advertise_client_urls,
         peers = ?config.advertise_peer_urls,
@@ -460,11 +542,11 @@ pub async fn run(
 
     let outcome = tokio::select! {
         () = shutdown => Ok(()),
-        done = store_done => Err(NodeError::StoreFailed(match done {
-            Ok(Ok(())) => "stopped unexpectedly".into(),
-            Ok(Err(error)) => error.to_string(),
-            Err(_) => "panicked".into(),
-        })),
+        done = store_done => Err(match done {
+            Ok(Ok(())) => NodeError::StoreFailed("stopped unexpectedly".into()),
+            Ok(Err(error)) => NodeError::Storage(error),
+            Err(_) => NodeError::StoreFailed("panicked".into()),
+        }),
         Some(server) = servers.join_next() => Err(NodeError::StoreFailed(format!("a gRPC server ended: {server:?}"))),
     };
     tracing::info!("shutting down");
@@ -493,9 +575,40 @@ pub async fn run(
     let _ = store_handle.send(StoreInput::Stop).await;
     drop(store_handle);
     let _ = tokio::task::spawn_blocking(move || store_thread.join()).await;
-    drop(engine);
+    // Whatever of the servers did not finish in time goes now, with what it holds.
+    drop((servers, http_servers));
+    drop((router, txns, context, gateway, dashboard));
+    release_engine(engine).await;
     tracing::info!("stopped");
     outcome
+}
+
+/// The node's engine: fjall on `data-dir/db`, behind the fault injector when a test
+/// asked for one.
+fn open_engine(config: &NodeConfig) -> Result<Arc<dyn Engine>, NodeError> {
+    let engine: Arc<dyn Engine> = Arc::new(FjallEngine::open(&config.data_dir.join("db"))?);
+    Ok(match &config.storage_faults {
+        Some(control) => Arc::new(crate::storage::faults::FaultyEngine::new(engine, control.clone())?),
+        None => engine,
+    })
+}
+
+/// Drops this run's handle on the engine and waits (bounded) until every task and thread
+/// of the run has dropped theirs, so a restart can open the files again.
+async fn release_engine(engine: Arc<dyn Engine>) {
+    let held = Arc::downgrade(&engine);
+    drop(engine);
+    let deadline = std::time::Instant::now() + ENGINE_RELEASE_TIMEOUT;
+    while held.strong_count() > 0 {
+        if std::time::Instant::now() > deadline {
+            tracing::warn!(
+                holders = held.strong_count(),
+                "the storage engine is still in use after the node stopped"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Longest a graceful stop waits for the ranges it leads to get new leaders.

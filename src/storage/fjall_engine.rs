@@ -19,8 +19,28 @@ pub struct FjallEngine {
     spaces: Arc<HashMap<Space, Keyspace>>,
 }
 
+/// fjall's errors sorted by what they mean for the node: an I/O error keeps its kind
+/// (a full volume is told apart), a failed checksum or unparsable file is damage.
 fn engine_error(error: fjall::Error) -> StorageError {
-    StorageError::Engine(error.to_string())
+    use fjall::Error as F;
+    use fjall::LsmError as L;
+    match error {
+        F::Io(error) | F::Storage(L::Io(error)) => StorageError::Io(error),
+        F::Poisoned => StorageError::Poisoned,
+        F::JournalRecovery(_) | F::InvalidTrailer | F::InvalidTag(_) | F::Decompress(_) | F::Unrecoverable => {
+            StorageError::Damaged(format!("the journal (db/journals) cannot be read back: {error}"))
+        }
+        F::Storage(
+            L::ChecksumMismatch { .. }
+            | L::Decompress(_)
+            | L::InvalidTag(_)
+            | L::InvalidTrailer
+            | L::InvalidHeader(_)
+            | L::Unrecoverable
+            | L::InvalidVersion(_),
+        ) => StorageError::Damaged(format!("a table file cannot be read back: {error}")),
+        other => StorageError::Engine(other.to_string()),
+    }
 }
 
 fn bounds(range: &KeyRange) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {

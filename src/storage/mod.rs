@@ -6,6 +6,7 @@
 //! replaced without touching the layers above.
 
 pub mod disk;
+pub mod faults;
 mod fjall_engine;
 pub mod keys;
 pub mod mvcc;
@@ -93,6 +94,61 @@ pub enum StorageError {
     Corrupt { space: Space, detail: String },
     #[error("storage i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// An earlier write or sync failed, so the engine takes no more writes: what it
+    /// holds in memory since its last good sync is not known to be on disk.
+    #[error(
+        "storage engine stopped taking writes after an earlier write or sync failed (fsync errors are never retried)"
+    )]
+    Poisoned,
+    /// A checksum or format check failed: the files hold something Shoal did not write.
+    #[error("damaged data files: {0}")]
+    Damaged(String),
+}
+
+/// What went wrong with storage, for metrics and for deciding what a node does next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultKind {
+    /// The volume is full (ENOSPC, EDQUOT).
+    NoSpace,
+    /// A read, write or sync failed (EIO and the rest), or the engine stopped after one.
+    Io,
+    /// A file failed its checksum or does not parse.
+    Damaged,
+    /// Anything else the engine reported.
+    Other,
+}
+
+impl FaultKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::NoSpace => "no_space",
+            FaultKind::Io => "io",
+            FaultKind::Damaged => "damaged",
+            FaultKind::Other => "other",
+        }
+    }
+}
+
+impl StorageError {
+    pub fn kind(&self) -> FaultKind {
+        match self {
+            StorageError::Io(error) => match error.raw_os_error() {
+                Some(code) if code == rustix::io::Errno::NOSPC.raw_os_error() => FaultKind::NoSpace,
+                Some(code) if code == rustix::io::Errno::DQUOT.raw_os_error() => FaultKind::NoSpace,
+                _ if error.kind() == std::io::ErrorKind::StorageFull => FaultKind::NoSpace,
+                _ => FaultKind::Io,
+            },
+            StorageError::Poisoned => FaultKind::Io,
+            StorageError::Damaged(_) | StorageError::Corrupt { .. } => FaultKind::Damaged,
+            StorageError::Engine(_) => FaultKind::Other,
+        }
+    }
+
+    /// Whether reopening the engine from what is on disk can cure it: a full volume or a
+    /// failed write or sync can; damaged files cannot (they are refused, not served).
+    pub fn is_recoverable_by_restart(&self) -> bool {
+        matches!(self.kind(), FaultKind::NoSpace | FaultKind::Io)
+    }
 }
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;

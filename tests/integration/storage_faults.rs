@@ -231,3 +231,167 @@ async fn a_member_with_a_full_disk_stops_taking_writes_and_comes_back_by_itself(
     })
     .await;
 }
+
+/// Puts `key` through node `node`, giving up after `timeout`: `true` only if the cluster
+/// acknowledged it.
+async fn put_within(cluster: &Cluster, node: usize, key: &str, timeout: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(timeout, put(cluster, node, key, key.as_bytes())).await,
+        Ok(Ok(()))
+    )
+}
+
+/// Waits until a linearizable read of every key through every node returns the key as
+/// its value.
+async fn assert_everywhere(cluster: &Cluster, keys: &[String], within: Duration) {
+    let deadline = Instant::now() + within;
+    for node in 0..cluster.nodes.len() {
+        for key in keys {
+            loop {
+                let read = cluster
+                    .kv(node)
+                    .await
+                    .range(RangeRequest {
+                        key: bytes(key),
+                        ..Default::default()
+                    })
+                    .await;
+                match read {
+                    Ok(response) => {
+                        let kvs = response.into_inner().kvs;
+                        assert_eq!(kvs.len(), 1, "acknowledged {key} is missing on node {node}");
+                        assert_eq!(kvs[0].value, key.as_bytes(), "{key} on node {node}");
+                        break;
+                    }
+                    Err(error) => {
+                        assert!(Instant::now() < deadline, "node {node} cannot read {key}: {error}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn metric(cluster: &Cluster, node: usize, name: &str) -> f64 {
+    let (_, body) = shoal::http_probe::get(cluster.nodes[node].metrics_port, "/metrics", Duration::from_secs(10))
+        .await
+        .expect("/metrics");
+    body.lines()
+        .filter(|line| line.starts_with(name))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_whose_fsync_fails_acknowledges_nothing_and_restarts_from_its_disk() {
+    bounded(async {
+        let mut cluster = Cluster::start(3).await;
+        let mut acknowledged = Vec::new();
+        for index in 0..50 {
+            let key = format!("before/{index:03}");
+            assert!(put_within(&cluster, index % 3, &key, Duration::from_secs(10)).await);
+            acknowledged.push(key);
+        }
+        // One member down: the leader and the failing member are the only quorum, so
+        // any write acknowledged now would rest on the failing member's word.
+        let leader = cluster.leader().await;
+        let failing = (leader + 1) % 3;
+        let down = (leader + 2) % 3;
+        cluster.stop(down);
+        cluster.set_storage_faults(failing, "sync").await.unwrap();
+        let fault_ends = Instant::now() + Duration::from_secs(4);
+        let mut attempt = 0;
+        while Instant::now() < fault_ends {
+            let key = format!("during/{attempt:03}");
+            let acked = put_within(&cluster, leader, &key, Duration::from_millis(800)).await;
+            assert!(
+                !acked,
+                "{key} was acknowledged while the only other member's fsync failed"
+            );
+            attempt += 1;
+        }
+        assert!(!cluster.has_exited(failing), "the member exited on a failed fsync");
+
+        // The disk works again: the member comes back without a restart of its process
+        // and the cluster takes writes again.
+        cluster.set_storage_faults(failing, "").await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut index = 0;
+        loop {
+            let key = format!("after/{index:03}");
+            if put_within(&cluster, leader, &key, Duration::from_secs(2)).await {
+                acknowledged.push(key);
+                index += 1;
+                if index == 20 {
+                    break;
+                }
+            } else {
+                assert!(
+                    Instant::now() < deadline,
+                    "no write acknowledged after the disk recovered"
+                );
+            }
+        }
+        assert!(!cluster.has_exited(failing), "the member exited");
+        assert!(
+            metric(&cluster, failing, "shoal_node_restarts_total").await >= 1.0,
+            "the member did not restart its node from disk"
+        );
+        assert!(metric(&cluster, failing, "shoal_storage_faults_total{kind=\"io\"}").await >= 1.0);
+        cluster.restart(down);
+        cluster.wait_ready(Duration::from_secs(30)).await;
+        assert_everywhere(&cluster, &acknowledged, Duration::from_secs(60)).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_whose_reads_and_writes_fail_costs_availability_there_only() {
+    bounded(async {
+        let mut cluster = Cluster::start(3).await;
+        let failing = 1;
+        let mut acknowledged = Vec::new();
+        for index in 0..30 {
+            let key = format!("before/{index:03}");
+            assert!(put_within(&cluster, index % 3, &key, Duration::from_secs(10)).await);
+            acknowledged.push(key);
+        }
+        cluster.set_storage_faults(failing, "read write").await.unwrap();
+        // The others keep taking writes (retried: a leadership may move once).
+        for index in 0..60 {
+            let key = format!("during/{index:03}");
+            let node = if index % 2 == 0 { 0 } else { 2 };
+            let mut acked = false;
+            for _ in 0..20 {
+                if put_within(&cluster, node, &key, Duration::from_secs(3)).await {
+                    acked = true;
+                    break;
+                }
+            }
+            assert!(acked, "{key} was never acknowledged by the healthy members");
+            acknowledged.push(key);
+        }
+        // The failing member answers with errors, never with wrong or missing data.
+        if let Ok(Ok(response)) = tokio::time::timeout(
+            Duration::from_secs(5),
+            cluster.kv(failing).await.range(RangeRequest {
+                key: bytes("before/000"),
+                serializable: true,
+                ..Default::default()
+            }),
+        )
+        .await
+        {
+            assert_eq!(response.into_inner().kvs[0].value, &b"before/000"[..]);
+        }
+        assert!(!cluster.has_exited(failing), "the member exited on failing I/O");
+
+        cluster.set_storage_faults(failing, "").await.unwrap();
+        cluster.wait_ready(Duration::from_secs(60)).await;
+        assert_everywhere(&cluster, &acknowledged, Duration::from_secs(60)).await;
+        assert!(!cluster.has_exited(failing), "the member exited");
+        assert!(metric(&cluster, failing, "shoal_node_restarts_total").await >= 1.0);
+    })
+    .await;
+}
