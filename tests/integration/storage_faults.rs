@@ -53,6 +53,21 @@ impl Drop for Tmpfs {
     }
 }
 
+/// Stops node `node` and moves its data onto a tmpfs of `size_mib` (it stays stopped).
+fn onto_tmpfs(cluster: &mut Cluster, node: usize, size_mib: u64) -> Tmpfs {
+    cluster.stop(node);
+    let data_dir = cluster.nodes[node].data_dir.clone();
+    let aside = data_dir.with_extension("aside");
+    std::fs::rename(&data_dir, &aside).unwrap();
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let tmpfs = Tmpfs::mount(&data_dir, size_mib);
+    run(
+        "cp",
+        &["-a", &format!("{}/.", aside.display()), data_dir.to_str().unwrap()],
+    );
+    tmpfs
+}
+
 fn run(program: &str, args: &[&str]) {
     let status = Command::new(program).args(args).status().expect(program);
     assert!(status.success(), "{program} {args:?}: {status}");
@@ -87,17 +102,7 @@ async fn a_member_with_a_full_disk_stops_taking_writes_and_comes_back_by_itself(
         // 24 MiB reserve: the full member refuses writes with room left for the rest.
         let mut cluster = Cluster::start_with(3, &["--storage-reserve-bytes=25165824"]).await;
         let victim = 2;
-        // Move the victim's data onto a small tmpfs.
-        cluster.stop(victim);
-        let data_dir = cluster.nodes[victim].data_dir.clone();
-        let aside = data_dir.with_extension("aside");
-        std::fs::rename(&data_dir, &aside).unwrap();
-        std::fs::create_dir_all(&data_dir).unwrap();
-        let tmpfs = Tmpfs::mount(&data_dir, 80);
-        run(
-            "cp",
-            &["-a", &format!("{}/.", aside.display()), data_dir.to_str().unwrap()],
-        );
+        let tmpfs = onto_tmpfs(&mut cluster, victim, 80);
         cluster.restart(victim);
         cluster.wait_ready(Duration::from_secs(30)).await;
 
@@ -392,6 +397,149 @@ async fn a_member_whose_reads_and_writes_fail_costs_availability_there_only() {
         assert_everywhere(&cluster, &acknowledged, Duration::from_secs(60)).await;
         assert!(!cluster.has_exited(failing), "the member exited");
         assert!(metric(&cluster, failing, "shoal_node_restarts_total").await >= 1.0);
+    })
+    .await;
+}
+
+async fn count(cluster: &Cluster, node: usize, prefix: &str, serializable: bool) -> Result<i64, tonic::Status> {
+    let mut end = prefix.as_bytes().to_vec();
+    *end.last_mut().unwrap() += 1;
+    cluster
+        .kv(node)
+        .await
+        .range(RangeRequest {
+            key: bytes(prefix),
+            range_end: end.into(),
+            count_only: true,
+            serializable,
+            ..Default::default()
+        })
+        .await
+        .map(|response| response.into_inner().count)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn when_every_member_is_full_reads_go_on_writes_are_refused_and_resume_with_room() {
+    bounded(async {
+        let mut cluster = Cluster::start_with(3, &["--storage-reserve-bytes=25165824"]).await;
+        let mut disks = Vec::new();
+        for node in 0..3 {
+            disks.push(onto_tmpfs(&mut cluster, node, 72));
+        }
+        for node in 0..3 {
+            cluster.restart(node);
+        }
+        cluster.wait_ready(Duration::from_secs(30)).await;
+
+        // Fill through every member until every one refuses: the members fill together,
+        // as each holds every key.
+        let value = vec![b'v'; 4096];
+        let mut acknowledged = 0i64;
+        // Every key is written once, so the acknowledged count is the number of keys.
+        let mut next_key = 0usize;
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let mut writers = tokio::task::JoinSet::new();
+            for writer in 0..6 {
+                let mut kv = cluster.kv(writer % 3).await;
+                let value = value.clone();
+                let first = next_key;
+                next_key += 40;
+                writers.spawn(async move {
+                    let mut done = 0i64;
+                    let mut refused = None;
+                    for index in first..first + 40 {
+                        let put = kv.put(PutRequest {
+                            key: bytes(&format!("fill/{index:09}")),
+                            value: value.clone().into(),
+                            ..Default::default()
+                        });
+                        match tokio::time::timeout(Duration::from_secs(5), put).await {
+                            Ok(Ok(_)) => done += 1,
+                            Ok(Err(status)) => {
+                                refused = Some(status);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    (done, refused)
+                });
+            }
+            let mut refusals = 0;
+            while let Some(outcome) = writers.join_next().await {
+                let (done, refused) = outcome.unwrap();
+                acknowledged += done;
+                if let Some(status) = refused {
+                    assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+                    assert!(
+                        status.message().contains("no space left on this member's disk"),
+                        "{status}"
+                    );
+                    refusals += 1;
+                }
+            }
+            let mut full = 0;
+            for node in 0..3 {
+                if status_errors(&cluster, node)
+                    .await
+                    .iter()
+                    .any(|error| error.contains("below --storage-reserve-bytes"))
+                {
+                    full += 1;
+                }
+            }
+            if full == 3 && refusals > 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the members did not all run low ({acknowledged} writes, {full} low)"
+            );
+        }
+
+        // Every member refuses writes with the documented error and serves reads, both
+        // linearizable and serializable, with every acknowledged write.
+        for node in 0..3 {
+            let refused = put(&cluster, node, "on/a/full/cluster", b"x")
+                .await
+                .expect_err("a write on a full cluster");
+            assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused}");
+            assert!(
+                refused.message().contains("no space left on this member's disk"),
+                "{refused}"
+            );
+        }
+        for node in 0..3 {
+            for serializable in [false, true] {
+                let seen = count(&cluster, node, "fill/", serializable).await.unwrap();
+                assert!(
+                    seen >= acknowledged,
+                    "node {node} (serializable: {serializable}) holds {seen} of {acknowledged} acknowledged writes"
+                );
+            }
+        }
+
+        // Room comes back on every member: writes resume by themselves.
+        for disk in &disks {
+            disk.resize(512);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for node in 0..3 {
+            while let Err(error) = put(&cluster, node, &format!("after/{node}"), b"x").await {
+                assert!(
+                    Instant::now() < deadline,
+                    "node {node} takes no writes with room again: {error}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        for node in 0..3 {
+            assert!(count(&cluster, node, "fill/", false).await.unwrap() >= acknowledged);
+            assert_eq!(count(&cluster, node, "after/", false).await.unwrap(), 3);
+        }
+        drop(cluster);
+        drop(disks);
     })
     .await;
 }
