@@ -41,10 +41,69 @@ pub enum CtlCommand {
     /// The data ranges as a member holds them: span, epoch, replicas, leader, keys,
     /// bytes (`GET /v1/ranges`).
     Ranges,
+    /// Offline, on a stopped member whose data is damaged: sets its storage aside
+    /// (renamed, not deleted) so that at its next start, with its usual flags, it takes
+    /// every range again from its peers. It votes in no range until it holds everything
+    /// it may once have acknowledged there.
+    RebuildMember {
+        /// The member's data folder (`--data-dir`).
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+}
+
+/// Sets `data_dir/db` aside as `db.damaged-<seconds since 1970>` and leaves the request
+/// the server acts on at its next start (`server::rebuild`).
+fn rebuild_member(data_dir: &std::path::Path) -> Result<String, CtlError> {
+    let db = data_dir.join("db");
+    let request = data_dir.join(crate::server::rebuild::REQUEST_FILE);
+    if !db.exists() && !request.exists() {
+        return Err(CtlError::Rebuild(format!(
+            "{} holds no member's storage (no db folder)",
+            data_dir.display()
+        )));
+    }
+    // fjall holds this lock while a server has the storage open.
+    if let Ok(lock) = std::fs::File::open(db.join("lock")) {
+        if lock.try_lock().is_err() {
+            return Err(CtlError::Rebuild(format!(
+                "a server is running on {}: stop it first",
+                data_dir.display()
+            )));
+        }
+    }
+    let mut aside = None;
+    if db.exists() {
+        let seconds = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|since| since.as_secs())
+            .unwrap_or(0);
+        let target = data_dir.join(format!("db.damaged-{seconds}"));
+        std::fs::rename(&db, &target)
+            .map_err(|error| CtlError::Rebuild(format!("moving {}: {error}", db.display())))?;
+        aside = Some(target);
+    }
+    let _ = std::fs::remove_dir_all(data_dir.join("snap"));
+    std::fs::write(&request, b"")
+        .map_err(|error| CtlError::Rebuild(format!("writing {}: {error}", request.display())))?;
+    let mut text = String::new();
+    if let Some(aside) = aside {
+        text.push_str(&format!(
+            "The damaged storage is now {} (delete it once the member is back).\n",
+            aside.display()
+        ));
+    }
+    text.push_str(
+        "Start the member again with its usual flags: it takes every range from its peers \
+         and votes again once it holds what it held.\n",
+    );
+    Ok(text)
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum CtlError {
+    #[error("{0}")]
+    Rebuild(String),
     #[error("{0}")]
     Tls(#[from] crate::tls::TlsError),
     #[error("{0} is not a URL with a host and a port")]
@@ -64,6 +123,7 @@ pub enum CtlError {
 /// Runs the command and returns what it prints.
 pub async fn run(args: &CtlArgs) -> Result<String, CtlError> {
     match args.command {
+        CtlCommand::RebuildMember { ref data_dir } => rebuild_member(data_dir),
         CtlCommand::Ranges => {
             let (endpoint, body) = fetch(args, "/v1/ranges").await?;
             let ranges: Vec<RangeInfo> = serde_json::from_str(&body).map_err(|error| CtlError::BadAnswer {

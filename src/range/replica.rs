@@ -134,6 +134,11 @@ pub struct ReplicaConfig {
     pub log_compaction_entries: u64,
     /// ...keeping this many behind the applied index for slow followers.
     pub log_catchup_entries: u64,
+    /// The member was rebuilt from its peers (`shoal ctl rebuild-member`): it may have
+    /// acknowledged entries it no longer holds, so a replica neither votes nor campaigns
+    /// until it has applied a fence proposed after the rebuild (see
+    /// [`Replica::votes_withheld`]).
+    pub rebuilding: bool,
 }
 
 /// What the rest of the node may read about a range without asking the store loop.
@@ -266,6 +271,11 @@ pub struct Replica {
     machine: StateMachine,
     engine: Arc<dyn Engine>,
     ticks: u64,
+    /// Set on a rebuilt member until the range's fence applied: every entry this
+    /// replica may once have acknowledged precedes the fence in the log, so from then
+    /// on its log holds them and its vote is safe again. Until then it drops vote
+    /// requests and leadership transfers and does not tick (so never campaigns).
+    votes_withheld: bool,
     proposals: ProposalTracker,
     reads: ReadQueue<ReadWaiter>,
     /// Snapshot data received and staged on disk, by (index, term).
@@ -326,6 +336,7 @@ impl Replica {
         bootstrap: Option<Bootstrap>,
     ) -> Result<Self, StorageError> {
         let (node_id, incarnation) = (config.node_id, config.incarnation);
+        let votes_withheld = config.rebuilding;
         let mut log_store = LogStore::load(range_id, engine.clone(), snapshots)?;
         let mut machine = StateMachine::load(range_id, engine.clone(), descriptor)?;
         if let Some(install) = log_store.pending_install()? {
@@ -407,6 +418,7 @@ impl Replica {
             machine,
             engine,
             ticks: 0,
+            votes_withheld,
             proposals: ProposalTracker::new(node_id, incarnation),
             reads: ReadQueue::new(READ_WAITERS_MAX),
             staged_snapshots: HashMap::new(),
@@ -508,9 +520,24 @@ impl Replica {
         self.range_id
     }
 
+    /// The range's fence applied on this rebuilt member: it votes and campaigns again.
+    pub fn release_votes(&mut self) {
+        if self.votes_withheld {
+            tracing::info!(
+                range = self.range_id,
+                "rebuilt replica caught up past its fence: voting again"
+            );
+        }
+        self.votes_withheld = false;
+    }
+
+    pub fn votes_withheld(&self) -> bool {
+        self.votes_withheld
+    }
+
     pub fn tick(&mut self, now: Instant) {
         self.ticks += 1;
-        if !self.holds_ready() {
+        if !self.holds_ready() && !self.votes_withheld {
             self.raw.tick();
         }
         if self.raw.raft.state == StateRole::Leader {
@@ -609,6 +636,13 @@ impl Replica {
         if self.holds_ready() {
             return; // the leader sends again; raft-rs takes nothing mid-install
         }
+        if self.votes_withheld
+            && message.get_msg_type() == MessageType::MsgHeartbeat
+            && message.commit > self.raw.raft.raft_log.last_index()
+        {
+            self.ask_for_snapshot(&message);
+            return;
+        }
         if let Err(reason) = self.check_peer_message(&message) {
             tracing::warn!(
                 range = self.range_id,
@@ -617,6 +651,14 @@ impl Replica {
                 %reason,
                 "dropped a raft message no correct peer sends"
             );
+            return;
+        }
+        if self.votes_withheld
+            && matches!(
+                message.get_msg_type(),
+                MessageType::MsgRequestVote | MessageType::MsgRequestPreVote | MessageType::MsgTimeoutNow
+            )
+        {
             return;
         }
         if self.oracle.is_some()
@@ -654,6 +696,34 @@ impl Replica {
         if let Err(error) = self.raw.step(message) {
             tracing::debug!(range = self.range_id, %error, "raft refused a message");
         }
+    }
+
+    /// A rebuilt replica hears the leader commit past the end of its log: the leader
+    /// still counts what this member acknowledged before it lost its storage (raft-rs never
+    /// lowers a follower's match index), so it sends heartbeats, not entries. A rejection
+    /// that asks for a snapshot is the one answer raft-rs takes from a follower it
+    /// believes matched (an index above its match, so it is not taken as stale); the
+    /// leader then sends a snapshot and probes from it.
+    fn ask_for_snapshot(&mut self, heartbeat: &Message) {
+        if heartbeat.term < self.raw.raft.term {
+            return;
+        }
+        let mut reply = Message::default();
+        reply.set_msg_type(MessageType::MsgAppendResponse);
+        reply.to = heartbeat.from;
+        reply.from = self.config.node_id;
+        reply.term = heartbeat.term;
+        reply.reject = true;
+        reply.index = u64::MAX;
+        reply.reject_hint = self.raw.raft.raft_log.last_index();
+        reply.request_snapshot = heartbeat.commit.max(1);
+        tracing::debug!(
+            range = self.range_id,
+            leader = format!("{:x}", heartbeat.from),
+            commit = heartbeat.commit,
+            "rebuilt replica asks the leader for a snapshot"
+        );
+        self.raw.raft.msgs.push(reply);
     }
 
     /// What raft-rs would take on trust and stop the process over (it treats a broken
@@ -1390,6 +1460,7 @@ mod tests {
             read_retry_ticks: 2,
             log_compaction_entries: 1000,
             log_catchup_entries: 100,
+            rebuilding: false,
         }
     }
 

@@ -62,7 +62,10 @@ pub struct Loaded {
     pub created: bool,
 }
 
-pub fn load_or_create(engine: &dyn Engine, config: &NodeConfig) -> Result<Loaded, IdentityError> {
+/// `rebuilding`: the member's storage was set aside by `shoal ctl rebuild-member`, so a
+/// missing identity is made again from the settings (ids follow from them), whatever
+/// `--initial-cluster-state` says, and the member joins its cluster as it was.
+pub fn load_or_create(engine: &dyn Engine, config: &NodeConfig, rebuilding: bool) -> Result<Loaded, IdentityError> {
     if let Some(bytes) = engine.get(Space::NodeMeta, IDENTITY_KEY)? {
         let identity = NodeIdentity::decode(bytes.as_slice()).map_err(|error| StorageError::Corrupt {
             space: Space::NodeMeta,
@@ -85,7 +88,7 @@ pub fn load_or_create(engine: &dyn Engine, config: &NodeConfig) -> Result<Loaded
             created: false,
         });
     }
-    if config.cluster_state == ClusterState::Existing {
+    if config.cluster_state == ClusterState::Existing && !rebuilding {
         return Err(IdentityError::JoinUnsupported);
     }
     let members: Vec<MemberInfo> = config
@@ -115,6 +118,14 @@ pub fn load_or_create(engine: &dyn Engine, config: &NodeConfig) -> Result<Loaded
         identity,
         created: true,
     })
+}
+
+/// Raises the stored incarnation to at least `floor` (a rebuilt member lost its count: a
+/// floor from the clock is above any count an earlier run of it reached).
+pub fn raise_incarnation(engine: &dyn Engine, floor: u64) -> Result<(), StorageError> {
+    let mut batch = WriteBatch::new();
+    batch.put(Space::NodeMeta, INCARNATION_KEY.to_vec(), floor.to_be_bytes().to_vec());
+    engine.write(batch, Durability::Sync)
 }
 
 /// Raises the node's incarnation, persisted before anything is proposed, and returns

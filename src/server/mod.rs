@@ -7,6 +7,7 @@ pub mod dashboard;
 mod disk_guard;
 pub mod http;
 pub mod identity;
+pub mod rebuild;
 pub mod restore;
 mod tls;
 
@@ -70,6 +71,11 @@ pub enum NodeError {
     StoreFailed(String),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(
+        "{detail}\nThis member's data cannot be trusted, so it serves none of it. Rebuild it from its \
+         peers: `shoal ctl rebuild-member --data-dir {data_dir}`, then start it again with the same flags."
+    )]
+    Damaged { detail: String, data_dir: String },
 }
 
 /// Bound listeners, each with its TLS configuration if its URL is https.
@@ -159,6 +165,12 @@ pub async fn run(
         };
         let kind = storage.kind();
         metrics::counter!("shoal_storage_faults_total", "kind" => kind.name()).increment(1);
+        if kind == crate::storage::FaultKind::Damaged {
+            break Err(NodeError::Damaged {
+                detail: error.to_string(),
+                data_dir: config.data_dir.display().to_string(),
+            });
+        }
         // A first start that fails on I/O other than a full volume is more likely a
         // wrong setting (a folder the node may not write) than a failing disk.
         let recoverable = storage.is_recoverable_by_restart() && (served || kind == crate::storage::FaultKind::NoSpace);
@@ -205,7 +217,23 @@ async fn run_once(
     if let Err(error) = disk.refresh() {
         tracing::warn!(%error, "cannot measure the data volume's free space");
     }
-    let loaded = identity::load_or_create(engine.as_ref(), &config)?;
+    let rebuild_request = config.data_dir.join(rebuild::REQUEST_FILE);
+    let rebuilding = if rebuild_request.exists() {
+        // `shoal ctl rebuild-member` set the old storage aside: this engine is new. Its
+        // incarnations start above any the old one reached (from the clock).
+        crate::store::rebuild::start(engine.as_ref())?;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|since| since.as_millis() as u64)
+            .unwrap_or(0);
+        identity::raise_incarnation(engine.as_ref(), now_ms)?;
+        std::fs::remove_file(&rebuild_request)?;
+        tracing::warn!("rebuilding this member from its peers: it votes in no range until that range is fenced");
+        true
+    } else {
+        crate::store::rebuild::is_rebuilding(engine.as_ref())?
+    };
+    let loaded = identity::load_or_create(engine.as_ref(), &config, rebuilding)?;
     let identity = loaded.identity;
     let me = identity.member_id;
     let incarnation = identity::next_incarnation(engine.as_ref())?;
@@ -244,9 +272,10 @@ async fn run_once(
         read_retry_ticks: 2,
         log_compaction_entries: config.log_compaction_entries,
         log_catchup_entries: config.log_catchup_entries,
+        rebuilding,
     };
     let voters: Vec<u64> = identity.initial_members.iter().map(|member| member.id).collect();
-    let create = loaded.created && config.cluster_state == ClusterState::New;
+    let create = loaded.created && config.cluster_state == ClusterState::New && !rebuilding;
     let meta_descriptor = range::meta_range(voters.clone());
     // A new cluster's data ranges: one for every key, or as many as the split keys make.
     let initial_ranges: Vec<RangeDescriptor> = {
@@ -529,15 +558,25 @@ async fn run_once(
         ))
     });
     let lease_revoker = tokio::spawn(crate::txn::leases::run(txns.clone(), me));
+    let rebuild_fences = rebuilding.then(|| {
+        tokio::spawn(rebuild::run(
+            router.clone(),
+            store_handle.clone(),
+            me,
+            publish_member_command(
+                me,
+                identity.name.clone(),
+                config.advertise_client_urls.clone(),
+                redis_addr(&config),
+            ),
+        ))
+    });
     let publisher = tokio::spawn(publish_member(
         router.clone(),
         me,
         identity.name.clone(),
         config.advertise_client_urls.clone(),
-        config
-            .redis_listen
-            .map(|address| address.to_string())
-            .unwrap_or_default(),
+        redis_addr(&config),
     ));
 
     let outcome = tokio::select! {
@@ -558,7 +597,7 @@ async fn run_once(
     }
     resolver.abort();
     disk_guard.abort();
-    if let Some(task) = &corruption_check {
+    for task in corruption_check.iter().chain(&rebuild_fences) {
         task.abort();
     }
     lease_revoker.abort();
@@ -586,7 +625,13 @@ async fn run_once(
 /// The node's engine: fjall on `data-dir/db`, behind the fault injector when a test
 /// asked for one.
 fn open_engine(config: &NodeConfig) -> Result<Arc<dyn Engine>, NodeError> {
-    let engine: Arc<dyn Engine> = Arc::new(FjallEngine::open(&config.data_dir.join("db"))?);
+    let fjall = FjallEngine::open(&config.data_dir.join("db"))?;
+    // Every block of every table is read once, so damage is found before anything is
+    // served or sent to a peer.
+    let started = std::time::Instant::now();
+    fjall.verify()?;
+    tracing::info!(took = ?started.elapsed(), "checked the checksums of every stored block");
+    let engine: Arc<dyn Engine> = Arc::new(fjall);
     Ok(match &config.storage_faults {
         Some(control) => Arc::new(crate::storage::faults::FaultyEngine::new(engine, control.clone())?),
         None => engine,
@@ -614,6 +659,23 @@ async fn release_engine(engine: Arc<dyn Engine>) {
 /// Longest a graceful stop waits for the ranges it leads to get new leaders.
 const HAND_OFF_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The Redis address this member publishes ("" without a Redis listener).
+fn redis_addr(config: &NodeConfig) -> String {
+    config
+        .redis_listen
+        .map(|address| address.to_string())
+        .unwrap_or_default()
+}
+
+fn publish_member_command(member_id: u64, name: String, client_urls: Vec<String>, redis_addr: String) -> Vec<u8> {
+    crate::range::encode_command(raft_command::Op::PublishMember(PublishMember {
+        member_id,
+        name,
+        client_urls,
+        redis_addr,
+    }))
+}
+
 /// Announces this member's name, client URLs and Redis address through the log once per
 /// start, as etcd members do, so every member lists them in MemberList (and CLUSTER
 /// SLOTS). Retries until it lands.
@@ -624,12 +686,7 @@ async fn publish_member(
     client_urls: Vec<String>,
     redis_addr: String,
 ) {
-    let command = crate::range::encode_command(raft_command::Op::PublishMember(PublishMember {
-        member_id,
-        name: name.clone(),
-        client_urls: client_urls.clone(),
-        redis_addr: redis_addr.clone(),
-    }));
+    let command = publish_member_command(member_id, name.clone(), client_urls.clone(), redis_addr.clone());
     let mut delay = Duration::from_millis(100);
     loop {
         let published = match router.pinned(META_RANGE_ID).await {

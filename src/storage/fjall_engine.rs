@@ -28,7 +28,7 @@ fn engine_error(error: fjall::Error) -> StorageError {
         F::Io(error) | F::Storage(L::Io(error)) => StorageError::Io(error),
         F::Poisoned => StorageError::Poisoned,
         F::JournalRecovery(_) | F::InvalidTrailer | F::InvalidTag(_) | F::Decompress(_) | F::Unrecoverable => {
-            StorageError::Damaged(format!("the journal (db/journals) cannot be read back: {error}"))
+            StorageError::Damaged(format!("cannot be read back: {error}"))
         }
         F::Storage(
             L::ChecksumMismatch { .. }
@@ -63,13 +63,37 @@ fn pairs(iter: fjall::Iter, reverse: bool) -> ScanIter {
     }
 }
 
+/// The journal files of a database folder, for an error message.
+fn journal_files(path: &Path) -> String {
+    let mut files: Vec<String> = std::fs::read_dir(path)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|file| file.extension().is_some_and(|extension| extension == "jnl"))
+        .map(|file| file.display().to_string())
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        format!("the journal in {}", path.display())
+    } else {
+        files.join(", ")
+    }
+}
+
 impl FjallEngine {
     pub fn open(path: &Path) -> Result<Self> {
         std::fs::create_dir_all(path)?;
         let db = Database::builder(path)
             .manual_journal_persist(true)
             .open()
-            .map_err(engine_error)?;
+            .map_err(|error| match engine_error(error) {
+                StorageError::Damaged(detail) => StorageError::Damaged(format!(
+                    "{} (the write-ahead journal: the newest Raft log entries and applied state): {detail}",
+                    journal_files(path)
+                )),
+                other => other,
+            })?;
         let mut spaces = HashMap::new();
         for space in Space::ALL {
             // fjall's default (64 MiB of memtable per keyspace, no total cap) let a busy
@@ -82,6 +106,47 @@ impl FjallEngine {
             db,
             spaces: Arc::new(spaces),
         })
+    }
+
+    /// Reads every key of every space, so every block of every table file is read and
+    /// its checksum checked: a member refuses to start on files that fail (the error
+    /// names the space, its folder and, where it can tell, the table file and offset).
+    pub fn verify(&self) -> Result<()> {
+        for space in Space::ALL {
+            let keyspace = self.keyspace(space);
+            for item in keyspace.iter() {
+                if let Err(error) = item.into_inner() {
+                    let detail = match engine_error(error) {
+                        StorageError::Damaged(detail) => detail,
+                        other => return Err(other),
+                    };
+                    let folder = keyspace.path();
+                    let files: Vec<String> = super::verify::damaged_tables(folder)
+                        .into_iter()
+                        .map(|(file, offset)| format!("{} (block at byte {offset})", file.display()))
+                        .collect();
+                    let place = if files.is_empty() {
+                        format!("a table file under {}", folder.display())
+                    } else {
+                        files.join(", ")
+                    };
+                    return Err(StorageError::Damaged(format!(
+                        "{place}, which holds {} ({}), fails its checksum: {detail}",
+                        space.name(),
+                        space.description()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes every space's memtable out as a table file (tests that need table files).
+    #[cfg(test)]
+    fn flush(&self) {
+        for keyspace in self.spaces.values() {
+            keyspace.rotate_memtable_and_wait().unwrap();
+        }
     }
 
     fn keyspace(&self, space: Space) -> &Keyspace {
@@ -179,6 +244,62 @@ mod tests {
         assert_eq!(engine.get(Space::KvLatest, b"a").unwrap(), Some(b"1".to_vec()));
         assert_eq!(engine.get(Space::RaftLog, b"b").unwrap(), Some(b"2".to_vec()));
         assert_eq!(engine.get(Space::KvLatest, b"b").unwrap(), None);
+    }
+
+    fn flip_byte(file: &Path, at: usize) {
+        let mut bytes = std::fs::read(file).unwrap();
+        bytes[at] ^= 0x40;
+        std::fs::write(file, bytes).unwrap();
+    }
+
+    fn fill(engine: &FjallEngine) {
+        let mut batch = WriteBatch::new();
+        for index in 0..2_000u32 {
+            batch.put(Space::KvLatest, index.to_be_bytes().to_vec(), vec![b'v'; 100]);
+        }
+        engine.write(batch, Durability::Sync).unwrap();
+    }
+
+    #[test]
+    fn a_flipped_byte_in_a_table_is_found_and_its_file_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let tables = {
+            let engine = FjallEngine::open(dir.path()).unwrap();
+            fill(&engine);
+            engine.flush();
+            engine.verify().unwrap();
+            engine.keyspace(Space::KvLatest).path().join("tables")
+        };
+        let table = std::fs::read_dir(&tables).unwrap().next().unwrap().unwrap().path();
+        flip_byte(&table, 1_000);
+        let engine = FjallEngine::open(dir.path()).unwrap();
+        let error = engine.verify().unwrap_err();
+        assert_eq!(error.kind(), crate::storage::FaultKind::Damaged, "{error}");
+        let message = error.to_string();
+        assert!(message.contains(&table.display().to_string()), "{message}");
+        assert!(message.contains("kv_latest"), "{message}");
+    }
+
+    #[test]
+    fn a_flipped_byte_in_the_journal_refuses_the_open_and_names_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let engine = FjallEngine::open(dir.path()).unwrap();
+            fill(&engine);
+        }
+        let journal = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|entry| entry.path())
+            .find(|path| path.extension().is_some_and(|extension| extension == "jnl"))
+            .expect("a journal file");
+        // The file is preallocated: flip a byte inside what was written.
+        let bytes = std::fs::read(&journal).unwrap();
+        let written = bytes.iter().rposition(|byte| *byte != 0).expect("a written journal");
+        flip_byte(&journal, written / 2);
+        let error = FjallEngine::open(dir.path()).err().expect("a damaged journal opened");
+        assert_eq!(error.kind(), crate::storage::FaultKind::Damaged, "{error}");
+        assert!(error.to_string().contains(&journal.display().to_string()), "{error}");
     }
 
     #[test]

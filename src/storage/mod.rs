@@ -10,6 +10,7 @@ pub mod faults;
 mod fjall_engine;
 pub mod keys;
 pub mod mvcc;
+mod verify;
 
 pub use fjall_engine::FjallEngine;
 
@@ -63,6 +64,21 @@ impl Space {
             Space::NodeMeta => "node_meta",
             Space::Leases => "leases",
             Space::LeaseKeys => "lease_keys",
+        }
+    }
+
+    /// What the space holds, for an operator reading an error.
+    pub fn description(self) -> &'static str {
+        match self {
+            Space::RaftLog => "Raft log entries",
+            Space::RaftState => "Raft hard state and membership",
+            Space::KvLatest => "the newest version of every key",
+            Space::KvHistory => "older versions of keys",
+            Space::KvChanges => "the change log watches read",
+            Space::RangeMeta => "ranges' applied state and descriptors",
+            Space::NodeMeta => "this member's identity",
+            Space::Leases => "leases",
+            Space::LeaseKeys => "which keys each lease holds",
         }
     }
 

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 
+pub mod rebuild;
 pub mod registry;
 pub use registry::RangeRegistry;
 
@@ -85,6 +86,12 @@ pub enum StoreInput {
         count: u32,
         responder: oneshot::Sender<Result<i64, RangeError>>,
     },
+    /// A rebuilt member's fence applied in this range: its replica votes again.
+    Fenced {
+        range_id: u64,
+    },
+    /// Every range of a rebuilt member is fenced: the rebuild is over (persisted).
+    RebuildDone,
     Stop,
 }
 
@@ -562,6 +569,23 @@ impl Store {
                 None => {
                     let _ = std::fs::remove_file(staged);
                 }
+            },
+            StoreInput::Fenced { range_id } => {
+                if let Some(replica) = replica_of(&mut self.replicas, range_id) {
+                    replica.release_votes();
+                }
+            }
+            StoreInput::RebuildDone => match rebuild::finish(self.engine.as_ref()) {
+                Ok(()) => {
+                    self.replica_config.rebuilding = false;
+                    // Any replica the map does not name this member for has no vote to keep.
+                    for replica in self.replicas.values_mut() {
+                        replica.release_votes();
+                    }
+                    tracing::info!("rebuild finished: every range holds what this member once acknowledged");
+                }
+                // The marker stays: the next start fences every range again.
+                Err(error) => tracing::warn!(%error, "cannot record the end of the rebuild"),
             },
             StoreInput::Unreachable { node_id } => {
                 for replica in self.replicas.values_mut() {

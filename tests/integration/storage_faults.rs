@@ -543,3 +543,150 @@ async fn when_every_member_is_full_reads_go_on_writes_are_refused_and_resume_wit
     })
     .await;
 }
+
+/// Flips one byte in the middle of what `file` holds (files may be preallocated with
+/// zeros past their end).
+fn flip_byte(file: &Path) {
+    let mut bytes = std::fs::read(file).unwrap();
+    let written = bytes.iter().rposition(|byte| *byte != 0).expect("a written file");
+    bytes[written / 2] ^= 0x40;
+    std::fs::write(file, bytes).unwrap();
+}
+
+/// The largest table file of node `node`'s storage.
+fn largest_table(data_dir: &Path) -> PathBuf {
+    let mut tables: Vec<(u64, PathBuf)> = Vec::new();
+    for keyspace in std::fs::read_dir(data_dir.join("db/keyspaces")).unwrap().flatten() {
+        let Ok(files) = std::fs::read_dir(keyspace.path().join("tables")) else {
+            continue;
+        };
+        for file in files.flatten() {
+            tables.push((file.metadata().unwrap().len(), file.path()));
+        }
+    }
+    tables.sort();
+    tables.pop().expect("a table file").1
+}
+
+fn newest_journal(data_dir: &Path) -> PathBuf {
+    let mut journals: Vec<(u64, PathBuf)> = std::fs::read_dir(data_dir.join("db"))
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|extension| extension == "jnl"))
+        .map(|path| {
+            let number = path.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+            (number, path)
+        })
+        .collect();
+    journals.sort();
+    journals.pop().expect("a journal").1
+}
+
+/// Restarts node `node` on damaged storage: it must exit, naming `file` and the way out.
+async fn assert_refuses_to_start(cluster: &mut Cluster, node: usize, file: &Path) {
+    cluster.restart(node);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cluster.has_exited(node) {
+        assert!(Instant::now() < deadline, "a member on damaged storage kept running");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.kill(node); // reaps it
+    let log = cluster.nodes[node].log_text();
+    assert!(
+        log.contains(&file.display().to_string()),
+        "the error does not name {}",
+        file.display()
+    );
+    assert!(
+        log.contains("shoal ctl rebuild-member"),
+        "the error does not say what to do"
+    );
+}
+
+fn rebuild_member(data_dir: &Path) {
+    let output = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["ctl", "rebuild-member", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_with_damaged_files_refuses_to_start_and_is_rebuilt_from_its_peers() {
+    bounded(async {
+        let mut cluster = Cluster::start(3).await;
+        // Enough data that every member has written table files (memtables hold 16 MiB).
+        let value = vec![b'v'; 4096];
+        let mut writers = tokio::task::JoinSet::new();
+        for writer in 0..8 {
+            let mut kv = cluster.kv(writer % 3).await;
+            let value = value.clone();
+            writers.spawn(async move {
+                for index in 0..700 {
+                    kv.put(PutRequest {
+                        key: bytes(&format!("k/{writer}/{index:04}")),
+                        value: value.clone().into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("a put on a healthy cluster");
+                }
+            });
+        }
+        while let Some(done) = writers.join_next().await {
+            done.unwrap();
+        }
+        let expected = 8 * 700;
+
+        // A table file: found at start-up.
+        let damaged = 2;
+        cluster.stop(damaged);
+        let table = largest_table(&cluster.nodes[damaged].data_dir);
+        flip_byte(&table);
+        assert_refuses_to_start(&mut cluster, damaged, &table).await;
+        rebuild_member(&cluster.nodes[damaged].data_dir);
+        cluster.restart(damaged);
+        cluster.wait_ready(Duration::from_secs(60)).await;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while count(&cluster, damaged, "k/", false).await.ok() != Some(expected) {
+            assert!(Instant::now() < deadline, "the rebuilt member does not hold every key");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !cluster.nodes[damaged].log_text().contains("every range is fenced") {
+            assert!(Instant::now() < deadline, "the rebuilt member never voted again");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+
+        // The journal of another member: its open fails.
+        let other = 0;
+        put(&cluster, other, "k/last", b"x").await.unwrap();
+        cluster.stop(other);
+        let journal = newest_journal(&cluster.nodes[other].data_dir);
+        flip_byte(&journal);
+        assert_refuses_to_start(&mut cluster, other, &journal).await;
+        rebuild_member(&cluster.nodes[other].data_dir);
+        cluster.restart(other);
+        cluster.wait_ready(Duration::from_secs(60)).await;
+
+        // Both rebuilt members now carry the cluster: the third stops, and the two
+        // rebuilt ones elect leaders and take writes, with every earlier write there.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !cluster.nodes[other].log_text().contains("every range is fenced") {
+            assert!(Instant::now() < deadline, "the second rebuilt member never voted again");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        cluster.stop(1);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while put(&cluster, damaged, "k/after", b"y").await.is_err() {
+            assert!(Instant::now() < deadline, "the rebuilt members take no writes together");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        for node in [damaged, other] {
+            assert_eq!(count(&cluster, node, "k/", false).await.unwrap(), expected + 2);
+        }
+    })
+    .await;
+}
