@@ -1,7 +1,11 @@
 //! Watches the room on the data volume (`storage::disk`): measures it four times a
-//! second, reports it, and while the node is low on it hands every range it leads to
-//! another replica, so the members with room take the writes.
+//! second, reports it (metrics, and the member's DISK_LOW alarm, NOSPACE to etcd's
+//! tools, which refuses nothing elsewhere), and while the node is low on it hands every
+//! range it leads to another replica, so the members with room take the writes.
 
+use crate::proto::shoal::command::{raft_command, AlarmChange};
+use crate::proto::shoal::state::AlarmKind;
+use crate::range::{encode_command, META_RANGE_ID};
 use crate::router::Router;
 use crate::storage::disk::{DiskSpace, Room};
 use std::sync::Arc;
@@ -9,10 +13,36 @@ use std::time::Duration;
 
 const EVERY: Duration = Duration::from_millis(250);
 
+/// Raises this member's DISK_LOW alarm (NOSPACE to etcd's tools) while it is low on disk
+/// and clears it when room comes back, as the meta range's copy here shows it; a change
+/// that does not land is tried again on the next measurement.
+async fn sync_alarm(router: &Router, low: bool, me: u64) {
+    let raised = match router.pinned(META_RANGE_ID).await.map(|pinned| pinned.alarms()) {
+        Ok(Ok(alarms)) => alarms
+            .iter()
+            .any(|alarm| alarm.member_id == me && alarm.alarm == AlarmKind::DiskLow as i32),
+        _ => return,
+    };
+    if raised == low {
+        return;
+    }
+    let command = encode_command(raft_command::Op::AlarmChange(AlarmChange {
+        member_id: me,
+        alarm: AlarmKind::DiskLow as i32,
+        activate: low,
+    }));
+    match tokio::time::timeout(EVERY * 4, router.write(META_RANGE_ID, command)).await {
+        Ok(Ok(_)) => tracing::info!(raised = low, "this member's NOSPACE (disk low) alarm"),
+        Ok(Err(error)) => tracing::debug!(%error, "changing the disk alarm; will retry"),
+        Err(_) => tracing::debug!("changing the disk alarm timed out; will retry"),
+    }
+}
+
 pub async fn run(router: Arc<Router>, disk: Arc<DiskSpace>, me: u64) {
     let mut ticker = tokio::time::interval(EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        sync_alarm(&router, disk.is_low(), me).await;
         ticker.tick().await;
         match disk.refresh() {
             Ok((before, after)) if before != after => {

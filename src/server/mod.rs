@@ -158,7 +158,8 @@ pub async fn run(
     let mut served = false;
     let outcome = loop {
         let started = std::time::Instant::now();
-        let outcome = run_once(config.clone(), metrics.clone(), shutdown(), &mut served).await;
+        let mut engine = None;
+        let outcome = run_once(config.clone(), metrics.clone(), shutdown(), &mut served, &mut engine).await;
         let Err(error) = outcome else { break Ok(()) };
         let Some(storage) = error.storage() else {
             break Err(error);
@@ -187,6 +188,14 @@ pub async fn run(
             "storage failed: restarting the node from what is on disk"
         );
         metrics::counter!("shoal_node_restarts_total").increment(1);
+        if let Some(engine) = engine {
+            if !released(engine).await {
+                break Err(NodeError::StoreFailed(format!(
+                    "{error}; and the storage engine is still in use {ENGINE_RELEASE_TIMEOUT:?} after the node \
+                     stopped, so it cannot be reopened in this process"
+                )));
+            }
+        }
         tokio::select! {
             () = shutdown() => break Ok(()),
             () = tokio::time::sleep(backoff) => {}
@@ -198,18 +207,21 @@ pub async fn run(
 }
 
 /// Runs the node once: from opening its storage to stopping everything it started and
-/// letting go of the engine. Sets `served` once clients are being served.
+/// dropping its handle on the engine (`engine` is set to a weak one, to wait on before
+/// opening the files again). Sets `served` once clients are being served.
 async fn run_once(
     config: NodeConfig,
     metrics: Option<PrometheusHandle>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     served: &mut bool,
+    engine_out: &mut Option<std::sync::Weak<dyn Engine>>,
 ) -> Result<(), NodeError> {
     let tls = tls::NodeTls::load(&config)?;
     std::fs::create_dir_all(&config.data_dir)?;
     let snapshot_dir = config.data_dir.join("snap");
     std::fs::create_dir_all(&snapshot_dir)?;
     let engine = open_engine(&config)?;
+    *engine_out = Some(Arc::downgrade(&engine));
     let disk = Arc::new(crate::storage::disk::DiskSpace::new(
         &config.data_dir,
         config.storage_reserve_bytes,
@@ -473,15 +485,18 @@ async fn run_once(
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)
                 .add_service(service)
-                .serve_with_incoming_shutdown(crate::tls::incoming(listener, tls, "peer"), stopped()),
+                .serve_with_incoming_shutdown(
+                    closing(crate::tls::incoming(listener, tls, "peer"), &stop_rx),
+                    stopped(),
+                ),
         );
     }
     let max_decoding = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let gateway = Gateway::new(context.clone(), metrics.clone());
     for (listener, tls) in client_listeners {
         // Behind TLS the authority repair reads the decrypted HTTP/2 frames.
-        let connections =
-            crate::tls::incoming(listener, tls, "client").map(|accepted| accepted.map(AuthorityRepair::new));
+        let connections = closing(crate::tls::incoming(listener, tls, "client"), &stop_rx)
+            .map(|accepted| accepted.map(AuthorityRepair::new));
         // HTTP/1.1 and HTTP/2 on one port: gRPC calls reach the services, every other
         // request etcd's JSON gateway.
         servers.spawn(
@@ -529,7 +544,10 @@ async fn run_once(
     ));
     for (listener, tls) in metrics_listeners {
         // As etcd: https metrics use the client side's certificate and client auth.
-        let listener = crate::tls::ServerListener::new(listener, tls, "metrics");
+        let listener = crate::tls::closing::ClosingListener::new(
+            crate::tls::ServerListener::new(listener, tls, "metrics"),
+            stop_rx.clone(),
+        );
         let app = http::routes(router.clone(), metrics.clone(), dashboard.clone());
         let stop = stopped();
         http_servers.spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop).await });
@@ -616,8 +634,7 @@ async fn run_once(
     let _ = tokio::task::spawn_blocking(move || store_thread.join()).await;
     // Whatever of the servers did not finish in time goes now, with what it holds.
     drop((servers, http_servers));
-    drop((router, txns, context, gateway, dashboard));
-    release_engine(engine).await;
+    drop((router, txns, context, gateway, dashboard, engine));
     tracing::info!("stopped");
     outcome
 }
@@ -638,22 +655,31 @@ fn open_engine(config: &NodeConfig) -> Result<Arc<dyn Engine>, NodeError> {
     })
 }
 
-/// Drops this run's handle on the engine and waits (bounded) until every task and thread
-/// of the run has dropped theirs, so a restart can open the files again.
-async fn release_engine(engine: Arc<dyn Engine>) {
-    let held = Arc::downgrade(&engine);
-    drop(engine);
+/// Waits (bounded) until every task and thread of a stopped run has dropped its handle
+/// on the engine, so a restart can open the files again; whether they all did.
+async fn released(engine: std::sync::Weak<dyn Engine>) -> bool {
     let deadline = std::time::Instant::now() + ENGINE_RELEASE_TIMEOUT;
-    while held.strong_count() > 0 {
+    while engine.strong_count() > 0 {
         if std::time::Instant::now() > deadline {
-            tracing::warn!(
-                holders = held.strong_count(),
+            tracing::error!(
+                holders = engine.strong_count(),
                 "the storage engine is still in use after the node stopped"
             );
-            return;
+            return false;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    true
+}
+
+/// `connections`, each closed when the node stops (see `tls::closing`).
+fn closing<S: Send + 'static>(
+    connections: std::pin::Pin<Box<dyn tokio_stream::Stream<Item = std::io::Result<S>> + Send>>,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> impl tokio_stream::Stream<Item = std::io::Result<crate::tls::closing::Closing<S>>> + Send {
+    let stop = stop.clone();
+    connections
+        .map(move |accepted| accepted.map(|connection| crate::tls::closing::Closing::new(connection, stop.clone())))
 }
 
 /// Longest a graceful stop waits for the ranges it leads to get new leaders.

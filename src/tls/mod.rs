@@ -8,6 +8,7 @@
 //! Tonic's own TLS is not used: its client configuration is fixed when a channel is
 //! made, which would pin a peer's client certificate until restart.
 
+pub mod closing;
 pub mod connector;
 pub mod listener;
 pub mod reload;

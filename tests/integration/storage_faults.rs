@@ -6,7 +6,7 @@
 //! remount,size=...`): the test needs root, as CI runs it, and fails otherwise.
 
 use crate::support::{bounded, bytes, Cluster};
-use shoal::proto::etcdserverpb::{PutRequest, RangeRequest, StatusRequest};
+use shoal::proto::etcdserverpb::{alarm_request, AlarmRequest, PutRequest, RangeRequest, StatusRequest};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -82,6 +82,32 @@ async fn status_errors(cluster: &Cluster, node: usize) -> Vec<String> {
         .map(|status| status.into_inner().errors)
         .unwrap_or_default()
 }
+
+/// The alarms as `etcdctl alarm list` through node `node` shows them: (member, type).
+async fn alarms(cluster: &Cluster, node: usize) -> Vec<(u64, i32)> {
+    cluster
+        .maintenance(node)
+        .await
+        .alarm(AlarmRequest {
+            action: alarm_request::AlarmAction::Get as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("alarm list")
+        .into_inner()
+        .alarms
+        .iter()
+        .map(|alarm| (alarm.member_id, alarm.alarm))
+        .collect()
+}
+
+async fn member_id(cluster: &Cluster, node: usize) -> u64 {
+    let status = cluster.maintenance(node).await.status(StatusRequest {}).await.unwrap();
+    status.into_inner().header.unwrap().member_id
+}
+
+/// etcd's AlarmType NOSPACE.
+const NOSPACE: i32 = 1;
 
 async fn put(cluster: &Cluster, node: usize, key: &str, value: &[u8]) -> Result<(), tonic::Status> {
     cluster
@@ -159,6 +185,14 @@ async fn a_member_with_a_full_disk_stops_taking_writes_and_comes_back_by_itself(
             );
         }
 
+        // Operators see it as etcd shows a full member: a NOSPACE alarm for it alone.
+        let victim_id = member_id(&cluster, victim).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while alarms(&cluster, 0).await != vec![(victim_id, NOSPACE)] {
+            assert!(Instant::now() < deadline, "no NOSPACE alarm for the full member");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
         // The full member refuses writes itself (Unavailable: clients go elsewhere), the
         // others keep taking them, and the full member still serves reads.
         let refused = put(&cluster, victim, "on/the/full/member", b"x")
@@ -206,6 +240,14 @@ async fn a_member_with_a_full_disk_stops_taking_writes_and_comes_back_by_itself(
                 .any(|error| error.contains("storage-reserve")),
             "the member still reports a full disk"
         );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !alarms(&cluster, 0).await.is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "the NOSPACE alarm stayed after room came back"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let count = cluster
@@ -304,6 +346,45 @@ async fn a_member_whose_fsync_fails_acknowledges_nothing_and_restarts_from_its_d
         let failing = (leader + 1) % 3;
         let down = (leader + 2) % 3;
         cluster.stop(down);
+        // Clients connected to the failing member keep their connections (and a watch)
+        // open across its restart in process: they must not keep its storage in use.
+        let mut held = cluster.kv(failing).await;
+        held.range(RangeRequest {
+            key: bytes("before/000"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let mut watch = shoal::proto::etcdserverpb::watch_client::WatchClient::new(
+            crate::support::channel(&cluster.nodes[failing].client_url()).await,
+        );
+        let (watch_tx, watch_rx) = tokio::sync::mpsc::channel(1);
+        watch_tx
+            .send(shoal::proto::etcdserverpb::WatchRequest {
+                request_union: Some(shoal::proto::etcdserverpb::watch_request::RequestUnion::CreateRequest(
+                    shoal::proto::etcdserverpb::WatchCreateRequest {
+                        key: bytes("during/"),
+                        range_end: bytes("during0"),
+                        ..Default::default()
+                    },
+                )),
+            })
+            .await
+            .unwrap();
+        let _watching = watch
+            .watch(tokio_stream::wrappers::ReceiverStream::new(watch_rx))
+            .await
+            .unwrap();
+        let mut redis = tokio::net::TcpStream::connect(("127.0.0.1", cluster.nodes[failing].redis_port))
+            .await
+            .unwrap();
+        {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            redis.write_all(b"PING\r\n").await.unwrap();
+            let mut pong = [0u8; 7];
+            redis.read_exact(&mut pong).await.unwrap();
+            assert_eq!(&pong, b"+PONG\r\n");
+        }
         cluster.set_storage_faults(failing, "sync").await.unwrap();
         let fault_ends = Instant::now() + Duration::from_secs(4);
         let mut attempt = 0;
@@ -339,6 +420,7 @@ async fn a_member_whose_fsync_fails_acknowledges_nothing_and_restarts_from_its_d
             }
         }
         assert!(!cluster.has_exited(failing), "the member exited");
+        drop((held, watch_tx, redis));
         assert!(
             metric(&cluster, failing, "shoal_node_restarts_total").await >= 1.0,
             "the member did not restart its node from disk"

@@ -50,7 +50,16 @@ impl Maintenance for MaintenanceService {
             let request = request.into_inner();
             let txns = &self.context.txns;
             let raised = txns.alarms().await.map_err(errors::txn)?;
-            let kind = AlarmKind::try_from(request.alarm).unwrap_or(AlarmKind::AlarmNone);
+            // DISK_LOW is Shoal's own: etcd's clients name it NOSPACE.
+            let kind = match AlarmKind::try_from(request.alarm) {
+                Ok(AlarmKind::DiskLow) | Err(_) => AlarmKind::AlarmNone,
+                Ok(kind) => kind,
+            };
+            // A member low on disk is NOSPACE to etcd's tools.
+            let disk_low = AlarmEntry {
+                member_id: request.member_id,
+                alarm: AlarmKind::DiskLow as i32,
+            };
             let entry = AlarmEntry {
                 member_id: request.member_id,
                 alarm: kind as i32,
@@ -58,6 +67,7 @@ impl Maintenance for MaintenanceService {
             let alarms = match request.action() {
                 alarm_request::AlarmAction::Get => raised
                     .into_iter()
+                    .map(as_etcd_alarm)
                     .filter(|alarm| kind == AlarmKind::AlarmNone || alarm.alarm == kind as i32)
                     .collect(),
                 alarm_request::AlarmAction::Activate => {
@@ -71,7 +81,13 @@ impl Maintenance for MaintenanceService {
                     }
                 }
                 alarm_request::AlarmAction::Deactivate => {
-                    if raised.contains(&entry) {
+                    // The member raises it again while it is still low.
+                    if kind == AlarmKind::Nospace && raised.contains(&disk_low) {
+                        txns.change_alarm(request.member_id, AlarmKind::DiskLow, false)
+                            .await
+                            .map_err(errors::txn)?;
+                    }
+                    if raised.contains(&entry) || (kind == AlarmKind::Nospace && raised.contains(&disk_low)) {
                         txns.change_alarm(request.member_id, kind, false)
                             .await
                             .map_err(errors::txn)?;
@@ -268,7 +284,7 @@ impl Maintenance for MaintenanceService {
             }
             // As etcd lists raised alarms among a member's status errors.
             if let Ok(alarms) = self.context.txns.local_alarms().await {
-                for alarm in alarms {
+                for alarm in alarms.into_iter().map(as_etcd_alarm) {
                     let kind = AlarmKind::try_from(alarm.alarm).map_or("UNKNOWN", |kind| kind.as_str_name());
                     errors.push(format!("memberID:{} alarm:{kind} ", alarm.member_id));
                 }
@@ -290,5 +306,17 @@ impl Maintenance for MaintenanceService {
             }))
         })
         .await
+    }
+}
+
+/// An alarm as etcd's clients know them: a member low on disk is NOSPACE.
+fn as_etcd_alarm(alarm: AlarmEntry) -> AlarmEntry {
+    if alarm.alarm == AlarmKind::DiskLow as i32 {
+        AlarmEntry {
+            alarm: AlarmKind::Nospace as i32,
+            ..alarm
+        }
+    } else {
+        alarm
     }
 }

@@ -241,9 +241,13 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     tokio::pin!(stopped);
+    // Every connection's task: they end with the listener, so a stopped node's clients
+    // do not keep its storage in use (it may be restarting in process).
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         let (stream, address) = tokio::select! {
             () = &mut stopped => return Ok(()),
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
@@ -267,7 +271,7 @@ pub async fn serve(
         }
         let context = context.clone();
         let acceptor = acceptor.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             match acceptor {
                 None => {
                     let (reader, writer) = stream.into_split();
