@@ -164,7 +164,7 @@ pub async fn run(
         let Some(storage) = error.storage() else {
             break Err(error);
         };
-        let kind = storage.kind();
+        let kind = fault_kind(storage, &config.data_dir);
         metrics::counter!("shoal_storage_faults_total", "kind" => kind.name()).increment(1);
         if kind == crate::storage::FaultKind::Damaged {
             break Err(NodeError::Damaged {
@@ -204,6 +204,21 @@ pub async fn run(
     };
     shutdown_task.abort();
     outcome
+}
+
+/// What a storage failure was. fjall reports a failed background flush only as
+/// "poisoned" on the next write; on a volume with (almost) no room left, that was a full
+/// disk.
+fn fault_kind(error: &StorageError, data_dir: &std::path::Path) -> crate::storage::FaultKind {
+    use crate::storage::FaultKind;
+    let kind = error.kind();
+    if matches!(error, StorageError::Poisoned) {
+        let disk = crate::storage::disk::DiskSpace::new(data_dir, 0);
+        if disk.refresh().is_ok() && disk.free_bytes() < 1 << 20 {
+            return FaultKind::NoSpace;
+        }
+    }
+    kind
 }
 
 /// Runs the node once: from opening its storage to stopping everything it started and

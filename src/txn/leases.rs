@@ -67,10 +67,15 @@ pub async fn exists(txns: &Transactions, lease: i64) -> Result<bool, TxnError> {
 pub async fn run(txns: Arc<Transactions>, me: u64) {
     let mut ticker = tokio::time::interval(SCAN_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Revocations seen on the last scan: a revocation is finished here only once it has
+    // been seen twice, so one that a request (or an expiry) is finishing right now is
+    // left to it rather than done twice.
+    let mut seen: Vec<i64> = Vec::new();
     loop {
         ticker.tick().await;
         let router = txns.router().clone();
         if router.status(META_RANGE_ID).leader() != me {
+            seen.clear();
             continue;
         }
         let revoking = match router
@@ -81,7 +86,9 @@ pub async fn run(txns: Arc<Transactions>, me: u64) {
             Ok(Ok(revoking)) => revoking,
             _ => continue,
         };
-        for lease in revoking {
+        let stale: Vec<i64> = revoking.iter().copied().filter(|lease| seen.contains(lease)).collect();
+        seen = revoking;
+        for lease in stale {
             match finish(&txns, lease).await {
                 Ok(revision) => {
                     tracing::info!(lease = format!("{lease:x}"), revision, "lease revoked")

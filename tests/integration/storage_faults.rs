@@ -785,3 +785,106 @@ async fn a_member_with_damaged_files_refuses_to_start_and_is_rebuilt_from_its_pe
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_whose_disk_fills_without_a_reserve_restarts_in_process_and_loses_nothing() {
+    bounded(async {
+        let mut cluster = Cluster::start(3).await;
+        let victim = 2;
+        let tmpfs = onto_tmpfs(&mut cluster, victim, 48);
+        // No reserve: the engine itself meets ENOSPC (in a flush or a journal write).
+        cluster.nodes[victim].args.push("--storage-reserve-bytes=0".into());
+        cluster.restart(victim);
+        cluster.wait_ready(Duration::from_secs(30)).await;
+
+        let value = vec![b'v'; 4096];
+        let mut acknowledged = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(180);
+        let mut next = 0usize;
+        while !cluster.nodes[victim]
+            .log_text()
+            .contains("storage failed: restarting the node")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the member never ran out of space ({} writes)",
+                acknowledged.len()
+            );
+            let mut writers = tokio::task::JoinSet::new();
+            for writer in 0..6 {
+                let mut kv = cluster.kv(writer % 2).await;
+                let value = value.clone();
+                let first = next;
+                next += 20;
+                writers.spawn(async move {
+                    let mut done = Vec::new();
+                    for index in first..first + 20 {
+                        let key = format!("fill/{index:07}");
+                        let put = kv.put(PutRequest {
+                            key: bytes(&key),
+                            value: value.clone().into(),
+                            ..Default::default()
+                        });
+                        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(5), put).await {
+                            done.push(key);
+                        }
+                    }
+                    done
+                });
+            }
+            while let Some(done) = writers.join_next().await {
+                acknowledged.extend(done.unwrap());
+            }
+        }
+        assert!(!cluster.has_exited(victim), "the member exited on a full disk");
+        // The others go on.
+        for index in 0..20 {
+            let key = format!("after/{index:03}");
+            let mut acked = false;
+            for _ in 0..10 {
+                if put_within(&cluster, index % 2, &key, Duration::from_secs(3)).await {
+                    acked = true;
+                    break;
+                }
+            }
+            assert!(acked, "{key} was not acknowledged by the members with room");
+        }
+
+        // Room comes back: the member starts again by itself, with every acknowledged
+        // write.
+        tmpfs.resize(768);
+        cluster.wait_ready(Duration::from_secs(90)).await;
+        assert!(!cluster.has_exited(victim), "the member exited");
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            match count(&cluster, victim, "fill/", false).await {
+                Ok(seen) if seen as usize >= acknowledged.len() => break,
+                outcome => assert!(
+                    Instant::now() < deadline,
+                    "the member holds {outcome:?} of {} acknowledged writes",
+                    acknowledged.len()
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(
+            count(&cluster, victim, "fill/", true).await.unwrap(),
+            count(&cluster, 0, "fill/", false).await.unwrap(),
+            "the member's own copy differs from the cluster's"
+        );
+        let failures: Vec<String> = cluster.nodes[victim]
+            .log_text()
+            .lines()
+            .filter(|line| line.contains("storage failed"))
+            .map(str::to_string)
+            .collect();
+        assert!(
+            failures.iter().any(|line| line.contains("kind=\"no_space\"")),
+            "{failures:#?}"
+        );
+        assert!(metric(&cluster, victim, "shoal_storage_faults_total{kind=\"no_space\"}").await >= 1.0);
+        drop(cluster);
+        drop(tmpfs);
+    })
+    .await;
+}
