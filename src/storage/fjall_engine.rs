@@ -84,6 +84,7 @@ fn journal_files(path: &Path) -> String {
 impl FjallEngine {
     pub fn open(path: &Path) -> Result<Self> {
         std::fs::create_dir_all(path)?;
+        let journals = super::journal_guard::Journals::read(path)?;
         let db = Database::builder(path)
             .manual_journal_persist(true)
             .open()
@@ -94,6 +95,11 @@ impl FjallEngine {
                 )),
                 other => other,
             })?;
+        if let Err(damaged) = journals.check() {
+            drop(db);
+            journals.restore();
+            return Err(damaged);
+        }
         let mut spaces = HashMap::new();
         for space in Space::ALL {
             // fjall's default (64 MiB of memtable per keyspace, no total cap) let a busy
@@ -300,6 +306,43 @@ mod tests {
         let error = FjallEngine::open(dir.path()).err().expect("a damaged journal opened");
         assert_eq!(error.kind(), crate::storage::FaultKind::Damaged, "{error}");
         assert!(error.to_string().contains(&journal.display().to_string()), "{error}");
+    }
+
+    #[test]
+    fn a_journal_cut_short_before_whole_batches_is_damage_not_a_torn_write() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let engine = FjallEngine::open(dir.path()).unwrap();
+            for index in 0..50u32 {
+                let mut batch = WriteBatch::new();
+                batch.put(Space::KvLatest, index.to_be_bytes().to_vec(), vec![b'v'; 20]);
+                engine.write(batch, Durability::Sync).unwrap();
+            }
+        }
+        let journal = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|entry| entry.path())
+            .find(|path| path.extension().is_some_and(|extension| extension == "jnl"))
+            .expect("a journal file");
+        // The first byte of the journal is a batch's start tag: made unreadable, fjall
+        // would take everything after it for a torn write.
+        let original = std::fs::read(&journal).unwrap();
+        let mut bytes = original.clone();
+        bytes[0] = 0x7f;
+        std::fs::write(&journal, &bytes).unwrap();
+        for _ in 0..2 {
+            let error = FjallEngine::open(dir.path()).err().expect("a damaged journal opened");
+            assert_eq!(error.kind(), crate::storage::FaultKind::Damaged, "{error}");
+            assert!(error.to_string().contains("not torn"), "{error}");
+        }
+        // Put right, it opens with every batch.
+        std::fs::write(&journal, &original).unwrap();
+        let engine = FjallEngine::open(dir.path()).unwrap();
+        let keys = engine
+            .scan(Space::KvLatest, &KeyRange::new(Vec::new(), None), false)
+            .count();
+        assert_eq!(keys, 50);
     }
 
     #[test]

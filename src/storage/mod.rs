@@ -8,6 +8,7 @@
 pub mod disk;
 pub mod faults;
 mod fjall_engine;
+mod journal_guard;
 pub mod keys;
 pub mod mvcc;
 mod verify;
