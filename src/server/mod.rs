@@ -260,6 +260,7 @@ async fn run_once(
     } else {
         crate::store::rebuild::is_rebuilding(engine.as_ref())?
     };
+    metrics::gauge!("shoal_member_rebuilding").set(if rebuilding { 1.0 } else { 0.0 });
     let loaded = identity::load_or_create(engine.as_ref(), &config, rebuilding)?;
     let identity = loaded.identity;
     let me = identity.member_id;

@@ -73,6 +73,7 @@ pub async fn run(router: Arc<Router>, store: StoreHandle, me: u64, meta_fence: V
         }
         if holds.iter().all(|range_id| fenced.contains(range_id)) {
             let _ = store.send(StoreInput::RebuildDone).await;
+            metrics::gauge!("shoal_member_rebuilding").set(0.0);
             tracing::info!(
                 ranges = fenced.len(),
                 "every range is fenced: this member votes everywhere again"
