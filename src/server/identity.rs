@@ -123,6 +123,13 @@ pub fn load_or_create(engine: &dyn Engine, config: &NodeConfig, rebuilding: bool
 /// Raises the stored incarnation to at least `floor` (a rebuilt member lost its count: a
 /// floor from the clock is above any count an earlier run of it reached).
 pub fn raise_incarnation(engine: &dyn Engine, floor: u64) -> Result<(), StorageError> {
+    let stored = match engine.get(Space::NodeMeta, INCARNATION_KEY)? {
+        Some(bytes) => <[u8; 8]>::try_from(bytes.as_slice()).map_or(0, u64::from_be_bytes),
+        None => 0,
+    };
+    if stored >= floor {
+        return Ok(());
+    }
     let mut batch = WriteBatch::new();
     batch.put(Space::NodeMeta, INCARNATION_KEY.to_vec(), floor.to_be_bytes().to_vec());
     engine.write(batch, Durability::Sync)
