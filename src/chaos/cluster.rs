@@ -244,6 +244,9 @@ impl Cluster {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info,raft=warn".into()),
             )
+            // A server's error is one line; a captured backtrace would fill the log tail
+            // a failed wait prints (panics still get theirs from RUST_BACKTRACE).
+            .env("RUST_LIB_BACKTRACE", "0")
             .env(parent_env.0, parent_env.1)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

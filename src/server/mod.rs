@@ -125,6 +125,8 @@ impl NodeError {
 const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// A run that served this long resets the backoff.
 const RESTART_BACKOFF_RESET: Duration = Duration::from_secs(60);
+/// Starts in a row that may fail for other reasons than storage while restarting.
+const RESTART_OTHER_FAILURES_MAX: u32 = 20;
 /// Longest a stopped run may take to let go of its storage engine before a restart.
 const ENGINE_RELEASE_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -156,44 +158,68 @@ pub async fn run(
     let mut backoff = Duration::from_secs(1);
     // Set once any run has served clients: from then on the node's settings are known good.
     let mut served = false;
+    // Set by a storage failure: the node is restarting in process. A start that fails then
+    // for another reason (a port or file a stopping run still held) is tried again, a
+    // bounded number of times.
+    let mut recovering = false;
+    let mut other_failures = 0u32;
     let outcome = loop {
         let started = std::time::Instant::now();
         let mut engine = None;
         let outcome = run_once(config.clone(), metrics.clone(), shutdown(), &mut served, &mut engine).await;
         let Err(error) = outcome else { break Ok(()) };
-        let Some(storage) = error.storage() else {
-            break Err(error);
-        };
-        let kind = fault_kind(storage, &config.data_dir);
-        metrics::counter!("shoal_storage_faults_total", "kind" => kind.name()).increment(1);
-        if kind == crate::storage::FaultKind::Damaged {
-            break Err(NodeError::Damaged {
-                detail: error.to_string(),
-                data_dir: config.data_dir.display().to_string(),
-            });
-        }
-        // A first start that fails on I/O other than a full volume is more likely a
-        // wrong setting (a folder the node may not write) than a failing disk.
-        let recoverable = storage.is_recoverable_by_restart() && (served || kind == crate::storage::FaultKind::NoSpace);
-        if !recoverable {
-            break Err(error);
-        }
         if started.elapsed() > RESTART_BACKOFF_RESET {
             backoff = Duration::from_secs(1);
+            other_failures = 0;
         }
-        tracing::error!(
-            %error,
-            kind = kind.name(),
-            retry_in = ?backoff,
-            "storage failed: restarting the node from what is on disk"
-        );
+        let kind = match error.storage() {
+            Some(storage) => {
+                let kind = fault_kind(storage, &config.data_dir);
+                metrics::counter!("shoal_storage_faults_total", "kind" => kind.name()).increment(1);
+                if kind == crate::storage::FaultKind::Damaged {
+                    break Err(NodeError::Damaged {
+                        detail: error.to_string(),
+                        data_dir: config.data_dir.display().to_string(),
+                    });
+                }
+                // A first start that fails on I/O other than a full volume is more likely a
+                // wrong setting (a folder the node may not write) than a failing disk.
+                let recoverable =
+                    storage.is_recoverable_by_restart() && (served || kind == crate::storage::FaultKind::NoSpace);
+                if !recoverable && !recovering {
+                    break Err(error);
+                }
+                if !recoverable {
+                    other_failures += 1;
+                }
+                kind.name()
+            }
+            None => {
+                other_failures += 1;
+                "other"
+            }
+        };
+        if !recovering && error.storage().is_none() {
+            break Err(error);
+        }
+        if other_failures > RESTART_OTHER_FAILURES_MAX {
+            break Err(error);
+        }
+        recovering = true;
+        if error.storage().is_some() {
+            tracing::error!(
+                %error,
+                kind,
+                retry_in = ?backoff,
+                "storage failed: restarting the node from what is on disk"
+            );
+        } else {
+            tracing::warn!(%error, retry_in = ?backoff, "the node did not start again after a storage failure; retrying");
+        }
         metrics::counter!("shoal_node_restarts_total").increment(1);
         if let Some(engine) = engine {
             if !released(engine).await {
-                break Err(NodeError::StoreFailed(format!(
-                    "{error}; and the storage engine is still in use {ENGINE_RELEASE_TIMEOUT:?} after the node \
-                     stopped, so it cannot be reopened in this process"
-                )));
+                tracing::warn!("starting again with the old engine still held: the open may fail and be retried");
             }
         }
         tokio::select! {
