@@ -125,10 +125,11 @@ async fn put(cluster: &Cluster, node: usize, key: &str, value: &[u8]) -> Result<
 #[tokio::test(flavor = "multi_thread")]
 async fn a_member_with_a_full_disk_stops_taking_writes_and_comes_back_by_itself() {
     bounded(async {
-        // 24 MiB reserve: the full member refuses writes with room left for the rest.
-        let mut cluster = Cluster::start_with(3, &["--storage-reserve-bytes=25165824"]).await;
+        // The default 64 MiB reserve: once below it the member takes no new growth, and
+        // what the engine still writes (memtables being flushed, compactions) fits in it.
+        let mut cluster = Cluster::start(3).await;
         let victim = 2;
-        let tmpfs = onto_tmpfs(&mut cluster, victim, 80);
+        let tmpfs = onto_tmpfs(&mut cluster, victim, 144);
         cluster.restart(victim);
         cluster.wait_ready(Duration::from_secs(30)).await;
 
@@ -273,6 +274,10 @@ async fn a_member_with_a_full_disk_stops_taking_writes_and_comes_back_by_itself(
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        assert!(
+            !cluster.nodes[victim].log_text().contains("storage failed"),
+            "the reserve did not keep the engine from running out of space"
+        );
         drop(cluster);
         drop(tmpfs);
     })
@@ -503,10 +508,11 @@ async fn count(cluster: &Cluster, node: usize, prefix: &str, serializable: bool)
 #[tokio::test(flavor = "multi_thread")]
 async fn when_every_member_is_full_reads_go_on_writes_are_refused_and_resume_with_room() {
     bounded(async {
-        let mut cluster = Cluster::start_with(3, &["--storage-reserve-bytes=25165824"]).await;
+        // The default 64 MiB reserve (see the single-member test).
+        let mut cluster = Cluster::start(3).await;
         let mut disks = Vec::new();
         for node in 0..3 {
-            disks.push(onto_tmpfs(&mut cluster, node, 72));
+            disks.push(onto_tmpfs(&mut cluster, node, 128));
         }
         for node in 0..3 {
             cluster.restart(node);
@@ -619,6 +625,10 @@ async fn when_every_member_is_full_reads_go_on_writes_are_refused_and_resume_wit
         for node in 0..3 {
             assert!(count(&cluster, node, "fill/", false).await.unwrap() >= acknowledged);
             assert_eq!(count(&cluster, node, "after/", false).await.unwrap(), 3);
+            assert!(
+                !cluster.nodes[node].log_text().contains("storage failed"),
+                "the reserve did not keep node {node}'s engine from running out of space"
+            );
         }
         drop(cluster);
         drop(disks);
