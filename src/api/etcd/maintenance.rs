@@ -65,11 +65,16 @@ impl Maintenance for MaintenanceService {
                 alarm: kind as i32,
             };
             let alarms = match request.action() {
-                alarm_request::AlarmAction::Get => raised
-                    .into_iter()
-                    .map(as_etcd_alarm)
-                    .filter(|alarm| kind == AlarmKind::AlarmNone || alarm.alarm == kind as i32)
-                    .collect(),
+                alarm_request::AlarmAction::Get => {
+                    let mut listed: Vec<AlarmEntry> = Vec::new();
+                    // A member over its quota and low on disk is one NOSPACE, as in etcd.
+                    for alarm in raised.into_iter().map(as_etcd_alarm) {
+                        if (kind == AlarmKind::AlarmNone || alarm.alarm == kind as i32) && !listed.contains(&alarm) {
+                            listed.push(alarm);
+                        }
+                    }
+                    listed
+                }
                 alarm_request::AlarmAction::Activate => {
                     if kind == AlarmKind::AlarmNone {
                         Vec::new()
