@@ -34,7 +34,7 @@ use crate::range::snapshot::SnapshotRegistry;
 use crate::range::watch::WatchHub;
 use crate::range::{self, FIRST_DATA_RANGE_ID, META_RANGE_ID};
 use crate::router::Router;
-use crate::storage::{Engine, FjallEngine, StorageError};
+use crate::storage::{Engine, FaultKind, FjallEngine, StorageError};
 use crate::store::registry::HubViews;
 use crate::store::{RangeRegistry, Store, StoreHandle, StoreInput, StoreParts};
 use crate::tls::TlsError;
@@ -172,49 +172,45 @@ pub async fn run(
             backoff = Duration::from_secs(1);
             other_failures = 0;
         }
-        let kind = match error.storage() {
-            Some(storage) => {
-                let kind = fault_kind(storage, &config.data_dir);
-                metrics::counter!("shoal_storage_faults_total", "kind" => kind.name()).increment(1);
-                if kind == crate::storage::FaultKind::Damaged {
-                    break Err(NodeError::Damaged {
-                        detail: error.to_string(),
-                        data_dir: config.data_dir.display().to_string(),
-                    });
-                }
-                // A first start that fails on I/O other than a full volume is more likely a
-                // wrong setting (a folder the node may not write) than a failing disk.
-                let recoverable =
-                    storage.is_recoverable_by_restart() && (served || kind == crate::storage::FaultKind::NoSpace);
-                if !recoverable && !recovering {
+        // What the failure was, if storage, and whether reopening the storage can cure it.
+        let storage = error.storage().map(|storage| {
+            (
+                fault_kind(storage, &config.data_dir),
+                storage.is_recoverable_by_restart(),
+            )
+        });
+        if let Some((kind, _)) = storage {
+            metrics::counter!("shoal_storage_faults_total", "kind" => kind.name()).increment(1);
+        }
+        match storage {
+            Some((FaultKind::Damaged, _)) => {
+                break Err(NodeError::Damaged {
+                    detail: error.to_string(),
+                    data_dir: config.data_dir.display().to_string(),
+                })
+            }
+            // A first start that fails on I/O other than a full volume is more likely a
+            // wrong setting (a folder the node may not write) than a failing disk.
+            Some((kind, true)) if served || kind == FaultKind::NoSpace => {}
+            _ if recovering => {
+                other_failures += 1;
+                if other_failures > RESTART_OTHER_FAILURES_MAX {
                     break Err(error);
                 }
-                if !recoverable {
-                    other_failures += 1;
-                }
-                kind.name()
             }
-            None => {
-                other_failures += 1;
-                "other"
-            }
-        };
-        if !recovering && error.storage().is_none() {
-            break Err(error);
-        }
-        if other_failures > RESTART_OTHER_FAILURES_MAX {
-            break Err(error);
+            _ => break Err(error),
         }
         recovering = true;
-        if error.storage().is_some() {
-            tracing::error!(
+        match storage {
+            Some((kind, _)) => tracing::error!(
                 %error,
-                kind,
+                kind = kind.name(),
                 retry_in = ?backoff,
                 "storage failed: restarting the node from what is on disk"
-            );
-        } else {
-            tracing::warn!(%error, retry_in = ?backoff, "the node did not start again after a storage failure; retrying");
+            ),
+            None => {
+                tracing::warn!(%error, retry_in = ?backoff, "the node did not start again after a storage failure; retrying")
+            }
         }
         metrics::counter!("shoal_node_restarts_total").increment(1);
         if let Some(engine) = engine {
@@ -235,8 +231,7 @@ pub async fn run(
 /// What a storage failure was. fjall reports a failed background flush only as
 /// "poisoned" on the next write; on a volume with (almost) no room left, that was a full
 /// disk.
-fn fault_kind(error: &StorageError, data_dir: &std::path::Path) -> crate::storage::FaultKind {
-    use crate::storage::FaultKind;
+fn fault_kind(error: &StorageError, data_dir: &std::path::Path) -> FaultKind {
     let kind = error.kind();
     if matches!(error, StorageError::Poisoned) {
         let disk = crate::storage::disk::DiskSpace::new(data_dir, 0);

@@ -63,24 +63,6 @@ fn pairs(iter: fjall::Iter, reverse: bool) -> ScanIter {
     }
 }
 
-/// The journal files of a database folder, for an error message.
-fn journal_files(path: &Path) -> String {
-    let mut files: Vec<String> = std::fs::read_dir(path)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|entry| entry.path())
-        .filter(|file| file.extension().is_some_and(|extension| extension == "jnl"))
-        .map(|file| file.display().to_string())
-        .collect();
-    files.sort();
-    if files.is_empty() {
-        format!("the journal in {}", path.display())
-    } else {
-        files.join(", ")
-    }
-}
-
 impl FjallEngine {
     pub fn open(path: &Path) -> Result<Self> {
         std::fs::create_dir_all(path)?;
@@ -91,7 +73,7 @@ impl FjallEngine {
             .map_err(|error| match engine_error(error) {
                 StorageError::Damaged(detail) => StorageError::Damaged(format!(
                     "{} (the write-ahead journal: the newest Raft log entries and applied state): {detail}",
-                    journal_files(path)
+                    journals.describe(path)
                 )),
                 other => other,
             })?;
@@ -293,11 +275,9 @@ mod tests {
             let engine = FjallEngine::open(dir.path()).unwrap();
             fill(&engine);
         }
-        let journal = std::fs::read_dir(dir.path())
-            .unwrap()
-            .flatten()
-            .map(|entry| entry.path())
-            .find(|path| path.extension().is_some_and(|extension| extension == "jnl"))
+        let journal = super::super::journal_guard::journal_paths(dir.path())
+            .into_iter()
+            .next()
             .expect("a journal file");
         // The file is preallocated: flip a byte inside what was written.
         let bytes = std::fs::read(&journal).unwrap();
@@ -319,11 +299,9 @@ mod tests {
                 engine.write(batch, Durability::Sync).unwrap();
             }
         }
-        let journal = std::fs::read_dir(dir.path())
-            .unwrap()
-            .flatten()
-            .map(|entry| entry.path())
-            .find(|path| path.extension().is_some_and(|extension| extension == "jnl"))
+        let journal = super::super::journal_guard::journal_paths(dir.path())
+            .into_iter()
+            .next()
             .expect("a journal file");
         // The first byte of the journal is a batch's start tag: made unreadable, fjall
         // would take everything after it for a torn write.

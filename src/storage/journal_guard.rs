@@ -26,19 +26,22 @@ impl Journals {
     /// Reads the written part (up to the last non-zero byte) of every journal.
     pub fn read(db: &Path) -> std::io::Result<Journals> {
         let mut files = Vec::new();
-        let Ok(entries) = std::fs::read_dir(db) else {
-            return Ok(Journals { files });
-        };
-        for entry in entries {
-            let path = entry?.path();
-            if path.extension().is_some_and(|extension| extension == "jnl") {
-                let mut bytes = std::fs::read(&path)?;
-                let written = bytes.iter().rposition(|byte| *byte != 0).map_or(0, |last| last + 1);
-                bytes.truncate(written);
-                files.push((path, bytes));
-            }
+        for path in journal_paths(db) {
+            let mut bytes = std::fs::read(&path)?;
+            let written = bytes.iter().rposition(|byte| *byte != 0).map_or(0, |last| last + 1);
+            bytes.truncate(written);
+            files.push((path, bytes));
         }
         Ok(Journals { files })
+    }
+
+    /// The journal files, for an error message.
+    pub fn describe(&self, db: &Path) -> String {
+        if self.files.is_empty() {
+            return format!("the journal in {}", db.display());
+        }
+        let names: Vec<String> = self.files.iter().map(|(path, _)| path.display().to_string()).collect();
+        names.join(", ")
     }
 
     /// After recovery: whether fjall cut a whole batch from any journal (the error names
@@ -73,6 +76,19 @@ impl Journals {
             }
         }
     }
+}
+
+/// fjall's journal files in a database folder, in name order.
+pub fn journal_paths(db: &Path) -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(db)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|extension| extension == "jnl"))
+        .collect();
+    paths.sort();
+    paths
 }
 
 /// Where in `bytes` a batch's end marker lies, if one does.
