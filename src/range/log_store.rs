@@ -50,8 +50,22 @@ fn corrupt(detail: impl Into<String>) -> StorageError {
     }
 }
 
+/// The last storage failure handed to raft-rs. raft-rs treats a storage error other than
+/// "compacted" or "unavailable" as a broken invariant and panics; the store loop's thread
+/// catches that panic and, finding a failure here, reports it as the storage failure it
+/// is (the node then restarts from disk) rather than as a bug. One node per process.
+static HANDED_TO_RAFT: std::sync::Mutex<Option<(crate::storage::FaultKind, String)>> = std::sync::Mutex::new(None);
+
 fn raft_error(error: StorageError) -> raft::Error {
+    if let Ok(mut last) = HANDED_TO_RAFT.lock() {
+        *last = Some((error.kind(), error.to_string()));
+    }
     raft::Error::Store(RaftStorageError::Other(Box::new(error)))
+}
+
+/// The storage failure raft-rs was last handed, if any (taken: asked once per failure).
+pub fn take_failure_handed_to_raft() -> Option<(crate::storage::FaultKind, String)> {
+    HANDED_TO_RAFT.lock().ok().and_then(|mut last| last.take())
 }
 
 fn encode_pb(message: &impl protobuf::Message) -> Vec<u8> {

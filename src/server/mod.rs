@@ -439,8 +439,26 @@ async fn run_once(
         replicas,
     );
     let (store_done_tx, store_done) = tokio::sync::oneshot::channel();
+    // A failure raft-rs was handed before this run is not this run's.
+    let _ = crate::range::log_store::take_failure_handed_to_raft();
     let store_thread = std::thread::Builder::new().name("shoal-store".into()).spawn(move || {
-        let outcome = store.run();
+        let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.run())) {
+            Ok(outcome) => outcome,
+            // raft-rs panics on a storage read it could not make: that is a storage failure.
+            Err(panic) => match crate::range::log_store::take_failure_handed_to_raft() {
+                Some((kind, detail)) if matches!(kind, FaultKind::Io | FaultKind::NoSpace) => {
+                    let io_kind = match kind {
+                        FaultKind::NoSpace => std::io::ErrorKind::StorageFull,
+                        _ => std::io::ErrorKind::Other,
+                    };
+                    Err(StorageError::Io(std::io::Error::new(
+                        io_kind,
+                        format!("{detail} (raft-rs stopped on it)"),
+                    )))
+                }
+                _ => std::panic::resume_unwind(panic),
+            },
+        };
         let _ = store_done_tx.send(outcome);
     })?;
 
