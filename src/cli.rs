@@ -86,6 +86,11 @@ pub struct ServerFlags {
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub initial_cluster_state: Option<ClusterState>,
+    /// Join a running cluster through these members' peer URLs (URL[,URL...]): the node
+    /// adds itself as a member and starts as `existing`
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join: Option<String>,
     /// Token that makes ids unique to this cluster [default: shoal-cluster]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -65,6 +65,9 @@ pub struct ServerSettings {
     pub initial_cluster: Option<String>,
     pub initial_cluster_state: ClusterState,
     pub initial_cluster_token: String,
+    /// Peer URLs of members to join through (`URL[,URL...]`): the node is added to the
+    /// cluster by the first that answers, then starts as `existing`.
+    pub join: Option<String>,
     /// HTTP for /metrics, /health, /ready; empty (the default) opens no such listener, so
     /// members started with etcd's flags alone never compete for one port.
     pub listen_metrics_urls: String,
@@ -151,6 +154,7 @@ impl Default for ServerSettings {
             initial_cluster: None,
             initial_cluster_state: ClusterState::New,
             initial_cluster_token: "shoal-cluster".into(),
+            join: None,
             listen_metrics_urls: String::new(),
             listen_redis_addr: None,
             redis_tls: false,
@@ -302,6 +306,8 @@ pub struct NodeConfig {
     pub initial_cluster: Vec<InitialMember>,
     pub cluster_state: ClusterState,
     pub cluster_token: String,
+    /// `--join`: members' peer URLs to ask for membership (empty: not joining that way).
+    pub join: Vec<String>,
     pub metrics_listen: Vec<ListenUrl>,
     /// Where the Redis protocol is served, if anywhere.
     pub redis_listen: Option<SocketAddr>,
@@ -683,6 +689,10 @@ impl TryFrom<ServerSettings> for NodeConfig {
                 ),
             ));
         }
+        let join = split_list(settings.join.as_deref().unwrap_or_default());
+        for url in &join {
+            check_url("join", url)?;
+        }
         let metrics_listen = resolve_list("listen-metrics-urls", &settings.listen_metrics_urls)?;
         let redis_listen = match settings.listen_redis_addr.as_deref() {
             None | Some("") => None,
@@ -840,8 +850,13 @@ impl TryFrom<ServerSettings> for NodeConfig {
             peer_listen,
             advertise_peer_urls,
             initial_cluster,
-            cluster_state: settings.initial_cluster_state,
+            cluster_state: if join.is_empty() {
+                settings.initial_cluster_state
+            } else {
+                ClusterState::Existing
+            },
             cluster_token: settings.initial_cluster_token,
+            join,
             metrics_listen,
             redis_listen,
             redis_tls: settings.redis_tls,

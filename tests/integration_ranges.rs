@@ -29,6 +29,8 @@ mod etcdctl;
 mod gateway;
 #[path = "integration/kv.rs"]
 mod kv;
+#[path = "integration/membership.rs"]
+mod membership;
 #[path = "integration/redis.rs"]
 mod redis;
 #[path = "integration/tls.rs"]

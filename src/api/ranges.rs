@@ -7,7 +7,8 @@ use std::sync::atomic::Ordering;
 
 /// One object per data range this member holds: `id`, `start_key` and `end_key`
 /// (base64 of the internal key: a namespace byte, 0x01 for etcd, then the client's key;
-/// empty = unbounded), `epoch`, `replicas` (member ids in hex, as etcdctl prints them),
+/// empty = unbounded), `epoch`, `replicas` (member ids in hex, as etcdctl prints them;
+/// `learners` names those that do not vote),
 /// `leader` (hex, "0" when none is known), `keys` and `bytes` (live keys and their
 /// bytes, approximate right after a split).
 pub fn describe(router: &Router) -> serde_json::Value {
@@ -26,6 +27,7 @@ pub fn describe(router: &Router) -> serde_json::Value {
                 "end_key": encode(&descriptor.end_key),
                 "epoch": descriptor.epoch,
                 "replicas": descriptor.replicas.iter().map(|id| format!("{id:x}")).collect::<Vec<_>>(),
+                "learners": descriptor.learners.iter().map(|id| format!("{id:x}")).collect::<Vec<_>>(),
                 "leader": format!("{:x}", status.leader()),
                 "keys": status.live_keys.load(Ordering::Acquire),
                 "bytes": status.live_bytes.load(Ordering::Acquire),

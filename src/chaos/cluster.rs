@@ -38,6 +38,11 @@ pub struct Node {
     /// Flags for this node only, after the cluster's; they take effect at its next
     /// (re)start.
     pub args: Vec<String>,
+    /// Its own `--initial-cluster` (a member added at run time); else the cluster's.
+    pub initial_cluster: Option<String>,
+    /// Whether its peer traffic goes through the [`Network`]'s proxies (only the
+    /// members the cluster started with).
+    proxied: bool,
     child: Option<Child>,
     paused: bool,
 }
@@ -155,6 +160,8 @@ impl Cluster {
                 faults: dir.join(format!("{name}.faults")),
                 name,
                 args: Vec::new(),
+                initial_cluster: None,
+                proxied: true,
                 child: None,
                 paused: false,
             });
@@ -187,9 +194,50 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// Adds a node that was not in the cluster at its start, with its own
+    /// `--initial-cluster` (`None`: only itself, for `--join`) and flags (such as
+    /// `--initial-cluster-state existing`); [`Cluster::restart`] starts it. Its peer
+    /// traffic does not go through the proxies. Returns its index.
+    pub fn add_node(
+        &mut self,
+        name: &str,
+        initial_cluster: Option<String>,
+        args: Vec<String>,
+    ) -> Result<usize, ClusterError> {
+        let dir = self.nodes[0]
+            .data_dir
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(std::env::temp_dir);
+        let ports: Vec<u16> = (0..4).map(|_| free_port()).collect::<Result<_, _>>()?;
+        let peer_url = format!("http://127.0.0.1:{}", ports[1]);
+        self.nodes.push(Node {
+            client_port: ports[0],
+            peer_port: ports[1],
+            metrics_port: ports[2],
+            redis_port: ports[3],
+            data_dir: dir.join(name),
+            log: dir.join(format!("{name}.log")),
+            faults: dir.join(format!("{name}.faults")),
+            name: name.to_string(),
+            args,
+            initial_cluster: Some(initial_cluster.unwrap_or_else(|| format!("{name}={peer_url}"))),
+            proxied: false,
+            child: None,
+            paused: false,
+        });
+        Ok(self.nodes.len() - 1)
+    }
+
+    /// The peer URL a member advertises.
+    pub fn peer_url(&self, index: usize) -> String {
+        format!("http://127.0.0.1:{}", self.nodes[index].peer_port)
+    }
+
     fn spawn(&mut self, index: usize) -> Result<(), ClusterError> {
+        let proxied = self.nodes[index].proxied;
         let dial = (0..self.nodes.len())
-            .filter(|other| *other != index)
+            .filter(|other| *other != index && proxied && self.nodes[*other].proxied)
             .map(|other| {
                 format!(
                     "{}=http://127.0.0.1:{}",
@@ -228,7 +276,10 @@ impl Cluster {
                 &format!("http://127.0.0.1:{}", node.metrics_port),
             ])
             .args(["--listen-redis-addr", &format!("127.0.0.1:{}", node.redis_port)])
-            .args(["--initial-cluster", &self.initial_cluster])
+            .args([
+                "--initial-cluster",
+                node.initial_cluster.as_deref().unwrap_or(&self.initial_cluster),
+            ])
             .args(["--initial-cluster-token", "shoal-chaos"])
             .arg("--experimental-storage-faults")
             .arg(&node.faults)

@@ -23,6 +23,15 @@ pub enum KvError {
     UnknownMember,
     #[error("lease already exists")]
     LeaseExists,
+    #[error("member ID already exist")]
+    MemberExists,
+    #[error("Peer URLs already exists")]
+    PeerUrlExists,
+    #[error("can only promote a learner member")]
+    MemberNotLearner,
+    /// A membership change refused for another reason (said in the text).
+    #[error("{0}")]
+    MembershipRefused(String),
     /// The command's revision is not above the range's (see `STALE_REVISION`).
     #[error("stale revision")]
     StaleRevision,

@@ -145,10 +145,18 @@ impl LogStore {
 
     /// The Raft state a range created by a split starts with on every replica: a log
     /// that begins after `index` (of `term`), everything up to it committed, and the
-    /// voters of the range it split from. Written in the split's apply batch.
-    pub fn initialize_split(range_id: u64, voters: Vec<u64>, index: u64, term: u64, batch: &mut WriteBatch) {
+    /// voters and learners of the range it split from. Written in the split's apply batch.
+    pub fn initialize_split(
+        range_id: u64,
+        voters: Vec<u64>,
+        learners: Vec<u64>,
+        index: u64,
+        term: u64,
+        batch: &mut WriteBatch,
+    ) {
         let conf_state = ConfState {
             voters,
+            learners,
             ..Default::default()
         };
         batch.put(

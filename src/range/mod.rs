@@ -7,6 +7,7 @@ pub mod background;
 pub mod kv;
 pub mod lease;
 pub mod log_store;
+pub mod membership;
 pub mod ops;
 pub mod oracle;
 pub mod proposals;
@@ -40,6 +41,7 @@ pub fn meta_range(replicas: Vec<u64>) -> crate::proto::shoal::state::RangeDescri
         epoch: 1,
         conf_version: 1,
         replicas,
+        learners: Vec::new(),
     }
 }
 
@@ -85,6 +87,7 @@ pub fn first_data_range(replicas: Vec<u64>) -> crate::proto::shoal::state::Range
         epoch: 1,
         conf_version: 1,
         replicas,
+        learners: Vec::new(),
     }
 }
 

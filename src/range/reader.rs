@@ -275,6 +275,11 @@ impl PinnedRange {
         state_machine::members_in(self.range_id, self.view.as_ref())
     }
 
+    /// The membership record (meta range).
+    pub fn membership(&self) -> Result<crate::proto::shoal::state::PublishedMembers, StorageError> {
+        state_machine::membership_in(self.range_id, self.view.as_ref())
+    }
+
     /// Every lease record of the range (the meta range holds the leases).
     pub fn lease_records(&self) -> Result<Vec<crate::proto::shoal::state::LeaseRecord>, StorageError> {
         let mut leases = Vec::new();

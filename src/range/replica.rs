@@ -309,6 +309,8 @@ pub struct Replica {
 /// Creating a range that has never existed on this node.
 pub struct Bootstrap {
     pub voters: Vec<u64>,
+    /// Meta range: the members the cluster starts with (every one a voter).
+    pub members: Vec<crate::proto::shoal::state::MemberInfo>,
     /// Meta range: the data ranges the cluster starts with.
     pub data_ranges: Vec<RangeDescriptor>,
 }
@@ -351,7 +353,7 @@ impl Replica {
             if log_store.conf_state().voters.is_empty() && log_store.last_index() == 0 {
                 let mut batch = WriteBatch::new();
                 log_store.bootstrap(bootstrap.voters, &mut batch);
-                machine.bootstrap(&bootstrap.data_ranges, &mut batch);
+                machine.bootstrap(&bootstrap.data_ranges, &bootstrap.members, &mut batch);
                 engine.write(batch, Durability::Sync)?;
                 machine.reload()?;
             }
@@ -643,6 +645,18 @@ impl Replica {
             self.ask_for_snapshot(&message);
             return;
         }
+        if self.is_uninitialized()
+            && matches!(
+                message.get_msg_type(),
+                MessageType::MsgAppend | MessageType::MsgHeartbeat
+            )
+        {
+            // A replica added to a running range (a new member): the range's first
+            // state was written at its creation, not logged, so replaying the log from
+            // its start would miss it. It starts from a snapshot.
+            self.ask_for_snapshot(&message);
+            return;
+        }
         if let Err(reason) = self.check_peer_message(&message) {
             tracing::warn!(
                 range = self.range_id,
@@ -696,6 +710,12 @@ impl Replica {
         if let Err(error) = self.raw.step(message) {
             tracing::debug!(range = self.range_id, %error, "raft refused a message");
         }
+    }
+
+    /// Holds nothing yet: no configuration and nothing applied (a replica opened on a
+    /// member that joined, or for a range whose split this member missed).
+    fn is_uninitialized(&self) -> bool {
+        self.raw.raft.prs().conf().voters().ids().is_empty() && self.machine.applied_index() == 0
     }
 
     /// A rebuilt replica hears the leader commit past the end of its log: the leader
@@ -1274,7 +1294,7 @@ impl Replica {
                         .apply_command(entry.index, entry.term, &entry.data, &mut pending)?
                 }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                    self.apply_conf_change(entry)?;
+                    self.apply_conf_change(entry, &mut pending)?;
                     None
                 }
             };
@@ -1311,7 +1331,13 @@ impl Replica {
         Ok(())
     }
 
-    fn apply_conf_change(&mut self, entry: &raft::eraftpb::Entry) -> Result<(), StorageError> {
+    /// Applies a configuration change: raft-rs's new configuration, this range's
+    /// descriptor (replicas, conf version) and the apply state go into one batch.
+    fn apply_conf_change(
+        &mut self,
+        entry: &raft::eraftpb::Entry,
+        pending: &mut super::state_machine::ApplyBatch,
+    ) -> Result<(), StorageError> {
         let conf_state = if entry.get_entry_type() == EntryType::EntryConfChange {
             ConfChange::parse_from_bytes(&entry.data)
                 .map_err(|e| e.to_string())
@@ -1323,16 +1349,92 @@ impl Replica {
         };
         match conf_state {
             Ok(conf_state) => {
-                let mut batch = WriteBatch::new();
-                self.raw.mut_store().set_conf_state(conf_state, &mut batch);
-                self.engine.write(batch, Durability::Buffered)?;
+                tracing::info!(
+                    range = self.range_id,
+                    index = entry.index,
+                    voters = ?conf_state.voters,
+                    learners = ?conf_state.learners,
+                    "configuration changed"
+                );
+                self.machine.apply_conf_change(
+                    entry.index,
+                    entry.term,
+                    &conf_state.voters,
+                    &conf_state.learners,
+                    pending,
+                );
+                self.raw.mut_store().set_conf_state(conf_state, pending.batch_mut());
             }
             Err(error) => {
-                tracing::error!(range = self.range_id, index = entry.index, %error, "skipping bad conf change")
+                tracing::error!(range = self.range_id, index = entry.index, %error, "skipping bad conf change");
+                self.machine.apply_noop(entry.index, entry.term);
             }
         }
-        self.machine.apply_noop(entry.index, entry.term);
         Ok(())
+    }
+
+    /// The leader's view of its group, for [`super::membership::plan`].
+    fn group_view(&self) -> super::membership::GroupView {
+        let raft = &self.raw.raft;
+        let conf = raft.prs().conf();
+        let mut voters: Vec<u64> = conf.voters().ids().iter().collect();
+        voters.sort_unstable();
+        let mut learners: Vec<u64> = conf.learners().iter().copied().collect();
+        learners.sort_unstable();
+        let committed = raft.raft_log.committed;
+        let mut active = Vec::new();
+        let mut caught_up = Vec::new();
+        for (&id, progress) in raft.prs().iter() {
+            if id == raft.id || progress.recent_active {
+                active.push(id);
+            }
+            if id == raft.id || progress.matched >= committed {
+                caught_up.push(id);
+            }
+        }
+        super::membership::GroupView {
+            leader: raft.id,
+            voters,
+            learners,
+            active,
+            caught_up,
+            changing: raft.has_pending_conf() || raft.lead_transferee.is_some(),
+        }
+    }
+
+    /// On the leader: takes the next step that makes the range's replicas follow the
+    /// cluster's membership (see `range::membership`).
+    pub fn follow_membership(&mut self, record: &crate::proto::shoal::state::PublishedMembers) {
+        if !self.is_leader() || self.holds_ready() || self.votes_withheld {
+            return;
+        }
+        let Some(step) = super::membership::plan(&self.group_view(), record) else {
+            return;
+        };
+        use raft::eraftpb::ConfChangeType;
+        let (kind, node) = match step {
+            super::membership::Step::TransferLeader(target) => {
+                tracing::info!(
+                    range = self.range_id,
+                    to = format!("{target:x}"),
+                    "this member was removed: handing the range over"
+                );
+                self.raw.transfer_leader(target);
+                return;
+            }
+            super::membership::Step::AddLearner(id) => (ConfChangeType::AddLearnerNode, id),
+            super::membership::Step::Promote(id) => (ConfChangeType::AddNode, id),
+            super::membership::Step::Remove(id) => (ConfChangeType::RemoveNode, id),
+        };
+        let mut change = ConfChangeV2::default();
+        let mut single = raft::eraftpb::ConfChangeSingle::default();
+        single.set_change_type(kind);
+        single.node_id = node;
+        change.mut_changes().push(single);
+        tracing::info!(range = self.range_id, member = format!("{node:x}"), change = ?kind, "proposing a configuration change");
+        if let Err(error) = self.raw.propose_conf_change(Vec::new(), change) {
+            tracing::warn!(range = self.range_id, %error, "configuration change not proposed");
+        }
     }
 
     /// Stores the install marker (a crash from here on finishes the install at the next
@@ -1477,6 +1579,7 @@ mod tests {
     fn bootstrap(voters: Vec<u64>) -> Option<Bootstrap> {
         Some(Bootstrap {
             voters,
+            members: Vec::new(),
             data_ranges: Vec::new(),
         })
     }
@@ -1795,6 +1898,7 @@ mod tests {
             super::super::meta_range(vec![1]),
             Some(Bootstrap {
                 voters: vec![1],
+                members: Vec::new(),
                 data_ranges: vec![super::super::first_data_range(vec![1])],
             }),
         )

@@ -53,8 +53,13 @@ pub struct RestoreWriter {
 }
 
 impl RestoreWriter {
-    /// Bootstraps the meta range and the data range on `voters`.
-    pub fn new(engine: Arc<dyn Engine>, voters: Vec<u64>, revision: i64) -> Result<Self, RestoreError> {
+    /// Bootstraps the meta range and the data range on `members`, every one a voter.
+    pub fn new(
+        engine: Arc<dyn Engine>,
+        members: Vec<crate::proto::shoal::state::MemberInfo>,
+        revision: i64,
+    ) -> Result<Self, RestoreError> {
+        let voters: Vec<u64> = members.iter().map(|member| member.id).collect();
         let snapshots = Arc::new(SnapshotRegistry::default());
         let data = first_data_range(voters.clone());
         let mut batch = WriteBatch::new();
@@ -64,7 +69,7 @@ impl RestoreWriter {
         ] {
             let mut log = LogStore::load(range_id, engine.clone(), snapshots.clone())?;
             log.bootstrap(voters.clone(), &mut batch);
-            StateMachine::load(range_id, engine.clone(), descriptor)?.bootstrap(&data_ranges, &mut batch);
+            StateMachine::load(range_id, engine.clone(), descriptor)?.bootstrap(&data_ranges, &members, &mut batch);
         }
         state_machine::write_restored_state(META_RANGE_ID, revision, 0, 0, &mut batch);
         Ok(Self {

@@ -172,6 +172,14 @@ pub struct ApplyBatch {
     overlay: Overlay,
 }
 
+impl ApplyBatch {
+    /// For records kept beside the state machine's (a range's Raft configuration) that
+    /// must be written atomically with what applied.
+    pub fn batch_mut(&mut self) -> &mut WriteBatch {
+        &mut self.batch
+    }
+}
+
 /// Past this size an apply batch is committed early, to bound memory.
 const APPLY_BATCH_BYTES_MAX: usize = 8 << 20;
 
@@ -656,6 +664,7 @@ impl StateMachine {
             epoch,
             conf_version: self.descriptor.conf_version,
             replicas: self.descriptor.replicas.clone(),
+            learners: self.descriptor.learners.clone(),
         };
         self.descriptor.end_key = key.into();
         self.descriptor.epoch = epoch;
@@ -684,7 +693,13 @@ impl StateMachine {
         mark_compacted(right.id, self.compacted_through, batch);
         super::log_store::LogStore::initialize_split(
             right.id,
-            right.replicas.clone(),
+            right
+                .replicas
+                .iter()
+                .copied()
+                .filter(|id| !right.learners.contains(id))
+                .collect(),
+            right.learners.clone(),
             SPLIT_INIT_INDEX,
             SPLIT_INIT_TERM,
             batch,
@@ -795,7 +810,7 @@ impl StateMachine {
 
     /// Writes the range's descriptor; part of creating the range. The meta range also
     /// gets the map of the data ranges created with it, and the oracle its first mark.
-    pub fn bootstrap(&self, data_ranges: &[RangeDescriptor], batch: &mut WriteBatch) {
+    pub fn bootstrap(&self, data_ranges: &[RangeDescriptor], members: &[MemberInfo], batch: &mut WriteBatch) {
         batch.put(
             Space::RangeMeta,
             keys::range_record_key(self.range_id, DESCRIPTOR),
@@ -811,6 +826,16 @@ impl StateMachine {
                 Space::RangeMeta,
                 keys::range_record_key(self.range_id, RANGE_MAP),
                 map.encode_to_vec(),
+            );
+            let membership = PublishedMembers {
+                members: members.to_vec(),
+                removed: Vec::new(),
+                complete: true,
+            };
+            batch.put(
+                Space::RangeMeta,
+                keys::range_record_key(self.range_id, MEMBERS),
+                membership.encode_to_vec(),
             );
             let oracle = OracleState {
                 high_water: FIRST_REVISION,
@@ -835,6 +860,32 @@ impl StateMachine {
         pending.overlay.clear();
         self.put_state(&mut batch);
         self.engine.write(batch, Durability::Buffered)
+    }
+
+    /// Applies a configuration change of the range's Raft group: the descriptor's
+    /// replicas follow it, with a new conf version, in the apply batch.
+    pub fn apply_conf_change(
+        &mut self,
+        index: u64,
+        term: u64,
+        voters: &[u64],
+        learners: &[u64],
+        pending: &mut ApplyBatch,
+    ) {
+        self.advance(index, term);
+        let mut replicas: Vec<u64> = voters.iter().chain(learners).copied().collect();
+        replicas.sort_unstable();
+        replicas.dedup();
+        let mut learners = learners.to_vec();
+        learners.sort_unstable();
+        self.descriptor.replicas = replicas;
+        self.descriptor.learners = learners;
+        self.descriptor.conf_version += 1;
+        pending.batch.put(
+            Space::RangeMeta,
+            keys::range_record_key(self.range_id, DESCRIPTOR),
+            self.descriptor.encode_to_vec(),
+        );
     }
 
     fn advance(&mut self, index: u64, term: u64) {
@@ -928,7 +979,8 @@ impl StateMachine {
                     | raft_command::Op::AllocateRangeId(_)
                     | raft_command::Op::UpdateRangeMap(_)
                     | raft_command::Op::AlarmChange(_)
-                    | raft_command::Op::SetAuth(_),
+                    | raft_command::Op::SetAuth(_)
+                    | raft_command::Op::MembershipChange(_),
                 ) => Err(KvError::WrongRange("a meta range command")),
                 None => Ok(command_result::Result::Empty(cmd::Empty {})),
             };
@@ -1037,6 +1089,10 @@ impl StateMachine {
                 }
             }
             Some(raft_command::Op::AlarmChange(change)) => self.apply_alarm_change(change, batch),
+            Some(raft_command::Op::MembershipChange(change)) => {
+                super::membership::apply_change(&mut self.members, &change)?;
+                self.put_members(batch);
+            }
             Some(raft_command::Op::SetAuth(set)) => {
                 if set.expected_revision != self.auth.revision {
                     return Err(KvError::Aborted);
@@ -1195,6 +1251,7 @@ impl StateMachine {
     }
 
     fn apply_publish(&mut self, member: cmd::PublishMember, batch: &mut WriteBatch) {
+        let complete = self.members.complete;
         let members = &mut self.members.members;
         match members.iter_mut().find(|known| known.id == member.member_id) {
             Some(known) => {
@@ -1202,20 +1259,32 @@ impl StateMachine {
                 known.client_urls = member.client_urls;
                 known.redis_addr = member.redis_addr;
             }
+            // Where the membership is replicated, only a member publishes.
+            None if complete => return,
             None => members.push(MemberInfo {
                 id: member.member_id,
                 name: member.name,
                 peer_urls: Vec::new(),
                 client_urls: member.client_urls,
                 redis_addr: member.redis_addr,
+                is_learner: false,
             }),
         }
         members.sort_by_key(|member| member.id);
+        self.put_members(batch);
+    }
+
+    fn put_members(&self, batch: &mut WriteBatch) {
         batch.put(
             Space::RangeMeta,
             keys::range_record_key(self.range_id, MEMBERS),
             self.members.encode_to_vec(),
         );
+    }
+
+    /// The membership as replicated (see `range::membership`).
+    pub fn membership(&self) -> &PublishedMembers {
+        &self.members
     }
 }
 
@@ -1303,12 +1372,17 @@ pub fn alarms_in(range_id: u64, view: &dyn ReadView) -> Result<Vec<AlarmEntry>, 
 }
 
 pub fn members_in(range_id: u64, view: &dyn ReadView) -> Result<Vec<MemberInfo>, StorageError> {
+    Ok(membership_in(range_id, view)?.members)
+}
+
+/// The membership record, as the meta range in `view` holds it.
+pub fn membership_in(range_id: u64, view: &dyn ReadView) -> Result<PublishedMembers, StorageError> {
     let members: Option<PublishedMembers> = decode(
         Space::RangeMeta,
         view.get(Space::RangeMeta, &keys::range_record_key(range_id, MEMBERS))?,
         "members",
     )?;
-    Ok(members.unwrap_or_default().members)
+    Ok(members.unwrap_or_default())
 }
 
 /// Runs a transaction whose every operation is a read, against `view`, without the
@@ -1364,6 +1438,10 @@ pub fn refusal_to_proto(error: &KvError) -> cmd::CommandError {
         KvError::Locked { .. } => cmd::ErrorKind::Locked,
         KvError::Aborted => cmd::ErrorKind::Aborted,
         KvError::Committed => cmd::ErrorKind::Committed,
+        KvError::MemberExists => cmd::ErrorKind::MemberExists,
+        KvError::PeerUrlExists => cmd::ErrorKind::PeerUrlExists,
+        KvError::MemberNotLearner => cmd::ErrorKind::MemberNotLearner,
+        KvError::MembershipRefused(_) => cmd::ErrorKind::MembershipRefused,
         // Applying never bounds a response; a replicated refusal cannot carry it.
         KvError::Storage(_)
         | KvError::ResponseTooLarge { .. }
@@ -1408,6 +1486,10 @@ pub fn refusal_from_proto(error: &cmd::CommandError) -> KvError {
         },
         cmd::ErrorKind::Aborted => KvError::Aborted,
         cmd::ErrorKind::Committed => KvError::Committed,
+        cmd::ErrorKind::MemberExists => KvError::MemberExists,
+        cmd::ErrorKind::PeerUrlExists => KvError::PeerUrlExists,
+        cmd::ErrorKind::MemberNotLearner => KvError::MemberNotLearner,
+        cmd::ErrorKind::MembershipRefused => KvError::MembershipRefused(error.detail.clone()),
         cmd::ErrorKind::Unspecified => KvError::Storage(StorageError::Engine(error.detail.clone())),
     }
 }

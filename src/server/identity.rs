@@ -10,6 +10,46 @@ use prost::Message;
 
 const IDENTITY_KEY: &[u8] = b"identity";
 const INCARNATION_KEY: &[u8] = b"incarnation";
+/// Present once this member learned it was removed from the cluster.
+const REMOVED_KEY: &[u8] = b"removed";
+
+/// Whether the engine holds an identity (a member that started here before).
+pub fn exists(engine: &dyn Engine) -> Result<bool, StorageError> {
+    Ok(engine.get(Space::NodeMeta, IDENTITY_KEY)?.is_some())
+}
+
+/// Records that this member was removed: it never serves from this data again.
+pub fn mark_removed(engine: &dyn Engine) -> Result<(), StorageError> {
+    let mut batch = WriteBatch::new();
+    batch.put(Space::NodeMeta, REMOVED_KEY.to_vec(), Vec::new());
+    engine.write(batch, Durability::Sync)
+}
+
+pub fn is_removed(engine: &dyn Engine) -> Result<bool, StorageError> {
+    Ok(engine.get(Space::NodeMeta, REMOVED_KEY)?.is_some())
+}
+
+/// Stores the identity of a member joining a running cluster: the id the cluster gave
+/// it and the cluster's members when it joined.
+pub fn create_joined(
+    engine: &dyn Engine,
+    config: &NodeConfig,
+    member_id: u64,
+    cluster_id: u64,
+    members: Vec<MemberInfo>,
+) -> Result<(), StorageError> {
+    let identity = NodeIdentity {
+        member_id,
+        cluster_id,
+        name: config.name.clone(),
+        cluster_token: config.cluster_token.clone(),
+        initial_members: members,
+        layout: DATA_LAYOUT,
+    };
+    let mut batch = WriteBatch::new();
+    batch.put(Space::NodeMeta, IDENTITY_KEY.to_vec(), identity.encode_to_vec());
+    engine.write(batch, Durability::Sync)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -18,10 +58,16 @@ pub enum IdentityError {
     #[error("data directory belongs to member {stored:?}, but this node is named {configured:?}")]
     NameMismatch { stored: String, configured: String },
     #[error(
-        "--initial-cluster-state=existing needs this member's data directory; adding a new member \
-         to a running cluster (MemberAdd) is not supported yet"
+        "--initial-cluster-state=existing needs this member's data directory, or the cluster's \
+         members to join through (none answered)"
     )]
     JoinUnsupported,
+    #[error(
+        "this member ({member:x}) was removed from the cluster: the member has been permanently removed \
+         from the cluster. To join again, remove its data directory and add it again \
+         (`etcdctl member add NAME --peer-urls=URL`, or start it with --join)"
+    )]
+    Removed { member: u64 },
     #[error(
         "the data directory was written by a Shoal with another storage layout ({found}; this one \
          uses {expected}); remove it or start an older Shoal on it"
@@ -100,6 +146,7 @@ pub fn load_or_create(engine: &dyn Engine, config: &NodeConfig, rebuilding: bool
             peer_urls: member.peer_urls.clone(),
             client_urls: Vec::new(),
             redis_addr: String::new(),
+            is_learner: false,
         })
         .collect();
     let ids: Vec<u64> = members.iter().map(|member| member.id).collect();

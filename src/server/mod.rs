@@ -7,6 +7,7 @@ pub mod dashboard;
 mod disk_guard;
 pub mod http;
 pub mod identity;
+mod membership;
 pub mod rebuild;
 pub mod restore;
 mod tls;
@@ -69,6 +70,8 @@ pub enum NodeError {
     Io(#[from] std::io::Error),
     #[error("the store loop stopped: {0}")]
     StoreFailed(String),
+    #[error("cannot join the cluster: {0}")]
+    Join(String),
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error(
@@ -282,9 +285,17 @@ async fn run_once(
         crate::store::rebuild::is_rebuilding(engine.as_ref())?
     };
     metrics::gauge!("shoal_member_rebuilding").set(if rebuilding { 1.0 } else { 0.0 });
+    if config.cluster_state == ClusterState::Existing && !identity::exists(engine.as_ref())? {
+        // A new member of a running cluster (or a rebuilt one): the cluster says who it is.
+        let (cluster_id, member_id, members) = membership::join(&config, tls.peer_dialer.as_ref()).await?;
+        identity::create_joined(engine.as_ref(), &config, member_id, cluster_id, members)?;
+    }
     let loaded = identity::load_or_create(engine.as_ref(), &config, rebuilding)?;
     let identity = loaded.identity;
     let me = identity.member_id;
+    if identity::is_removed(engine.as_ref())? {
+        return Err(identity::IdentityError::Removed { member: me }.into());
+    }
     let incarnation = identity::next_incarnation(engine.as_ref())?;
     tracing::info!(
         name = %identity.name,
@@ -345,6 +356,7 @@ async fn run_once(
         meta_descriptor.clone(),
         create.then(|| Bootstrap {
             voters: voters.clone(),
+            members: identity.initial_members.clone(),
             data_ranges: initial_ranges.clone(),
         }),
     )?;
@@ -356,6 +368,7 @@ async fn run_once(
         data_descriptor.clone(),
         create.then(|| Bootstrap {
             voters: voters.clone(),
+            members: Vec::new(),
             data_ranges: Vec::new(),
         }),
     )?;
@@ -370,6 +383,7 @@ async fn run_once(
                 descriptor.clone(),
                 Some(Bootstrap {
                     voters: voters.clone(),
+                    members: Vec::new(),
                     data_ranges: Vec::new(),
                 }),
             )?);
@@ -386,14 +400,11 @@ async fn run_once(
         cluster_id: identity.cluster_id,
         member_id: me,
     };
-    let peer_urls: HashMap<u64, String> = identity
-        .initial_members
-        .iter()
-        .filter_map(|member| {
-            let url = config.peer_dial_urls.get(&member.name).or(member.peer_urls.first())?;
-            Some((member.id, url.clone()))
-        })
-        .collect();
+    let peer_urls: HashMap<u64, String> = membership::peer_map(
+        &identity.initial_members,
+        &identity.initial_members,
+        &config.peer_dial_urls,
+    );
     let transport = PeerTransport::start(
         peer_identity,
         &peer_urls,
@@ -462,6 +473,13 @@ async fn run_once(
         let _ = store_done_tx.send(outcome);
     })?;
 
+    let mut member_links = tokio::spawn(membership::follow(
+        transport.clone(),
+        registry.clone(),
+        me,
+        identity.initial_members.clone(),
+        config.peer_dial_urls.clone(),
+    ));
     let router = Arc::new(Router::new(
         me,
         store_handle.clone(),
@@ -530,6 +548,11 @@ async fn run_once(
     for (listener, tls) in peer_listeners {
         let service = PeerServer::new(PeerService::new(
             peer_identity,
+            identity.cluster_token.clone(),
+            Arc::new(membership::Adder {
+                router: router.clone(),
+                cluster_id: identity.cluster_id,
+            }),
             store_handle.clone(),
             snapshot_dir.clone(),
             registry.clone(),
@@ -660,7 +683,15 @@ async fn run_once(
             Err(_) => NodeError::StoreFailed("panicked".into()),
         }),
         Some(server) = servers.join_next() => Err(NodeError::StoreFailed(format!("a gRPC server ended: {server:?}"))),
+        _ = &mut member_links => {
+            tracing::error!("this member was removed from the cluster; stopping for good");
+            if let Err(error) = identity::mark_removed(engine.as_ref()) {
+                tracing::error!(%error, "cannot record the removal");
+            }
+            Err(identity::IdentityError::Removed { member: me }.into())
+        }
     };
+    member_links.abort();
     tracing::info!("shutting down");
     publisher.abort();
     splitter.abort();

@@ -72,8 +72,7 @@ fn write(config: &NodeConfig, mut reader: Reader, revision: i64) -> Result<Resto
     };
     let engine: Arc<dyn Engine> = Arc::new(FjallEngine::open(&config.data_dir.join("db"))?);
     let loaded = identity::load_or_create(engine.as_ref(), &config, false)?;
-    let voters = loaded.identity.initial_members.iter().map(|member| member.id).collect();
-    let mut writer = RestoreWriter::new(engine.clone(), voters, revision)?;
+    let mut writer = RestoreWriter::new(engine.clone(), loaded.identity.initial_members.clone(), revision)?;
     // The reader checks the frames' order and that the end counts what came before.
     while let Some(frame) = reader.next_frame()? {
         match frame {

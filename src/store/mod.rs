@@ -368,6 +368,19 @@ impl Store {
         Ok(())
     }
 
+    /// Every range this node leads takes its next step towards the cluster's membership,
+    /// as this node's meta replica knows it.
+    fn follow_membership(&mut self) {
+        let Some(meta) = self.replicas.get(&META_RANGE_ID) else {
+            return;
+        };
+        let record = meta.machine().membership().clone();
+        self.registry.publish_membership(&record);
+        for replica in self.replicas.values_mut() {
+            replica.follow_membership(&record);
+        }
+    }
+
     /// Publishes how far every local data range has applied.
     fn publish_frontier(&self) {
         let mut frontier = Frontier {
@@ -464,6 +477,7 @@ impl Store {
                     replica.tick(now);
                 }
                 self.close_lagging_ranges();
+                self.follow_membership();
                 if let Err(error) = self.open_missing_ranges() {
                     break Err(error);
                 }

@@ -6,7 +6,7 @@
 //! refusal carrying what a range looked like) never undoes newer knowledge.
 
 use super::RangeView;
-use crate::proto::shoal::state::RangeDescriptor;
+use crate::proto::shoal::state::{PublishedMembers, RangeDescriptor};
 use crate::range::replica::RangeStatus;
 use crate::range::snapshot::descriptor_span;
 use crate::range::{Frontier, META_RANGE_ID};
@@ -35,6 +35,8 @@ pub struct RangeRegistry {
     /// Set by the watch hub: the revision of a change it holds back because some data
     /// range has not applied that far (0: none). The store loop closes such ranges.
     wanted: AtomicI64,
+    /// The cluster's membership as this node's meta replica has applied it.
+    membership: watch::Sender<PublishedMembers>,
 }
 
 impl Default for RangeRegistry {
@@ -43,6 +45,7 @@ impl Default for RangeRegistry {
             inner: RwLock::default(),
             frontier: watch::channel(Frontier::default()).0,
             wanted: AtomicI64::new(0),
+            membership: watch::channel(PublishedMembers::default()).0,
         }
     }
 }
@@ -58,6 +61,21 @@ impl RangeRegistry {
 
     pub fn frontier(&self) -> watch::Receiver<Frontier> {
         self.frontier.subscribe()
+    }
+
+    /// Publishes the membership the meta replica applied (a change only).
+    pub fn publish_membership(&self, record: &PublishedMembers) {
+        self.membership.send_if_modified(|published| {
+            let changed = published != record;
+            if changed {
+                *published = record.clone();
+            }
+            changed
+        });
+    }
+
+    pub fn membership(&self) -> watch::Receiver<PublishedMembers> {
+        self.membership.subscribe()
     }
 
     /// Asks for every local data range to be made final up to `revision` (lagging

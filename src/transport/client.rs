@@ -37,10 +37,15 @@ struct PeerLink {
 /// Sends Raft messages, snapshots and lease questions to the other members.
 pub struct PeerTransport {
     identity: PeerIdentity,
-    links: HashMap<u64, PeerLink>,
+    /// One link per member; members added or removed at run time come and go
+    /// ([`PeerTransport::sync_members`]).
+    links: std::sync::RwLock<HashMap<u64, PeerLink>>,
+    tls: Option<crate::tls::TlsConnector>,
     store: StoreHandle,
     snapshots: Arc<SnapshotRegistry>,
     runtime: tokio::runtime::Handle,
+    /// Turns true when a peer refused this member as removed from the cluster.
+    removed: tokio::sync::watch::Sender<bool>,
 }
 
 /// Why a question forwarded to the leader has no answer.
@@ -73,13 +78,31 @@ impl PeerTransport {
         store: StoreHandle,
         snapshots: Arc<SnapshotRegistry>,
     ) -> Result<Arc<Self>, tonic::transport::Error> {
-        let runtime = tokio::runtime::Handle::current();
-        let mut links = HashMap::new();
+        let transport = Arc::new(Self {
+            identity,
+            links: std::sync::RwLock::new(HashMap::new()),
+            tls,
+            store,
+            snapshots,
+            runtime: tokio::runtime::Handle::current(),
+            removed: tokio::sync::watch::channel(false).0,
+        });
+        transport.sync_members(peers, false)?;
+        Ok(transport)
+    }
+
+    /// Links to every member of `peers` (`member id -> peer URL`) not linked yet; with
+    /// `prune`, drops the links of members no longer in it (removed from the cluster).
+    pub fn sync_members(&self, peers: &HashMap<u64, String>, prune: bool) -> Result<(), tonic::transport::Error> {
+        let mut links = self.links.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if prune {
+            links.retain(|id, _| peers.contains_key(id));
+        }
         for (&peer_id, url) in peers {
-            if peer_id == identity.member_id {
+            if peer_id == self.identity.member_id || links.contains_key(&peer_id) {
                 continue;
             }
-            let channel = match (&tls, crate::tls::is_https(url)) {
+            let channel = match (&self.tls, crate::tls::is_https(url)) {
                 (Some(tls), true) => tls.channel(&endpoint(url)?),
                 (None, true) => {
                     // Configuration checking refuses this; should it get here, the
@@ -94,24 +117,41 @@ impl PeerTransport {
                 (_, false) => endpoint(url)?.connect_lazy(),
             };
             let (queue, batches) = mpsc::channel(QUEUE_BATCHES_MAX);
-            runtime.spawn(run_link(peer_id, identity, channel.clone(), batches, store.clone()));
+            self.runtime.spawn(run_link(
+                peer_id,
+                self.identity,
+                channel.clone(),
+                batches,
+                self.store.clone(),
+                self.removed.clone(),
+            ));
+            tracing::info!(peer = format!("{peer_id:x}"), url, "linked to a member");
             links.insert(peer_id, PeerLink { queue, channel });
         }
-        Ok(Arc::new(Self {
-            identity,
-            links,
-            store,
-            snapshots,
-            runtime,
-        }))
+        Ok(())
+    }
+
+    /// Turns true once a peer said this member was removed from the cluster.
+    pub fn removed(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.removed.subscribe()
+    }
+
+    fn channel_to(&self, peer_id: u64) -> Option<Channel> {
+        let links = self.links.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        links.get(&peer_id).map(|link| link.channel.clone())
+    }
+
+    fn queue_to(&self, peer_id: u64) -> Option<mpsc::Sender<Vec<(u64, Message)>>> {
+        let links = self.links.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        links.get(&peer_id).map(|link| link.queue.clone())
     }
 }
 
 impl PeerTransport {
     /// Asks the meta range's leader `leader` for `count` revisions; the first of them.
     pub async fn timestamps(&self, leader: u64, count: u32) -> Result<i64, ForwardError> {
-        let link = self.links.get(&leader).ok_or(RangeError::NotLeader { leader: 0 })?;
-        let mut client = PeerClient::new(link.channel.clone());
+        let channel = self.channel_to(leader).ok_or(RangeError::NotLeader { leader: 0 })?;
+        let mut client = PeerClient::new(channel);
         let mut request = tonic::Request::new(TimestampRequest { count });
         self.identity.stamp(request.metadata_mut());
         let answer = client
@@ -140,8 +180,8 @@ impl PeerTransport {
         lease_id: i64,
         kind: LeaseQueryKind,
     ) -> Result<Option<LeaseTime>, ForwardError> {
-        let link = self.links.get(&leader).ok_or(RangeError::NotLeader { leader: 0 })?;
-        let mut client = PeerClient::new(link.channel.clone());
+        let channel = self.channel_to(leader).ok_or(RangeError::NotLeader { leader: 0 })?;
+        let mut client = PeerClient::new(channel);
         let mut request = tonic::Request::new(LeaseQuery {
             range_id,
             lease_id,
@@ -182,19 +222,18 @@ fn failure_to_error(failure: &LeaderFailure, range_id: u64) -> RangeError {
 
 impl RaftSender for PeerTransport {
     fn send(&self, to: u64, messages: Vec<(u64, Message)>) {
-        let Some(link) = self.links.get(&to) else {
-            tracing::warn!(to = format!("{to:x}"), "raft message for an unknown member dropped");
+        let Some(queue) = self.queue_to(to) else {
+            tracing::debug!(to = format!("{to:x}"), "raft message for an unknown member dropped");
             return;
         };
         // A full queue means the link is stalled; it reports that to Raft itself.
-        let _ = link.queue.try_send(messages);
+        let _ = queue.try_send(messages);
     }
 
     fn send_snapshot(&self, to: u64, range_id: u64, message: Message) {
-        let Some(link) = self.links.get(&to) else {
+        let Some(channel) = self.channel_to(to) else {
             return;
         };
-        let channel = link.channel.clone();
         let identity = self.identity;
         let registry = self.snapshots.clone();
         let store = self.store.clone();
@@ -215,14 +254,14 @@ impl RaftSender for PeerTransport {
 
     fn request_timestamps(&self, to: u64, range_id: u64, count: u32) {
         let store = self.store.clone();
-        let Some(link) = self.links.get(&to) else {
+        let Some(channel) = self.channel_to(to) else {
             store.try_send(StoreInput::Timestamps {
                 range_id,
                 outcome: Err(RangeError::NotLeader { leader: 0 }),
             });
             return;
         };
-        let mut client = PeerClient::new(link.channel.clone());
+        let mut client = PeerClient::new(channel);
         let mut request = tonic::Request::new(TimestampRequest { count });
         self.identity.stamp(request.metadata_mut());
         self.runtime.spawn(async move {
@@ -244,6 +283,30 @@ impl RaftSender for PeerTransport {
             let _ = store.send(StoreInput::Timestamps { range_id, outcome }).await;
         });
     }
+}
+
+/// Asks the members at `urls` (their peer URLs), one after the other, for the cluster's
+/// id and members (the Join call); the first answer, or the last refusal.
+pub async fn ask_to_join(
+    urls: &[String],
+    tls: Option<&crate::tls::TlsConnector>,
+    request: crate::proto::shoal::peer::JoinRequest,
+) -> Result<crate::proto::shoal::peer::JoinAnswer, tonic::Status> {
+    let mut last = tonic::Status::unavailable("no member to join through");
+    for url in urls {
+        let endpoint = endpoint(url).map_err(|error| tonic::Status::invalid_argument(error.to_string()))?;
+        let channel = match (tls, crate::tls::is_https(url)) {
+            (Some(tls), true) => tls.channel(&endpoint),
+            _ => endpoint.connect_lazy(),
+        };
+        let mut client = PeerClient::new(channel);
+        match tokio::time::timeout(Duration::from_secs(10), client.join(request.clone())).await {
+            Ok(Ok(answer)) => return Ok(answer.into_inner()),
+            Ok(Err(status)) => last = status,
+            Err(_) => last = tonic::Status::deadline_exceeded(format!("{url} did not answer in time")),
+        }
+    }
+    Err(last)
 }
 
 async fn stream_snapshot(
@@ -291,6 +354,7 @@ async fn run_link(
     channel: Channel,
     mut batches: mpsc::Receiver<Vec<(u64, Message)>>,
     store: StoreHandle,
+    removed: tokio::sync::watch::Sender<bool>,
 ) {
     let mut stream: Option<mpsc::Sender<RaftBatch>> = None;
     let mut broken_since: Option<tokio::time::Instant> = None;
@@ -315,8 +379,12 @@ async fn run_link(
             identity.stamp(request.metadata_mut());
             let mut client = PeerClient::new(channel.clone()).max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
             let store = store.clone();
+            let removed = removed.clone();
             tokio::spawn(async move {
                 if let Err(status) = client.raft(request).await {
+                    if status.code() == tonic::Code::FailedPrecondition && status.message() == super::REMOVED_MEMBER {
+                        removed.send_replace(true);
+                    }
                     tracing::debug!(peer = format!("{peer_id:x}"), %status, "raft stream ended");
                     store.try_send(StoreInput::Unreachable { node_id: peer_id });
                 }

@@ -6,13 +6,16 @@
 mod client;
 mod server;
 
-pub use client::{ForwardError, PeerTransport};
-pub use server::PeerService;
+pub use client::{ask_to_join, ForwardError, PeerTransport};
+pub use server::{MemberAdder, PeerService};
 
 use tonic::metadata::MetadataMap;
 
 const CLUSTER_ID_HEADER: &str = "shoal-cluster-id";
 const MEMBER_ID_HEADER: &str = "shoal-member-id";
+
+/// What a member answers a removed member's calls with (etcd's words).
+pub const REMOVED_MEMBER: &str = "the member has been permanently removed from the cluster";
 
 /// Cap on one peer message: a Raft batch holds at most a few max-size entries.
 pub const PEER_MESSAGE_BYTES_MAX: usize = 64 << 20;

@@ -3,9 +3,9 @@
 
 use super::PeerIdentity;
 use crate::proto::shoal::peer::{
-    leader_failure, lease_answer, lease_query, peer_server::Peer, timestamp_answer, LeaderFailure, LeaseAnswer,
-    LeaseQuery, LeaseState, NotLeader, RaftAck, RaftBatch, SnapshotAck, SnapshotChunk, TimestampAnswer, TimestampGrant,
-    TimestampRequest,
+    leader_failure, lease_answer, lease_query, peer_server::Peer, timestamp_answer, JoinAnswer, JoinRequest,
+    LeaderFailure, LeaseAnswer, LeaseQuery, LeaseState, NotLeader, RaftAck, RaftBatch, SnapshotAck, SnapshotChunk,
+    TimestampAnswer, TimestampGrant, TimestampRequest,
 };
 use crate::proto::shoal::state::RangeDescriptor;
 use crate::range::replica::LeaseQueryKind;
@@ -23,8 +23,19 @@ use tonic::{Request, Response, Status, Streaming};
 /// Most revisions one call may ask for (a range asks for what waits, at most 8192).
 const TIMESTAMPS_PER_REQUEST_MAX: u32 = 65_536;
 
+/// Adds a member to the cluster for a joining node (`--join`); the server wires it to
+/// the meta range.
+#[tonic::async_trait]
+pub trait MemberAdder: Send + Sync {
+    async fn add(&self, peer_urls: Vec<String>, learner: bool) -> Result<(), Status>;
+}
+
 pub struct PeerService {
     identity: PeerIdentity,
+    /// The token the cluster was created with: a joining node, which cannot know the
+    /// cluster id yet, proves with it which cluster it means.
+    cluster_token: String,
+    adder: Arc<dyn MemberAdder>,
     store: StoreHandle,
     /// Where received snapshots are staged until the store loop installs them.
     snapshot_dir: PathBuf,
@@ -36,8 +47,11 @@ pub struct PeerService {
 }
 
 impl PeerService {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         identity: PeerIdentity,
+        cluster_token: String,
+        adder: Arc<dyn MemberAdder>,
         store: StoreHandle,
         snapshot_dir: PathBuf,
         registry: Arc<RangeRegistry>,
@@ -45,6 +59,8 @@ impl PeerService {
     ) -> Self {
         Self {
             identity,
+            cluster_token,
+            adder,
             store,
             snapshot_dir,
             registry,
@@ -80,8 +96,16 @@ fn refuse(from: u64, status: Status) -> Status {
 }
 
 impl PeerService {
+    /// Refuses a member removed from the cluster (it learns so from the answer).
+    fn check_member(&self, from: u64) -> Result<(), Status> {
+        if self.registry.membership().borrow().removed.contains(&from) {
+            return Err(Status::failed_precondition(super::REMOVED_MEMBER));
+        }
+        Ok(())
+    }
+
     /// Checks what every message from `from` must satisfy before the store sees it.
-    fn check_message(&self, from: u64, range_id: u64, message: &Message) -> Result<(), Status> {
+    fn check_message(&self, from: u64, message: &Message) -> Result<(), Status> {
         if message.from != from {
             return Err(Status::invalid_argument(format!(
                 "raft message from {:x} on a connection of {from:x}",
@@ -93,9 +117,6 @@ impl PeerService {
                 "raft message for member {:x} sent to {:x}",
                 message.to, self.identity.member_id
             )));
-        }
-        if self.registry.status(range_id).is_none() {
-            return Err(Status::not_found(format!("range {range_id} is not on this node")));
         }
         Ok(())
     }
@@ -129,6 +150,7 @@ fn check_staged(path: &std::path::Path, descriptor: &RangeDescriptor, expected: 
 impl Peer for PeerService {
     async fn raft(&self, request: Request<Streaming<RaftBatch>>) -> Result<Response<RaftAck>, Status> {
         let from = self.identity.verify(request.metadata())?;
+        self.check_member(from)?;
         let mut stream = request.into_inner();
         let mut stopping = self.stopping.clone();
         loop {
@@ -139,10 +161,17 @@ impl Peer for PeerService {
             let Some(batch) = batch else {
                 break;
             };
+            self.check_member(from)?;
             for envelope in batch.messages {
                 let message = decode_message(&envelope.message).map_err(|status| refuse(from, status))?;
-                self.check_message(from, envelope.range_id, &message)
+                self.check_message(from, &message)
                     .map_err(|status| refuse(from, status))?;
+                if self.registry.status(envelope.range_id).is_none() {
+                    // A range this node does not hold yet (a split not applied here, a
+                    // replica not opened yet): Raft sends again.
+                    metrics::counter!("shoal_raft_messages_for_unknown_ranges_total").increment(1);
+                    continue;
+                }
                 if message.get_msg_type() == MessageType::MsgSnapshot {
                     // Snapshot data comes only through InstallSnapshot.
                     continue;
@@ -177,7 +206,8 @@ impl Peer for PeerService {
             ));
         }
         let range_id = first.range_id;
-        self.check_message(from, range_id, &message)
+        self.check_member(from)?;
+        self.check_message(from, &message)
             .map_err(|status| refuse(from, status))?;
         let descriptor = self
             .registry
@@ -273,6 +303,40 @@ impl Peer for PeerService {
             Err(error) => lease_answer::Outcome::Failure(failure(&error)),
         };
         Ok(Response::new(LeaseAnswer { outcome: Some(outcome) }))
+    }
+
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinAnswer>, Status> {
+        let request = request.into_inner();
+        if request.cluster_token != self.cluster_token {
+            return Err(Status::failed_precondition(
+                "etcdserver: cluster token mismatch (the joining node's --initial-cluster-token is not this cluster's)",
+            ));
+        }
+        let known = |membership: &crate::proto::shoal::state::PublishedMembers| {
+            membership
+                .members
+                .iter()
+                .any(|member| member.peer_urls.iter().any(|url| request.peer_urls.contains(url)))
+        };
+        if request.add && !known(&self.registry.membership().borrow()) {
+            self.adder.add(request.peer_urls.clone(), request.learner).await?;
+            // The store loop publishes what its meta replica applied at its next tick.
+            let mut changes = self.registry.membership();
+            let published = tokio::time::timeout(std::time::Duration::from_secs(5), changes.wait_for(known)).await;
+            if !matches!(published, Ok(Ok(_))) {
+                return Err(Status::unavailable("etcdserver: request timed out"));
+            }
+        }
+        let membership = self.registry.membership().borrow().clone();
+        if !membership.complete {
+            return Err(Status::failed_precondition(
+                "etcdserver: this cluster was created before membership could change; no member can join it",
+            ));
+        }
+        Ok(Response::new(JoinAnswer {
+            cluster_id: self.identity.cluster_id,
+            members: membership.members,
+        }))
     }
 
     async fn timestamps(&self, request: Request<TimestampRequest>) -> Result<Response<TimestampAnswer>, Status> {

@@ -18,6 +18,7 @@ mod durability;
 mod etcdctl;
 mod gateway;
 mod kv;
+mod membership;
 mod operations;
 mod ranges;
 mod redis;

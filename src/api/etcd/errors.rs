@@ -46,6 +46,10 @@ pub fn kv(error: KvError) -> Status {
         KvError::LeaseNotFound => Status::not_found("etcdserver: requested lease not found"),
         KvError::UnknownMember => Status::not_found("etcdserver: member not found"),
         KvError::LeaseExists => Status::failed_precondition("etcdserver: lease already exists"),
+        KvError::MemberExists => Status::failed_precondition("etcdserver: member ID already exist"),
+        KvError::PeerUrlExists => Status::failed_precondition("etcdserver: Peer URLs already exists"),
+        KvError::MemberNotLearner => Status::failed_precondition("etcdserver: can only promote a learner member"),
+        KvError::MembershipRefused(detail) => Status::failed_precondition(format!("etcdserver: {detail}")),
         // Never applied; the router retries these until its deadline.
         KvError::StaleRevision => Status::unavailable("etcdserver: leader changed"),
         KvError::WrongRange(what) => Status::internal(format!("etcdserver: {what} reached the wrong range")),

@@ -1,0 +1,279 @@
+//! Membership changes at run time with etcd's own tools: `etcdctl member add` (voter
+//! and learner), a new node started with `--initial-cluster-state existing` or
+//! `--join`, `member promote`, `member update`, `member remove`, and etcd's errors for
+//! bad changes. Every range follows the membership, so a new member ends up holding
+//! every key, and a removed one stops and cannot come back with its data.
+
+use crate::support::{bounded, bytes, run_etcdctl, Cluster};
+use shoal::proto::etcdserverpb::{PutRequest, RangeRequest};
+use std::time::{Duration, Instant};
+
+/// Keys written before a member is added.
+const KEYS: usize = 120;
+
+async fn write_keys(cluster: &Cluster, prefix: &str, count: usize) {
+    let mut kv = cluster.kv(0).await;
+    for i in 0..count {
+        kv.put(PutRequest {
+            key: bytes(&format!("{prefix}{i:04}")),
+            value: bytes(&format!("v{i}")),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|status| panic!("put {i}: {status}"));
+    }
+}
+
+/// Waits until node `index` answers a serializable read of `prefix` from its own copy
+/// with `count` keys: it holds every range's data.
+async fn wait_for_copy(cluster: &Cluster, index: usize, prefix: &str, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut kv = cluster.kv(index).await;
+    loop {
+        let request = RangeRequest {
+            key: bytes(prefix),
+            range_end: shoal::client::prefix_range_end(prefix.as_bytes()).into(),
+            serializable: true,
+            count_only: true,
+            ..Default::default()
+        };
+        let last = match kv.range(request).await {
+            Ok(response) if response.get_ref().count as usize == count => return,
+            Ok(response) => format!("{} keys", response.get_ref().count),
+            Err(status) => status.to_string(),
+        };
+        assert!(
+            Instant::now() < deadline,
+            "{} never held all {count} keys of {prefix} (last: {last})",
+            cluster.nodes[index].name
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `etcdctl member list -w simple` lines: id, status, name, peer URLs, client URLs, learner.
+fn member_list(cluster: &Cluster) -> Vec<Vec<String>> {
+    let (ok, out, err) = run_etcdctl(&cluster.endpoints()[..1], &["member", "list"], None);
+    assert!(ok, "member list failed: {err}");
+    out.lines()
+        .map(|line| line.split(", ").map(str::to_string).collect())
+        .collect()
+}
+
+/// The id etcdctl printed for an added member ("Member <hex> added to cluster <hex>").
+fn added_id(output: &str) -> String {
+    output
+        .split_whitespace()
+        .skip_while(|word| *word != "Member")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no member id in {output:?}"))
+        .to_string()
+}
+
+/// `ETCD_INITIAL_CLUSTER` as `member add` printed it.
+fn printed_initial_cluster(output: &str) -> String {
+    output
+        .lines()
+        .find_map(|line| line.strip_prefix("ETCD_INITIAL_CLUSTER="))
+        .unwrap_or_else(|| panic!("no ETCD_INITIAL_CLUSTER in {output:?}"))
+        .trim_matches('"')
+        .to_string()
+}
+
+/// Waits until every range on node 0 (as `/v1/ranges` shows) has `replicas` replicas and
+/// no learner.
+async fn wait_for_replicas(cluster: &Cluster, replicas: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let body = shoal::http_probe::get(cluster.nodes[0].metrics_port, "/v1/ranges", Duration::from_secs(2))
+            .await
+            .map(|(_, body)| body)
+            .unwrap_or_default();
+        let ranges: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap_or_default();
+        let settled = !ranges.is_empty()
+            && ranges.iter().all(|range| {
+                range["replicas"].as_array().map(Vec::len) == Some(replicas)
+                    && range["learners"].as_array().is_none_or(Vec::is_empty)
+            });
+        if settled {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ranges never settled on {replicas} voting replicas: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_added_with_etcdctl_gets_every_key_and_serves() {
+    bounded(async {
+        let mut cluster = Cluster::start(3).await;
+        write_keys(&cluster, "before/", KEYS).await;
+        let index = cluster
+            .add_node("n4", None, vec!["--initial-cluster-state".into(), "existing".into()])
+            .expect("a fourth node");
+        let url = cluster.peer_url(index);
+        let (ok, out, err) = run_etcdctl(
+            &cluster.endpoints()[..1],
+            &["member", "add", "n4", &format!("--peer-urls={url}")],
+            None,
+        );
+        assert!(ok, "member add failed: {err}");
+        let id = added_id(&out);
+        let initial = printed_initial_cluster(&out);
+        assert!(initial.contains(&format!("n4={url}")), "{initial}");
+        assert!(initial.contains("n1="), "the started members are named: {initial}");
+        cluster.nodes[index].initial_cluster = Some(initial);
+        cluster.restart(index);
+        wait_for_copy(&cluster, index, "before/", KEYS).await;
+
+        // It serves: a write through it is read back through another member.
+        let mut kv = cluster.kv(index).await;
+        kv.put(PutRequest {
+            key: bytes("after/x"),
+            value: bytes("from n4"),
+            ..Default::default()
+        })
+        .await
+        .expect("a write through the new member");
+        assert_eq!(
+            crate::support::get(&mut cluster.kv(1).await, "after/x", false)
+                .await
+                .as_deref(),
+            Some("from n4")
+        );
+        wait_for_replicas(&cluster, 4).await;
+        let members = member_list(&cluster);
+        assert_eq!(members.len(), 4, "{members:?}");
+        let added = members
+            .iter()
+            .find(|member| member[0] == id)
+            .unwrap_or_else(|| panic!("{id} not listed: {members:?}"));
+        assert_eq!(added[2], "n4", "it published its name: {added:?}");
+        assert_eq!(added[5], "false", "added as a voter: {added:?}");
+
+        // It survives a restart as the same member.
+        cluster.stop(index);
+        cluster.restart(index);
+        cluster.wait_ready(Duration::from_secs(30)).await;
+        wait_for_copy(&cluster, index, "before/", KEYS).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_is_promoted_and_a_removed_member_never_comes_back() {
+    bounded(async {
+        let mut cluster = Cluster::start(3).await;
+        write_keys(&cluster, "k/", 40).await;
+        let endpoints = cluster.endpoints()[..1].to_vec();
+        let index = cluster
+            .add_node("n4", None, vec!["--initial-cluster-state".into(), "existing".into()])
+            .expect("a fourth node");
+        let url = cluster.peer_url(index);
+        let (ok, out, err) = run_etcdctl(
+            &endpoints,
+            &["member", "add", "n4", &format!("--peer-urls={url}"), "--learner"],
+            None,
+        );
+        assert!(ok, "member add --learner failed: {err}");
+        let id = added_id(&out);
+        cluster.nodes[index].initial_cluster = Some(printed_initial_cluster(&out));
+        cluster.restart(index);
+        wait_for_copy(&cluster, index, "k/", 40).await;
+        let learner = member_list(&cluster)
+            .into_iter()
+            .find(|member| member[0] == id)
+            .expect("listed");
+        assert_eq!(learner[5], "true", "{learner:?}");
+
+        // etcd's errors, each changing nothing.
+        let first = member_list(&cluster)[0][0].clone();
+        let (ok, _, err) = run_etcdctl(&endpoints, &["member", "promote", &first], None);
+        assert!(!ok && err.contains("can only promote a learner member"), "{err}");
+        let (ok, _, err) = run_etcdctl(
+            &endpoints,
+            &["member", "add", "again", &format!("--peer-urls={url}")],
+            None,
+        );
+        assert!(!ok && err.contains("Peer URLs already exists"), "{err}");
+        let (ok, _, err) = run_etcdctl(&endpoints, &["member", "remove", "abcdef"], None);
+        assert!(!ok && err.contains("member not found"), "{err}");
+        let (ok, _, err) = run_etcdctl(
+            &endpoints,
+            &["member", "add", "third", "--peer-urls=http://127.0.0.1:1", "--learner"],
+            None,
+        );
+        assert!(!ok && err.contains("too many learner members in cluster"), "{err}");
+        assert_eq!(member_list(&cluster).len(), 4);
+
+        let (ok, _, err) = run_etcdctl(&endpoints, &["member", "promote", &id], None);
+        assert!(ok, "promote failed: {err}");
+        let promoted = member_list(&cluster)
+            .into_iter()
+            .find(|member| member[0] == id)
+            .expect("listed");
+        assert_eq!(promoted[5], "false", "{promoted:?}");
+        wait_for_replicas(&cluster, 4).await;
+
+        // member update changes what the others dial; the same URL is fine.
+        let (ok, _, err) = run_etcdctl(
+            &endpoints,
+            &["member", "update", &id, &format!("--peer-urls={url}")],
+            None,
+        );
+        assert!(ok, "member update failed: {err}");
+
+        // Removed: its replicas go, it stops, and it refuses to start on its old data.
+        let (ok, _, err) = run_etcdctl(&endpoints, &["member", "remove", &id], None);
+        assert!(ok, "member remove failed: {err}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !cluster.has_exited(index) {
+            assert!(Instant::now() < deadline, "the removed member kept running");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            cluster.nodes[index].log_text().contains("was removed from the cluster"),
+            "{}",
+            cluster.nodes[index].log_text()
+        );
+        wait_for_replicas(&cluster, 3).await;
+        write_keys(&cluster, "later/", 10).await;
+        assert_eq!(member_list(&cluster).len(), 3);
+        cluster.kill(index);
+        cluster.restart(index);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !cluster.has_exited(index) {
+            assert!(
+                Instant::now() < deadline,
+                "the removed member started again on its old data"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let log = cluster.nodes[index].log_text();
+        assert_eq!(
+            log.matches("Error: this member").count(),
+            2,
+            "refused at its restart: {log}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joins_with_the_join_flag() {
+    bounded(async {
+        let mut cluster = Cluster::start(3).await;
+        write_keys(&cluster, "j/", 30).await;
+        let join = format!("--join={}", cluster.peer_url(1));
+        let index = cluster.add_node("n4", None, vec![join]).expect("a fourth node");
+        cluster.restart(index);
+        wait_for_copy(&cluster, index, "j/", 30).await;
+        wait_for_replicas(&cluster, 4).await;
+        let members = member_list(&cluster);
+        assert!(members.iter().any(|member| member[2] == "n4"), "{members:?}");
+    })
+    .await;
+}
