@@ -18,9 +18,11 @@ use std::time::Duration;
 /// How long a joining node keeps asking the members it was given.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Adds members for nodes that join with `--join`.
+/// Adds members for nodes that join with `--join`. It holds the router weakly: the peer
+/// service owning it may outlive the run in a connection task, and must not keep the
+/// run's engine open (an in-process restart waits for the engine to be let go).
 pub struct Adder {
-    pub router: Arc<Router>,
+    pub router: std::sync::Weak<Router>,
     pub cluster_id: u64,
 }
 
@@ -39,8 +41,11 @@ impl MemberAdder for Adder {
                 ..Default::default()
             })),
         }));
-        let applied = self
+        let router = self
             .router
+            .upgrade()
+            .ok_or_else(|| tonic::Status::unavailable("etcdserver: server stopped"))?;
+        let applied = router
             .write(META_RANGE_ID, command)
             .await
             .map_err(|error| tonic::Status::unavailable(format!("etcdserver: {error}")))?;

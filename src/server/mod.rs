@@ -550,7 +550,7 @@ async fn run_once(
             peer_identity,
             identity.cluster_token.clone(),
             Arc::new(membership::Adder {
-                router: router.clone(),
+                router: Arc::downgrade(&router),
                 cluster_id: identity.cluster_id,
             }),
             store_handle.clone(),
