@@ -41,6 +41,9 @@ pub enum CtlCommand {
     /// The data ranges as a member holds them: span, epoch, replicas, leader, keys,
     /// bytes (`GET /v1/ranges`).
     Ranges,
+    /// The members with what gossip says of them: state (alive, suspect, down), gossip
+    /// address, learner, and load (ranges, leaders, bytes) (`GET /v1/nodes`).
+    Nodes,
     /// Offline, on a stopped member whose data is damaged: sets its storage aside
     /// (renamed, not deleted) so that at its next start, with its usual flags, it takes
     /// every range again from its peers. It votes in no range until it holds everything
@@ -124,6 +127,17 @@ pub enum CtlError {
 pub async fn run(args: &CtlArgs) -> Result<String, CtlError> {
     match args.command {
         CtlCommand::RebuildMember { ref data_dir } => rebuild_member(data_dir),
+        CtlCommand::Nodes => {
+            let (endpoint, body) = fetch(args, "/v1/nodes").await?;
+            let nodes: Vec<NodeInfo> = serde_json::from_str(&body).map_err(|error| CtlError::BadAnswer {
+                endpoint,
+                detail: error.to_string(),
+            })?;
+            Ok(match args.write_out {
+                WriteOut::Json => format!("{body}\n"),
+                WriteOut::Table => nodes_table(&nodes),
+            })
+        }
         CtlCommand::Ranges => {
             let (endpoint, body) = fetch(args, "/v1/ranges").await?;
             let ranges: Vec<RangeInfo> = serde_json::from_str(&body).map_err(|error| CtlError::BadAnswer {
@@ -191,6 +205,63 @@ struct RangeInfo {
     leader: String,
     keys: u64,
     bytes: u64,
+}
+
+#[derive(serde::Deserialize)]
+struct NodeInfo {
+    id: String,
+    name: String,
+    learner: bool,
+    gossip: GossipInfo,
+    load: Option<LoadInfo>,
+}
+
+#[derive(serde::Deserialize)]
+struct GossipInfo {
+    addr: Option<String>,
+    state: String,
+}
+
+#[derive(serde::Deserialize)]
+struct LoadInfo {
+    ranges: u64,
+    leaders: u64,
+    bytes: u64,
+}
+
+fn nodes_table(nodes: &[NodeInfo]) -> String {
+    let header = [
+        "ID",
+        "NAME",
+        "STATE",
+        "GOSSIP ADDR",
+        "LEARNER",
+        "RANGES",
+        "LEADERS",
+        "BYTES",
+    ]
+    .map(String::from);
+    let rows: Vec<[String; 8]> = nodes
+        .iter()
+        .map(|node| {
+            let load = |pick: fn(&LoadInfo) -> u64| {
+                node.load
+                    .as_ref()
+                    .map_or("-".to_string(), |load| pick(load).to_string())
+            };
+            [
+                node.id.clone(),
+                node.name.clone(),
+                node.gossip.state.clone(),
+                node.gossip.addr.clone().unwrap_or_else(|| "-".to_string()),
+                node.learner.to_string(),
+                load(|load| load.ranges),
+                load(|load| load.leaders),
+                load(|load| load.bytes),
+            ]
+        })
+        .collect();
+    table(&header, &rows)
 }
 
 fn ranges_table(ranges: &[RangeInfo]) -> String {

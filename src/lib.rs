@@ -12,6 +12,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod ctl;
+pub mod gossip;
 pub mod http_probe;
 pub mod parent_watch;
 pub mod placement;

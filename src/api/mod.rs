@@ -5,6 +5,7 @@ pub mod etcd;
 pub mod gateway;
 pub mod h2_authority;
 pub mod health;
+pub mod nodes;
 pub mod oversize_status;
 pub mod ranges;
 pub mod redis;

@@ -17,20 +17,29 @@ use std::sync::Arc;
 #[derive(Clone)]
 struct HttpState {
     router: Arc<Router>,
+    /// For `/v1/nodes` (gossip and the members as the node was created).
+    context: Arc<crate::api::etcd::EtcdContext>,
     metrics: Option<PrometheusHandle>,
     dashboard: Arc<Dashboard>,
 }
 
-pub fn routes(router: Arc<Router>, metrics: Option<PrometheusHandle>, dashboard: Arc<Dashboard>) -> axum::Router {
+pub fn routes(
+    router: Arc<Router>,
+    metrics: Option<PrometheusHandle>,
+    dashboard: Arc<Dashboard>,
+    context: Arc<crate::api::etcd::EtcdContext>,
+) -> axum::Router {
     axum::Router::new()
         .route("/", get(dashboard::page))
         .route("/metrics", get(render_metrics))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/v1/ranges", get(ranges))
+        .route("/v1/nodes", get(nodes))
         .route("/v1/cluster", get(cluster))
         .with_state(HttpState {
             router,
+            context,
             metrics,
             dashboard,
         })
@@ -74,6 +83,12 @@ async fn ready(State(state): State<HttpState>) -> impl IntoResponse {
             format!(r#"{{"ready":false,"leader":"{leader:x}","commit":{commit},"applied":{applied}}}"#),
         )
     }
+}
+
+/// See `api::nodes::describe`.
+async fn nodes(State(state): State<HttpState>) -> impl IntoResponse {
+    let body = crate::api::nodes::describe(&state.router, &state.context.gossip, &state.context.initial_members);
+    json(StatusCode::OK, body.to_string())
 }
 
 /// See `api::ranges::describe`.

@@ -180,3 +180,40 @@ pub async fn follow(
         }
     }
 }
+
+/// The UDP address gossip reaches a member at: its first peer URL's host and port.
+pub async fn gossip_addr(peer_urls: &[String]) -> Option<std::net::SocketAddr> {
+    let url: tonic::codegen::http::Uri = peer_urls.first()?.parse().ok()?;
+    let authority = format!("{}:{}", url.host()?, url.port_u16()?);
+    tokio::net::lookup_host(authority).await.ok()?.next()
+}
+
+/// Introduces the members to gossip and spreads this member's load, every `period`.
+pub async fn spread(
+    gossip: Arc<crate::gossip::Gossip>,
+    router: Arc<Router>,
+    initial: Vec<MemberInfo>,
+    period: Duration,
+) {
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let record = router.registry().membership().borrow().clone();
+        let mut known = Vec::new();
+        for member in membership::current(&record, &initial) {
+            if let Some(addr) = gossip_addr(&member.peer_urls).await {
+                known.push(crate::gossip::Member {
+                    id: member.id,
+                    addr,
+                    incarnation: 0,
+                });
+            }
+        }
+        gossip.introduce(known);
+        let version = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as u64);
+        gossip.publish_load(crate::api::nodes::own_load(&router, version));
+    }
+}

@@ -518,6 +518,40 @@ async fn run_once(
         disk.clone(),
     );
     let auth = crate::auth::Auth::new(router.clone(), config.auth_token_ttl, config.bcrypt_cost);
+    // Gossip on the peer port's number, over UDP.
+    let gossip_bind = config
+        .peer_listen
+        .first()
+        .map(|url| url.address)
+        .ok_or_else(|| NodeError::Join("no peer URL to gossip on".into()))?;
+    let gossip_period = (config.election_timeout / 2).max(Duration::from_millis(100));
+    let gossip = Arc::new(
+        crate::gossip::Gossip::start(
+            crate::gossip::Member {
+                id: me,
+                addr: membership::gossip_addr(&config.advertise_peer_urls)
+                    .await
+                    .unwrap_or(gossip_bind),
+                incarnation,
+            },
+            gossip_bind,
+            identity.cluster_id,
+            identity.initial_members.len() as u32,
+            gossip_period,
+        )
+        .await
+        .map_err(|source| NodeError::Bind {
+            address: gossip_bind,
+            purpose: "gossip (UDP)",
+            source,
+        })?,
+    );
+    let gossip_spreader = tokio::spawn(membership::spread(
+        gossip.clone(),
+        router.clone(),
+        identity.initial_members.clone(),
+        gossip_period * 2,
+    ));
     let context = Arc::new(EtcdContext {
         router: router.clone(),
         txns: txns.clone(),
@@ -532,6 +566,7 @@ async fn run_once(
             min_lease_ttl_seconds: config.min_lease_ttl_seconds(),
         },
         initial_members: identity.initial_members.clone(),
+        gossip: gossip.clone(),
         lease_ids: etcd::LeaseIds::new(me),
         watch_hub,
         stopping: stop_rx.clone(),
@@ -626,7 +661,7 @@ async fn run_once(
             crate::tls::ServerListener::new(listener, tls, "metrics"),
             stop_rx.clone(),
         );
-        let app = http::routes(router.clone(), metrics.clone(), dashboard.clone());
+        let app = http::routes(router.clone(), metrics.clone(), dashboard.clone(), context.clone());
         let stop = stopped();
         http_servers.spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop).await });
     }
@@ -692,6 +727,7 @@ async fn run_once(
         }
     };
     member_links.abort();
+    gossip_spreader.abort();
     tracing::info!("shutting down");
     publisher.abort();
     splitter.abort();
@@ -720,7 +756,7 @@ async fn run_once(
     let _ = tokio::task::spawn_blocking(move || store_thread.join()).await;
     // Whatever of the servers did not finish in time goes now, with what it holds.
     drop((servers, http_servers));
-    drop((router, txns, context, gateway, dashboard, engine));
+    drop((router, txns, context, gateway, dashboard, engine, gossip));
     tracing::info!("stopped");
     outcome
 }

@@ -376,7 +376,13 @@ async fn malformed_peer_input_is_refused_and_the_node_keeps_serving() {
                 .and_then(|line| line.split_whitespace().last()?.parse::<f64>().ok())
                 .unwrap_or(0.0)
         };
-        let metrics = || shoal::http_probe::get(cluster.nodes[target].metrics_port, "/metrics", std::time::Duration::from_secs(2));
+        let metrics = || {
+            shoal::http_probe::get(
+                cluster.nodes[target].metrics_port,
+                "/metrics",
+                std::time::Duration::from_secs(2),
+            )
+        };
         let before = unknown(&metrics().await.expect("metrics").1);
         let heartbeat = message(MessageType::MsgHeartbeat).write_to_bytes().unwrap();
         peer.raft(stamped(batch(99, heartbeat), cluster_id, sender_id))

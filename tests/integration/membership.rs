@@ -147,6 +147,7 @@ async fn a_member_added_with_etcdctl_gets_every_key_and_serves() {
         wait_for_replicas(&cluster, 4).await;
         let members = member_list(&cluster);
         assert_eq!(members.len(), 4, "{members:?}");
+        wait_for_state(&cluster, 0, "n4", "alive").await;
         let added = members
             .iter()
             .find(|member| member[0] == id)
@@ -274,6 +275,81 @@ async fn a_node_joins_with_the_join_flag() {
         wait_for_replicas(&cluster, 4).await;
         let members = member_list(&cluster);
         assert!(members.iter().any(|member| member[2] == "n4"), "{members:?}");
+    })
+    .await;
+}
+
+/// `/v1/nodes` on node `index`: (name, gossip state, ranges in its load report).
+async fn nodes(cluster: &Cluster, index: usize) -> Vec<(String, String, Option<u64>)> {
+    let body = shoal::http_probe::get(cluster.nodes[index].metrics_port, "/v1/nodes", Duration::from_secs(2))
+        .await
+        .map(|(_, body)| body)
+        .unwrap_or_default();
+    let nodes: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap_or_default();
+    nodes
+        .iter()
+        .map(|node| {
+            (
+                node["name"].as_str().unwrap_or_default().to_string(),
+                node["gossip"]["state"].as_str().unwrap_or_default().to_string(),
+                node["load"]["ranges"].as_u64(),
+            )
+        })
+        .collect()
+}
+
+async fn wait_for_state(cluster: &Cluster, observer: usize, name: &str, state: &str) {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let seen = nodes(cluster, observer).await;
+        if seen.iter().any(|(node, now, _)| node == name && now == state) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} never {state} for {observer}: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gossip_finds_a_killed_node_down_and_sees_it_back() {
+    bounded(async {
+        let mut cluster = Cluster::start(3).await;
+        for name in ["n1", "n2", "n3"] {
+            wait_for_state(&cluster, 0, name, "alive").await;
+        }
+        // Every member's load reaches the others.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while nodes(&cluster, 0)
+            .await
+            .iter()
+            .any(|(_, _, ranges)| ranges.is_none_or(|ranges| ranges == 0))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "loads never spread: {:?}",
+                nodes(&cluster, 0).await
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        cluster.kill(2);
+        wait_for_state(&cluster, 0, "n3", "down").await;
+        wait_for_state(&cluster, 1, "n3", "down").await;
+        cluster.restart(2);
+        wait_for_state(&cluster, 0, "n3", "alive").await;
+
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .args(["ctl", "nodes", "--endpoints", &cluster.endpoints()[1]])
+            .output()
+            .expect("shoal ctl nodes");
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            text.contains("STATE") && text.lines().filter(|line| line.contains("alive")).count() >= 3,
+            "{text}"
+        );
     })
     .await;
 }

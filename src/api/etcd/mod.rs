@@ -63,6 +63,8 @@ pub struct EtcdContext {
     pub limits: Limits,
     /// Members with their peer URLs, as the cluster was created.
     pub initial_members: Vec<MemberInfo>,
+    /// This member's gossip (who is up, with what load): `/v1/nodes`.
+    pub gossip: Arc<crate::gossip::Gossip>,
     pub lease_ids: LeaseIds,
     pub watch_hub: crate::range::watch::WatchHub,
     /// Turns true when the node starts shutting down: long-lived streams (watch,

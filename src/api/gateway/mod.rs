@@ -95,6 +95,8 @@ enum Route {
     Metrics,
     /// Shoal's `/v1/ranges`, also served here so `shoal ctl` needs only client URLs.
     Ranges,
+    /// Shoal's `/v1/nodes`, likewise.
+    Nodes,
 }
 
 impl Route {
@@ -146,6 +148,7 @@ impl Route {
             "/health" => Route::Health,
             "/metrics" => Route::Metrics,
             "/v1/ranges" => Route::Ranges,
+            "/v1/nodes" => Route::Nodes,
             _ => return None,
         };
         Some((route, Method::GET))
@@ -344,6 +347,15 @@ impl Gateway {
             }
             Route::Ranges => {
                 let body = crate::api::ranges::describe(&self.context.router).to_string();
+                json_response(StatusCode::OK, body.into_bytes())
+            }
+            Route::Nodes => {
+                let body = crate::api::nodes::describe(
+                    &self.context.router,
+                    &self.context.gossip,
+                    &self.context.initial_members,
+                )
+                .to_string();
                 json_response(StatusCode::OK, body.into_bytes())
             }
             Route::Metrics => {
