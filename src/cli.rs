@@ -192,6 +192,12 @@ pub struct ServerFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub storage_reserve_bytes: Option<u64>,
+    /// Bytes per second this member sends range snapshots at (to a new, rebuilt or lagging
+    /// replica), all transfers together, so that catching a replica up does not starve
+    /// client traffic; 0: no limit [default: 67108864 (64 MiB)]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_send_rate: Option<u64>,
     /// Key-value bytes a member may hold before writes that add data are refused and
     /// the NOSPACE alarm is raised; 0 means the default [default: 8589934592 (8 GiB)]
     #[arg(long)]

@@ -98,6 +98,8 @@ pub struct ServerSettings {
     pub quota_backend_bytes: u64,
     /// Free bytes kept on the data volume (see `storage::disk`); 0 turns it off.
     pub storage_reserve_bytes: u64,
+    /// Bytes per second one member sends snapshots at, all of them together; 0: no limit.
+    pub snapshot_send_rate: u64,
     /// "simple": the only token kind served (etcd's `jwt,...` is refused).
     pub auth_token: String,
     pub auth_token_ttl: u64,
@@ -172,6 +174,7 @@ impl Default for ServerSettings {
             range_max_keys: 200_000,
             quota_backend_bytes: 0,
             storage_reserve_bytes: 64 << 20,
+            snapshot_send_rate: 64 << 20,
             auth_token: "simple".into(),
             auth_token_ttl: 300,
             bcrypt_cost: 10,
@@ -331,6 +334,8 @@ pub struct NodeConfig {
     pub quota_bytes: u64,
     /// Free bytes kept on the data volume; 0: no guard.
     pub storage_reserve_bytes: u64,
+    /// Snapshot bytes per second this member sends; 0: no limit.
+    pub snapshot_send_rate: u64,
     /// How long an auth token lives.
     pub auth_token_ttl: Duration,
     pub bcrypt_cost: u32,
@@ -881,6 +886,7 @@ impl TryFrom<ServerSettings> for NodeConfig {
             },
             corrupt_check_interval,
             storage_reserve_bytes: settings.storage_reserve_bytes,
+            snapshot_send_rate: settings.snapshot_send_rate,
             auth_token_ttl: Duration::from_secs(settings.auth_token_ttl),
             bcrypt_cost: settings.bcrypt_cost,
             peer_dial_urls,

@@ -63,3 +63,24 @@ pub fn describe(
         .collect();
     serde_json::Value::Array(nodes)
 }
+
+/// `shoal_members{state}`: the members by what this member's gossip says of them.
+pub fn set_gauges(router: &Router, gossip: &Gossip, initial: &[crate::proto::shoal::state::MemberInfo]) {
+    let record = router.registry().membership().borrow().clone();
+    let mut counts = [0u64; 4];
+    for member in crate::range::membership::current(&record, initial) {
+        let state = gossip
+            .member(member.id)
+            .0
+            .map_or(Liveness::Unknown, |seen| seen.liveness);
+        counts[state as usize] += 1;
+    }
+    for (state, name) in [
+        (Liveness::Alive, "alive"),
+        (Liveness::Suspect, "suspect"),
+        (Liveness::Down, "down"),
+        (Liveness::Unknown, "unknown"),
+    ] {
+        metrics::gauge!("shoal_members", "state" => name).set(counts[state as usize] as f64);
+    }
+}

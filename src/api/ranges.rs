@@ -39,20 +39,36 @@ pub fn describe(router: &Router) -> serde_json::Value {
 
 /// Sets the gauges that describe this member's ranges, just before `/metrics` renders:
 /// `shoal_ranges` (data ranges held), `shoal_range_leaders` (data ranges led),
-/// `shoal_ranges_without_leader`, and etcd's `etcd_server_is_leader` /
+/// `shoal_ranges_without_leader`, `shoal_ranges_under_replicated` (ranges it leads
+/// where a voting member holds no voting replica yet), and etcd's `etcd_server_is_leader` /
 /// `etcd_server_has_leader` / `shoal_raft_term` for the first data range (the range
 /// etcd's Status and MoveLeader speak for), so each stays one value per member.
 pub fn set_gauges(router: &Router) {
     let me = router.node_id();
-    let (mut held, mut led, mut leaderless) = (0u64, 0u64, 0u64);
+    let (mut held, mut led, mut leaderless, mut under) = (0u64, 0u64, 0u64, 0u64);
+    let membership = router.registry().membership().borrow().clone();
+    let voters: Vec<u64> = membership
+        .members
+        .iter()
+        .filter(|member| !member.is_learner)
+        .map(|member| member.id)
+        .collect();
     for range in router.registry().data_ranges() {
         held += 1;
         match range.view.status.leader() {
             0 => leaderless += 1,
-            leader if leader == me => led += 1,
+            leader if leader == me => {
+                led += 1;
+                let descriptor = &range.descriptor;
+                let voting = |id: &u64| descriptor.replicas.contains(id) && !descriptor.learners.contains(id);
+                if membership.complete && !voters.iter().all(voting) {
+                    under += 1;
+                }
+            }
             _ => {}
         }
     }
+    metrics::gauge!("shoal_ranges_under_replicated").set(under as f64);
     metrics::gauge!("shoal_ranges").set(held as f64);
     metrics::gauge!("shoal_range_leaders").set(led as f64);
     metrics::gauge!("shoal_ranges_without_leader").set(leaderless as f64);

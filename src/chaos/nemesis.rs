@@ -220,8 +220,16 @@ pub fn heal(cluster: &mut Cluster, active: Active) -> Result<(), ClusterError> {
         }
         Active::Paused(node) => cluster.resume(node),
         Active::Partitioned => cluster.network.heal(),
-        // The node finds its storage working again by itself.
-        Active::StorageFaults(node) => std::fs::write(&cluster.nodes[node].faults, "")?,
+        // The node finds its storage working again by itself; one whose first start met
+        // the fault exited (by design: a failing disk at start may be a wrong setting)
+        // and is started again.
+        Active::StorageFaults(node) => {
+            std::fs::write(&cluster.nodes[node].faults, "")?;
+            if cluster.has_exited(node) {
+                cluster.kill(node);
+                cluster.restart(node)?;
+            }
+        }
         Active::Nothing => {}
     }
     Ok(())

@@ -156,17 +156,11 @@ impl Drop for Gossip {
 }
 
 impl Gossip {
-    /// Binds UDP on `bind` and starts gossiping as `me`. `probe_period` paces probes;
+    /// Starts gossiping as `me` on `socket` (bound by the caller before anything else of
+    /// the node starts, so a failed bind leaves nothing running). `probe_period` paces probes;
     /// a member that stops answering is suspected within about two periods and declared
     /// down a few periods later (foca's LAN settings, scaled).
-    pub async fn start(
-        me: Member,
-        bind: SocketAddr,
-        cluster_id: u64,
-        cluster_size: u32,
-        probe_period: Duration,
-    ) -> std::io::Result<Self> {
-        let socket = UdpSocket::bind(bind).await?;
+    pub fn start(me: Member, socket: UdpSocket, cluster_id: u64, cluster_size: u32, probe_period: Duration) -> Self {
         let view = Arc::new(RwLock::new(View::default()));
         let mut config = foca::Config::new_lan(NonZeroU32::new(cluster_size.max(3)).unwrap_or(NonZeroU32::MIN));
         let scale = probe_period.as_secs_f64() / config.probe_period.as_secs_f64();
@@ -204,12 +198,18 @@ impl Gossip {
             );
         let (commands, inbox) = mpsc::channel(COMMANDS_MAX);
         let task = tokio::spawn(run(foca, socket, cluster_id, inbox, view.clone(), me.id));
-        Ok(Self {
+        Self {
             me: me.id,
             view,
             commands,
             task,
-        })
+        }
+    }
+
+    /// Stops gossiping and lets go of the socket, whoever still holds this value (a
+    /// connection task of a stopped run may): the next run binds the port again.
+    pub fn stop(&self) {
+        self.task.abort();
     }
 
     /// Members gossip should know of (from the replicated membership); announcing

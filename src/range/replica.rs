@@ -1412,6 +1412,13 @@ impl Replica {
             return;
         };
         use raft::eraftpb::ConfChangeType;
+        let label = match step {
+            super::membership::Step::AddLearner(_) => "add_learner",
+            super::membership::Step::Promote(_) => "promote",
+            super::membership::Step::Remove(_) => "remove",
+            super::membership::Step::TransferLeader(_) => "hand_over",
+        };
+        metrics::counter!("shoal_replica_changes_total", "step" => label).increment(1);
         let (kind, node) = match step {
             super::membership::Step::TransferLeader(target) => {
                 tracing::info!(

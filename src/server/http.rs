@@ -47,6 +47,7 @@ pub fn routes(
 
 async fn render_metrics(State(state): State<HttpState>) -> impl IntoResponse {
     crate::api::ranges::set_gauges(&state.router);
+    crate::api::nodes::set_gauges(&state.router, &state.context.gossip, &state.context.initial_members);
     let body = state.metrics.as_ref().map(PrometheusHandle::render).unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }

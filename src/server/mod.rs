@@ -309,6 +309,20 @@ async fn run_once(
     let peer_listeners = bind(&config.peer_listen, "peer traffic", tls.peer.clone()).await?;
     let client_listeners = bind(&config.client_listen, "clients", tls.client.clone()).await?;
     let metrics_listeners = bind(&config.metrics_listen, "metrics", tls.metrics.clone()).await?;
+    // Gossip on the peer port's number, over UDP; bound with the other listeners, before
+    // anything starts, so a failed bind leaves nothing running.
+    let gossip_bind = config
+        .peer_listen
+        .first()
+        .map(|url| url.address)
+        .ok_or_else(|| NodeError::Join("no peer URL to gossip on".into()))?;
+    let gossip_socket = tokio::net::UdpSocket::bind(gossip_bind)
+        .await
+        .map_err(|source| NodeError::Bind {
+            address: gossip_bind,
+            purpose: "gossip (UDP)",
+            source,
+        })?;
     let redis_listener = match config.redis_listen {
         Some(address) => Some(TcpListener::bind(address).await.map_err(|source| NodeError::Bind {
             address,
@@ -411,6 +425,7 @@ async fn run_once(
         tls.peer_dialer.clone(),
         store_handle.clone(),
         snapshots.clone(),
+        config.snapshot_send_rate,
     )?;
     let worker = crate::range::background::BackgroundWorker::start(engine.clone())?;
     // Ranges created with the cluster or by splits since it started.
@@ -518,34 +533,20 @@ async fn run_once(
         disk.clone(),
     );
     let auth = crate::auth::Auth::new(router.clone(), config.auth_token_ttl, config.bcrypt_cost);
-    // Gossip on the peer port's number, over UDP.
-    let gossip_bind = config
-        .peer_listen
-        .first()
-        .map(|url| url.address)
-        .ok_or_else(|| NodeError::Join("no peer URL to gossip on".into()))?;
     let gossip_period = (config.election_timeout / 2).max(Duration::from_millis(100));
-    let gossip = Arc::new(
-        crate::gossip::Gossip::start(
-            crate::gossip::Member {
-                id: me,
-                addr: membership::gossip_addr(&config.advertise_peer_urls)
-                    .await
-                    .unwrap_or(gossip_bind),
-                incarnation,
-            },
-            gossip_bind,
-            identity.cluster_id,
-            identity.initial_members.len() as u32,
-            gossip_period,
-        )
-        .await
-        .map_err(|source| NodeError::Bind {
-            address: gossip_bind,
-            purpose: "gossip (UDP)",
-            source,
-        })?,
-    );
+    let gossip = Arc::new(crate::gossip::Gossip::start(
+        crate::gossip::Member {
+            id: me,
+            addr: membership::gossip_addr(&config.advertise_peer_urls)
+                .await
+                .unwrap_or(gossip_bind),
+            incarnation,
+        },
+        gossip_socket,
+        identity.cluster_id,
+        identity.initial_members.len() as u32,
+        gossip_period,
+    ));
     let gossip_spreader = tokio::spawn(membership::spread(
         gossip.clone(),
         router.clone(),
@@ -728,6 +729,7 @@ async fn run_once(
     };
     member_links.abort();
     gossip_spreader.abort();
+    gossip.stop();
     tracing::info!("shutting down");
     publisher.abort();
     splitter.abort();

@@ -46,6 +46,35 @@ pub struct PeerTransport {
     runtime: tokio::runtime::Handle,
     /// Turns true when a peer refused this member as removed from the cluster.
     removed: tokio::sync::watch::Sender<bool>,
+    /// Paces every snapshot this member sends (`--snapshot-send-rate`).
+    pacer: Arc<Pacer>,
+}
+
+/// Spaces out snapshot chunks so that, all transfers together, they leave at no more
+/// than `rate` bytes per second (0: no limit).
+pub struct Pacer {
+    rate: u64,
+    next: std::sync::Mutex<std::time::Instant>,
+}
+
+impl Pacer {
+    pub fn new(rate: u64, now: std::time::Instant) -> Self {
+        Self {
+            rate,
+            next: std::sync::Mutex::new(now),
+        }
+    }
+
+    /// How long to wait, from `now`, before sending `bytes`.
+    pub fn delay(&self, bytes: usize, now: std::time::Instant) -> Duration {
+        if self.rate == 0 {
+            return Duration::ZERO;
+        }
+        let mut next = self.next.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let start = (*next).max(now);
+        *next = start + Duration::from_secs_f64(bytes as f64 / self.rate as f64);
+        start - now
+    }
 }
 
 /// Why a question forwarded to the leader has no answer.
@@ -77,6 +106,7 @@ impl PeerTransport {
         tls: Option<crate::tls::TlsConnector>,
         store: StoreHandle,
         snapshots: Arc<SnapshotRegistry>,
+        snapshot_send_rate: u64,
     ) -> Result<Arc<Self>, tonic::transport::Error> {
         let transport = Arc::new(Self {
             identity,
@@ -86,6 +116,7 @@ impl PeerTransport {
             snapshots,
             runtime: tokio::runtime::Handle::current(),
             removed: tokio::sync::watch::channel(false).0,
+            pacer: Arc::new(Pacer::new(snapshot_send_rate, std::time::Instant::now())),
         });
         transport.sync_members(peers, false)?;
         Ok(transport)
@@ -237,8 +268,9 @@ impl RaftSender for PeerTransport {
         let identity = self.identity;
         let registry = self.snapshots.clone();
         let store = self.store.clone();
+        let pacer = self.pacer.clone();
         self.runtime.spawn(async move {
-            let outcome = stream_snapshot(identity, channel, range_id, message, &registry).await;
+            let outcome = stream_snapshot(identity, channel, range_id, message, &registry, pacer).await;
             if let Err(error) = &outcome {
                 tracing::warn!(to = format!("{to:x}"), range = range_id, %error, "sending snapshot failed");
             }
@@ -315,6 +347,7 @@ async fn stream_snapshot(
     range_id: u64,
     message: Message,
     registry: &SnapshotRegistry,
+    pacer: Arc<Pacer>,
 ) -> Result<(), String> {
     let id = snapshot::registration_id(&message.get_snapshot().data).ok_or("snapshot without registration")?;
     let pending = registry.take(id).ok_or("snapshot registration expired")?;
@@ -326,6 +359,11 @@ async fn stream_snapshot(
     let (chunks, chunk_stream) = mpsc::channel::<Vec<u8>>(4);
     let producer = tokio::task::spawn_blocking(move || {
         snapshot::stream_range(pending.view.as_ref(), &pending.descriptor, &mut |chunk| {
+            let delay = pacer.delay(chunk.len(), std::time::Instant::now());
+            if !delay.is_zero() {
+                std::thread::sleep(delay);
+            }
+            metrics::counter!("shoal_snapshot_bytes_sent_total").increment(chunk.len() as u64);
             chunks.blocking_send(chunk).is_ok()
         })
     });
@@ -429,4 +467,23 @@ fn encode_into(messages: Vec<(u64, Message)>, batch: &mut RaftBatch) -> usize {
         }
     }
     bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pacer_spreads_chunks_over_time_at_its_rate() {
+        let start = std::time::Instant::now();
+        let pacer = Pacer::new(1000, start);
+        assert_eq!(pacer.delay(500, start), Duration::ZERO);
+        assert_eq!(pacer.delay(500, start), Duration::from_millis(500));
+        // Another transfer shares the same budget.
+        assert_eq!(pacer.delay(1000, start), Duration::from_secs(1));
+        // Idle time is not saved up beyond now.
+        let later = start + Duration::from_secs(10);
+        assert_eq!(pacer.delay(1000, later), Duration::ZERO);
+        assert_eq!(Pacer::new(0, start).delay(1 << 30, start), Duration::ZERO);
+    }
 }

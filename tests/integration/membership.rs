@@ -191,7 +191,11 @@ async fn a_learner_is_promoted_and_a_removed_member_never_comes_back() {
         assert_eq!(learner[5], "true", "{learner:?}");
 
         // etcd's errors, each changing nothing.
-        let first = member_list(&cluster)[0][0].clone();
+        let first = member_list(&cluster)
+            .into_iter()
+            .find(|member| member[5] == "false")
+            .expect("a voter")[0]
+            .clone();
         let (ok, _, err) = run_etcdctl(&endpoints, &["member", "promote", &first], None);
         assert!(!ok && err.contains("can only promote a learner member"), "{err}");
         let (ok, _, err) = run_etcdctl(
@@ -337,6 +341,18 @@ async fn gossip_finds_a_killed_node_down_and_sees_it_back() {
         cluster.kill(2);
         wait_for_state(&cluster, 0, "n3", "down").await;
         wait_for_state(&cluster, 1, "n3", "down").await;
+        // With n3 down, removing n1 would leave one started voter of two: etcd refuses.
+        let n1 = member_list(&cluster)
+            .into_iter()
+            .find(|member| member[2] == "n1")
+            .expect("n1 listed")[0]
+            .clone();
+        let (ok, _, err) = run_etcdctl(&cluster.endpoints()[1..2], &["member", "remove", &n1], None);
+        assert!(
+            !ok && err.contains("re-configuration failed due to not enough started members"),
+            "{err}"
+        );
+        assert_eq!(member_list(&cluster).len(), 3);
         cluster.restart(2);
         wait_for_state(&cluster, 0, "n3", "alive").await;
 
@@ -350,6 +366,75 @@ async fn gossip_finds_a_killed_node_down_and_sees_it_back() {
             text.contains("STATE") && text.lines().filter(|line| line.contains("alive")).count() >= 3,
             "{text}"
         );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_member_removed_under_write_load_loses_no_write() {
+    bounded(async {
+        let mut cluster = Cluster::start(4).await;
+        let endpoints = cluster.endpoints();
+        // Writers on the members that stay, each recording what was acknowledged.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut writers = Vec::new();
+        for writer in 0..3 {
+            let mut kv = cluster.kv(writer).await;
+            let stop = stop.clone();
+            writers.push(tokio::spawn(async move {
+                let mut acknowledged = Vec::new();
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let key = format!("load/{writer}/{i:05}");
+                    let put = kv.put(PutRequest {
+                        key: bytes(&key),
+                        value: bytes("v"),
+                        ..Default::default()
+                    });
+                    if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(5), put).await {
+                        acknowledged.push(key);
+                    }
+                    i += 1;
+                }
+                acknowledged
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let removed = member_list(&cluster)
+            .into_iter()
+            .find(|member| member[2] == "n4")
+            .expect("n4 listed")[0]
+            .clone();
+        let (ok, _, err) = run_etcdctl(&endpoints[..1], &["member", "remove", &removed], None);
+        assert!(ok, "member remove failed: {err}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !cluster.has_exited(3) {
+            assert!(Instant::now() < deadline, "the removed member kept running");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        wait_for_replicas(&cluster, 3).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut acknowledged = Vec::new();
+        for writer in writers {
+            acknowledged.extend(writer.await.expect("writer"));
+        }
+        assert!(
+            acknowledged.len() > 30,
+            "too few writes to judge: {}",
+            acknowledged.len()
+        );
+        for index in 0..3 {
+            let mut kv = cluster.kv(index).await;
+            let held = crate::support::scan(&mut kv, "load/", false).await;
+            let held: std::collections::HashSet<String> = held.into_iter().map(|(key, _)| key).collect();
+            let missing: Vec<&String> = acknowledged.iter().filter(|key| !held.contains(*key)).collect();
+            assert!(
+                missing.is_empty(),
+                "{} lost acknowledged writes: {missing:?}",
+                cluster.nodes[index].name
+            );
+        }
     })
     .await;
 }

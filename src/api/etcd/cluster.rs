@@ -66,6 +66,45 @@ impl ClusterService {
     }
 }
 
+impl ClusterService {
+    /// etcd's strict reconfiguration check: the voters left after removing `id` must
+    /// hold a majority that gossip sees up, or the cluster would lose its quorum.
+    async fn check_started_after_removing(&self, id: u64) -> Result<(), Status> {
+        let pinned = self.context.router.pinned(META_RANGE_ID).await.map_err(errors::route)?;
+        let record = pinned
+            .membership()
+            .map_err(|error| errors::kv(KvError::Storage(error)))?;
+        let members = crate::range::membership::current(&record, &self.context.initial_members);
+        if !members.iter().any(|member| member.id == id) {
+            return Err(errors::kv(KvError::UnknownMember));
+        }
+        let left: Vec<u64> = members
+            .iter()
+            .filter(|member| !member.is_learner && member.id != id)
+            .map(|member| member.id)
+            .collect();
+        let gossip = &self.context.gossip;
+        let started = left
+            .iter()
+            .filter(|&&member| {
+                member == gossip.me()
+                    || gossip.member(member).0.is_some_and(|seen| {
+                        matches!(
+                            seen.liveness,
+                            crate::gossip::Liveness::Alive | crate::gossip::Liveness::Suspect
+                        )
+                    })
+            })
+            .count();
+        if started <= left.len() / 2 {
+            return Err(Status::failed_precondition(
+                "etcdserver: re-configuration failed due to not enough started members",
+            ));
+        }
+        Ok(())
+    }
+}
+
 fn member(info: &MemberInfo) -> Member {
     Member {
         id: info.id,
@@ -128,6 +167,7 @@ impl Cluster for ClusterService {
         observe("etcdserverpb.Cluster", "MemberRemove", async {
             self.context.permit_admin(super::auth::credentials(&request)).await?;
             let id = request.into_inner().id;
+            self.check_started_after_removing(id).await?;
             let (header, members) = self.change(membership_change::Change::Remove(id)).await?;
             Ok(Response::new(MemberRemoveResponse {
                 header: Some(header),

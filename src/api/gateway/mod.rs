@@ -360,6 +360,11 @@ impl Gateway {
             }
             Route::Metrics => {
                 crate::api::ranges::set_gauges(&self.context.router);
+                crate::api::nodes::set_gauges(
+                    &self.context.router,
+                    &self.context.gossip,
+                    &self.context.initial_members,
+                );
                 let text = self.metrics.as_ref().map(PrometheusHandle::render).unwrap_or_default();
                 let mut response = http::Response::new(full(text.into_bytes()));
                 response.headers_mut().insert(
