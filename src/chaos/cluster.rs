@@ -43,6 +43,8 @@ pub struct Node {
     /// Whether its peer traffic goes through the [`Network`]'s proxies (only the
     /// members the cluster started with).
     proxied: bool,
+    /// Removed from the cluster: never started again.
+    pub retired: bool,
     child: Option<Child>,
     paused: bool,
 }
@@ -162,6 +164,7 @@ impl Cluster {
                 args: Vec::new(),
                 initial_cluster: None,
                 proxied: true,
+                retired: false,
                 child: None,
                 paused: false,
             });
@@ -223,6 +226,7 @@ impl Cluster {
             args,
             initial_cluster: Some(initial_cluster.unwrap_or_else(|| format!("{name}={peer_url}"))),
             proxied: false,
+            retired: false,
             child: None,
             paused: false,
         });
@@ -437,7 +441,7 @@ impl Cluster {
     }
 
     pub fn restart(&mut self, index: usize) -> Result<(), ClusterError> {
-        if !self.nodes[index].is_running() {
+        if !self.nodes[index].is_running() && !self.nodes[index].retired {
             self.spawn(index)?;
         }
         Ok(())

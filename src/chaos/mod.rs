@@ -420,7 +420,7 @@ async fn run_faults(
         let (active, description) = nemesis::inject(cluster, fault).await?;
         eprintln!("chaos: {started_ms:>7} ms  {description}");
         tokio::time::sleep(fault.duration).await;
-        nemesis::heal(cluster, active)?;
+        nemesis::heal(cluster, active).await?;
         records.push(FaultRecord {
             started_ms,
             ended_ms: clock.nanos() / 1_000_000,

@@ -3,6 +3,8 @@
 //! Targets named "the leader" are resolved when the fault starts.
 
 use super::cluster::{Cluster, ClusterError};
+use crate::proto::etcdserverpb::cluster_client::ClusterClient;
+use crate::proto::etcdserverpb::{MemberAddRequest, MemberRemoveRequest};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -29,10 +31,13 @@ pub enum FaultKind {
     FsyncError,
     /// A random node's reads fail (EIO) and its writes too (ENOSPC) until the fault ends.
     DiskError,
+    /// A new member is added (etcd's MemberAdd) and started empty; when the fault ends
+    /// it is removed (MemberRemove), stops by itself and never comes back.
+    MemberChurn,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 9] = [
+    pub const ALL: [FaultKind; 10] = [
         FaultKind::Kill,
         FaultKind::KillLeader,
         FaultKind::Pause,
@@ -42,6 +47,7 @@ impl FaultKind {
         FaultKind::RestartAll,
         FaultKind::FsyncError,
         FaultKind::DiskError,
+        FaultKind::MemberChurn,
     ];
 }
 
@@ -83,7 +89,9 @@ pub fn schedule(seed: u64, nodes: usize, kinds: &[FaultKind], after: Duration, u
                 chosen.extend_from_slice(&order[1..1 + (nodes - 1) / 2]);
                 chosen
             }
-            FaultKind::KillLeader | FaultKind::IsolateLeader | FaultKind::RestartAll => Vec::new(),
+            FaultKind::KillLeader | FaultKind::IsolateLeader | FaultKind::RestartAll | FaultKind::MemberChurn => {
+                Vec::new()
+            }
         };
         planned.push(PlannedFault {
             kind,
@@ -101,7 +109,137 @@ pub enum Active {
     Paused(usize),
     Partitioned,
     StorageFaults(usize),
+    /// A member added by the fault: its node and member id.
+    Member(usize, u64),
     Nothing,
+}
+
+/// Client URLs of the running members the cluster started with.
+fn original_endpoints(cluster: &Cluster) -> Vec<String> {
+    cluster
+        .nodes
+        .iter()
+        .filter(|node| node.is_running() && !node.retired && node.initial_cluster.is_none())
+        .map(super::cluster::Node::client_url)
+        .collect()
+}
+
+fn cluster_client(url: &str) -> Option<ClusterClient<tonic::transport::Channel>> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+        .ok()?
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(5))
+        .connect_lazy();
+    Some(ClusterClient::new(channel))
+}
+
+/// Adds a member and starts its node; the members as the add answered them.
+async fn add_member(cluster: &mut Cluster) -> Result<(Active, String), ClusterError> {
+    let name = format!("n{}", cluster.nodes.len() + 1);
+    let index = cluster.add_node(
+        &name,
+        None,
+        vec!["--initial-cluster-state".to_string(), "existing".to_string()],
+    )?;
+    let url = cluster.peer_url(index);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut last = String::new();
+    while std::time::Instant::now() < deadline {
+        for endpoint in original_endpoints(cluster) {
+            let Some(mut client) = cluster_client(&endpoint) else {
+                continue;
+            };
+            let request = MemberAddRequest {
+                peer_ur_ls: vec![url.clone()],
+                is_learner: false,
+            };
+            match client.member_add(request).await {
+                Ok(answer) => {
+                    let answer = answer.into_inner();
+                    let id = answer.member.map_or(0, |member| member.id);
+                    let initial: Vec<String> = answer
+                        .members
+                        .iter()
+                        .flat_map(|member| {
+                            let member_name = if member.id == id {
+                                name.clone()
+                            } else if member.name.is_empty() {
+                                format!("m{:x}", member.id)
+                            } else {
+                                member.name.clone()
+                            };
+                            member
+                                .peer_ur_ls
+                                .iter()
+                                .map(move |peer| format!("{member_name}={peer}"))
+                                .collect::<Vec<_>>()
+                        })
+                        .collect();
+                    cluster.nodes[index].initial_cluster = Some(initial.join(","));
+                    cluster.restart(index)?;
+                    return Ok((
+                        Active::Member(index, id),
+                        format!("member add {name} ({id:x}), removed when the fault ends"),
+                    ));
+                }
+                Err(status) => last = status.message().to_string(),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    cluster.nodes[index].retired = true;
+    Ok((Active::Nothing, format!("member add {name}: not added ({last})")))
+}
+
+/// Removes the member a fault added and waits for its node to stop by itself.
+async fn remove_member(cluster: &mut Cluster, index: usize, id: u64) -> Result<(), ClusterError> {
+    if cluster.has_exited(index) {
+        cluster.kill(index);
+        cluster.nodes[index].retired = true;
+        return Err(ClusterError::Io(std::io::Error::other(format!(
+            "{}, added as a member, exited before it was removed (see its log)",
+            cluster.nodes[index].name
+        ))));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut removed = false;
+    while !removed && std::time::Instant::now() < deadline {
+        for endpoint in original_endpoints(cluster) {
+            let Some(mut client) = cluster_client(&endpoint) else {
+                continue;
+            };
+            match client.member_remove(MemberRemoveRequest { id }).await {
+                // Not found: an earlier attempt applied although its answer was lost.
+                Ok(_) => removed = true,
+                Err(status) if status.code() == tonic::Code::NotFound => removed = true,
+                Err(_) => continue,
+            }
+            break;
+        }
+        if !removed {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    if !removed {
+        return Err(ClusterError::Io(std::io::Error::other(format!(
+            "member {id:x} ({}) could not be removed within 30 s",
+            cluster.nodes[index].name
+        ))));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !cluster.has_exited(index) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stopped = cluster.has_exited(index);
+    cluster.kill(index);
+    cluster.nodes[index].retired = true;
+    if !stopped {
+        return Err(ClusterError::Io(std::io::Error::other(format!(
+            "{} kept running 20 s after its removal",
+            cluster.nodes[index].name
+        ))));
+    }
+    Ok(())
 }
 
 /// The leader, waiting briefly for the members to agree on one (right after a fault
@@ -120,6 +258,7 @@ async fn settled_leader(cluster: &Cluster) -> Option<usize> {
 pub async fn inject(cluster: &mut Cluster, fault: &PlannedFault) -> Result<(Active, String), ClusterError> {
     let size = cluster.nodes.len();
     Ok(match fault.kind {
+        FaultKind::MemberChurn => add_member(cluster).await?,
         FaultKind::Kill => {
             let node = fault.nodes[0];
             cluster.kill(node);
@@ -145,7 +284,10 @@ pub async fn inject(cluster: &mut Cluster, fault: &PlannedFault) -> Result<(Acti
         }
         FaultKind::Partition => {
             let minority = fault.nodes.clone();
-            let majority: Vec<usize> = (0..size).filter(|node| !minority.contains(node)).collect();
+            let majority: Vec<usize> = (0..size)
+                .filter(|node| !cluster.nodes[*node].retired)
+                .filter(|node| !minority.contains(node))
+                .collect();
             cluster.network.partition(&[minority.clone(), majority.clone()]);
             (
                 Active::Partitioned,
@@ -158,7 +300,10 @@ pub async fn inject(cluster: &mut Cluster, fault: &PlannedFault) -> Result<(Acti
         }
         FaultKind::IsolateLeader => match settled_leader(cluster).await {
             Some(leader) => {
-                let rest: Vec<usize> = (0..size).filter(|node| *node != leader).collect();
+                let rest: Vec<usize> = (0..size)
+                    .filter(|node| !cluster.nodes[*node].retired)
+                    .filter(|node| *node != leader)
+                    .collect();
                 cluster.network.partition(&[vec![leader], rest]);
                 (
                     Active::Partitioned,
@@ -189,7 +334,7 @@ pub async fn inject(cluster: &mut Cluster, fault: &PlannedFault) -> Result<(Acti
             )
         }
         FaultKind::RestartAll => {
-            let all: Vec<usize> = (0..size).collect();
+            let all: Vec<usize> = (0..size).filter(|node| !cluster.nodes[*node].retired).collect();
             for node in &all {
                 cluster.kill(*node);
             }
@@ -211,8 +356,9 @@ pub async fn inject(cluster: &mut Cluster, fault: &PlannedFault) -> Result<(Acti
 }
 
 /// Ends a fault.
-pub fn heal(cluster: &mut Cluster, active: Active) -> Result<(), ClusterError> {
+pub async fn heal(cluster: &mut Cluster, active: Active) -> Result<(), ClusterError> {
     match active {
+        Active::Member(index, id) => remove_member(cluster, index, id).await?,
         Active::Killed(nodes) => {
             for node in nodes {
                 cluster.restart(node)?;

@@ -15,18 +15,29 @@ use std::sync::Arc;
 
 #[derive(Clone)]
 pub struct RangeReader {
-    engine: Arc<dyn Engine>,
+    /// `None` once the node's run stopped ([`RangeReader::close`]); shared by clones.
+    engine: Arc<std::sync::RwLock<Option<Arc<dyn Engine>>>>,
 }
 
 impl RangeReader {
     pub fn new(engine: Arc<dyn Engine>) -> Self {
-        Self { engine }
+        Self {
+            engine: Arc::new(std::sync::RwLock::new(Some(engine))),
+        }
+    }
+
+    /// Lets go of the engine when the node's run stops: whatever still holds the reader
+    /// then (a task finishing a request) reads nothing more, and cannot keep the storage
+    /// open for the run that follows.
+    pub fn close(&self) {
+        *self.engine.write().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
     }
 
     /// The range's data as it is now, or `None` while a snapshot is being installed
-    /// over it (ask again once it is done).
+    /// over it (ask again once it is done) or once the reader is closed.
     pub fn pin(&self, range_id: u64, status: &RangeStatus) -> Option<PinnedRange> {
-        let view = status.whole_view(self.engine.as_ref())?;
+        let engine = self.engine()?;
+        let view = status.whole_view(engine.as_ref())?;
         Some(PinnedRange {
             range_id,
             view,
@@ -49,12 +60,15 @@ impl RangeReader {
         }
     }
 
-    pub fn engine(&self) -> &Arc<dyn Engine> {
-        &self.engine
+    pub fn engine(&self) -> Option<Arc<dyn Engine>> {
+        self.engine
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     pub fn disk_space_bytes(&self) -> u64 {
-        self.engine.disk_space_bytes()
+        self.engine().map_or(0, |engine| engine.disk_space_bytes())
     }
 }
 

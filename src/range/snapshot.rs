@@ -60,6 +60,14 @@ impl SnapshotRegistry {
         id
     }
 
+    /// Drops every registered snapshot (their pinned views) when the node's run stops.
+    pub fn clear(&self) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clear();
+    }
+
     pub fn take(&self, id: u64) -> Option<PendingSnapshot> {
         let mut pending = self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         pending.remove(&id)

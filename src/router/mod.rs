@@ -113,6 +113,12 @@ impl Router {
     }
 
     /// The registry of this node's ranges.
+    /// Lets go of the storage engine when the node's run stops (see
+    /// `RangeReader::close`).
+    pub fn close_storage(&self) {
+        self.reader.close();
+    }
+
     pub fn registry(&self) -> &Arc<RangeRegistry> {
         &self.registry
     }
@@ -288,7 +294,10 @@ impl Router {
                     continue;
                 }
             }
-            if let Some(view) = self.registry.whole_view(self.reader.engine().as_ref()) {
+            let Some(engine) = self.reader.engine() else {
+                return Err(RouteError::Range(RangeError::Stopped));
+            };
+            if let Some(view) = self.registry.whole_view(engine.as_ref()) {
                 if overlapping() != ranges {
                     continue; // a split between the check and the view
                 }

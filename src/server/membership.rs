@@ -92,6 +92,11 @@ pub async fn join(
                     .iter()
                     .find(|member| member.peer_urls.iter().any(|url| mine.contains(url)))
                 else {
+                    // The member asked may not have applied the addition yet.
+                    if tokio::time::Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
                     return Err(NodeError::Join(format!(
                         "this node's peer URLs {mine:?} are not in the cluster's membership: add it first \
                          (`etcdctl member add {} --peer-urls={}`) or start it with --join",

@@ -169,7 +169,16 @@ pub async fn run(
     let outcome = loop {
         let started = std::time::Instant::now();
         let mut engine = None;
-        let outcome = run_once(config.clone(), metrics.clone(), shutdown(), &mut served, &mut engine).await;
+        let mut holders = Vec::new();
+        let outcome = run_once(
+            config.clone(),
+            metrics.clone(),
+            shutdown(),
+            &mut served,
+            &mut engine,
+            &mut holders,
+        )
+        .await;
         let Err(error) = outcome else { break Ok(()) };
         if started.elapsed() > RESTART_BACKOFF_RESET {
             backoff = Duration::from_secs(1);
@@ -217,7 +226,7 @@ pub async fn run(
         }
         metrics::counter!("shoal_node_restarts_total").increment(1);
         if let Some(engine) = engine {
-            if !released(engine).await {
+            if !released(engine, &holders).await {
                 tracing::warn!("starting again with the old engine still held: the open may fail and be retried");
             }
         }
@@ -254,6 +263,7 @@ async fn run_once(
     shutdown: impl Future<Output = ()> + Send + 'static,
     served: &mut bool,
     engine_out: &mut Option<std::sync::Weak<dyn Engine>>,
+    holders_out: &mut Vec<(&'static str, std::sync::Weak<dyn std::any::Any + Send + Sync>)>,
 ) -> Result<(), NodeError> {
     let tls = tls::NodeTls::load(&config)?;
     std::fs::create_dir_all(&config.data_dir)?;
@@ -758,6 +768,25 @@ async fn run_once(
     let _ = tokio::task::spawn_blocking(move || store_thread.join()).await;
     // Whatever of the servers did not finish in time goes now, with what it holds.
     drop((servers, http_servers));
+    // A task that outlives the run (one finishing a request) must not keep the storage
+    // open for the next run: the router lets go of the engine, pending snapshots of
+    // their views.
+    router.close_storage();
+    snapshots.clear();
+    // What still holds the engine after a stop, if anything does (said when the engine is
+    // not let go in time: see `released`).
+    let watched: Vec<(&'static str, std::sync::Weak<dyn std::any::Any + Send + Sync>)> = vec![
+        (
+            "router",
+            Arc::downgrade(&router) as std::sync::Weak<dyn std::any::Any + Send + Sync>,
+        ),
+        ("transactions", Arc::downgrade(&txns) as _),
+        ("etcd context", Arc::downgrade(&context) as _),
+        ("registry", Arc::downgrade(&registry) as _),
+        ("snapshots", Arc::downgrade(&snapshots) as _),
+        ("gossip", Arc::downgrade(&gossip) as _),
+    ];
+    *holders_out = watched;
     drop((router, txns, context, gateway, dashboard, engine, gossip));
     tracing::info!("stopped");
     outcome
@@ -781,12 +810,21 @@ fn open_engine(config: &NodeConfig) -> Result<Arc<dyn Engine>, NodeError> {
 
 /// Waits (bounded) until every task and thread of a stopped run has dropped its handle
 /// on the engine, so a restart can open the files again; whether they all did.
-async fn released(engine: std::sync::Weak<dyn Engine>) -> bool {
+async fn released(
+    engine: std::sync::Weak<dyn Engine>,
+    holders: &[(&'static str, std::sync::Weak<dyn std::any::Any + Send + Sync>)],
+) -> bool {
     let deadline = std::time::Instant::now() + ENGINE_RELEASE_TIMEOUT;
     while engine.strong_count() > 0 {
         if std::time::Instant::now() > deadline {
+            let alive: Vec<&str> = holders
+                .iter()
+                .filter(|(_, weak)| weak.strong_count() > 0)
+                .map(|(name, _)| *name)
+                .collect();
             tracing::error!(
                 holders = engine.strong_count(),
+                ?alive,
                 "the storage engine is still in use after the node stopped"
             );
             return false;
