@@ -438,3 +438,69 @@ async fn a_live_member_removed_under_write_load_loses_no_write() {
     })
     .await;
 }
+
+/// Leaders of the data ranges as node `index` sees them (hex member ids).
+async fn range_leaders(cluster: &Cluster, index: usize) -> Vec<String> {
+    let body = shoal::http_probe::get(cluster.nodes[index].metrics_port, "/v1/ranges", Duration::from_secs(2))
+        .await
+        .map(|(_, body)| body)
+        .unwrap_or_default();
+    let ranges: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap_or_default();
+    ranges
+        .iter()
+        .map(|range| range["leader"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grown_cluster_spreads_range_leaders_onto_its_new_members() {
+    bounded(async {
+        let mut cluster = Cluster::start_with(3, &["--range-max-keys", "50"]).await;
+        write_keys(&cluster, "grow/", 400).await;
+        // n4 through etcdctl member add, n5 through --join (the cluster's flags, such as
+        // the split limit, apply to them too).
+        let n4 = cluster
+            .add_node("n4", None, vec!["--initial-cluster-state".into(), "existing".into()])
+            .expect("n4");
+        let url = cluster.peer_url(n4);
+        let (ok, out, err) = run_etcdctl(
+            &cluster.endpoints()[..1],
+            &["member", "add", "n4", &format!("--peer-urls={url}")],
+            None,
+        );
+        assert!(ok, "member add failed: {err}");
+        cluster.nodes[n4].initial_cluster = Some(printed_initial_cluster(&out));
+        cluster.restart(n4);
+        let join = format!("--join={}", cluster.peer_url(0));
+        let n5 = cluster.add_node("n5", None, vec![join]).expect("n5");
+        cluster.restart(n5);
+        for index in [n4, n5] {
+            wait_for_copy(&cluster, index, "grow/", 400).await;
+        }
+        wait_for_replicas(&cluster, 5).await;
+        let ids: Vec<(String, String)> = member_list(&cluster)
+            .into_iter()
+            .map(|member| (member[2].clone(), member[0].clone()))
+            .collect();
+        let id_of = |name: &str| {
+            ids.iter()
+                .find(|(known, _)| known == name)
+                .map(|(_, id)| id.clone())
+                .unwrap_or_else(|| panic!("{name} not listed: {ids:?}"))
+        };
+        let (id4, id5) = (id_of("n4"), id_of("n5"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let leaders = range_leaders(&cluster, 0).await;
+            if leaders.contains(&id4) && leaders.contains(&id5) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the new members lead no range: {leaders:?} (n4 {id4}, n5 {id5})"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    })
+    .await;
+}
