@@ -165,6 +165,9 @@ impl Router {
             if let Some(pinned) = self.reader.pin(range_id, &status) {
                 return Ok(pinned);
             }
+            if self.reader.engine().is_none() {
+                return Err(RouteError::Range(RangeError::Stopped));
+            }
             if Instant::now() >= deadline {
                 return Err(RouteError::Range(RangeError::Installing));
             }
