@@ -203,6 +203,27 @@ async fn every_endpoint_answers_in_etcds_json_through_curl() {
             assert_eq!(member["clientURLs"][0], node.client_url().as_str());
             assert!(member.get("isLearner").is_none());
         }
+        // Membership changes through the gateway, as etcd's: a learner added, then removed.
+        let added = ok(
+            &format!("{b}/v3/cluster/member/add"),
+            r#"{"peerURLs":["http://127.0.0.1:9"],"isLearner":true}"#,
+        )
+        .await;
+        assert_eq!(added["member"]["isLearner"], true, "{added}");
+        assert_eq!(added["members"].as_array().map(Vec::len), Some(4), "{added}");
+        let learner = added["member"]["ID"].as_str().expect("the new member's ID").to_string();
+        let refused = post(
+            &format!("{b}/v3/cluster/member/add"),
+            r#"{"peerURLs":["http://127.0.0.1:9"]}"#,
+        )
+        .await;
+        assert_error(&refused, 400, 9, "etcdserver: Peer URLs already exists");
+        let removed = ok(
+            &format!("{b}/v3/cluster/member/remove"),
+            &format!(r#"{{"ID":"{learner}"}}"#),
+        )
+        .await;
+        assert_eq!(removed["members"].as_array().map(Vec::len), Some(3), "{removed}");
         let status = ok(&format!("{a}/v3/maintenance/status"), "").await;
         assert_eq!(status["version"], "3.5.0");
         assert!(int64_u(&status["leader"]) != 0 && int64_u(&status["raftIndex"]) > 0, "{status}");

@@ -30,9 +30,11 @@ use crate::proto::etcdserverpb::{
     DeleteRangeRequest, DeleteRangeResponse, DowngradeInfo, HashKvRequest, HashKvResponse, HashRequest, HashResponse,
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest,
     LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest,
-    LeaseTimeToLiveResponse, Member, MemberListRequest, MemberListResponse, PutRequest, PutResponse, RangeRequest,
-    RangeResponse, RequestOp, ResponseHeader, ResponseOp, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
-    WatchCancelRequest, WatchCreateRequest, WatchProgressRequest, WatchRequest, WatchResponse,
+    LeaseTimeToLiveResponse, Member, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
+    MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest,
+    MemberUpdateResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp,
+    StatusRequest, StatusResponse, TxnRequest, TxnResponse, WatchCancelRequest, WatchCreateRequest,
+    WatchProgressRequest, WatchRequest, WatchResponse,
 };
 use crate::proto::mvccpb::{event, Event, KeyValue};
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
@@ -323,6 +325,27 @@ write_message!(MemberListResponse, |response, fields| {
     fields.repeated("members", &response.members)?;
 });
 
+write_message!(MemberAddResponse, |response, fields| {
+    fields.message("header", response.header.as_ref())?;
+    fields.message("member", response.member.as_ref())?;
+    fields.repeated("members", &response.members)?;
+});
+
+write_message!(MemberRemoveResponse, |response, fields| {
+    fields.message("header", response.header.as_ref())?;
+    fields.repeated("members", &response.members)?;
+});
+
+write_message!(MemberUpdateResponse, |response, fields| {
+    fields.message("header", response.header.as_ref())?;
+    fields.repeated("members", &response.members)?;
+});
+
+write_message!(MemberPromoteResponse, |response, fields| {
+    fields.message("header", response.header.as_ref())?;
+    fields.repeated("members", &response.members)?;
+});
+
 write_message!(DowngradeInfo, |info, fields| {
     fields.boolean("enabled", info.enabled)?;
     fields.string("targetVersion", &info.target_version)?;
@@ -478,6 +501,10 @@ from_json!(LeaseKeepAliveRequest, LeaseKeepAliveRequestJson);
 from_json!(LeaseTimeToLiveRequest, LeaseTimeToLiveRequestJson);
 from_json!(LeaseLeasesRequest, EmptyJson<LeaseLeasesRequest>);
 from_json!(MemberListRequest, MemberListRequestJson);
+from_json!(MemberAddRequest, MemberAddRequestJson);
+from_json!(MemberRemoveRequest, MemberIdJson<MemberRemoveRequest>);
+from_json!(MemberUpdateRequest, MemberUpdateRequestJson);
+from_json!(MemberPromoteRequest, MemberIdJson<MemberPromoteRequest>);
 from_json!(StatusRequest, EmptyJson<StatusRequest>);
 from_json!(HashRequest, EmptyJson<HashRequest>);
 from_json!(DefragmentRequest, EmptyJson<DefragmentRequest>);
@@ -1145,6 +1172,77 @@ impl IntoMessage for HashKvRequestJson {
 struct MemberListRequestJson {
     #[serde(deserialize_with = "boolean")]
     linearizable: bool,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct MemberAddRequestJson {
+    #[serde(rename = "peerURLs")]
+    peer_urls: Vec<String>,
+    #[serde(rename = "isLearner", deserialize_with = "boolean")]
+    is_learner: bool,
+}
+
+impl IntoMessage for MemberAddRequestJson {
+    type Message = MemberAddRequest;
+    fn into_message(self) -> Result<MemberAddRequest, JsonError> {
+        Ok(MemberAddRequest {
+            peer_ur_ls: self.peer_urls,
+            is_learner: self.is_learner,
+        })
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct MemberUpdateRequestJson {
+    #[serde(rename = "ID", deserialize_with = "uint64")]
+    id: u64,
+    #[serde(rename = "peerURLs")]
+    peer_urls: Vec<String>,
+}
+
+impl IntoMessage for MemberUpdateRequestJson {
+    type Message = MemberUpdateRequest;
+    fn into_message(self) -> Result<MemberUpdateRequest, JsonError> {
+        Ok(MemberUpdateRequest {
+            id: self.id,
+            peer_ur_ls: self.peer_urls,
+        })
+    }
+}
+
+/// A request naming one member (`{"ID": ...}`): MemberRemove, MemberPromote.
+#[derive(Deserialize)]
+#[serde(default)]
+struct MemberIdJson<M> {
+    #[serde(rename = "ID", deserialize_with = "uint64")]
+    id: u64,
+    #[serde(skip)]
+    message: std::marker::PhantomData<M>,
+}
+
+impl<M> Default for MemberIdJson<M> {
+    fn default() -> Self {
+        Self {
+            id: 0,
+            message: std::marker::PhantomData,
+        }
+    }
+}
+
+impl IntoMessage for MemberIdJson<MemberRemoveRequest> {
+    type Message = MemberRemoveRequest;
+    fn into_message(self) -> Result<MemberRemoveRequest, JsonError> {
+        Ok(MemberRemoveRequest { id: self.id })
+    }
+}
+
+impl IntoMessage for MemberIdJson<MemberPromoteRequest> {
+    type Message = MemberPromoteRequest;
+    fn into_message(self) -> Result<MemberPromoteRequest, JsonError> {
+        Ok(MemberPromoteRequest { id: self.id })
+    }
 }
 
 impl IntoMessage for MemberListRequestJson {

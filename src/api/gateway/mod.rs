@@ -68,6 +68,10 @@ enum Route {
     LeaseTimeToLive,
     LeaseLeases,
     MemberList,
+    MemberAdd,
+    MemberRemove,
+    MemberUpdate,
+    MemberPromote,
     Status,
     Alarm,
     Hash,
@@ -117,6 +121,10 @@ impl Route {
                 "lease/timetolive" | "kv/lease/timetolive" => Route::LeaseTimeToLive,
                 "lease/leases" | "kv/lease/leases" => Route::LeaseLeases,
                 "cluster/member/list" => Route::MemberList,
+                "cluster/member/add" => Route::MemberAdd,
+                "cluster/member/remove" => Route::MemberRemove,
+                "cluster/member/update" => Route::MemberUpdate,
+                "cluster/member/promote" => Route::MemberPromote,
                 "maintenance/status" => Route::Status,
                 "maintenance/alarm" => Route::Alarm,
                 "maintenance/hash" => Route::Hash,
@@ -237,6 +245,22 @@ impl Gateway {
             }
             Route::MemberList => {
                 self.unary(body, token.as_ref(), |request| self.cluster.member_list(request))
+                    .await
+            }
+            Route::MemberAdd => {
+                self.unary(body, token.as_ref(), |request| self.cluster.member_add(request))
+                    .await
+            }
+            Route::MemberRemove => {
+                self.unary(body, token.as_ref(), |request| self.cluster.member_remove(request))
+                    .await
+            }
+            Route::MemberUpdate => {
+                self.unary(body, token.as_ref(), |request| self.cluster.member_update(request))
+                    .await
+            }
+            Route::MemberPromote => {
+                self.unary(body, token.as_ref(), |request| self.cluster.member_promote(request))
                     .await
             }
             Route::Status => {
