@@ -15,6 +15,10 @@ use crate::proto::shoal::command::{membership_change, MembershipChange};
 use crate::proto::shoal::state::{MemberInfo, PublishedMembers};
 use crate::range::kv::KvError;
 
+/// Entries a replica may trail the leader's commit index by and still count as caught
+/// up (promotable).
+pub const CATCH_UP_SLACK: u64 = 256;
+
 /// etcd's default: at most one learner at a time.
 pub const LEARNERS_MAX: usize = 1;
 
@@ -132,7 +136,8 @@ pub struct GroupView {
     pub learners: Vec<u64>,
     /// Replicas the leader heard from within an election timeout (itself included).
     pub active: Vec<u64>,
-    /// Replicas whose log matches the leader's up to its commit index.
+    /// Replicas whose log matches the leader's up to (nearly: [`CATCH_UP_SLACK`]) its
+    /// commit index.
     pub caught_up: Vec<u64>,
     /// A configuration change is proposed and not yet applied.
     pub changing: bool,

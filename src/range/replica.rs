@@ -1388,7 +1388,10 @@ impl Replica {
             if id == raft.id || progress.recent_active {
                 active.push(id);
             }
-            if id == raft.id || progress.matched >= committed {
+            // Under steady writes a learner's acknowledgement trails the commit index by
+            // what is in flight: within a short run of entries counts as caught up (etcd
+            // promotes at 90% of the leader's progress).
+            if id == raft.id || progress.matched + super::membership::CATCH_UP_SLACK >= committed {
                 caught_up.push(id);
             }
         }
