@@ -37,7 +37,7 @@ pub fn create_joined(
     member_id: u64,
     cluster_id: u64,
     members: Vec<MemberInfo>,
-) -> Result<(), StorageError> {
+) -> Result<NodeIdentity, StorageError> {
     let identity = NodeIdentity {
         member_id,
         cluster_id,
@@ -48,7 +48,8 @@ pub fn create_joined(
     };
     let mut batch = WriteBatch::new();
     batch.put(Space::NodeMeta, IDENTITY_KEY.to_vec(), identity.encode_to_vec());
-    engine.write(batch, Durability::Sync)
+    engine.write(batch, Durability::Sync)?;
+    Ok(identity)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -150,17 +151,13 @@ pub fn load_or_create(engine: &dyn Engine, config: &NodeConfig, rebuilding: bool
         })
         .collect();
     let ids: Vec<u64> = members.iter().map(|member| member.id).collect();
-    let identity = NodeIdentity {
-        member_id: member_id(&config.cluster_token, &config.advertise_peer_urls),
-        cluster_id: cluster_id(&config.cluster_token, &ids),
-        name: config.name.clone(),
-        cluster_token: config.cluster_token.clone(),
-        initial_members: members,
-        layout: DATA_LAYOUT,
-    };
-    let mut batch = WriteBatch::new();
-    batch.put(Space::NodeMeta, IDENTITY_KEY.to_vec(), identity.encode_to_vec());
-    engine.write(batch, Durability::Sync)?;
+    let identity = create_joined(
+        engine,
+        config,
+        member_id(&config.cluster_token, &config.advertise_peer_urls),
+        cluster_id(&config.cluster_token, &ids),
+        members,
+    )?;
     Ok(Loaded {
         identity,
         created: true,

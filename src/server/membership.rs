@@ -202,12 +202,21 @@ pub async fn spread(
 ) {
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Resolved once per member and peer URL, not at every tick.
+    let mut resolved: HashMap<(u64, String), std::net::SocketAddr> = HashMap::new();
     loop {
         ticker.tick().await;
         let record = router.registry().membership().borrow().clone();
         let mut known = Vec::new();
         for member in membership::current(&record, &initial) {
-            if let Some(addr) = gossip_addr(&member.peer_urls).await {
+            let Some(url) = member.peer_urls.first() else { continue };
+            let key = (member.id, url.clone());
+            let addr = match resolved.get(&key) {
+                Some(addr) => Some(*addr),
+                None => gossip_addr(&member.peer_urls).await,
+            };
+            if let Some(addr) = addr {
+                resolved.insert(key, addr);
                 known.push(crate::gossip::Member {
                     id: member.id,
                     addr,
